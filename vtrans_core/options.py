@@ -1,0 +1,129 @@
+"""Every knob of a compression, with its default, in one place.
+
+Defaults are the ones measured on the benchmark (benchmarks/README.md): MiniLM-L6 on
+tweet-sentiment on a 2-core CPU. Methods may override a default (e.g. `fast` samples 3% of
+the training data); an explicit user value always wins.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import CompressionError
+
+METHODS = ("vtrans", "fast", "faster")
+LAYOUTS = ("uniform", "per_layer")
+
+
+@dataclass
+class CompressionOptions:
+    # --- what is pruned and how the result is laid out ---
+    layout: str = "uniform"          # uniform: stock transformers checkpoint; per_layer: needs load_pruned
+    prune_hidden: bool = True        # the hidden/embedding dimension (one mask shared by all layers)
+    prune_heads: bool = True
+    prune_ffn: bool = True
+    prune_blocks: bool = True        # whole attention / FFN blocks (whole layers in `uniform`)
+    round_to: int = 8                # kept hidden/FFN widths rounded to a multiple of this (speed)
+
+    # --- data ---
+    seq_len: int = 128               # max tokens per example for training and evaluation
+    batch_size: int = 32
+    max_train_examples: int | None = None   # cap on training rows (None: all)
+    max_eval_examples: int | None = None    # cap on evaluation rows (None: all of the eval split)
+    fast_fraction: float = 0.03      # Fast-VTrans: share of the training data used
+    fast_min_examples: int = 512     # ... but never fewer than this many rows
+
+    # --- teacher (only when the model has no head for the task) ---
+    teacher_epochs: float = 2.0
+    teacher_lr: float = 5e-5
+
+    # --- VIB mask training and iterative pruning ---
+    mask_steps: int | None = None    # optimisation steps per pruning round (None: one epoch)
+    prune_rounds: int = 4            # vtrans/fast: rounds of train-then-prune to reach the target
+    lr: float = 2e-5                 # model weights during mask training (vtrans/fast)
+    mask_lr: float = 0.05            # VIB mask parameters (mu, log sigma^2)
+    beta: float = 1e-5               # weight of the KL term
+    budget_lambda_lr: float = 0.1    # gradient ascent rate of the budget Lagrangian multipliers
+
+    # --- recovery after pruning ---
+    finetune_steps: int | None = None   # distillation fine-tuning steps (None: one epoch; 0: skip)
+    finetune_lr: float = 5e-5
+    distill_temperature: float = 2.0
+    distill_weight: float = 0.5      # share of the loss from the teacher's logits (rest: task labels)
+    hidden_distill_weight: float = 0.0  # teacher hidden-state MSE, where shapes allow
+    rescale: bool = True             # faster: least-squares rescale of kept output projections
+
+    # --- evaluation and runtime ---
+    latency_runs: int = 10           # repeated timed forwards at batch 32 x seq 128 (median reported)
+    seed: int = 0
+    device: str | None = None        # None: cuda when available, else cpu
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, value: "CompressionOptions | dict[str, Any] | None") -> "CompressionOptions":
+        if value is None:
+            return cls()
+        if isinstance(value, CompressionOptions):
+            return value
+        if not isinstance(value, dict):
+            raise CompressionError("options", "must be an object")
+        known = {f.name: f for f in fields(cls)}
+        for key in value:
+            if key not in known:
+                raise CompressionError(f"options.{key}", f"is not a known option (known: {', '.join(sorted(known))})")
+        opts = cls(**value)
+        opts._check()
+        return opts
+
+    def _check(self) -> None:
+        defaults = CompressionOptions()
+        for f in fields(self):
+            value, default = getattr(self, f.name), getattr(defaults, f.name)
+            _check_type(f.name, value, default)
+        if self.layout not in LAYOUTS:
+            raise CompressionError("options.layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if not (self.prune_hidden or self.prune_heads or self.prune_ffn or self.prune_blocks):
+            raise CompressionError("options", "at least one of prune_hidden, prune_heads, prune_ffn, prune_blocks must be true")
+        positive = ["round_to", "seq_len", "batch_size", "fast_min_examples", "prune_rounds", "latency_runs"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise CompressionError(f"options.{name}", "must be at least 1")
+        for name in ["max_train_examples", "max_eval_examples", "mask_steps"]:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise CompressionError(f"options.{name}", "must be at least 1 (or null for no limit)")
+        if self.finetune_steps is not None and self.finetune_steps < 0:
+            raise CompressionError("options.finetune_steps", "must be 0 or more (or null for one epoch)")
+        if not 0.0 < self.fast_fraction <= 1.0:
+            raise CompressionError("options.fast_fraction", "must be in (0, 1]")
+        for name in ["distill_weight"]:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise CompressionError(f"options.{name}", "must be between 0 and 1")
+        for name in ["teacher_epochs", "teacher_lr", "lr", "mask_lr", "beta", "budget_lambda_lr",
+                     "finetune_lr", "distill_temperature", "hidden_distill_weight"]:
+            if getattr(self, name) < 0:
+                raise CompressionError(f"options.{name}", "must not be negative")
+        if self.device is not None and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise CompressionError("options.device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+
+def _check_type(name: str, value: Any, default: Any) -> None:
+    """Reject wrong JSON types early (a string where a number belongs, a bool for an int...)."""
+    if value is None:
+        if default is None:
+            return
+        raise CompressionError(f"options.{name}", "must not be null")
+    expected: tuple[type, ...]
+    if isinstance(default, bool):
+        expected = (bool,)
+    elif isinstance(default, int) or default is None and name != "device":
+        expected = (int,)
+    elif isinstance(default, float):
+        expected = (int, float)
+    else:
+        expected = (str,)
+    if isinstance(value, bool) and bool not in expected:
+        raise CompressionError(f"options.{name}", f"must be a {expected[-1].__name__}, got a boolean")
+    if not isinstance(value, expected):
+        raise CompressionError(f"options.{name}", f"must be a {expected[-1].__name__}, got {type(value).__name__}")
