@@ -1,0 +1,65 @@
+"""The FastAPI application. Routers are listed in ROUTERS: adding a resource is one line."""
+from __future__ import annotations
+
+import importlib
+import logging
+from contextlib import asynccontextmanager
+from typing import Callable
+
+from fastapi import FastAPI, Request
+
+from . import problems
+from .artifacts import ArtifactStore
+from .db import check_migrated
+from .settings import Settings, get_settings
+
+log = logging.getLogger("vtrans.api")
+
+# Each module exposes `router`. The live helper (issue #4) adds api.routes.events,
+# api.routes.metrics and api.routes.dashboard here.
+ROUTERS = [
+    "api.routes.health",
+    "api.routes.models",
+    "api.routes.datasets",
+    "api.routes.jobs",
+]
+
+
+def celery_enqueue(settings: Settings) -> Callable[[str], None]:
+    def enqueue(job_id: str) -> None:
+        from worker.celery_app import send_job
+
+        send_job(settings, job_id)
+    return enqueue
+
+
+def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        check_migrated(settings.db_url)  # refuse to serve on an un-migrated database
+        yield
+
+    app = FastAPI(title="vtrans", version="0.1.0", lifespan=lifespan,
+                  description="Compress transformer models with VTrans structured pruning.")
+    app.state.settings = settings
+    app.state.store = ArtifactStore(settings.artifacts)
+    app.state.enqueue = enqueue or celery_enqueue(settings)
+    problems.install(app)
+
+    @app.middleware("http")
+    async def refuse_oversized_uploads(request: Request, call_next):
+        # Answer 413 from Content-Length before the multipart body is read and spooled to disk.
+        limits = {"/v1/models": settings.max_model_upload_bytes, "/v1/datasets": settings.max_dataset_upload_bytes}
+        limit = limits.get(request.url.path) if request.method == "POST" else None
+        length = request.headers.get("content-length", "")
+        if limit is not None and length.isdigit() and int(length) > limit + 64 * 1024:
+            return problems.problem_response(
+                request, 413, f"file: the upload is larger than the limit of {limit} bytes",
+                slug="upload-too-large", errors=[{"field": "file", "message": f"larger than {limit} bytes"}])
+        return await call_next(request)
+
+    for name in ROUTERS:
+        app.include_router(importlib.import_module(name).router)
+    return app

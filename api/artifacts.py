@@ -1,0 +1,104 @@
+"""One small interface over wherever files live, addressed by a URL.
+
+`file:///srv/vtrans/artifacts` (default) or `s3://bucket/prefix` (any fsspec protocol, e.g.
+with s3fs installed), so production switches stores by configuration alone. Keys are relative
+POSIX paths; a key that could escape the store root is refused.
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+import shutil
+from pathlib import Path
+from typing import IO, Iterator
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9._+@=-][A-Za-z0-9._+@= -]*$")
+
+
+class UnsafeKey(ValueError):
+    pass
+
+
+def check_key(key: str) -> str:
+    """Relative, no '..' or '.', no backslashes or control characters, nothing absolute."""
+    if not key or key.startswith("/") or "\\" in key or len(key) > 512:
+        raise UnsafeKey(f"unsafe storage key {key!r}")
+    for seg in key.split("/"):
+        if seg in ("", ".", "..") or not _SEGMENT.match(seg):
+            raise UnsafeKey(f"unsafe storage key {key!r}")
+    return key
+
+
+class ArtifactStore:
+    def __init__(self, url: str):
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.root = root.rstrip("/")
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        if self.is_local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        return posixpath.join(self.root, check_key(key))
+
+    def local_path(self, key: str) -> Path | None:
+        """The file on local disk when the store is a local folder (lets us skip copies)."""
+        return Path(self._path(key)) if self.is_local else None
+
+    def put_file(self, local: Path, key: str) -> None:
+        dest = self._path(key)
+        if self.is_local:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(dest + ".partial")
+            shutil.copyfile(local, tmp)
+            tmp.replace(dest)   # readers never see a half-copied file
+        else:
+            self.fs.put_file(str(local), dest)
+
+    def put_dir(self, local_dir: Path, prefix: str) -> list[tuple[str, int]]:
+        """Upload every file below local_dir; returns [(relative name, size)]."""
+        out = []
+        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            rel = path.relative_to(local_dir).as_posix()
+            self.put_file(path, f"{prefix}/{rel}")
+            out.append((rel, path.stat().st_size))
+        return out
+
+    def get_dir(self, prefix: str, local_dir: Path) -> Path:
+        """Copy everything below prefix into local_dir (for workers on another machine)."""
+        local_dir.mkdir(parents=True, exist_ok=True)
+        base = self._path(prefix)
+        for path in self.fs.find(base):
+            rel = posixpath.relpath(path, base)
+            check_key(rel)
+            dest = local_dir / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(path, str(dest))
+        return local_dir
+
+    def get_file(self, key: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.fs.get_file(self._path(key), str(dest))
+        return dest
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self._path(key))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self._path(key)))
+
+    def open(self, key: str) -> IO[bytes]:
+        return self.fs.open(self._path(key), "rb")
+
+    def iter_bytes(self, key: str, chunk: int = 1 << 20) -> Iterator[bytes]:
+        with self.open(key) as fh:
+            while block := fh.read(chunk):
+                yield block
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self._path(prefix)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)

@@ -1,0 +1,129 @@
+"""`vtrans` console script: serve (embedded all-in-one), api, worker, migrate, compress."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+
+from .settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vtrans", description="Compress transformer models with VTrans.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    s = sub.add_parser("serve", help="API + one worker on SQLite and a local broker (no servers needed)")
+    s.add_argument("--host", help="bind address (default VTRANS_HOST or 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default VTRANS_PORT or 8000)")
+    a = sub.add_parser("api", help="the HTTP API process (production)")
+    a.add_argument("--host")
+    a.add_argument("--port", type=int)
+    w = sub.add_parser("worker", help="a Celery worker process (production)")
+    w.add_argument("--pool", choices=["prefork", "solo"], default="prefork",
+                   help="prefork (default): each job in a child process; solo: in this process")
+    w.add_argument("--loglevel", default="INFO")
+    sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
+    sub.add_parser("compress", help="compress a model locally, without the service (vtrans compress --help)",
+                   add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compress":  # the core library's own CLI parses the rest
+        from vtrans_core.cli import main as core_main
+
+        return core_main(argv[1:])
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        settings = Settings()
+    except Exception as exc:  # a malformed VTRANS_* variable
+        print(f"vtrans: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.port is not None if hasattr(args, "port") else False:
+        if not 0 < args.port < 65536:
+            parser.error(f"--port must be between 1 and 65535, got {args.port}")
+    return {"serve": _serve, "api": _api, "worker": _worker, "migrate": _migrate}[args.command](settings, args)
+
+
+def _migrate(settings: Settings, _args=None) -> int:
+    from .db import migrate
+
+    migrate(settings.db_url)
+    print(f"vtrans: database migrated ({settings.db_url.split('://')[0]})", file=sys.stderr)
+    return 0
+
+
+def _checked(settings: Settings) -> bool:
+    from .db import DatabaseNotMigrated, check_migrated
+
+    try:
+        check_migrated(settings.db_url)
+    except DatabaseNotMigrated as exc:
+        print(f"vtrans: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _run_uvicorn(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from .app import create_app
+
+    print(f"vtrans: serving at http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def _api(settings: Settings, args) -> int:
+    if not _checked(settings):
+        return 1
+    _run_uvicorn(settings, args.host or settings.host, args.port or settings.port)
+    return 0
+
+
+def _worker(settings: Settings, args) -> int:
+    if not _checked(settings):
+        return 1
+    from worker.celery_app import app
+
+    app.worker_main(["worker", "-Q", settings.queue, "--loglevel", args.loglevel, "--concurrency", "1",
+                     "--pool", args.pool, "-n", f"vtrans-{os.getpid()}@%h"])
+    return 0
+
+
+def _die_with_parent() -> None:
+    # Linux: the embedded worker gets SIGTERM if `vtrans serve` dies, so it never lingers.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _serve(settings: Settings, args) -> int:
+    data_dir = settings.resolved_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _migrate(settings)
+    env = dict(os.environ, VTRANS_DATA_DIR=str(data_dir))
+    # The SQLite broker (kombu's SQLAlchemy transport) works with the solo pool.
+    worker = subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--pool", "solo"], env=env,
+                              preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    try:
+        _run_uvicorn(settings, args.host or settings.host, args.port or settings.port)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

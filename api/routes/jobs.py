@@ -1,0 +1,222 @@
+"""/v1/jobs: submit, inspect, list, cancel, and download results.
+
+POST checks everything that can be checked before running and writes nothing on error; the
+row is committed first and only then is the broker told "look at job X".
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from .. import core_bridge, jobstore
+from ..artifacts import ArtifactStore
+from ..deps import get_app_settings, get_db, get_store
+from ..models import JOB_STATUSES, Artifact, Dataset, Job, Model, new_id, utcnow
+from ..problems import Problem, field_problem
+from ..settings import Settings
+from ..tenancy import get_tenant
+from vtrans_core.errors import CompressionError
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+MODEL_ID = re.compile(r"^mdl_[0-9a-f]{20}$")
+DATASET_ID = re.compile(r"^ds_[0-9a-f]{20}$")
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model: str = Field(description="an uploaded model id (mdl_...) or a hub ID like org/name", max_length=200)
+    dataset: str = Field(description="an uploaded dataset id (ds_...) or a built-in task name", max_length=200)
+    budget: Any = Field(description='{"kind": "flops"|"params", "target": 0.5}')
+    method: Any = "vtrans"
+    options: Any = None
+
+
+def job_to_dict(job: Job, artifacts: list[Artifact] | None = None) -> dict[str, Any]:
+    out = {"id": job.id, "status": job.status, "stage": job.stage, "progress": job.progress,
+           "created_at": job.created_at.isoformat(), "updated_at": job.updated_at.isoformat(),
+           "started_at": job.started_at.isoformat() if job.started_at else None,
+           "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+           "request": job.request, "metrics": job.metrics, "error": job.error, "attempts": job.attempts,
+           "cancel_requested": job.cancel_requested}
+    if artifacts is not None:
+        out["artifacts"] = [artifact_to_dict(job.id, a) for a in artifacts]
+    return out
+
+
+def artifact_to_dict(job_id: str, a: Artifact) -> dict[str, Any]:
+    return {"name": a.name, "size": a.size_bytes, "media_type": a.media_type,
+            "url": f"/v1/jobs/{job_id}/artifacts/{a.name}"}
+
+
+def _hub_config(repo_id: str) -> dict | None:
+    """config.json from the local HF cache when present (no network); None when unknown."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = try_to_load_from_cache(repo_id, "config.json")
+        if isinstance(path, str):
+            with open(path, encoding="utf-8") as fh:
+                return json.load(fh)
+    except Exception:
+        return None
+    return None
+
+
+def _resolve_model(db: Session, tenant: str, ref: str) -> dict | None:
+    if MODEL_ID.match(ref):
+        m = db.scalar(select(Model).where(Model.id == ref, Model.tenant_id == tenant))
+        if m is None:
+            raise Problem(404, f"model: no uploaded model with id {ref!r}", slug="not-found",
+                          errors=[{"field": "model", "message": f"no uploaded model with id {ref!r}"}])
+        return m.config
+    if len(ref) <= 96 and HUB_ID.match(ref) and ".." not in ref:
+        return _hub_config(ref)
+    raise field_problem(422, "model", "must be an uploaded model id (mdl_...) or a hub ID like 'org/name' "
+                        "(at most 96 characters); URLs and paths are not accepted")
+
+
+def _resolve_dataset(db: Session, tenant: str, ref: str) -> None:
+    if DATASET_ID.match(ref):
+        if db.scalar(select(Dataset.id).where(Dataset.id == ref, Dataset.tenant_id == tenant)) is None:
+            raise Problem(404, f"dataset: no uploaded dataset with id {ref!r}", slug="not-found",
+                          errors=[{"field": "dataset", "message": f"no uploaded dataset with id {ref!r}"}])
+        return
+    builtins = core_bridge.builtin_datasets()
+    if ref not in builtins:
+        raise field_problem(422, "dataset", f"must be an uploaded dataset id (ds_...) or a built-in task "
+                            f"({', '.join(builtins)}), got {ref!r}")
+
+
+@router.post("", status_code=202)
+def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db),
+               tenant: str = Depends(get_tenant)) -> dict:
+    model_config = _resolve_model(db, tenant, body.model)
+    _resolve_dataset(db, tenant, body.dataset)
+    try:
+        normalized = core_bridge.validate_job(model_config, body.budget, body.method, body.options)
+    except CompressionError as err:
+        raise field_problem(422, err.field, err.message) from None
+    now = utcnow()
+    job = Job(id=new_id("job"), tenant_id=tenant, status="queued", model=body.model, dataset=body.dataset,
+              request={"model": body.model, "dataset": body.dataset, **normalized},
+              created_at=now, updated_at=now)
+    db.add(job)
+    db.flush()
+    ev = jobstore.add_event(db, job.id, tenant, "status", status="queued", message="job created")
+    db.commit()
+    jobstore.publish(job.id, [ev])
+    try:
+        request.app.state.enqueue(job.id)
+    except Exception as exc:
+        # The row exists but no worker will hear of it: say so on the job instead of leaving it queued.
+        job.status, job.finished_at = "failed", utcnow()
+        job.error = {"type": "BrokerUnavailable", "message": f"could not enqueue the job: {exc}"}
+        db.commit()
+        raise Problem(503, f"the job queue is unreachable ({type(exc).__name__}); job {job.id} was marked failed",
+                      slug="broker-unavailable") from None
+    return job_to_dict(job)
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(created), str(job_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise field_problem(422, "cursor", "is not a cursor returned by this API") from None
+
+
+@router.get("")
+def list_jobs(status: str | None = Query(None, description="comma-separated statuses"),
+              model: str | None = None, created_after: datetime | None = None,
+              created_before: datetime | None = None, limit: int = Query(20, ge=1, le=100),
+              cursor: str | None = None, db: Session = Depends(get_db),
+              tenant: str = Depends(get_tenant)) -> dict:
+    q = select(Job).where(Job.tenant_id == tenant)
+    if status:
+        wanted = [s.strip() for s in status.split(",") if s.strip()]
+        bad = [s for s in wanted if s not in JOB_STATUSES]
+        if bad:
+            raise field_problem(422, "status", f"unknown status {bad[0]!r} (one of {', '.join(JOB_STATUSES)})")
+        q = q.where(Job.status.in_(wanted))
+    if model:
+        q = q.where(Job.model == model)
+    if created_after:
+        q = q.where(Job.created_at >= created_after)
+    if created_before:
+        q = q.where(Job.created_at < created_before)
+    if cursor:
+        c_created, c_id = _decode_cursor(cursor)
+        q = q.where(or_(Job.created_at < c_created, and_(Job.created_at == c_created, Job.id < c_id)))
+    rows = db.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+    page = rows[:limit]
+    return {"data": [job_to_dict(j) for j in page],
+            "next_cursor": _encode_cursor(page[-1]) if len(rows) > limit else None}
+
+
+def _get_job(db: Session, tenant: str, job_id: str) -> Job:
+    job = db.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant))
+    if job is None:
+        raise Problem(404, f"no job with id {job_id!r}", slug="not-found")
+    return job
+
+
+def _final_artifacts(db: Session, job: Job) -> list[Artifact]:
+    return list(db.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.final.is_(True))
+                           .order_by(Artifact.name)).all())
+
+
+@router.get("/{job_id}")
+def get_job(job_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+    job = _get_job(db, tenant, job_id)
+    return job_to_dict(job, _final_artifacts(db, job) if job.status == "succeeded" else [])
+
+
+@router.post("/{job_id}/cancel", status_code=202)
+def cancel_job(job_id: str, settings: Settings = Depends(get_app_settings), db: Session = Depends(get_db),
+               tenant: str = Depends(get_tenant)) -> dict:
+    job = _get_job(db, tenant, job_id)
+    if job.status in ("succeeded", "failed"):
+        raise Problem(409, f"job {job_id} already {job.status}; nothing to cancel", slug="job-finished")
+    jobstore.request_cancel(settings.db_url, job_id, tenant)
+    db.expire_all()
+    return job_to_dict(_get_job(db, tenant, job_id))
+
+
+@router.get("/{job_id}/artifacts")
+def list_artifacts(job_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+    job = _get_job(db, tenant, job_id)
+    return {"data": [artifact_to_dict(job.id, a) for a in _final_artifacts(db, job)]}
+
+
+@router.get("/{job_id}/artifacts/{name:path}")
+def download_artifact(job_id: str, name: str, db: Session = Depends(get_db),
+                      store: ArtifactStore = Depends(get_store), tenant: str = Depends(get_tenant)):
+    job = _get_job(db, tenant, job_id)
+    # Looked up by exact name among this job's final rows: a name can never reach another path.
+    a = db.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name,
+                                         Artifact.final.is_(True)))
+    if a is None:
+        raise Problem(404, f"job {job_id} has no artifact named {name!r}", slug="not-found")
+    filename = name.rsplit("/", 1)[-1]
+    local = store.local_path(a.storage_key)
+    if local is not None:
+        return FileResponse(local, media_type=a.media_type, filename=filename)
+    return StreamingResponse(store.iter_bytes(a.storage_key), media_type=a.media_type,
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})

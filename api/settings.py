@@ -1,0 +1,81 @@
+"""Service configuration, read from VTRANS_* environment variables (pydantic-settings).
+
+Defaults give the embedded single-machine set-up (SQLite + SQLite broker + local folder);
+production sets DATABASE_URL / BROKER_URL / ARTIFACT_URL to Postgres, Redis and a shared
+store (see README.md and docker-compose.yml).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VTRANS_", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = None      # default: sqlite:///<data_dir>/vtrans.db
+    broker_url: str | None = None        # default: sqla+sqlite:///<data_dir>/broker.db
+    artifact_url: str | None = None      # default: file://<data_dir>/artifacts
+    queue: str = "vtrans"                # Celery queue name (tests use a unique one per run)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None           # reserved for issue #5 (API keys per tenant)
+
+    # Upload limits. Archives are checked both on the compressed size and on what they unpack to.
+    max_model_upload_bytes: int = 2 * 1024**3
+    max_model_unpacked_bytes: int = 4 * 1024**3
+    max_archive_members: int = 2000
+    max_dataset_upload_bytes: int = 200 * 1024**2
+    max_dataset_rows: int = 2_000_000
+    min_dataset_rows: int = 8
+
+    # Durable jobs: a claim holds a lease renewed by progress reports; the reaper requeues a job
+    # whose lease expired (worker died) or fails it after max_attempts.
+    lease_seconds: float = 600.0
+    max_attempts: int = 3
+    reaper_interval_seconds: float = Field(default=0.0, description="0: lease_seconds / 4")
+    cancel_check_seconds: float = 1.0
+    # The broker must not hand a running job out again before it can finish (Redis visibility timeout).
+    max_job_seconds: int = 48 * 3600
+    worker_max_tasks_per_child: int = 1  # fresh process per job: frees (GPU) memory between jobs
+
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        url = self.database_url or f"sqlite:///{self.resolved_data_dir() / 'vtrans.db'}"
+        # Accept the usual postgres:// spellings and use psycopg 3, the driver we ship.
+        for prefix in ("postgres://", "postgresql://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix):]
+        return url
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.resolved_data_dir() / 'broker.db'}"
+
+    @property
+    def artifacts(self) -> str:
+        return self.artifact_url or f"file://{self.resolved_data_dir() / 'artifacts'}"
+
+    @property
+    def reaper_interval(self) -> float:
+        return self.reaper_interval_seconds or max(1.0, self.lease_seconds / 4)
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.resolved_data_dir() / "tmp"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.resolved_data_dir() / "work"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

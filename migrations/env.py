@@ -1,0 +1,38 @@
+"""Alembic environment: the URL comes from the caller (vtrans migrate) or VTRANS_DATABASE_URL."""
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import engine_from_config, pool
+
+from api.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+if not config.get_main_option("sqlalchemy.url"):
+    from api.settings import Settings
+
+    config.set_main_option("sqlalchemy.url", Settings().db_url.replace("%", "%%"))
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
+                      literal_binds=True, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connectable = engine_from_config(config.get_section(config.config_ini_section, {}),
+                                     prefix="sqlalchemy.", poolclass=pool.NullPool)
+    with connectable.connect() as connection:
+        # render_as_batch: SQLite cannot ALTER most things; batch mode rebuilds tables there.
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,1 @@
+"""vtrans worker: the Celery app and the task that runs one compression job."""

@@ -1,0 +1,48 @@
+"""Celery configuration for long (GPU) compression jobs.
+
+The broker message only says "look at job X"; the job row decides whether there is work to do,
+so a redelivered or duplicated message is harmless (see api/jobstore.claim).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from api.settings import Settings, get_settings
+
+TASK_NAME = "vtrans.run_compression"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("vtrans", broker=settings.broker, include=["worker.tasks"])
+    visibility = settings.max_job_seconds + 3600
+    app.conf.update(
+        task_acks_late=True,                 # ack when the job ends, not when it starts...
+        task_reject_on_worker_lost=True,     # ...and redeliver when the child was killed (OOM, SIGKILL)
+        worker_prefetch_multiplier=1,        # reserve one long job at a time
+        worker_concurrency=1,                # one job per worker process
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Redis re-hands an unacked message after visibility_timeout: keep it above the longest job.
+        broker_transport_options={"visibility_timeout": visibility},
+        broker_connection_retry_on_startup=True,
+        task_default_queue=settings.queue,
+        task_ignore_result=True,             # the job row is the record, not a result backend
+        task_serializer="json", accept_content=["json"],
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+@lru_cache(maxsize=4)
+def _app_for(settings_json: str) -> Celery:
+    return make_celery(Settings.model_validate_json(settings_json))
+
+
+def send_job(settings: Settings, job_id: str) -> None:
+    _app_for(settings.model_dump_json()).send_task(TASK_NAME, args=[job_id], queue=settings.queue)
+
+
+# `celery -A worker.celery_app worker` and `vtrans worker` use this instance (env configuration).
+app = make_celery(get_settings())

@@ -1,0 +1,152 @@
+"""Runs one job attempt: claim, compress with a heartbeat/cancel-aware progress callback,
+store the artifacts under an attempt-specific prefix, then make them final in one transaction."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from api import jobstore
+from api.artifacts import ArtifactStore
+from api.db import session_scope
+from api.models import Dataset, Job, Model
+from api.settings import Settings
+from vtrans_core.errors import CompressionCancelled, CompressionError
+
+from .model_card import model_card
+
+log = logging.getLogger("vtrans.worker")
+MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown", ".gz": "application/gzip",
+               ".txt": "text/plain", ".safetensors": "application/octet-stream"}
+
+
+class LeaseLost(CompressionCancelled):
+    """Another attempt owns the job now (our lease expired); stop without touching the row."""
+
+
+class Progress:
+    """The progress callback handed to vtrans_core.compress: records an event per report, renews
+    the lease at most every cancel_check_seconds, and stops the run when a cancel was requested."""
+
+    def __init__(self, settings: Settings, claim: jobstore.Claim):
+        self.settings, self.claim, self._last_renew = settings, claim, 0.0
+
+    def __call__(self, stage: str, fraction: float, metrics: dict | None = None) -> None:
+        now = time.monotonic()
+        renew = now - self._last_renew >= self.settings.cancel_check_seconds
+        owned, cancel = jobstore.report_progress(self.settings.db_url, self.claim, stage, float(fraction),
+                                                 _jsonable(metrics or {}), self.settings.lease_seconds, renew)
+        if renew:
+            self._last_renew = now
+        if not owned:
+            raise LeaseLost(f"job {self.claim.job_id}: attempt {self.claim.attempt} no longer owns the job")
+        if cancel:
+            raise CompressionCancelled(f"job {self.claim.job_id} was cancelled")
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _inputs(settings: Settings, store: ArtifactStore, job: Job, work: Path) -> tuple[str, str]:
+    """Local paths (or hub ID / built-in name) for compress()'s model and data arguments."""
+    with session_scope(settings.db_url) as s:
+        model = s.get(Model, job.model) if job.model.startswith("mdl_") else None
+        dataset = s.get(Dataset, job.dataset) if job.dataset.startswith("ds_") else None
+    model_arg, data_arg = job.model, job.dataset
+    if model is not None:
+        local = store.local_path(model.storage_key)
+        model_arg = str(local if local is not None else store.get_dir(model.storage_key, work / "input-model"))
+    if dataset is not None:
+        local = store.local_path(dataset.storage_key)
+        name = dataset.storage_key.rsplit("/", 1)[-1]
+        data_arg = str(local if local is not None else store.get_file(dataset.storage_key, work / name))
+    return model_arg, data_arg
+
+
+def _plan_json(result: Any, out: Path) -> str:
+    if (out / "plan.json").is_file():
+        return (out / "plan.json").read_text(encoding="utf-8")
+    plan = result.plan
+    data = plan.to_dict() if hasattr(plan, "to_dict") else plan
+    return json.dumps(_jsonable(data), indent=2)
+
+
+def _package(store: ArtifactStore, job: Job, result: Any, work: Path, prefix: str) -> list[dict[str, Any]]:
+    out = Path(result.output_dir)
+    metrics = _jsonable(result.metrics)
+    (out / "README.md").write_text(model_card(job.model, job.dataset, job.request, metrics, job.id), encoding="utf-8")
+    extras = work / "extras"
+    extras.mkdir(parents=True, exist_ok=True)
+    (extras / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    (extras / "plan.json").write_text(_plan_json(result, out), encoding="utf-8")
+    shutil.copyfile(out / "README.md", extras / "README.md")
+    with tarfile.open(extras / "model.tar.gz", "w:gz") as tar:
+        tar.add(out, arcname="model")
+    rows = []
+    for base, name_prefix in ((out, "model/"), (extras, "")):
+        for rel, size in store.put_dir(base, f"{prefix}/{name_prefix}".rstrip("/")):
+            name = f"{name_prefix}{rel}"
+            suffix = Path(rel).suffix
+            rows.append({"name": name, "storage_key": f"{prefix}/{name}", "size_bytes": size,
+                         "media_type": MEDIA_TYPES.get(suffix, "application/octet-stream")})
+    return rows
+
+
+def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStore | None = None) -> str:
+    """Returns what happened: skipped (not ours to run), succeeded, failed, cancelled or lost."""
+    claim = jobstore.claim(settings.db_url, job_id, worker_id, settings.lease_seconds, settings.max_attempts)
+    if claim is None:
+        log.info("job %s: not claimable (already taken, finished or cancelled); duplicate delivery ignored", job_id)
+        return "skipped"
+    store = store or ArtifactStore(settings.artifacts)
+    prefix = f"jobs/{job_id}/attempt-{claim.attempt}"
+    work = settings.work_dir / job_id / f"attempt-{claim.attempt}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    progress = Progress(settings, claim)
+    try:
+        with session_scope(settings.db_url) as s:
+            job = s.get(Job, job_id)
+        model_arg, data_arg = _inputs(settings, store, job, work)
+        from vtrans_core import compress  # heavy (torch): imported only where a job runs
+
+        req = job.request
+        result = compress(model=model_arg, data=data_arg, budget=req["budget"], method=req["method"],
+                          options=req.get("options"), output_dir=str(work / "out"), progress=progress)
+        progress("save", 1.0, {})  # last chance to honour a cancel before the result is published
+        artifacts = _package(store, job, result, work, prefix)
+        if not jobstore.finish(settings.db_url, claim, "succeeded", metrics=_jsonable(result.metrics),
+                               artifacts=artifacts, message="compressed model ready"):
+            store.delete_prefix(prefix)
+            return "lost"
+        return "succeeded"
+    except LeaseLost:
+        store.delete_prefix(prefix)
+        log.warning("job %s attempt %d lost its lease; another attempt owns it", job_id, claim.attempt)
+        return "lost"
+    except CompressionCancelled:
+        store.delete_prefix(prefix)
+        jobstore.finish(settings.db_url, claim, "cancelled", message="cancelled while running; partial files removed")
+        return "cancelled"
+    except CompressionError as err:
+        store.delete_prefix(prefix)
+        jobstore.finish(settings.db_url, claim, "failed",
+                        error={"type": "CompressionError", "field": err.field, "message": err.message})
+        return "failed"
+    except Exception as err:  # a bug or a resource problem: the user sees the type and message
+        log.exception("job %s failed", job_id)
+        store.delete_prefix(prefix)
+        jobstore.finish(settings.db_url, claim, "failed",
+                        error={"type": type(err).__name__, "message": str(err)[:2000] or type(err).__name__})
+        return "failed"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # local scratch only; the results are in the store
+        try:
+            work.parent.rmdir()  # only if no other attempt of this job is using it
+        except OSError:
+            pass
