@@ -395,7 +395,9 @@ def collate(enc: Encoded, indices: list[int], device) -> dict:
         if types is not None:
             types[row, :n] = torch.tensor(enc.token_type_ids[i])
     batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-             "labels": torch.tensor([enc.labels[i] for i in indices], dtype=torch.long).to(device)}
+             "labels": torch.tensor([enc.labels[i] for i in indices], dtype=torch.long).to(device),
+             # Row numbers, so precomputed teacher logits can be looked up (popped before forward).
+             "index": torch.tensor(indices, dtype=torch.long)}
     if types is not None:
         batch["token_type_ids"] = types.to(device)
     return batch

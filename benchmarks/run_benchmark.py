@@ -1,0 +1,110 @@
+"""Benchmark: VTrans methods vs the torch-pruning peer on MiniLM-L6 / tweet-sentiment (CPU).
+
+Resumable: every finished case is cached as benchmarks/cache/<case>.json and skipped on rerun.
+Run in the background and poll the log:
+
+    nohup .venv/bin/python -m benchmarks.run_benchmark > /dev/null 2>&1 &
+    tail -f benchmarks/cache/benchmark.log
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (CACHE_DIR, EVAL_ROWS, METHODS, TARGETS, TASK, TEACHER_DIR, TRAIN_ROWS,  # noqa: E402
+                               ensure_teacher, load_json, save_json, setup_logging)
+
+# Per-method option overrides for the benchmark (CPU budget); everything else is the default.
+# vtrans/fast/peer get the same recovery fine-tuning budget (FINETUNE_STEPS).
+MASK_STEPS = 60           # per pruning round (vtrans/fast)
+PRUNE_ROUNDS = 3
+FINETUNE_STEPS = 150
+FASTER_MASK_STEPS = 100
+
+
+def method_options(method: str, rescale: bool = True) -> dict:
+    common = {"max_train_examples": TRAIN_ROWS, "max_eval_examples": EVAL_ROWS, "seed": 0, "latency_runs": 5}
+    if method == "faster":
+        return {**common, "mask_steps": FASTER_MASK_STEPS, "rescale": rescale}
+    return {**common, "mask_steps": MASK_STEPS, "prune_rounds": PRUNE_ROUNDS, "finetune_steps": FINETUNE_STEPS}
+
+
+def cases() -> list[dict]:
+    out = []
+    for target in TARGETS:
+        out.append({"name": f"faster-{target}", "method": "faster", "target": target, "rescale": True})
+        out.append({"name": f"faster-norescale-{target}", "method": "faster", "target": target, "rescale": False})
+        out.append({"name": f"peer-{target}", "method": "peer", "target": target})
+        out.append({"name": f"fast-{target}", "method": "fast", "target": target})
+        out.append({"name": f"vtrans-{target}", "method": "vtrans", "target": target})
+    # Cheap cases first so a time-boxed run still covers every method at every budget.
+    order = {"faster": 0, "peer": 1, "fast": 2, "vtrans": 3}
+    return sorted(out, key=lambda c: (order[c["method"]], -c["target"] if c["method"] != "faster" else 0, c["name"]))
+
+
+def run_vtrans_case(case: dict, log) -> dict:
+    from vtrans_core import compress
+
+    out_dir = CACHE_DIR / "models" / case["name"]
+    last = [0.0]
+
+    def progress(stage, fraction, metrics):
+        if time.perf_counter() - last[0] > 30:
+            last[0] = time.perf_counter()
+            log.info("  %s: %s %.0f%% %s", case["name"], stage, 100 * fraction,
+                     {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items() if k in ("step", "loss", "kept_flops", "eta_seconds")})
+
+    opts = method_options(case["method"], case.get("rescale", True))
+    result = compress(str(TEACHER_DIR), TASK, {"kind": "flops", "target": case["target"]}, case["method"], opts, out_dir, progress)
+    m = result.metrics
+    return {"name": case["name"], "method": case["method"] if case.get("rescale", True) else "faster (no rescale)",
+            "target": case["target"], "options": opts, "accuracy": m["pruned"]["accuracy"], "dense_accuracy": m["dense"]["accuracy"],
+            "flops_fraction": m["flops_fraction"], "params_fraction": m["params_fraction"],
+            "latency_ms": m["pruned"]["latency_ms"], "dense_latency_ms": m["dense"]["latency_ms"], "speedup": m["speedup"],
+            "seconds": m["total_seconds"], "stage_seconds": m["stage_seconds"], "kept": m["kept"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["teacher", "cases", "report"], help="run one phase only")
+    parser.add_argument("--case", action="append", help="run only these case names")
+    args = parser.parse_args(argv)
+    log = setup_logging()
+    teacher = ensure_teacher(log)
+    if args.only == "teacher":
+        return 0
+    if args.only != "report":
+        for case in cases():
+            if args.case and case["name"] not in args.case:
+                continue
+            path = CACHE_DIR / "cases" / f"{case['name']}.json"
+            if load_json(path):
+                log.info("case %s: cached", case["name"])
+                continue
+            log.info("case %s: start", case["name"])
+            started = time.perf_counter()
+            try:
+                if case["method"] == "peer":
+                    from benchmarks.peer_torch_pruning import run_peer_case
+                    record = run_peer_case(case, log)
+                else:
+                    record = run_vtrans_case(case, log)
+            except Exception:  # one failed case must not stop the others; it is retried on rerun
+                log.error("case %s failed:\n%s", case["name"], traceback.format_exc())
+                continue
+            record["wall_seconds"] = round(time.perf_counter() - started, 1)
+            save_json(path, record)
+            log.info("case %s: accuracy %.2f flops %.3f time %.0fs", case["name"], record["accuracy"],
+                     record["flops_fraction"], record["seconds"])
+    from benchmarks.report import write_report
+    write_report(teacher, log)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""Evaluation: accuracy / F1 on a labelled split, and measured inference latency."""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from .data import Encoded, iterate_batches
+
+LATENCY_BATCH, LATENCY_SEQ = 32, 128
+
+
+def forward_logits(model, batch: dict) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "index")}
+    return model(**inputs).logits
+
+
+@torch.no_grad()
+def predict_logits(model, enc: Encoded, batch_size: int, device, tick: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Logits for every row of `enc`, in row order (batches are length-sorted internally)."""
+    was_training = model.training
+    model.eval()
+    out = torch.zeros(len(enc), model.config.num_labels)
+    n_batches = (len(enc) + batch_size - 1) // batch_size
+    for b, batch in enumerate(iterate_batches(enc, batch_size, device, shuffle=False)):
+        out[batch["index"]] = forward_logits(model, batch).float().cpu()
+        if tick is not None:
+            tick(b + 1, n_batches)
+    model.train(was_training)
+    return out
+
+
+def classification_metrics(logits: torch.Tensor, labels: list[int], num_labels: int) -> dict:
+    """Accuracy in percent; for binary tasks also F1 (percent) of label 1."""
+    pred = logits.argmax(-1)
+    gold = torch.tensor(labels, dtype=torch.long)
+    metrics = {"accuracy": round(100.0 * (pred == gold).float().mean().item(), 3) if len(labels) else None,
+               "examples": len(labels)}
+    if num_labels == 2:
+        tp = ((pred == 1) & (gold == 1)).sum().item()
+        fp = ((pred == 1) & (gold == 0)).sum().item()
+        fn = ((pred == 0) & (gold == 1)).sum().item()
+        metrics["f1"] = round(100.0 * 2 * tp / (2 * tp + fp + fn), 3) if tp + fp + fn else 0.0
+    else:
+        f1s = []
+        for c in range(num_labels):
+            tp = ((pred == c) & (gold == c)).sum().item()
+            fp = ((pred == c) & (gold != c)).sum().item()
+            fn = ((pred != c) & (gold == c)).sum().item()
+            f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+        metrics["macro_f1"] = round(100.0 * sum(f1s) / num_labels, 3)
+    return metrics
+
+
+def evaluate(model, enc: Encoded, num_labels: int, batch_size: int, device, tick=None) -> dict:
+    logits = predict_logits(model, enc, batch_size, device, tick)
+    return classification_metrics(logits, enc.labels, num_labels)
+
+
+@torch.no_grad()
+def measure_latency_ms(model, device, runs: int, batch: int = LATENCY_BATCH, seq: int = LATENCY_SEQ,
+                       tick: Callable[[int, int], None] | None = None) -> float:
+    """Median wall time of `runs` forwards on a fixed random batch, after one warm-up forward."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    vocab = int(getattr(model.config, "vocab_size", 1000))
+    inputs = {"input_ids": torch.randint(0, vocab, (batch, seq), generator=gen).to(device),
+              "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=device)}
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    model(**inputs)
+    sync()
+    times = []
+    for i in range(runs):
+        start = time.perf_counter()
+        model(**inputs)
+        sync()
+        times.append((time.perf_counter() - start) * 1000.0)
+        if tick is not None:
+            tick(i + 1, runs)
+    model.train(was_training)
+    return round(statistics.median(times), 3)
