@@ -55,17 +55,17 @@ def _as_request_dict(normalized: Any, budget: Any, method: Any, options: Any) ->
 
 def unsupported_config(config: dict) -> str | None:
     """A sentence saying why vtrans_core cannot compress this architecture, or None."""
-    validate = _core_validate()
-    if validate is None:
+    try:
+        from vtrans_core.families import adapter_for
+    except ImportError:
         if config.get("model_type") not in _FALLBACK_MODEL_TYPES:
             return (f"model_type {config.get('model_type')!r} is not supported "
                     f"(supported: {', '.join(_FALLBACK_MODEL_TYPES)})")
         return None
     try:
-        validate(config, {"kind": "params", "target": 0.5}, "vtrans", None)
+        adapter_for(config)
     except CompressionError as exc:
-        if exc.field == "model":
-            return exc.message
+        return exc.message
     return None
 
 

