@@ -1,0 +1,176 @@
+"""What a model family must tell the surgery code: where its prunable modules are.
+
+An adapter maps one family's HF modules onto the structures vtrans prunes:
+- embeddings: the tables that produce the residual stream (word / position / token type) and,
+  for post-LN families, the LayerNorm right after them;
+- per layer: attention q, k, v, o (+ the self-attention module whose head-count attributes must
+  follow the sliced weights) and its residual LayerNorm; FFN in, out and its LayerNorm;
+- the head: a hidden -> hidden dense (pooler / pre_classifier / classifier.dense) and the
+  classifier;
+- how to write a config for a sliced model and how to skip a removed block at inference.
+
+Norm placement: the encoders here are post-LN (x -> LN(x + sub(x))); a decoder adapter (LLaMA,
+GPT-2) would say "pre" (x -> x + sub(LN(x))), give q/k/v/o with a separate kv-head count
+(GQA: `kv_heads` per layer in its shape), gate/up/down as FFN parts (several "in" linears),
+RMSNorm as the norm and a tied LM head as the "classifier". The gating code in prunable.py
+branches on `norm_placement` only where the block-gate formula differs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..errors import CompressionError
+from ..flops import ModelShape
+
+
+@dataclass
+class AttnParts:
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+    norm: nn.LayerNorm          # the residual LayerNorm closing this block (post-LN)
+    self_attn: nn.Module        # carries head-count attributes to update after slicing
+
+
+@dataclass
+class FfnParts:
+    inp: nn.Linear
+    out: nn.Linear
+    norm: nn.LayerNorm
+
+
+class FamilyAdapter:
+    model_types: tuple[str, ...] = ()
+    # Architectures (class names) we know how to slice; anything else is refused.
+    architectures: tuple[str, ...] = ()
+    norm_placement = "post"
+    # config attribute names: hidden, heads, ffn, layers
+    config_keys: tuple[str, str, str, str] = ("hidden_size", "num_attention_heads", "intermediate_size",
+                                              "num_hidden_layers")
+
+    # ---- module access (to implement per family) ----
+    def base(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def embedding_tables(self, model: nn.Module) -> list[nn.Embedding]:
+        """[word, position, (token type)] in this order."""
+        raise NotImplementedError
+
+    def embedding_norm(self, model: nn.Module) -> nn.LayerNorm:
+        raise NotImplementedError
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def set_layers(self, model: nn.Module, layers: nn.ModuleList) -> None:
+        raise NotImplementedError
+
+    def attention(self, model: nn.Module, i: int) -> AttnParts | None:
+        """None when layer i's attention block was removed (skipped)."""
+        raise NotImplementedError
+
+    def ffn(self, model: nn.Module, i: int) -> FfnParts | None:
+        raise NotImplementedError
+
+    def head_dense(self, model: nn.Module) -> nn.Linear | None:
+        raise NotImplementedError
+
+    def classifier(self, model: nn.Module) -> nn.Linear | None:
+        raise NotImplementedError
+
+    def head_dim(self, self_attn: nn.Module) -> int:
+        return int(self_attn.attention_head_size)
+
+    def set_heads(self, self_attn: nn.Module, n_heads: int, head_dim: int) -> None:
+        raise NotImplementedError
+
+    def skip_attention(self, model: nn.Module, i: int) -> None:
+        """Replace layer i's attention block by the identity (no compute at inference)."""
+        raise NotImplementedError
+
+    def skip_ffn(self, model: nn.Module, i: int) -> None:
+        raise NotImplementedError
+
+    # ---- shapes and configs (generic) ----
+    def check_model(self, model: nn.Module) -> None:
+        name = type(model).__name__
+        if name not in self.architectures:
+            raise CompressionError("model", f"{name} is not supported (supported: {', '.join(self.architectures)});"
+                                   " load the model with AutoModelForSequenceClassification")
+
+    def shape_of(self, model: nn.Module) -> ModelShape:
+        """Read the current shape from the modules themselves (works for sliced models)."""
+        tables = self.embedding_tables(model)
+        hidden = tables[0].embedding_dim
+        heads, ffn, head_dim = [], [], None
+        for i in range(len(self.layers(model))):
+            a = self.attention(model, i)
+            if a is not None:
+                head_dim = self.head_dim(a.self_attn)
+                heads.append(a.q.out_features // head_dim)
+            else:
+                heads.append(0)
+            f = self.ffn(model, i)
+            ffn.append(f.out.in_features if f is not None else 0)
+        if head_dim is None:  # every attention block removed: take it from the saved layout / config
+            head_dim = self._config_head_dim(model.config)
+        cls = self.classifier(model)
+        return ModelShape(
+            family=self.model_types[0], vocab=tables[0].num_embeddings, positions=tables[1].num_embeddings,
+            token_types=tables[2].num_embeddings if len(tables) > 2 else 0, hidden=hidden, head_dim=head_dim,
+            heads=heads, ffn=ffn, attn_blocks=[h > 0 for h in heads], ffn_blocks=[f > 0 for f in ffn],
+            num_labels=cls.out_features if cls is not None else 0, head_dense=self.head_dense(model) is not None)
+
+    def _config_head_dim(self, config: Any) -> int:
+        layout = getattr(config, "vtrans_layout", None)
+        if layout:
+            return int(layout["head_dim"])
+        hk, nk, _, _ = self.config_keys
+        return getattr(config, hk) // getattr(config, nk)
+
+    def shape_from_config(self, config: Any) -> ModelShape:
+        """Shape of a config: a per_layer layout when it carries `vtrans_layout`, else dense."""
+        layout = getattr(config, "vtrans_layout", None)
+        if layout:
+            return ModelShape.from_dict(dict(layout))
+        hk, nk, fk, lk = self.config_keys
+        hidden, n_heads, ffn, n_layers = (getattr(config, k) for k in self.config_keys)
+        return ModelShape(
+            family=self.model_types[0], vocab=config.vocab_size, positions=config.max_position_embeddings,
+            token_types=getattr(config, "type_vocab_size", 0) if self.has_token_types else 0,
+            hidden=hidden, head_dim=hidden // n_heads, heads=[n_heads] * n_layers, ffn=[ffn] * n_layers,
+            num_labels=getattr(config, "num_labels", 2), head_dense=True)
+
+    has_token_types = True
+
+    def write_config(self, config: Any, shape: ModelShape, reference: ModelShape) -> None:
+        """Update `config` in place for a sliced model of `shape`.
+
+        Uniform shapes get plain stock values (hidden = heads * head_dim) so plain
+        from_pretrained loads them. Per-layer shapes keep stock keys as PLACEHOLDERS that
+        construct a model of the right hidden width (heads and FFN set to the largest layer's,
+        or 1 head when that does not divide the width) and carry the truth in `vtrans_layout`,
+        which `load_pruned` reads; plain from_pretrained then fails on shape mismatches rather
+        than loading silently wrong weights.
+        """
+        hk, nk, fk, lk = self.config_keys
+        kept = [i for i in range(shape.n_layers) if shape.attn_blocks[i] or shape.ffn_blocks[i]]
+        if shape.is_uniform():
+            setattr(config, hk, shape.hidden)
+            setattr(config, nk, shape.heads[kept[0]] if kept else reference.heads[0])
+            setattr(config, fk, shape.ffn[kept[0]] if kept else 1)
+            setattr(config, lk, len(kept))
+            if hasattr(config, "vtrans_layout"):
+                delattr(config, "vtrans_layout")
+        else:
+            max_h = max(shape.heads) if max(shape.heads) > 0 else 1
+            setattr(config, hk, shape.hidden)
+            setattr(config, nk, max_h if shape.hidden % max_h == 0 else 1)
+            setattr(config, fk, max(max(shape.ffn), 1))
+            setattr(config, lk, shape.n_layers)
+            config.vtrans_layout = shape.to_dict()
+        config.vtrans_reference = reference.to_dict()

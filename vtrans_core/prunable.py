@@ -1,0 +1,328 @@
+"""PrunableModel: a stock HF encoder with VIB gates applied by hooks (no module copies).
+
+Where the gates act (the wrapped model stays the stock HF model; `remove_hooks()` undoes all):
+- heads: forward pre-hook on the attention output projection (o) multiplies its input
+  [B, T, heads*d] by the head gate repeated over each head's d channels;
+- ffn: forward pre-hook on the FFN output projection multiplies its input by the FFN gate;
+- hidden: the embeddings' LayerNorm, every residual LayerNorm and the head's hidden->hidden
+  dense output are multiplied by the hidden gate. Those LayerNorms' forwards are replaced (an
+  instance attribute, state-dict keys unchanged) by a MASKED LayerNorm whose mean and variance
+  use only the channels not hard-pruned. The residual stream is then exactly zero on pruned
+  channels, which is what makes slicing exactly equal to the hard-masked forward;
+- whole blocks (post-LN): block output = g * LN(sub(x) + x) + (1 - g) * x, so g = 0 is the
+  identity (the block and its LayerNorm are skipped). x is captured by a pre-hook on q / ffn-in.
+  Pre-LN decoders would use x + g * sub(LN(x)) (reserved, see families/base.py).
+  In the `uniform` layout one gate per layer ("layer") drives both blocks, because a stock
+  config can only drop whole layers; per_layer has separate "attn_block" and "ffn_block".
+  Uniform also ties hidden width to heads (H = heads * head_dim), so asking for either of
+  "hidden" / "heads" creates both masks.
+Gates are sampled once per forward (cached between the top-level pre- and post-hooks).
+
+Masks (`pm.masks`): hidden [H], heads [L, max heads], ffn [L, max FFN], attn_block [L],
+ffn_block [L] (per_layer) or layer [L] (uniform). Rows are rectangular; entries a sliced layer
+no longer has are marked hard-pruned.
+
+Materialization (`materialize`, materialize.py) folds the kept gates' mu into the weights and
+carries the masks over with mu = 1 and log sigma^2 shifted so alpha (ranking, KL) is unchanged.
+Block gates cannot be folded (the (1-g)*x term has no stock counterpart): kept blocks are
+snapped to g = 1, so the sliced model equals the hard-masked forward exactly when kept block
+gates are 1 and differs by that snap otherwise (the pipeline fine-tunes afterwards).
+
+Hidden states for distillation: call the model with output_hidden_states=True. A masked model
+returns full-width states (zeros on pruned channels); a sliced one returns the kept channels,
+which are `teacher_state[..., pm.hidden_origin]`; with layers removed (uniform), layer k of the
+student corresponds to teacher layer `pm.layer_origin[k]` (hidden_states index +1).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .budget import Budget
+from .errors import CompressionError
+from .families import adapter_for
+from .flops import ModelShape, expected_size, shape_size
+from .masks import DEFAULT_KL_WEIGHTS, VIBMask
+from .plan import PruningPlan, make_plan
+
+STRUCTURES = ("hidden", "heads", "ffn", "attn_block", "ffn_block")
+
+
+def mask_keys(structures: Iterable[str], layout: str) -> list[str]:
+    s = set(structures)
+    unknown = s - set(STRUCTURES)
+    if unknown:
+        raise ValueError(f"unknown structures {sorted(unknown)} (known: {STRUCTURES})")
+    if layout == "uniform":
+        keys = ["hidden", "heads"] if s & {"hidden", "heads"} else []
+        keys += ["ffn"] if "ffn" in s else []
+        keys += ["layer"] if s & {"attn_block", "ffn_block"} else []
+        return keys
+    if layout != "per_layer":
+        raise CompressionError("options.layout", f"must be uniform or per_layer, got {layout!r}")
+    return [k for k in STRUCTURES if k in s]
+
+
+class PrunableModel:
+    def __init__(self, model: nn.Module, structures: Iterable[str] = STRUCTURES, layout: str = "per_layer",
+                 kl_weights: dict[str, float] | None = None, reference: ModelShape | None = None):
+        self.model = model
+        self.adapter = adapter_for(model)
+        self.shape = self.adapter.shape_of(model)
+        self.layout = layout
+        self.structures = tuple(s for s in STRUCTURES if s in set(structures))
+        if layout == "uniform" and not self.shape.is_uniform():
+            raise CompressionError("options.layout", "this model is per-layer pruned; it can only be pruned further "
+                                   "with layout per_layer")
+        saved_ref = getattr(model.config, "vtrans_reference", None)
+        self.reference = reference or (ModelShape.from_dict(dict(saved_ref)) if saved_ref else self.shape)
+        self.kl_weights = {**DEFAULT_KL_WEIGHTS, **(kl_weights or {})}
+        self.hidden_origin = torch.arange(self.shape.hidden)
+        self.layer_origin = list(range(self.shape.n_layers))
+        self.masks = nn.ModuleDict()
+        L, s = self.shape.n_layers, self.shape
+        for key in mask_keys(self.structures, layout):
+            if key == "hidden":
+                m = VIBMask(s.hidden, self.kl_weights[key])
+            elif key in ("heads", "ffn"):
+                sizes = s.heads if key == "heads" else s.ffn
+                m = VIBMask((L, max(max(sizes), 1)), self.kl_weights[key])
+                alive = s.attn_blocks if key == "heads" else s.ffn_blocks
+                for l, n in enumerate(sizes):
+                    m.pruned[l, (n if alive[l] else 0):] = True
+            else:
+                m = VIBMask(L, self.kl_weights[key])
+                alive = {"attn_block": s.attn_blocks, "ffn_block": s.ffn_blocks,
+                         "layer": [a or b for a, b in zip(s.attn_blocks, s.ffn_blocks)]}[key]
+                m.pruned[:] = torch.tensor([not a for a in alive])
+            self.masks[key] = m
+        p = next(model.parameters())
+        self.masks.to(p.device)
+        self._cache: dict[str, torch.Tensor] = {}
+        self._resid: dict[tuple[int, str], torch.Tensor] = {}
+        self._handles: list[Any] = []
+        self._patched: list[nn.Module] = []
+        self._install()
+
+    # ---- gates -------------------------------------------------------------------------------
+    @property
+    def block_key(self) -> str | None:
+        return "layer" if "layer" in self.masks else None
+
+    def _gate(self, key: str) -> torch.Tensor:
+        if key not in self._cache:
+            self._cache[key] = self.masks[key].gate()
+        return self._cache[key]
+
+    def _kept_hidden(self) -> torch.Tensor | None:
+        if "hidden" not in self.masks or not bool(self.masks["hidden"].pruned.any()):
+            return None
+        if "_kept" not in self._cache:
+            self._cache["_kept"] = (~self.masks["hidden"].pruned).nonzero().squeeze(-1)
+        return self._cache["_kept"]
+
+    def _block_gate(self, l: int, kind: str) -> torch.Tensor | None:
+        key = "layer" if "layer" in self.masks else ("attn_block" if kind == "attn" else "ffn_block")
+        return self._gate(key)[l] if key in self.masks else None
+
+    def _install(self) -> None:
+        m, a = self.model, self.adapter
+        has_hidden = "hidden" in self.masks
+
+        def clear(*_args):
+            self._cache.clear()
+            self._resid.clear()
+
+        self._handles.append(m.register_forward_pre_hook(clear))
+        self._handles.append(m.register_forward_hook(clear))
+        if has_hidden:
+            self._patch_norm(a.embedding_norm(m), None, None)
+            dense = a.head_dense(m)
+            if dense is not None:
+                self._handles.append(dense.register_forward_hook(
+                    lambda mod, inp, out: out * self._gate("hidden").to(out.dtype)))
+        d = self.shape.head_dim
+        for l in range(self.shape.n_layers):
+            for kind, parts in (("attn", a.attention(m, l)), ("ffn", a.ffn(m, l))):
+                if parts is None:
+                    continue
+                gated = self._has_block_mask(kind)
+                if kind == "attn" and "heads" in self.masks:
+                    n = self.shape.heads[l]
+                    self._handles.append(parts.o.register_forward_pre_hook(self._scale_input("heads", l, n, d)))
+                if kind == "ffn" and "ffn" in self.masks:
+                    n = self.shape.ffn[l]
+                    self._handles.append(parts.out.register_forward_pre_hook(self._scale_input("ffn", l, n, 1)))
+                if gated:
+                    entry = parts.q if kind == "attn" else parts.inp
+                    self._handles.append(entry.register_forward_pre_hook(self._capture(l, kind)))
+                if gated or has_hidden:
+                    self._patch_norm(parts.norm, l, kind if gated else None)
+
+    def _has_block_mask(self, kind: str) -> bool:
+        return "layer" in self.masks or ("attn_block" if kind == "attn" else "ffn_block") in self.masks
+
+    def _scale_input(self, key: str, l: int, n: int, repeat: int):
+        def hook(mod, args):
+            z = self._gate(key)[l, :n]
+            if repeat > 1:
+                z = z.repeat_interleave(repeat)
+            return (args[0] * z.to(args[0].dtype),) + tuple(args[1:])
+        return hook
+
+    def _capture(self, l: int, kind: str):
+        def hook(mod, args):
+            self._resid[(l, kind)] = args[0]
+        return hook
+
+    def _patch_norm(self, ln: nn.Module, l: int | None, block_kind: str | None) -> None:
+        def forward(s: torch.Tensor) -> torch.Tensor:
+            kept = self._kept_hidden()
+            if kept is None:
+                y = F.layer_norm(s, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+            else:  # statistics over kept channels only; pruned channels exactly 0
+                yk = F.layer_norm(s.index_select(-1, kept), (kept.numel(),), ln.weight.index_select(0, kept),
+                                  ln.bias.index_select(0, kept), ln.eps)
+                y = s.new_zeros(s.shape).index_copy(-1, kept, yk)
+            if "hidden" in self.masks:
+                y = y * self._gate("hidden").to(y.dtype)
+            if block_kind is not None:
+                g = self._block_gate(l, block_kind).to(y.dtype)
+                y = g * y + (1 - g) * self._resid[(l, block_kind)]
+            return y
+        ln.forward = forward
+        self._patched.append(ln)
+
+    def remove_hooks(self) -> nn.Module:
+        """Detach every hook and masked LayerNorm: the plain HF model is left behind."""
+        for h in self._handles:
+            h.remove()
+        for ln in self._patched:
+            ln.__dict__.pop("forward", None)
+        self._handles, self._patched = [], []
+        self._cache.clear()
+        self._resid.clear()
+        return self.model
+
+    # ---- training-facing API -------------------------------------------------------------
+    def mask_parameters(self) -> list[nn.Parameter]:
+        return list(self.masks.parameters())
+
+    def kl(self) -> torch.Tensor:
+        total = torch.zeros((), device=self.hidden_origin.device if not len(self.masks) else
+                            next(self.masks.parameters()).device)
+        for m in self.masks.values():
+            total = total + m.weighted_kl()
+        return total
+
+    def set_sampling(self, on: bool) -> None:
+        for m in self.masks.values():
+            m.sampling = bool(on)
+
+    def to(self, device: Any) -> "PrunableModel":
+        self.model.to(device)
+        self.masks.to(device)
+        return self
+
+    def expected_fraction(self, kind: str, seq_len: int = 128) -> torch.Tensor:
+        """Differentiable expected params/flops fraction of the DENSE reference model."""
+        s, L = self.shape, self.shape.n_layers
+        p = {k: m.keep_prob() for k, m in self.masks.items()}
+        hidden = p["hidden"].sum() if "hidden" in p else s.hidden
+        heads = [p["heads"][l].sum() for l in range(L)] if "heads" in p else s.heads
+        ffn = [p["ffn"][l].sum() for l in range(L)] if "ffn" in p else s.ffn
+        a_key = "layer" if "layer" in p else "attn_block"
+        f_key = "layer" if "layer" in p else "ffn_block"
+        attn = [p[a_key][l] for l in range(L)] if a_key in p else [1.0 if a else 0.0 for a in s.attn_blocks]
+        ffnb = [p[f_key][l] for l in range(L)] if f_key in p else [1.0 if b else 0.0 for b in s.ffn_blocks]
+        size = expected_size(s, kind, seq_len, hidden, heads, ffn, attn, ffnb)
+        return size / shape_size(self.reference, kind, seq_len)
+
+    def fraction(self, kind: str, seq_len: int = 128) -> float:
+        """Exact fraction of the current (sliced) model, hard-pruned entries not counted."""
+        return self.plan_from_masks().fraction(kind, seq_len)
+
+    # ---- plans ---------------------------------------------------------------------------
+    def log_alphas(self, structures: Iterable[str] | None = None) -> dict[str, Any]:
+        """Per-entry log alpha (None where hard-pruned) of the masks, for the planner."""
+        keys = mask_keys(structures, self.layout) if structures is not None else list(self.masks)
+        out: dict[str, Any] = {}
+        for k in keys:
+            if k not in self.masks:
+                continue
+            m = self.masks[k]
+            la, pr = m.log_alpha().detach().cpu(), m.pruned.cpu()
+            vals = la.masked_fill(pr, float("nan")).tolist()
+            fix = lambda v: None if v != v else v  # noqa: E731  (nan -> None)
+            out[k] = [[fix(v) for v in row] for row in vals] if la.dim() == 2 else [fix(v) for v in vals]
+        return out
+
+    def plan_for(self, budget: Budget | dict, layout: str | None = None, round_to: int = 8,
+                 structures: Iterable[str] | None = None) -> PruningPlan:
+        b = Budget.parse(budget)
+        layout = layout or self.layout
+        self._check_layout(layout)
+        plan = make_plan(self.shape, self.reference, self.log_alphas(structures), b.kind, b.target, b.seq_len,
+                         layout, round_to)
+        plan.meta.update(budget=b.to_dict(), round_to=round_to)
+        return plan
+
+    def min_fraction(self, kind: str, seq_len: int = 128, layout: str | None = None,
+                     structures: Iterable[str] | None = None, round_to: int = 8) -> float:
+        """Smallest fraction reachable with the enabled structures (e.g. params cannot go below
+        the embeddings' share when hidden pruning is off)."""
+        layout = layout or self.layout
+        self._check_layout(layout)
+        scores = {k: [[0.0 if v is not None else None for v in row] if isinstance(row, list) else
+                       (0.0 if row is not None else None) for row in vals]
+                  for k, vals in self.log_alphas(structures).items()}
+        return make_plan(self.shape, self.reference, scores, kind, 0.0, seq_len, layout, round_to).fraction(kind, seq_len)
+
+    def _check_layout(self, layout: str) -> None:
+        if layout != self.layout:
+            raise CompressionError("options.layout", f"this PrunableModel was built for layout {self.layout!r} "
+                                   f"(block gates differ between layouts), not {layout!r}")
+
+    def plan_from_masks(self) -> PruningPlan:
+        """The plan equivalent to the current hard-pruned entries (nothing else removed)."""
+        return make_plan(self.shape, self.reference, self.log_alphas(), "params", 1.0, 128, self.layout, 1)
+
+    def apply_plan(self, plan: PruningPlan) -> None:
+        """Hard-prune everything the plan removes (gates fixed to 0): the hard-masked forward."""
+        s, L = self.shape, self.shape.n_layers
+        if plan.shape is not None and (plan.shape.hidden != s.hidden or plan.shape.n_layers != L):
+            raise ValueError("plan was made for a different model shape")
+        need = {"hidden": len(plan.hidden) < s.hidden}
+        with torch.no_grad():
+            if "hidden" in self.masks:
+                keep = torch.zeros(s.hidden, dtype=torch.bool)
+                keep[plan.hidden] = True
+                self.masks["hidden"].pruned |= ~keep.to(self.masks["hidden"].pruned.device)
+            for key, kept, flags in (("heads", plan.heads, plan.attn_blocks), ("ffn", plan.ffn, plan.ffn_blocks)):
+                real = s.heads if key == "heads" else s.ffn
+                need[key] = any(len(k) < n for k, n, f in zip(kept, real, flags) if f)
+                if key in self.masks:
+                    m = self.masks[key]
+                    keep = torch.zeros_like(m.pruned)
+                    for l in range(L):
+                        if flags[l]:
+                            keep[l, kept[l]] = True
+                    m.pruned |= ~keep
+            for kind, flags in (("attn", plan.attn_blocks), ("ffn", plan.ffn_blocks)):
+                gone = [l for l in range(L) if not flags[l]]
+                need[f"{kind}_block"] = bool(gone)
+                key = "layer" if "layer" in self.masks else f"{kind}_block"
+                if key in self.masks:
+                    for l in gone:
+                        self.masks[key].pruned[l] = True
+        missing = [k for k, v in need.items() if v and k not in self.masks and
+                   not (k in ("attn_block", "ffn_block") and "layer" in self.masks)]
+        if missing:
+            raise ValueError(f"plan removes {missing} but this PrunableModel has no mask for them")
+
+    def materialize(self, plan: PruningPlan) -> "PrunableModel":
+        from .materialize import materialize
+        return materialize(self, plan)
