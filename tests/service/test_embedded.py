@@ -1,0 +1,61 @@
+"""The README's embedded start command, as a newcomer runs it: `vtrans serve` with nothing but a
+data folder and a port (SQLite, SQLite broker, local artifacts), driven over real HTTP."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from .conftest import wait_for
+from .jobpath import BUDGET, FAST_OPTIONS, download_and_load_model, upload_inputs, wait_job
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VTRANS_")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def test_vtrans_serve_runs_a_job_end_to_end(start_proc, tmp_path, tiny_model_dir, tiny_dataset_csv):
+    port = _free_port()
+    data_dir = tmp_path / "var"
+    vtrans = str(Path(sys.executable).parent / "vtrans")
+    proc = start_proc([vtrans, "serve"], _clean_env(VTRANS_DATA_DIR=str(data_dir), VTRANS_PORT=str(port)), "serve")
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: f"serving at {url}" in proc.output() or proc.p.poll() is not None, 90, what="serve URL")
+    assert proc.p.poll() is None, proc.output()
+
+    with httpx.Client(base_url=url, timeout=30) as http:
+        wait_for(lambda: _ok(http, "/readyz"), 60, what="readyz")
+        model_id, ds_id = upload_inputs(http, tiny_model_dir, tiny_dataset_csv)
+        r = http.post("/v1/jobs", json={"model": model_id, "dataset": ds_id, "budget": BUDGET,
+                                        "method": "fast", "options": FAST_OPTIONS})
+        assert r.status_code == 202, r.text
+        job = wait_job(http, r.json()["id"], 600, log=proc.output)
+        assert job["status"] == "succeeded", (job, proc.output()[-4000:])
+        model, tokenizer = download_and_load_model(http, job["id"], tmp_path / "dl")
+    with torch.no_grad():
+        assert model(**tokenizer(["so bad"], return_tensors="pt")).logits.shape == (1, 2)
+    # Everything lives in the data folder: database, broker, artifacts.
+    assert (data_dir / "vtrans.db").is_file() and (data_dir / "broker.db").is_file()
+    assert list((data_dir / "artifacts" / "jobs" / job["id"]).rglob("model.tar.gz"))
+
+
+def _ok(http, path: str) -> bool:
+    try:
+        return http.get(path).status_code == 200
+    except httpx.HTTPError:
+        return False
