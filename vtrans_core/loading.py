@@ -23,6 +23,7 @@ from torch import nn
 from .errors import CompressionError
 from .families import adapter_for
 from .flops import ModelShape
+from .materialize import save_pruned  # noqa: F401  (re-exported: vtrans_core.save_pruned)
 
 
 def _resize_linear(lin: nn.Linear, out_features: int, in_features: int) -> None:

@@ -28,12 +28,30 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import CompressionError
 from .flops import ModelShape, shape_size
 
 CLOSE_TOL = 0.005
+STRUCTURES = ("hidden", "heads", "ffn", "attn_block", "ffn_block")
+
+
+def mask_keys(structures: Iterable[str], layout: str) -> list[str]:
+    """Masks a PrunableModel builds for these structures in this layout. uniform ties hidden
+    with heads (both or neither) and attention with FFN blocks (one "layer" gate)."""
+    s = set(structures)
+    unknown = s - set(STRUCTURES)
+    if unknown:
+        raise ValueError(f"unknown structures {sorted(unknown)} (known: {STRUCTURES})")
+    if layout == "uniform":
+        keys = ["hidden", "heads"] if s & {"hidden", "heads"} else []
+        keys += ["ffn"] if "ffn" in s else []
+        keys += ["layer"] if s & {"attn_block", "ffn_block"} else []
+        return keys
+    if layout != "per_layer":
+        raise CompressionError("options.layout", f"must be uniform or per_layer, got {layout!r}")
+    return [k for k in STRUCTURES if k in s]
 
 
 @dataclass
@@ -279,17 +297,8 @@ def make_plan(shape: ModelShape, reference: ModelShape, scores: dict[str, Any], 
         trial = st.copy()
         if _apply(trial, units[i], layout, blocks, round_to):
             if frac(trial) < target - CLOSE_TOL and target > 0:
-                # Overshoot: look for following units that land closer, else take this one.
-                alt, alt_removed = st.copy(), []
-                for u in units[i + 1:]:
-                    t2 = alt.copy()
-                    if _apply(t2, u, layout, blocks, round_to) and frac(t2) >= target - CLOSE_TOL:
-                        alt, alt_removed = t2, alt_removed + [u]
-                        if frac(alt) <= target:
-                            break
-                if frac(alt) <= target:
-                    st, removed = alt, removed + alt_removed
-                    break
+                st, removed = _closer(st, removed, trial, units, i, frac, target, layout, blocks, round_to)
+                break
             st = trial
             removed.append(units[i])
         i += 1
@@ -297,6 +306,27 @@ def make_plan(shape: ModelShape, reference: ModelShape, scores: dict[str, Any], 
         raise CompressionError("budget.target", f"{kind} target {target:.3f} cannot be reached with the enabled "
                                f"structures and layout {layout!r}: the reachable minimum is {frac(st):.3f}")
     return _build(shape, reference, live, removed, st, layout)
+
+
+def _closer(st, removed, trial, units, i, frac, target, layout, blocks, round_to):
+    """Unit i overshoots the target by more than CLOSE_TOL: walk the following units, taking
+    those that keep the fraction above target, and return whichever state lands closest below
+    the target (unit i itself if nothing beats it)."""
+    best, best_removed = trial, removed + [units[i]]
+    alt, alt_removed = st.copy(), list(removed)
+    for u in units[i + 1:]:
+        t2 = alt.copy()
+        if not _apply(t2, u, layout, blocks, round_to):
+            continue
+        f2 = frac(t2)
+        if f2 <= target:
+            if f2 > frac(best):
+                best, best_removed = t2, alt_removed + [u]
+            if f2 >= target - CLOSE_TOL:
+                break
+        else:
+            alt, alt_removed = t2, alt_removed + [u]
+    return best, best_removed
 
 
 def _build(shape, reference, live, removed, st: _State, layout) -> PruningPlan:
@@ -319,3 +349,35 @@ def _build(shape, reference, live, removed, st: _State, layout) -> PruningPlan:
     return PruningPlan(hidden=sorted(i for i, _ in live["hidden"] if i not in gone_hidden), heads=heads, ffn=ffn,
                        attn_blocks=list(st.a), ffn_blocks=list(st.b), shape=shape, reference=reference,
                        layout=layout)
+
+
+def neutral_scores(shape: ModelShape, structures: Iterable[str], layout: str) -> dict[str, Any]:
+    """All-zero scores over the entries a model of `shape` has (None for absent entries)."""
+    L, out = shape.n_layers, {}
+    for key in mask_keys(structures, layout):
+        if key == "hidden":
+            out[key] = [0.0] * shape.hidden
+        elif key in ("heads", "ffn"):
+            sizes = shape.heads if key == "heads" else shape.ffn
+            width = max(max(sizes), 1)
+            out[key] = [[0.0 if j < n else None for j in range(width)] for n in sizes]
+        else:
+            alive = {"attn_block": shape.attn_blocks, "ffn_block": shape.ffn_blocks,
+                     "layer": [a or b for a, b in zip(shape.attn_blocks, shape.ffn_blocks)]}[key]
+            out[key] = [0.0 if a else None for a in alive]
+    return out
+
+
+def min_fraction(config_or_shape: Any, kind: str, seq_len: int = 128, structures: Iterable[str] = STRUCTURES,
+                 layout: str = "per_layer", round_to: int = 8, reference: ModelShape | None = None) -> float:
+    """Smallest fraction of the dense model reachable with these structures and layout, from a
+    config (HF config or config.json dict), a model or a ModelShape: no weights needed."""
+    from .flops import _shape_of
+
+    shape = _shape_of(config_or_shape)
+    if reference is None:
+        saved = config_or_shape.get("vtrans_reference") if isinstance(config_or_shape, dict) else \
+            getattr(getattr(config_or_shape, "config", config_or_shape), "vtrans_reference", None)
+        reference = ModelShape.from_dict(dict(saved)) if saved else shape
+    scores = neutral_scores(shape, structures, layout)
+    return make_plan(shape, reference, scores, kind, 0.0, seq_len, layout, round_to).fraction(kind, seq_len)

@@ -46,25 +46,7 @@ from .errors import CompressionError
 from .families import adapter_for
 from .flops import ModelShape, expected_size, shape_size
 from .masks import DEFAULT_KL_WEIGHTS, VIBMask
-from .plan import PruningPlan, make_plan
-
-STRUCTURES = ("hidden", "heads", "ffn", "attn_block", "ffn_block")
-
-
-def mask_keys(structures: Iterable[str], layout: str) -> list[str]:
-    s = set(structures)
-    unknown = s - set(STRUCTURES)
-    if unknown:
-        raise ValueError(f"unknown structures {sorted(unknown)} (known: {STRUCTURES})")
-    if layout == "uniform":
-        keys = ["hidden", "heads"] if s & {"hidden", "heads"} else []
-        keys += ["ffn"] if "ffn" in s else []
-        keys += ["layer"] if s & {"attn_block", "ffn_block"} else []
-        return keys
-    if layout != "per_layer":
-        raise CompressionError("options.layout", f"must be uniform or per_layer, got {layout!r}")
-    return [k for k in STRUCTURES if k in s]
-
+from .plan import STRUCTURES, PruningPlan, make_plan, mask_keys
 
 class PrunableModel:
     def __init__(self, model: nn.Module, structures: Iterable[str] = STRUCTURES, layout: str = "per_layer",

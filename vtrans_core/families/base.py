@@ -134,10 +134,15 @@ class FamilyAdapter:
 
     def shape_from_config(self, config: Any) -> ModelShape:
         """Shape of a config: a per_layer layout when it carries `vtrans_layout`, else dense."""
+        if isinstance(config, dict):  # a raw config.json (validate_request works without weights)
+            if config.get("vtrans_layout"):
+                return ModelShape.from_dict(dict(config["vtrans_layout"]))
+            from transformers import CONFIG_MAPPING
+            config = CONFIG_MAPPING[config["model_type"]].from_dict(
+                {k: v for k, v in config.items() if k != "transformers_version"})
         layout = getattr(config, "vtrans_layout", None)
         if layout:
             return ModelShape.from_dict(dict(layout))
-        hk, nk, fk, lk = self.config_keys
         hidden, n_heads, ffn, n_layers = (getattr(config, k) for k in self.config_keys)
         return ModelShape(
             family=self.model_types[0], vocab=config.vocab_size, positions=config.max_position_embeddings,
