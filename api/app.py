@@ -22,6 +22,9 @@ ROUTERS = [
     "api.routes.models",
     "api.routes.datasets",
     "api.routes.jobs",
+    "api.routes.events",
+    "api.routes.metrics",
+    "api.routes.dashboard",
 ]
 
 
@@ -45,7 +48,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
                   description="Compress transformer models with VTrans structured pruning.")
     app.state.settings = settings
     app.state.store = ArtifactStore(settings.artifacts)
-    app.state.enqueue = enqueue or celery_enqueue(settings)
+    app.state.enqueue = enqueue if enqueue is not None else celery_enqueue(settings)
     problems.install(app)
 
     @app.middleware("http")
@@ -61,5 +64,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
         return await call_next(request)
 
     for name in ROUTERS:
-        app.include_router(importlib.import_module(name).router)
+        module = importlib.import_module(name)
+        app.include_router(module.router)
+        getattr(module, "install", lambda _app: None)(app)  # e.g. metrics' request-timing middleware
     return app
