@@ -1,0 +1,139 @@
+"""GET /v1/jobs/{id}/events: a job's events as Server-Sent Events, or as a JSON list.
+
+Wire format (one block per event; `id` is the job_events seq, gap-free per job):
+
+    event: progress | status        id: <seq>      data: {"seq", "kind", "stage", "fraction",
+                                                          "step", "metrics", "status", ...}
+    event: end                      id: <last seq> data: the job, as GET /v1/jobs/{id}
+
+`end` closes the stream. A client that reconnects with `Last-Event-ID: N` (or `?after=N`)
+gets the events with seq > N exactly once; a client arriving after the job ended gets the
+whole history, then `end`. `: ping` comments keep idle connections open through proxies.
+The replay/live/dedupe logic lives in api/event_bus.py; this module only reads rows.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator
+
+from anyio import to_thread
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.sse import format_sse_event
+from sqlalchemy import select
+
+from .. import event_bus
+from ..db import session_scope
+from ..jobstore import event_to_dict
+from ..models import TERMINAL_STATUSES, Artifact, Job, JobEvent
+from ..problems import Problem, field_problem
+from ..settings import Settings
+from ..tenancy import get_tenant
+
+router = APIRouter(tags=["events"])
+
+# Tells EventSource clients how long to wait before reconnecting (ms).
+RETRY_MS = 2000
+
+
+def public_event(job_id: str, ev: dict[str, Any]) -> dict[str, Any]:
+    """The client-facing form of an event, the same for DB rows and live pub/sub payloads."""
+    out = {"job_id": job_id, **{k: v for k, v in ev.items() if v is not None}}
+    metrics = ev.get("metrics") or {}
+    if ev.get("kind") == "progress" and "step" in metrics:
+        out["step"] = metrics["step"]  # the issue lists step beside stage and fraction
+    return out
+
+
+def _job_state(settings: Settings, tenant: str, job_id: str) -> dict[str, Any] | None:
+    from .jobs import job_to_dict  # the service's serializer: `end` carries what GET returns
+
+    with session_scope(settings.db_url) as s:
+        job = s.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant))
+        if job is None:
+            return None
+        artifacts = []
+        if job.status == "succeeded":
+            artifacts = list(s.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.final.is_(True))
+                                       .order_by(Artifact.name)).all())
+        return job_to_dict(job, artifacts)
+
+
+def _events_since(settings: Settings, tenant: str, job_id: str, after: int) -> tuple[list[dict], bool]:
+    """Events with seq > after, and whether the job had finished. The status is read FIRST:
+    a terminal status is committed together with its event, so when we see "finished" the
+    events query (a later statement) sees every event of the job."""
+    with session_scope(settings.db_url) as s:
+        status = s.scalar(select(Job.status).where(Job.id == job_id, Job.tenant_id == tenant))
+        rows = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after)
+                         .order_by(JobEvent.seq)).all()
+        return [event_to_dict(r) for r in rows], status is None or status in TERMINAL_STATUSES
+
+
+def _parse_after(last_event_id: str | None, after: int | None) -> int:
+    if last_event_id is not None and last_event_id.strip():
+        try:
+            value = int(last_event_id.strip())
+        except ValueError:
+            raise field_problem(422, "Last-Event-ID", "must be an event id sent by this stream (an integer)") from None
+        if value < 0:
+            raise field_problem(422, "Last-Event-ID", "must not be negative")
+        return value
+    return after or 0
+
+
+def _wants_json(request: Request, fmt: str | None) -> bool:
+    if fmt is not None:
+        if fmt not in ("json", "sse"):
+            raise field_problem(422, "format", f"must be 'json' or 'sse', got {fmt!r}")
+        return fmt == "json"
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/event-stream" not in accept
+
+
+def _sse(event: str, data: Any, event_id: int | None) -> bytes:
+    return format_sse_event(data_str=json.dumps(data, default=str, separators=(",", ":")), event=event,
+                            id=None if event_id is None else str(event_id))
+
+
+@router.get("/v1/jobs/{job_id}/events", responses={200: {"content": {
+    "text/event-stream": {}, "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}})
+async def job_events(job_id: str, request: Request,
+                     format: str | None = Query(None, description="json: the history as a JSON list"),
+                     after: int | None = Query(None, ge=0, description="only events with seq > after"),
+                     last_event_id: str | None = Header(None, alias="Last-Event-ID"),
+                     tenant: str = Depends(get_tenant)):
+    settings: Settings = request.app.state.settings
+    start = _parse_after(last_event_id, after)
+    as_json = _wants_json(request, format)
+    state = await to_thread.run_sync(_job_state, settings, tenant, job_id)
+    if state is None:
+        raise Problem(404, f"no job with id {job_id!r}", slug="not-found")
+
+    if as_json:
+        events, _ = await to_thread.run_sync(_events_since, settings, tenant, job_id, start)
+        return JSONResponse([public_event(job_id, e) for e in events])
+
+    async def fetch(after_seq: int) -> tuple[list[dict], bool]:
+        return await to_thread.run_sync(_events_since, settings, tenant, job_id, after_seq)
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        last = start
+        async for ev in event_bus.follow(job_id, start, fetch, url=event_bus.bus_url(settings)):
+            if ev is None:
+                yield event_bus_ping()
+                continue
+            last = ev["seq"]
+            yield _sse(ev.get("kind") or "progress", public_event(job_id, ev), last)
+        final = await to_thread.run_sync(_job_state, settings, tenant, job_id)
+        yield _sse("end", final or {"id": job_id, "status": "deleted"}, last)
+
+    # StreamingResponse cancels the generator when the client disconnects, which closes the
+    # subscription (event_bus.follow's finally).
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def event_bus_ping() -> bytes:
+    return b": ping\n\n"

@@ -1,0 +1,133 @@
+"""GET /metrics in Prometheus text format.
+
+Job, queue, event and heartbeat figures are read from the database AT SCRAPE TIME by a custom
+collector: the API, the workers and any number of API replicas share the database, so every
+replica reports the same, correct numbers (a counter incremented in the worker process would be
+invisible to the API process). Only the request-latency histogram is per process, recorded by
+a middleware (`install(app)`), as Prometheus expects for request metrics.
+"""
+from __future__ import annotations
+
+import time
+from datetime import timezone
+from typing import Iterable
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from sqlalchemy import func, select
+
+from ..db import session_scope
+from ..models import JOB_STATUSES, Job, JobEvent, utcnow
+
+router = APIRouter(tags=["metrics"])
+
+# Compressions last from seconds (tiny test models) to hours (BERT-base on CPU).
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def _aware(dt):
+    return dt if dt is None or dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+class JobsCollector:
+    """Reads the jobs and job_events tables on every scrape."""
+
+    def __init__(self, db_url: str):
+        self.db_url = db_url
+
+    def collect(self) -> Iterable:
+        up = GaugeMetricFamily("vtrans_metrics_db_up", "1 when the database answered this scrape")
+        try:
+            families = self._from_db()
+        except Exception:  # a scrape must still answer, saying the DB did not
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _from_db(self) -> list:
+        now = utcnow()
+        with session_scope(self.db_url) as s:
+            by_status = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            events = dict(s.execute(select(JobEvent.kind, func.count()).group_by(JobEvent.kind)).all())
+            # Finished jobs that actually ran. Method lives in the normalized request JSON, read in
+            # Python to stay portable between SQLite and Postgres JSON operators.
+            finished = s.execute(select(Job.request, Job.started_at, Job.finished_at)
+                                 .where(Job.started_at.is_not(None), Job.finished_at.is_not(None))).all()
+            running = s.execute(select(Job.worker_id, func.max(Job.updated_at))
+                                .where(Job.status == "running").group_by(Job.worker_id)).all()
+            oldest_queued = s.scalar(select(func.min(Job.created_at)).where(Job.status == "queued"))
+
+        jobs = GaugeMetricFamily("vtrans_jobs", "Jobs by status", labels=["status"])
+        for status in JOB_STATUSES:
+            jobs.add_metric([status], by_status.get(status, 0))
+        queue = GaugeMetricFamily("vtrans_queue_depth", "Jobs waiting for a worker (status queued)")
+        queue.add_metric([], by_status.get("queued", 0))
+        wait = GaugeMetricFamily("vtrans_queue_oldest_age_seconds", "Age of the oldest queued job (0 if none)")
+        wait.add_metric([], max(0.0, (now - _aware(oldest_queued)).total_seconds()) if oldest_queued else 0.0)
+
+        emitted = CounterMetricFamily("vtrans_job_events", "Job events recorded (progress reports and status changes)",
+                                      labels=["kind"])
+        for kind in sorted(set(events) | {"progress", "status"}):
+            emitted.add_metric([kind], events.get(kind, 0))
+
+        durations: dict[str, list[float]] = {}
+        for request, started, ended in finished:
+            method = str((request or {}).get("method") or "unknown")
+            durations.setdefault(method, []).append(max(0.0, (_aware(ended) - _aware(started)).total_seconds()))
+        hist = HistogramMetricFamily("vtrans_job_duration_seconds",
+                                     "Wall time of finished jobs, from claim to end", labels=["method"])
+        for method, values in sorted(durations.items()):
+            buckets = [(str(b), sum(v <= b for v in values)) for b in DURATION_BUCKETS]
+            buckets.append(("+Inf", len(values)))
+            hist.add_metric([method], buckets, sum_value=sum(values))
+
+        beat = GaugeMetricFamily("vtrans_worker_heartbeat_age_seconds",
+                                 "Seconds since a busy worker last reported progress (renewing its lease)",
+                                 labels=["worker"])
+        for worker, last in running:
+            if worker and last:
+                beat.add_metric([worker], max(0.0, (now - _aware(last)).total_seconds()))
+        return [jobs, queue, wait, emitted, hist, beat]
+
+
+def registry_for(app: FastAPI) -> CollectorRegistry:
+    """One registry per app (tests build several apps in one process; the global REGISTRY
+    would refuse a second collector with the same names)."""
+    reg = getattr(app.state, "metrics_registry", None)
+    if reg is None:
+        reg = CollectorRegistry(auto_describe=True)
+        reg.register(JobsCollector(app.state.settings.db_url))
+        app.state.metrics_registry = reg
+        app.state.request_latency = Histogram(
+            "vtrans_http_request_duration_seconds", "API request latency until the response starts",
+            ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=reg)
+    return reg
+
+
+def install(app: FastAPI) -> None:
+    """Add the request-latency middleware (called once by create_app)."""
+    registry_for(app)
+
+    @app.middleware("http")
+    async def time_requests(request: Request, call_next):
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            # The route template, not the raw path: one series per endpoint, whatever the ids.
+            route = request.scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            app.state.request_latency.labels(request.method, path, str(status)).observe(time.perf_counter() - start)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(registry_for(request.app)), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,55 @@
+// Hash router tying the three views together: #/ (jobs + form), #/jobs/<id>, #/compare.
+import { getApiKey, setApiKey } from "./api.js";
+import { CompareView } from "./compare.js";
+import { JobView } from "./jobview.js";
+import { JobsView } from "./jobs.js";
+
+const banner = document.getElementById("banner");
+let bannerTimer = null;
+function showError(message, kind = "error") {
+  banner.textContent = message;
+  banner.className = `banner ${kind === "info" ? "info" : ""}`;
+  clearTimeout(bannerTimer);
+  bannerTimer = setTimeout(() => banner.classList.add("hidden"), 8000);
+}
+
+const selected = new Set(); // jobs ticked for comparison, shared by the list and compare views
+const views = {
+  jobs: new JobsView(showError, selected),
+  job: new JobView(showError),
+  compare: new CompareView(showError, selected),
+};
+
+function route() {
+  const hash = location.hash || "#/";
+  let name = "jobs", arg = null;
+  let m;
+  if ((m = hash.match(/^#\/jobs\/([^/?]+)/))) { name = "job"; arg = decodeURIComponent(m[1]); }
+  else if ((m = hash.match(/^#\/compare(?:\?ids=(.*))?/))) {
+    name = "compare";
+    arg = m[1] ? decodeURIComponent(m[1]).split(",").filter(Boolean) : [];
+  }
+  for (const [k, v] of Object.entries(views)) {
+    document.getElementById(`view-${k}`).classList.toggle("hidden", k !== name);
+    if (k !== name) v.hide();
+  }
+  document.querySelectorAll("[data-nav]").forEach((a) =>
+    a.classList.toggle("active", a.dataset.nav === (name === "job" ? "jobs" : name)));
+  views[name].show(arg);
+}
+
+document.getElementById("compare-selected").addEventListener("click", () => {
+  location.hash = `#/compare?ids=${[...selected].join(",")}`;
+});
+
+const keyInput = document.getElementById("api-key");
+keyInput.value = getApiKey();
+document.getElementById("key-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  setApiKey(keyInput.value.trim());
+  showError(keyInput.value.trim() ? "API key saved in this browser" : "API key cleared", "info");
+  route();
+});
+
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,222 @@
+// One job followed live from its SSE stream: progress bar, ETA, loss and kept-fraction
+// plots drawn as events arrive, final dense-vs-pruned numbers, per-layer chart, artifacts.
+import { api, downloadWithKey, followEvents, getApiKey } from "./api.js";
+import { COLORS, barChart, fmtNum, lineChart, smallMultiples } from "./plots.js";
+import { TERMINAL, budgetText, el, field } from "./jobs.js";
+
+const $ = (id) => document.getElementById(id);
+
+function fmtEta(s) {
+  if (!isFinite(s) || s < 0) return "-";
+  if (s < 60) return `${Math.round(s)} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+}
+
+export class JobView {
+  constructor(showError) {
+    this.showError = showError;
+    this.stream = null;
+    $("j-cancel").addEventListener("click", () => this.cancel());
+    window.addEventListener("resize", () => this.id && this.draw());
+  }
+
+  reset(id) {
+    this.id = id;
+    this.status = null;
+    this.fraction = 0;
+    this.final = null;
+    // Steps restart in each stage (masks, finetune...): x is a cumulative step across stages.
+    this.xOffset = 0; this.lastStage = null; this.lastX = 0;
+    this.series = { loss: [], kl: [], flops: [], params: [], acc: [] };
+  }
+
+  async show(id) {
+    this.hide();
+    this.reset(id);
+    $("j-id").textContent = id;
+    $("j-final").classList.add("hidden");
+    $("j-error").classList.add("hidden");
+    $("j-artifacts").replaceChildren(el("li", { class: "muted" }, "available when the job has succeeded"));
+    this.setStatus("queued");
+    this.setProgress(0, "-", null);
+    this.draw();
+    try {
+      this.renderJob(await api.getJob(id));
+    } catch (err) {
+      this.showError(`Could not load job ${id}: ${err.message}`);
+      return;
+    }
+    const myId = id;
+    this.stream = followEvents(id, (msg) => this.id === myId && this.onEvent(msg),
+      (state) => { if (this.id === myId) $("j-stream").textContent = state; });
+  }
+
+  hide() {
+    if (this.stream) this.stream.close();
+    this.stream = null;
+  }
+
+  renderJob(job) {
+    const req = { model: field(job, "model"), dataset: field(job, "dataset"), method: field(job, "method"),
+      budget: budgetText(job), layout: (field(job, "options") || {}).layout, created: job.created_at };
+    $("j-request").replaceChildren(...Object.entries(req).filter(([, v]) => v !== undefined && v !== null)
+      .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
+    this.setStatus(job.status);
+    this.setProgress(job.progress ?? 0, job.stage ?? "-", null);
+    if (TERMINAL.has(job.status)) this.finish(job);
+  }
+
+  setStatus(status) {
+    if (!status) return;
+    this.status = status;
+    const badge = $("j-status");
+    badge.textContent = status;
+    badge.className = `badge ${status}`;
+    $("j-cancel").disabled = TERMINAL.has(status);
+  }
+
+  // The bar never moves backwards: the stream may replay history after a reconnect.
+  setProgress(fraction, stage, eta) {
+    if (this.status === "succeeded") fraction = 1;
+    this.fraction = Math.max(this.fraction, Math.min(1, +fraction || 0));
+    const pct = `${(this.fraction * 100).toFixed(1)}%`;
+    $("j-bar").style.width = pct;
+    $("j-bar").parentElement.className = `progress big ${this.status === "succeeded" ? "done" : this.status === "failed" ? "failed" : ""}`;
+    $("j-bar").parentElement.setAttribute("aria-valuenow", (this.fraction * 100).toFixed(1));
+    $("j-pct").textContent = pct;
+    if (stage) $("j-stage").textContent = stage;
+    if (eta !== undefined) $("j-eta").textContent = TERMINAL.has(this.status) ? "-" : fmtEta(eta);
+  }
+
+  onEvent({ event, data }) {
+    if (!data || typeof data !== "object") return;
+    if (event === "progress") {
+      const m = data.metrics || {};
+      this.setProgress(data.fraction, data.stage, m.eta_seconds);
+      this.addPoint(data.stage, m);
+      this.draw();
+    } else if (event === "status") {
+      this.setStatus(data.status);
+      if (data.error) this.showJobError(data.error);
+    } else if (event === "end") {
+      const job = data.job || data;
+      this.setStatus(job.status);
+      this.finish(job);
+    }
+  }
+
+  addPoint(stage, m) {
+    if (stage !== this.lastStage) { this.xOffset = this.lastX; this.lastStage = stage; }
+    const x = isFinite(m.step) ? this.xOffset + m.step : this.lastX + 1;
+    if (!(isFinite(m.loss) || isFinite(m.kept_flops) || isFinite(m.kept_params) || isFinite(m.accuracy))) return;
+    this.lastX = Math.max(this.lastX, x);
+    const push = (arr, v) => isFinite(v) && arr.push([x, +v]);
+    push(this.series.loss, m.loss);
+    push(this.series.kl, m.kl);
+    push(this.series.flops, m.kept_flops);
+    push(this.series.params, m.kept_params);
+    push(this.series.acc, m.accuracy);
+  }
+
+  draw() {
+    const s = this.series;
+    lineChart($("c-loss"), [{ name: "loss", color: COLORS[0], points: s.loss }],
+      { xLabel: "step (cumulative over stages)", empty: "waiting for training steps..." });
+    lineChart($("c-kept"), [
+      { name: "kept FLOPs", color: COLORS[1], points: s.flops },
+      { name: "kept params", color: COLORS[2], points: s.params },
+      { name: "accuracy", color: COLORS[3], points: s.acc, dots: true },
+    ], { xLabel: "step (cumulative over stages)", yRange: [0, 1], empty: "waiting for training steps..." });
+    if (this.final) this.drawFinal(this.final);
+  }
+
+  showJobError(error) {
+    const text = typeof error === "string" ? error : [error.type, error.message].filter(Boolean).join(": ");
+    $("j-error").textContent = text;
+    $("j-error").classList.remove("hidden");
+  }
+
+  finish(job) {
+    this.setProgress(job.status === "succeeded" ? 1 : job.progress ?? this.fraction, job.stage, null);
+    if (job.error) this.showJobError(job.error);
+    const metrics = job.metrics || job.result || null;
+    if (job.status === "succeeded" && metrics && metrics.dense) {
+      this.final = metrics;
+      // A late viewer gets the whole curve from the final metrics when events carried none.
+      if (!this.series.loss.length && Array.isArray(metrics.history)) {
+        for (const h of metrics.history) this.addPoint("history", h);
+      }
+      $("j-final").classList.remove("hidden");
+      this.draw();
+    }
+    if (job.status === "succeeded") this.loadArtifacts();
+  }
+
+  drawFinal(m) {
+    const d = m.dense || {}, p = m.pruned || {};
+    const rows = [
+      ["accuracy", d.accuracy, p.accuracy, (v) => v?.toFixed(4)],
+      ["F1", d.f1, p.f1, (v) => v?.toFixed(4)],
+      ["params", d.params, p.params, fmtNum],
+      ["FLOPs / sequence", d.flops, p.flops, fmtNum],
+      ["latency (ms)", d.latency_ms, p.latency_ms, (v) => v?.toFixed(1)],
+    ].filter((r) => r[1] !== undefined || r[2] !== undefined);
+    const ratio = (a, b) => (isFinite(a) && isFinite(b) && a ? (b / a).toFixed(3) : "-");
+    $("j-final-table").replaceChildren(
+      el("tr", {}, el("th", {}, ""), el("th", {}, "dense"), el("th", {}, "pruned"), el("th", {}, "pruned / dense")),
+      ...rows.map(([name, a, b, f]) => el("tr", { dataset: { metric: name } }, el("td", {}, name),
+        el("td", {}, f(a) ?? "-"), el("td", {}, f(b) ?? "-"), el("td", {}, ratio(a, b)))),
+      el("tr", {}, el("td", {}, "speedup"), el("td", {}, ""), el("td", { class: "speedup" },
+        isFinite(m.speedup) ? `${m.speedup.toFixed(2)}x` : "-"), el("td", {}, "")));
+    smallMultiples($("c-final"), [
+      { label: "accuracy", values: [d.accuracy, p.accuracy], fmt: (v) => v.toFixed(3) },
+      { label: "params", values: [d.params, p.params] },
+      { label: "FLOPs", values: [d.flops, p.flops] },
+      { label: "latency ms", values: [d.latency_ms, p.latency_ms], fmt: (v) => v.toFixed(1) },
+    ]);
+    const kept = m.kept || {};
+    const heads = kept.heads_per_layer || [], ffn = kept.ffn_per_layer || [];
+    const labels = (n) => Array.from({ length: n }, (_, i) => `L${i}`);
+    barChart($("c-heads"), labels(heads.length), [{ name: "heads kept", color: COLORS[0], values: heads }],
+      { yLabel: "heads", empty: "no per-layer heads" });
+    barChart($("c-ffn"), labels(ffn.length), [{ name: "FFN neurons kept", color: COLORS[1], values: ffn }],
+      { yLabel: "neurons", empty: "no per-layer FFN" });
+  }
+
+  async loadArtifacts() {
+    const list = $("j-artifacts");
+    try {
+      const body = await api.listArtifacts(this.id);
+      const items = Array.isArray(body) ? body : body.items || body.artifacts || body.data || [];
+      if (!items.length) { list.replaceChildren(el("li", { class: "muted" }, "no artifacts")); return; }
+      list.replaceChildren(...items.map((a) => {
+        const name = typeof a === "string" ? a : a.name;
+        const href = (typeof a === "object" && a.url) || api.artifactUrl(this.id, name);
+        const link = el("a", { href, download: name.split("/").pop(), class: "artifact" }, name);
+        // Without a key a plain link works; with one, fetch so the header is sent.
+        link.addEventListener("click", (e) => {
+          if (!getApiKey()) return;
+          e.preventDefault();
+          downloadWithKey(href, name.split("/").pop()).catch((err) => this.showError(err.message));
+        });
+        const size = typeof a === "object" && isFinite(a.size) ? ` (${fmtNum(a.size)}B)` : "";
+        return el("li", {}, link, el("span", { class: "muted" }, size));
+      }));
+    } catch (err) {
+      list.replaceChildren(el("li", { class: "muted" }, `artifacts unavailable: ${err.message}`));
+    }
+  }
+
+  async cancel() {
+    if (!this.id) return;
+    $("j-cancel").disabled = true;
+    try {
+      const job = await api.cancelJob(this.id);
+      if (job && job.status) this.setStatus(job.status);
+    } catch (err) {
+      this.showError(`Cancel failed: ${err.message}`);
+      $("j-cancel").disabled = TERMINAL.has(this.status);
+    }
+  }
+}
