@@ -59,26 +59,40 @@ def evaluate(model, enc: Encoded, num_labels: int, batch_size: int, device, tick
     return classification_metrics(logits, enc.labels, num_labels)
 
 
-@torch.no_grad()
-def measure_latency_ms(model, device, runs: int, batch: int = LATENCY_BATCH, seq: int = LATENCY_SEQ,
-                       tick: Callable[[int, int], None] | None = None) -> float:
-    """Median wall time of `runs` forwards on a fixed random batch, after one warm-up forward."""
-    was_training = model.training
-    model.eval()
+def _latency_inputs(model, batch: int, seq: int, device) -> dict:
     gen = torch.Generator().manual_seed(0)
     vocab = int(getattr(model.config, "vocab_size", 1000))
-    inputs = {"input_ids": torch.randint(0, vocab, (batch, seq), generator=gen).to(device),
-              "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=device)}
+    # Tiny test models have short position tables (RoBERTa also reserves 2 positions).
+    seq = min(seq, int(getattr(model.config, "max_position_embeddings", seq + 2)) - 2)
+    return {"input_ids": torch.randint(0, vocab, (batch, seq), generator=gen).to(device),
+            "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=device)}
+
+
+@torch.no_grad()
+def measure_latency_ms(models: list, device, runs: int, batch: int = LATENCY_BATCH, seq: int = LATENCY_SEQ,
+                       tick: Callable[[int, int], None] | None = None) -> list[float]:
+    """Median wall time (ms) per model of `runs` forwards on a fixed random batch.
+
+    The models are timed in alternation (A, B, A, B, ...) after two warm-up forwards each, so
+    a load change on a shared machine hits all of them alike instead of biasing one."""
+    states = [m.training for m in models]
+    for m in models:
+        m.eval()
+    inputs = [_latency_inputs(m, batch, seq, device) for m in models]
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    model(**inputs)
+    for m, x in zip(models, inputs):
+        for _ in range(2):
+            m(**x)
     sync()
-    times = []
+    times: list[list[float]] = [[] for _ in models]
     for i in range(runs):
-        start = time.perf_counter()
-        model(**inputs)
-        sync()
-        times.append((time.perf_counter() - start) * 1000.0)
-        if tick is not None:
-            tick(i + 1, runs)
-    model.train(was_training)
-    return round(statistics.median(times), 3)
+        for k, (m, x) in enumerate(zip(models, inputs)):
+            start = time.perf_counter()
+            m(**x)
+            sync()
+            times[k].append((time.perf_counter() - start) * 1000.0)
+            if tick is not None:
+                tick(i * len(models) + k + 1, runs * len(models))
+    for m, t in zip(models, states):
+        m.train(t)
+    return [round(statistics.median(t), 3) for t in times]

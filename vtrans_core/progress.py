@@ -16,7 +16,10 @@ MIN_INTERVAL_SECONDS = 0.5
 
 class Progress:
     def __init__(self, callback: ProgressFn | None, plan: dict[str, float]):
-        """`plan`: stage name -> relative weight, in execution order."""
+        """`plan`: stage key -> relative weight, in execution order.
+
+        A stage that runs several times (masks/prune per round) gets one key per run,
+        "masks#1", "masks#2", ...; the part before '#' is the stage name reported."""
         self.callback = callback
         self.plan = {k: max(float(v), 1e-6) for k, v in plan.items()}
         self.total = sum(self.plan.values())
@@ -59,7 +62,8 @@ class Progress:
         if self.stage_name is None:
             return
         seconds = time.perf_counter() - self.stage_started
-        self.stage_seconds[self.stage_name] = self.stage_seconds.get(self.stage_name, 0.0) + seconds
+        name = self.stage_name.split("#")[0]
+        self.stage_seconds[name] = round(self.stage_seconds.get(name, 0.0) + seconds, 3)
         self.done_weight += self.plan[self.stage_name]
         self.stage_name = None
 
@@ -76,7 +80,7 @@ class Progress:
         payload = {k: _jsonable(v) for k, v in metrics.items()}
         if eta is not None:
             payload["eta_seconds"] = round(eta, 1)
-        self.callback(self.stage_name or "load", self.fraction, payload)
+        self.callback((self.stage_name or "load").split("#")[0], self.fraction, payload)
 
 
 def _jsonable(value: Any) -> Any:

@@ -228,6 +228,7 @@ def train_masks(pm, enc: Encoded, rnd: MaskRound, options, device, tick: Tick, t
         if sched is not None:
             sched.step()
         lagrangian.ascend(float(s.detach()), t_now)
+        kl, s = kl.detach(), s.detach()
         running = total.item() if running is None else 0.9 * running + 0.1 * total.item()
         if step % 10 == 0 or step == rnd.steps:
             with torch.no_grad():

@@ -1,0 +1,98 @@
+"""Compression methods (names as in the paper): registry, shared context and plan bookkeeping.
+
+A method is a small strategy over the shared pieces (training.train_masks, the surgery's
+plan_for/materialize, training.train_supervised): it picks its training rows, plans its own
+stages for the progress bar, and runs masks -> prune (-> finetune | refine).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..budget import Budget
+from ..data import Split
+from ..options import CompressionOptions
+
+
+@dataclass
+class Context:
+    """Everything a method needs; built by the pipeline after loading and the teacher stage."""
+    model: Any                 # the dense classifier, trainable (becomes the student)
+    dense: Any                 # frozen dense copy: teacher for distillation and refine targets
+    teacher: Any               # training.Teacher (cached logits of `dense`)
+    enc_train: Any             # data.Encoded of the method's training rows
+    options: CompressionOptions
+    budget: Budget
+    device: Any
+    progress: Any              # progress.Progress
+    structures: set[str]
+    history: list[dict] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)   # method-specific metrics
+
+
+class Origin:
+    """Maps the current (possibly already sliced) model back to the dense model, so the plan
+    saved with the result lists kept indices of the ORIGINAL model whatever the rounds did."""
+
+    def __init__(self, reference):
+        L = reference.n_layers
+        self.reference = reference
+        self.hidden = list(range(reference.hidden))
+        self.heads = [list(range(reference.heads[l])) for l in range(L)]
+        self.ffn = [list(range(reference.ffn[l])) for l in range(L)]
+        self.attn = list(reference.attn_blocks)
+        self.ffnb = list(reference.ffn_blocks)
+        self.layers = list(range(L))     # current layer k -> dense layer
+
+    def apply(self, plan) -> None:
+        self.hidden = [self.hidden[i] for i in plan.hidden]
+        for k, d in enumerate(self.layers):
+            self.heads[d] = [self.heads[d][j] for j in plan.heads[k]] if plan.attn_blocks[k] else []
+            self.ffn[d] = [self.ffn[d][j] for j in plan.ffn[k]] if plan.ffn_blocks[k] else []
+            self.attn[d] = self.attn[d] and plan.attn_blocks[k]
+            self.ffnb[d] = self.ffnb[d] and plan.ffn_blocks[k]
+
+    def follow(self, n_layers_now: int, plan) -> None:
+        """After materialize: drop the layers a uniform layout removed from the module list."""
+        if n_layers_now != len(self.layers):
+            self.layers = [d for k, d in enumerate(self.layers) if plan.attn_blocks[k] or plan.ffn_blocks[k]]
+
+    def plan(self, layout: str, meta: dict):
+        from ..plan import PruningPlan
+
+        return PruningPlan(hidden=list(self.hidden), heads=[list(h) for h in self.heads], ffn=[list(f) for f in self.ffn],
+                           attn_blocks=list(self.attn), ffn_blocks=list(self.ffnb), shape=self.reference,
+                           reference=self.reference, layout=layout, meta=dict(meta))
+
+
+class Method:
+    name = "base"
+    trains_weights = True
+
+    def train_rows(self, train: Split, options: CompressionOptions) -> Split:
+        return train
+
+    def mask_steps(self, n_rows: int, options: CompressionOptions) -> int:
+        from ..training import epoch_steps
+
+        return options.mask_steps or epoch_steps(n_rows, options.batch_size)
+
+    def stage_plan(self, n_rows: int, options: CompressionOptions) -> dict[str, float]:
+        """Stage keys -> expected cost (in units of one forward+backward batch)."""
+        raise NotImplementedError
+
+    def run(self, ctx: Context):
+        """-> (final plain HF model, plan relative to the dense model)."""
+        raise NotImplementedError
+
+
+def get_method(name: str) -> Method:
+    from .fast import FastVTrans
+    from .faster import FasterVTrans
+    from .vtrans import VTrans
+
+    registry = {"vtrans": VTrans, "fast": FastVTrans, "faster": FasterVTrans}
+    return registry[name]()
+
+
+__all__ = ["Context", "Method", "Origin", "get_method"]

@@ -1,0 +1,76 @@
+"""`vtrans` (full VTrans): iterative train-then-prune with distillation, then fine-tuning.
+
+Each of `prune_rounds` rounds trains the VIB masks AND the weights on the training rows (task
+CE + distillation from the dense teacher + beta*KL + the budget Lagrangian toward that round's
+target), then slices the model to the round's target. Round targets step linearly from 1.0 to
+the final budget, so the last round meets it exactly; the pruned model is then fine-tuned with
+distillation for `finetune_steps`.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..budget import Budget
+from ..training import BudgetLagrangian, MaskRound, epoch_steps, train_masks, train_supervised
+from . import Context, Method, Origin
+
+# Relative cost of one step, in forward+backward batches of the dense model (for the ETA).
+MASK_STEP_COST = 1.3     # gates, KL and expected-size terms, teacher logits on first sight
+FINETUNE_STEP_COST = 0.7  # the pruned model is smaller
+
+
+class VTrans(Method):
+    name = "vtrans"
+    trains_weights = True
+
+    def round_targets(self, target: float, rounds: int) -> list[float]:
+        return [1.0 - (1.0 - target) * r / rounds for r in range(1, rounds + 1)]
+
+    def finetune_steps(self, n_rows: int, options) -> int:
+        return options.finetune_steps if options.finetune_steps is not None else epoch_steps(n_rows, options.batch_size)
+
+    def stage_plan(self, n_rows: int, options) -> dict[str, float]:
+        plan: dict[str, float] = {}
+        for r in range(1, options.prune_rounds + 1):
+            plan[f"masks#{r}"] = self.mask_steps(n_rows, options) * MASK_STEP_COST
+            plan[f"prune#{r}"] = 1.0
+        plan["finetune"] = self.finetune_steps(n_rows, options) * FINETUNE_STEP_COST
+        return plan
+
+    def run(self, ctx: Context):
+        from ..prunable import PrunableModel
+
+        opts, budget = ctx.options, ctx.budget
+        pm = PrunableModel(ctx.model, structures=ctx.structures, layout=opts.layout)
+        origin = Origin(pm.reference)
+        lagrangian = BudgetLagrangian(opts.budget_lambda_lr)
+        steps = self.mask_steps(len(ctx.enc_train), opts)
+        done = 0
+        for r, target in enumerate(self.round_targets(budget.target, opts.prune_rounds), start=1):
+            ctx.progress.start(f"masks#{r}")
+            with torch.no_grad():
+                start = float(pm.expected_fraction(budget.kind, budget.seq_len))
+            rnd = MaskRound(steps, start, target, budget.kind, budget.seq_len, train_weights=self.trains_weights)
+            ctx.history.extend(train_masks(pm, ctx.enc_train, rnd, opts, ctx.device, ctx.progress.update, ctx.teacher,
+                                           lagrangian, step_offset=done))
+            done += steps
+            ctx.progress.start(f"prune#{r}")
+            plan = pm.plan_for(Budget(budget.kind, target, budget.seq_len), opts.layout, opts.round_to)
+            origin.apply(plan)
+            pm = pm.materialize(plan)
+            origin.follow(pm.shape.n_layers, plan)
+            kept = {k: round(plan.fraction(k, budget.seq_len), 4) for k in ("params", "flops")}
+            ctx.history.append({"step": done, "round": r, "pruned_to": target,
+                                "kept_params": kept["params"], "kept_flops": kept["flops"]})
+            ctx.progress.update(1, 1, step=done, kept_flops=kept["flops"], kept_params=kept["params"])
+        model = pm.remove_hooks()
+        ctx.progress.start("finetune")
+        ft = self.finetune_steps(len(ctx.enc_train), opts)
+        ft_history = train_supervised(model, ctx.enc_train, ft, opts.finetune_lr, opts.batch_size, ctx.device,
+                                      opts.seed + 1, ctx.progress.update, teacher=ctx.teacher,
+                                      temperature=opts.distill_temperature, distill_weight=opts.distill_weight)
+        ctx.history.extend({"step": done + h["step"], "finetune_loss": h["loss"]} for h in ft_history)
+        ctx.info.update(mask_steps_per_round=steps, prune_rounds=opts.prune_rounds, finetune_steps=ft,
+                        train_rows=len(ctx.enc_train), lambda1=round(lagrangian.lambda1, 4),
+                        lambda2=round(lagrangian.lambda2, 4))
+        return model, origin.plan(opts.layout, {"budget": budget.to_dict(), "round_to": opts.round_to, "method": self.name})

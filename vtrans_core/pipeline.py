@@ -1,0 +1,153 @@
+"""The work behind compress(): load -> (teacher) -> method -> evaluate -> save, with metrics.
+
+Called by compress.py only after every cheap input check passed; writes into `out_dir`, a
+temporary directory that compress() renames into place when this returns.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .budget import BUDGET_TOLERANCE, Budget
+from .compress import dense_copy, head_matches, load_classifier, load_tokenizer, structures_of
+from .data import encode, load_task
+from .errors import CompressionError
+from .evaluate import evaluate, measure_latency_ms
+from .families import adapter_for
+from .flops import count_flops, count_params
+from .methods import Context, get_method
+from .options import CompressionOptions
+from .progress import Progress
+from .training import Teacher, epoch_steps, pick_device, seed_everything, train_supervised
+
+TEACHER_STEP_COST = 1.0
+EVAL_BATCH = 64
+
+
+def _eval_cost(n_eval: int, opts: CompressionOptions) -> float:
+    # two models evaluated; a latency forward at 32 x 128 costs ~4 tweet batches, forward ~1/3 step
+    return 2 * (n_eval / EVAL_BATCH) * 0.6 + 2 * (opts.latency_runs + 1) * 1.5
+
+
+def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: CompressionOptions,
+                 out_dir: Path, callback):
+    started = time.perf_counter()
+    strategy = get_method(method)
+    progress = Progress(callback, {"load": 5.0, "teacher": 1e-6, "masks#1": 50.0, "finetune": 20.0,
+                                   "evaluate": 10.0, "save": 2.0})
+    progress.start("load")
+    seed_everything(opts.seed)
+    device = pick_device(opts.device)
+    task = load_task(data)
+    tokenizer = load_tokenizer(kind, source)
+    if config is None and kind == "hub":   # a hub model's config is known only now
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(source).to_dict()
+        from .compress import _check_config
+        _check_config(config, budget, opts)
+    order = head_matches(config, task.label_names)
+    if order is not None:
+        task = task.reorder_labels(order)
+    model = load_classifier(kind, source, task.label_names, keep_head=order is not None)
+    adapter_for(model)  # refuses unsupported architectures before any training
+    if kind != "object":
+        model.config.name_or_path = str(source)
+
+    train_split = task.train.sample(opts.max_train_examples, seed=opts.seed) if opts.max_train_examples else task.train
+    eval_split = task.eval_split
+    if opts.max_eval_examples and len(eval_split) > opts.max_eval_examples:
+        eval_split = eval_split.subset(list(range(opts.max_eval_examples)))   # the split is already shuffled
+    method_rows = strategy.train_rows(train_split, opts)
+    enc_train = encode(tokenizer, method_rows, opts.seq_len)
+    enc_eval = encode(tokenizer, eval_split, opts.seq_len)
+
+    teacher_steps = 0 if order is not None else epoch_steps(len(train_split), opts.batch_size, opts.teacher_epochs)
+    plan = {"teacher": teacher_steps * TEACHER_STEP_COST, **strategy.stage_plan(len(method_rows), opts),
+            "evaluate": _eval_cost(len(eval_split), opts), "save": 2.0}
+    for key in ("teacher", "finetune"):
+        plan.setdefault(key, 1e-6)
+    progress.plan = {"load": progress.plan["load"], **plan}
+    progress.total = sum(progress.plan.values())
+    progress.update(1, 1, examples=len(train_split))
+
+    model.to(device)
+    teacher_info = {"fine_tuned": False, "epochs": 0, "accuracy": None}
+    if order is None:
+        # No head for these labels: fine-tune a dense teacher first (issue #2, item 8).
+        progress.start("teacher")
+        enc_teacher = encode(tokenizer, train_split, opts.seq_len)
+        train_supervised(model, enc_teacher, teacher_steps, opts.teacher_lr, opts.batch_size, device, opts.seed,
+                         progress.update)
+        enc_val = encode(tokenizer, task.validation, opts.seq_len)
+        val = evaluate(model, enc_val, task.num_labels, EVAL_BATCH, device)
+        teacher_info = {"fine_tuned": True, "epochs": opts.teacher_epochs, "steps": teacher_steps,
+                        "accuracy": val["accuracy"], "split": "validation", "train_rows": len(train_split)}
+
+    dense = dense_copy(model)
+    ctx = Context(model=model, dense=dense, teacher=Teacher(dense, len(enc_train)), enc_train=enc_train,
+                  options=opts, budget=budget, device=device, progress=progress, structures=structures_of(opts))
+    pruned, final_plan = strategy.run(ctx)
+    pruned.eval()
+
+    progress.start("evaluate")
+    n_eval_batches = max(1, (len(enc_eval) + EVAL_BATCH - 1) // EVAL_BATCH)
+    units = 2 * n_eval_batches + 2 * opts.latency_runs
+    tick = _Ticker(progress, units)
+    dense_eval = evaluate(dense, enc_eval, task.num_labels, EVAL_BATCH, device, tick.tick)
+    pruned_eval = evaluate(pruned, enc_eval, task.num_labels, EVAL_BATCH, device, tick.tick)
+    dense_ms, pruned_ms = measure_latency_ms([dense, pruned], device, opts.latency_runs, tick=tick.tick)
+    if teacher_info["accuracy"] is None:
+        teacher_info["accuracy"] = dense_eval["accuracy"]
+    sizes = {"dense": {"params": count_params(dense), "flops": count_flops(dense, budget.seq_len)},
+             "pruned": {"params": count_params(pruned), "flops": count_flops(pruned, budget.seq_len)}}
+    fractions = {k: sizes["pruned"][k] / sizes["dense"][k] for k in ("params", "flops")}
+    if fractions[budget.kind] > budget.target + BUDGET_TOLERANCE:   # the planner guarantees this; verify
+        raise RuntimeError(f"internal error: delivered {budget.kind} fraction {fractions[budget.kind]:.4f} "
+                           f"exceeds the target {budget.target}")
+
+    progress.start("save")
+    from .loading import save_pruned
+
+    pruned.config.vtrans = {"method": method, "budget": budget.to_dict(), "layout": opts.layout}
+    save_pruned(pruned, tokenizer, final_plan, out_dir, opts.layout)   # also writes plan.json
+    metrics = {
+        "method": method, "budget": budget.to_dict(), "layout": opts.layout, "family": model.config.model_type,
+        "device": str(device), "teacher": teacher_info, "eval_split": task.eval_split_name,
+        "eval_examples": len(eval_split), "train_examples": len(method_rows), "labels": task.label_names,
+        "dense": {**_acc(dense_eval), **sizes["dense"], "latency_ms": dense_ms},
+        "pruned": {**_acc(pruned_eval), **sizes["pruned"], "latency_ms": pruned_ms},
+        "params_fraction": round(fractions["params"], 5), "flops_fraction": round(fractions["flops"], 5),
+        "speedup": round(dense_ms / pruned_ms, 3) if pruned_ms > 0 else None,
+        "kept": final_plan.kept_summary(), "method_info": ctx.info,
+        "history": ctx.history, "options": opts.to_dict(),
+    }
+    progress._finish_current()
+    metrics["stage_seconds"] = {k: round(v, 2) for k, v in progress.stage_seconds.items()}
+    metrics["total_seconds"] = round(time.perf_counter() - started, 2)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    progress.finish(total_seconds=metrics["total_seconds"])
+    return final_plan, metrics
+
+
+def _acc(m: dict) -> dict:
+    out = {"accuracy": m["accuracy"]}
+    if "f1" in m:
+        out["f1"] = m["f1"]
+    if "macro_f1" in m:
+        out["macro_f1"] = m["macro_f1"]
+    return out
+
+
+class _Ticker:
+    """One running count for the evaluate stage: every batch / timed forward is one unit."""
+
+    def __init__(self, progress: Progress, total: int):
+        self.progress, self.total, self.count = progress, total, 0
+
+    def tick(self, _done: int, _total: int) -> None:
+        self.count += 1
+        self.progress.update(min(self.count, self.total), self.total)
