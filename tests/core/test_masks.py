@@ -1,0 +1,104 @@
+"""VIB mask math against hand-computed values, and the PrunableModel-level KL / expected size."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from .conftest import tiny_model
+from vtrans_core.masks import DEFAULT_KL_WEIGHTS, VIBMask, folded_log_sigma2, kl_value
+from vtrans_core.prunable import PrunableModel
+
+
+def _mask(mu, ls2):
+    m = VIBMask(len(mu))
+    with torch.no_grad():
+        m.mu.copy_(torch.tensor(mu))
+        m.log_sigma2.copy_(torch.tensor(ls2))
+    return m
+
+
+def test_init_reproduces_dense_gate():
+    m = VIBMask((2, 3))
+    assert torch.equal(m.gate(), torch.ones(2, 3))
+    assert torch.allclose(m.log_alpha(), torch.full((2, 3), 9.0), atol=1e-6)
+
+
+def test_log_alpha_kl_keep_prob_by_hand():
+    m = _mask([1.0, 0.5, 2.0], [-9.0, 0.0, math.log(16.0)])
+    # alpha = mu^2 / sigma^2: e^9, 0.25, 0.25
+    assert torch.allclose(m.log_alpha(), torch.tensor([9.0, math.log(0.25), math.log(0.25)]), atol=1e-5)
+    hand = [0.5 * math.log(1 + math.exp(9.0)), 0.5 * math.log(1.25), 0.5 * math.log(1.25)]
+    assert hand[0] == pytest.approx(4.500061706, rel=1e-8)
+    assert m.kl().item() == pytest.approx(sum(hand), rel=1e-5)
+    assert kl_value(0.5, 0.0) == pytest.approx(hand[1])
+    p = m.keep_prob()
+    assert p[0].item() == pytest.approx(1.0)
+    assert p[1].item() == pytest.approx(1 / (1 + math.exp(-10 * math.log(0.25))), rel=1e-5)
+    assert m.informative().tolist() == [True, False, False]
+
+
+def test_hard_pruned_entries_are_zero_and_free():
+    m = _mask([1.0, 0.5, 2.0], [-9.0, 0.0, 0.0])
+    m.pruned[2] = True
+    assert m.gate()[2].item() == 0.0 and m.keep_prob()[2].item() == 0.0
+    assert m.kl().item() == pytest.approx(0.5 * math.log(1 + math.exp(9.0)) + 0.5 * math.log(1.25), rel=1e-5)
+    m.sampling = True
+    assert m.gate()[2].item() == 0.0
+
+
+def test_sampling_noise_has_sigma_and_eval_is_deterministic():
+    m = _mask([1.0] * 4000, [math.log(0.25)] * 4000)  # sigma = 0.5
+    assert torch.equal(m.gate(), torch.ones(4000))
+    m.sampling = True
+    torch.manual_seed(0)
+    z = m.gate()
+    assert z.mean().item() == pytest.approx(1.0, abs=0.05)
+    assert z.std().item() == pytest.approx(0.5, abs=0.05)
+
+
+def test_kl_gradient_pushes_mu_down_and_sigma_up():
+    m = _mask([1.0, 0.3], [-2.0, -1.0])
+    m.kl().backward()
+    assert (m.mu.grad > 0).all()          # descending lowers mu
+    assert (m.log_sigma2.grad < 0).all()  # ... and raises sigma
+
+
+def test_folding_keeps_alpha():
+    mu, ls2 = torch.tensor([0.7, -1.3]), torch.tensor([-4.0, 0.5])
+    new = folded_log_sigma2(mu, ls2)
+    assert torch.allclose(-new, torch.log(mu ** 2) - ls2, atol=1e-5)
+
+
+def test_prunable_kl_is_weighted_sum():
+    pm = PrunableModel(tiny_model("bert"), layout="per_layer")
+    expected = sum(DEFAULT_KL_WEIGHTS[k] * m.kl() for k, m in pm.masks.items())
+    assert pm.kl().item() == pytest.approx(expected.item(), rel=1e-6)
+    assert set(pm.masks) == {"hidden", "heads", "ffn", "attn_block", "ffn_block"}
+    assert tuple(pm.masks["heads"].mu.shape) == (2, 4) and tuple(pm.masks["ffn"].mu.shape) == (2, 64)
+    pm2 = PrunableModel(tiny_model("bert"), layout="per_layer", kl_weights={"heads": 512.0})
+    assert pm2.masks["heads"].kl_weight == 512.0 and pm2.masks["hidden"].kl_weight == DEFAULT_KL_WEIGHTS["hidden"]
+
+
+def test_uniform_layout_ties_masks():
+    pm = PrunableModel(tiny_model("bert"), structures={"heads", "attn_block"}, layout="uniform")
+    assert set(pm.masks) == {"hidden", "heads", "layer"}
+
+
+def test_expected_fraction_is_differentiable_and_exact_at_hard_values():
+    pm = PrunableModel(tiny_model("bert"), layout="per_layer")
+    e = pm.expected_fraction("params")
+    assert e.item() == pytest.approx(1.0, abs=1e-6)
+    with torch.no_grad():
+        pm.masks["ffn"].log_sigma2[0, :10] = 0.0  # alpha 1 -> keep prob 1/2
+    e = pm.expected_fraction("flops", 16)
+    assert e.item() < 1.0
+    e.backward()
+    assert pm.masks["ffn"].log_sigma2.grad[0, :10].abs().sum() > 0
+    # keep probabilities exactly 0/1 -> the expected size is the exact size of that plan
+    plan = pm.plan_for({"kind": "params", "target": 0.6})
+    pm.apply_plan(plan)
+    with torch.no_grad():
+        pm.masks["ffn"].log_sigma2[0, :10] = -9.0
+    assert pm.expected_fraction("params").item() == pytest.approx(plan.fraction("params"), rel=1e-5)
