@@ -154,6 +154,9 @@ def materialize(pm, plan: PruningPlan):
     new = PrunableModel(model, pm.structures, pm.layout, pm.kl_weights, pm.reference)
     new.hidden_origin = pm.hidden_origin.to(hi.device)[hi].cpu()
     new.layer_origin = [pm.layer_origin[l] for l in kept_layers]
+    # saved with the config so a reloaded model still maps onto the dense teacher
+    model.config.vtrans_hidden_origin = new.hidden_origin.tolist()
+    model.config.vtrans_layer_origin = list(new.layer_origin)
     _carry_masks(pm, new, plan, kept_layers)
     new.set_sampling(any(m.sampling for m in pm.masks.values()))
     model.train(pm.model.training)

@@ -80,11 +80,22 @@ class PruningPlan:
         return shape_size(self.result_shape(), kind, seq_len) / shape_size(ref, kind, seq_len)
 
     def kept_summary(self) -> dict[str, Any]:
-        """The metrics' `kept` entry (contract §3)."""
+        """The metrics' `kept` entry (contract §3), per layer of the DENSE reference model: a
+        layer deleted in an earlier uniform round shows 0 heads / 0 FFN and both blocks removed
+        (meta["layer_origin"] maps the current layers to the reference's)."""
         s = self.result_shape()
-        return {"hidden": s.hidden, "heads_per_layer": s.heads, "ffn_per_layer": s.ffn,
-                "attn_blocks_removed": [i for i, a in enumerate(s.attn_blocks) if not a],
-                "ffn_blocks_removed": [i for i, b in enumerate(s.ffn_blocks) if not b]}
+        origin = self.meta.get("layer_origin") or list(range(s.n_layers))
+        n0 = self.reference.n_layers if self.reference is not None else s.n_layers
+        heads, ffn = [0] * n0, [0] * n0
+        attn_gone, ffn_gone = set(range(n0)), set(range(n0))
+        for k, o in enumerate(origin):
+            heads[o], ffn[o] = s.heads[k], s.ffn[k]
+            if s.attn_blocks[k]:
+                attn_gone.discard(o)
+            if s.ffn_blocks[k]:
+                ffn_gone.discard(o)
+        return {"hidden": s.hidden, "heads_per_layer": heads, "ffn_per_layer": ffn,
+                "attn_blocks_removed": sorted(attn_gone), "ffn_blocks_removed": sorted(ffn_gone)}
 
     def to_dict(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "heads": self.heads, "ffn": self.ffn,

@@ -62,8 +62,10 @@ class PrunableModel:
         saved_ref = getattr(model.config, "vtrans_reference", None)
         self.reference = reference or (ModelShape.from_dict(dict(saved_ref)) if saved_ref else self.shape)
         self.kl_weights = {**DEFAULT_KL_WEIGHTS, **(kl_weights or {})}
-        self.hidden_origin = torch.arange(self.shape.hidden)
-        self.layer_origin = list(range(self.shape.n_layers))
+        # current hidden channels / layers -> the dense reference's (see module docstring)
+        self.hidden_origin = torch.tensor(getattr(model.config, "vtrans_hidden_origin", None)
+                                          or list(range(self.shape.hidden)), dtype=torch.long)
+        self.layer_origin = list(getattr(model.config, "vtrans_layer_origin", None) or range(self.shape.n_layers))
         self.masks = nn.ModuleDict()
         L, s = self.shape.n_layers, self.shape
         for key in mask_keys(self.structures, layout):
@@ -194,11 +196,9 @@ class PrunableModel:
         return list(self.masks.parameters())
 
     def kl(self) -> torch.Tensor:
-        total = torch.zeros((), device=self.hidden_origin.device if not len(self.masks) else
-                            next(self.masks.parameters()).device)
-        for m in self.masks.values():
-            total = total + m.weighted_kl()
-        return total
+        """Sum over masks of kl_weight * sum(0.5 * log(1 + mu^2 / sigma^2)) (beta not included)."""
+        terms = [m.weighted_kl() for m in self.masks.values()]
+        return torch.stack(terms).sum() if terms else torch.zeros(())
 
     def set_sampling(self, on: bool) -> None:
         for m in self.masks.values():
@@ -249,7 +249,7 @@ class PrunableModel:
         self._check_layout(layout)
         plan = make_plan(self.shape, self.reference, self.log_alphas(structures), b.kind, b.target, b.seq_len,
                          layout, round_to)
-        plan.meta.update(budget=b.to_dict(), round_to=round_to)
+        plan.meta.update(budget=b.to_dict(), round_to=round_to, layer_origin=list(self.layer_origin))
         return plan
 
     def min_fraction(self, kind: str, seq_len: int = 128, layout: str | None = None,
@@ -270,7 +270,9 @@ class PrunableModel:
 
     def plan_from_masks(self) -> PruningPlan:
         """The plan equivalent to the current hard-pruned entries (nothing else removed)."""
-        return make_plan(self.shape, self.reference, self.log_alphas(), "params", 1.0, 128, self.layout, 1)
+        plan = make_plan(self.shape, self.reference, self.log_alphas(), "params", 1.0, 128, self.layout, 1)
+        plan.meta["layer_origin"] = list(self.layer_origin)
+        return plan
 
     def apply_plan(self, plan: PruningPlan) -> None:
         """Hard-prune everything the plan removes (gates fixed to 0): the hard-masked forward."""

@@ -114,3 +114,26 @@ def test_uniform_plan_on_per_layer_model_is_refused():
     with pytest.raises(CompressionError) as err:
         PrunableModel(small.remove_hooks(), layout="uniform")
     assert err.value.field == "options.layout"
+
+
+def test_kept_summary_reports_dense_layers_across_uniform_rounds(tmp_path):
+    from vtrans_core.loading import load_pruned
+    from vtrans_core.materialize import save_pruned
+
+    pm = PrunableModel(tiny_model("bert", layers=4), layout="uniform")
+    plan = pm.plan_from_masks()
+    plan.attn_blocks[1] = plan.ffn_blocks[1] = False
+    plan.heads[1], plan.ffn[1] = [], []
+    small = pm.materialize(plan)
+    assert small.layer_origin == [0, 2, 3]
+    again = small.plan_from_masks()
+    again.attn_blocks[2] = again.ffn_blocks[2] = False   # current layer 2 = dense layer 3
+    again.heads[2], again.ffn[2] = [], []
+    kept = again.kept_summary()
+    assert kept["attn_blocks_removed"] == kept["ffn_blocks_removed"] == [1, 3]
+    assert kept["heads_per_layer"] == [4, 0, 4, 0]
+    # the mapping survives save / load
+    out = save_pruned(small.materialize(again).model, None, again, tmp_path / "out")
+    reloaded = PrunableModel(load_pruned(out), layout="uniform")
+    assert reloaded.layer_origin == [0, 2] and reloaded.reference.n_layers == 4
+    assert reloaded.plan_from_masks().kept_summary()["attn_blocks_removed"] == [1, 3]
