@@ -53,6 +53,8 @@ class PrunableModel:
                  kl_weights: dict[str, float] | None = None, reference: ModelShape | None = None):
         self.model = model
         self.adapter = adapter_for(model)
+        if self.adapter.norm_placement != "post":  # pre-LN block gates: x + g*sub(LN(x)), not built yet
+            raise NotImplementedError("block gating is implemented for post-LN encoders only")
         self.shape = self.adapter.shape_of(model)
         self.layout = layout
         self.structures = tuple(s for s in STRUCTURES if s in set(structures))
@@ -102,10 +104,13 @@ class PrunableModel:
         return self._cache[key]
 
     def _kept_hidden(self) -> torch.Tensor | None:
-        if "hidden" not in self.masks or not bool(self.masks["hidden"].pruned.any()):
+        """Indices of hidden channels not hard-pruned, None when all are kept (computed once
+        per forward: it needs a device sync)."""
+        if "hidden" not in self.masks:
             return None
         if "_kept" not in self._cache:
-            self._cache["_kept"] = (~self.masks["hidden"].pruned).nonzero().squeeze(-1)
+            pruned = self.masks["hidden"].pruned
+            self._cache["_kept"] = (~pruned).nonzero().squeeze(-1) if bool(pruned.any()) else None
         return self._cache["_kept"]
 
     def _block_gate(self, l: int, kind: str) -> torch.Tensor | None:

@@ -102,3 +102,22 @@ def test_expected_fraction_is_differentiable_and_exact_at_hard_values():
     with torch.no_grad():
         pm.masks["ffn"].log_sigma2[0, :10] = -9.0
     assert pm.expected_fraction("params").item() == pytest.approx(plan.fraction("params"), rel=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["per_layer", "uniform"])
+def test_every_mask_parameter_gets_a_gradient(layout):
+    from .conftest import tiny_inputs
+
+    pm = PrunableModel(tiny_model("distilbert"), layout=layout)
+    pm.set_sampling(True)
+    torch.manual_seed(0)
+    out = pm.model(**tiny_inputs())
+    (out.logits.pow(2).sum() + 1e-3 * pm.kl()).backward()
+    for key, m in pm.masks.items():
+        live = ~m.pruned
+        assert m.mu.grad[live].abs().sum() > 0, key
+        assert m.log_sigma2.grad[live].abs().sum() > 0, key
+    # sampling makes the forward noisy; eval mode (sampling off) is deterministic
+    pm.set_sampling(False)
+    a, b = pm.model(**tiny_inputs()).logits, pm.model(**tiny_inputs()).logits
+    assert torch.equal(a, b)
