@@ -180,7 +180,7 @@ class _State:
                             attn_blocks=list(self.a), ffn_blocks=list(self.b))
 
 
-def _units(shape: ModelShape, live: dict, scores: dict, layout: str, round_to: int, blocks: bool) -> list:
+def _units(shape: ModelShape, live: dict, scores: dict, layout: str, round_to: int, blocks: set) -> list:
     """(score, kind, payload) for every removable unit."""
     L, units = shape.n_layers, []
     if layout == "per_layer":
@@ -234,7 +234,7 @@ def _units(shape: ModelShape, live: dict, scores: dict, layout: str, round_to: i
     return units
 
 
-def _apply(st: _State, unit, layout: str, blocks: bool, round_to: int) -> bool:
+def _apply(st: _State, unit, layout: str, blocks: set, round_to: int) -> bool:
     """Remove `unit` from the state; False (state unchanged) when it is invalid or moot."""
     _, kind, p = unit
     if kind == "hidden":
@@ -245,7 +245,7 @@ def _apply(st: _State, unit, layout: str, blocks: bool, round_to: int) -> bool:
         if not st.a[l]:
             return False
         if st.h[l] == 1:
-            if not blocks or sum(st.a) <= 1:
+            if "attn" not in blocks or sum(st.a) <= 1:
                 return False
             st.a[l] = False
         st.h[l] -= 1
@@ -255,7 +255,7 @@ def _apply(st: _State, unit, layout: str, blocks: bool, round_to: int) -> bool:
         if not st.b[l]:
             return False
         if st.f[l] - len(idx) <= 0:
-            if not blocks:
+            if "ffn" not in blocks:
                 return False
             st.b[l] = False
         st.f[l] -= len(idx)
@@ -295,7 +295,9 @@ def make_plan(shape: ModelShape, reference: ModelShape, scores: dict[str, Any], 
     if layout == "uniform" and not shape.is_uniform():
         raise CompressionError("options.layout", "uniform layout needs a model with the same heads and FFN width "
                                "in every layer and whole layers only; this model is per-layer pruned")
-    blocks = any(scores.get(k) is not None for k in ("attn_block", "ffn_block", "layer"))
+    # Which block kinds a plan may remove when their last head / FFN group goes (per_layer);
+    # the matching block mask must exist for the hard-masked forward to skip the block.
+    blocks = {kind for kind, key in (("attn", "attn_block"), ("ffn", "ffn_block")) if scores.get(key) is not None}
     live = _live(shape, scores)
     units = sorted(_units(shape, live, scores, layout, round_to, blocks), key=lambda u: u[0])
     dense = shape_size(reference, kind, seq_len)

@@ -137,3 +137,14 @@ def test_kept_summary_reports_dense_layers_across_uniform_rounds(tmp_path):
     reloaded = PrunableModel(load_pruned(out), layout="uniform")
     assert reloaded.layer_origin == [0, 2] and reloaded.reference.n_layers == 4
     assert reloaded.plan_from_masks().kept_summary()["attn_blocks_removed"] == [1, 3]
+
+
+def test_block_removal_needs_its_block_mask():
+    # heads + attention blocks but no FFN block mask: FFN widths may shrink, FFN blocks never go
+    pm = PrunableModel(tiny_model("bert", layers=3), structures={"heads", "ffn", "attn_block"}, layout="per_layer")
+    floor = pm.min_fraction("params")
+    plan = pm.plan_for({"kind": "params", "target": floor + 1e-9}, round_to=8)
+    assert all(plan.ffn_blocks) and all(len(f) == 8 for f in plan.ffn)
+    assert sum(plan.attn_blocks) == 1  # at least one attention block always stays
+    pm.apply_plan(plan)                 # consistent with the masks that exist
+    pm.remove_hooks()
