@@ -48,6 +48,7 @@ from .flops import ModelShape, expected_size, shape_size
 from .masks import DEFAULT_KL_WEIGHTS, VIBMask
 from .plan import STRUCTURES, PruningPlan, make_plan, mask_keys
 
+
 class PrunableModel:
     def __init__(self, model: nn.Module, structures: Iterable[str] = STRUCTURES, layout: str = "per_layer",
                  kl_weights: dict[str, float] | None = None, reference: ModelShape | None = None):
@@ -94,10 +95,6 @@ class PrunableModel:
         self._install()
 
     # ---- gates -------------------------------------------------------------------------------
-    @property
-    def block_key(self) -> str | None:
-        return "layer" if "layer" in self.masks else None
-
     def _gate(self, key: str) -> torch.Tensor:
         if key not in self._cache:
             self._cache[key] = self.masks[key].gate()
@@ -125,7 +122,11 @@ class PrunableModel:
             self._cache.clear()
             self._resid.clear()
 
+        # Fresh gate samples at every forward. The base model gets a pre-hook too, so calling
+        # model.bert(...) directly never reuses a previous forward's (freed) graph; the
+        # post-hook drops references once the top-level forward is done.
         self._handles.append(m.register_forward_pre_hook(clear))
+        self._handles.append(a.base(m).register_forward_pre_hook(clear))
         self._handles.append(m.register_forward_hook(clear))
         if has_hidden:
             self._patch_norm(a.embedding_norm(m), None, None)

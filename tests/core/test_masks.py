@@ -121,3 +121,15 @@ def test_every_mask_parameter_gets_a_gradient(layout):
     pm.set_sampling(False)
     a, b = pm.model(**tiny_inputs()).logits, pm.model(**tiny_inputs()).logits
     assert torch.equal(a, b)
+
+
+def test_base_model_called_directly_gets_fresh_gates():
+    from .conftest import tiny_inputs
+
+    pm = PrunableModel(tiny_model("bert"), layout="per_layer")
+    pm.set_sampling(True)
+    x = tiny_inputs()
+    for _ in range(2):  # a stale cached gate would fail the second backward
+        out = pm.model.bert(**x).last_hidden_state
+        out.sum().backward()
+    assert pm.masks["hidden"].mu.grad is not None
