@@ -70,7 +70,13 @@ def service_settings(tmp_path_factory, pg_url, redis_broker):
                     artifact_url=f"file://{data / 'artifacts'}",
                     max_model_upload_bytes=8 * 1024**2, max_model_unpacked_bytes=16 * 1024**2,
                     max_archive_members=50, max_dataset_upload_bytes=256 * 1024,
-                    min_dataset_rows=8, lease_seconds=30, max_attempts=2, reaper_interval_seconds=2)
+                    min_dataset_rows=8, lease_seconds=30, max_attempts=2, reaper_interval_seconds=2,
+                    api_key=f"vt_test_{secrets.token_hex(8)}")
+
+
+def auth(settings) -> dict[str, str]:
+    """Headers for a request as tenant "default" (VTRANS_API_KEY is accepted as its key)."""
+    return {"Authorization": f"Bearer {settings.api_key}"}
 
 
 class Recorder(list):
@@ -91,7 +97,7 @@ def client(service_settings, enqueued):
 
     from api.app import create_app
 
-    with TestClient(create_app(service_settings, enqueue=enqueued)) as c:
+    with TestClient(create_app(service_settings, enqueue=enqueued), headers=auth(service_settings)) as c:
         yield c
 
 

@@ -33,12 +33,14 @@ def test_vtrans_serve_runs_a_job_end_to_end(start_proc, tmp_path, tiny_model_dir
     port = _free_port()
     data_dir = tmp_path / "var"
     vtrans = str(Path(sys.executable).parent / "vtrans")
-    proc = start_proc([vtrans, "serve"], _clean_env(VTRANS_DATA_DIR=str(data_dir), VTRANS_PORT=str(port)), "serve")
+    key = "vt_embedded_test_key"  # a known key for tenant "default" (a newcomer's server makes its own)
+    env = _clean_env(VTRANS_DATA_DIR=str(data_dir), VTRANS_PORT=str(port), VTRANS_API_KEY=key)
+    proc = start_proc([vtrans, "serve"], env, "serve")
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: f"serving at {url}" in proc.output() or proc.p.poll() is not None, 90, what="serve URL")
     assert proc.p.poll() is None, proc.output()
 
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as http:
         wait_for(lambda: _ok(http, "/readyz"), 60, what="readyz")
         model_id, ds_id = upload_inputs(http, tiny_model_dir, tiny_dataset_csv)
         r = http.post("/v1/jobs", json={"model": model_id, "dataset": ds_id, "budget": BUDGET,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import assert_problem, count_rows, tar_gz_of
+from .conftest import assert_problem, auth, count_rows, tar_gz_of
 
 BUDGET = {"kind": "flops", "target": 0.5}
 
@@ -16,7 +16,7 @@ def uploaded(service_settings, tiny_model_dir, tiny_dataset_csv):
 
     from api.app import create_app
 
-    with TestClient(create_app(service_settings, enqueue=lambda _id: None)) as c:
+    with TestClient(create_app(service_settings, enqueue=lambda _id: None), headers=auth(service_settings)) as c:
         m = c.post("/v1/models", files={"file": ("m.tar.gz", tar_gz_of(tiny_model_dir), "application/gzip")})
         d = c.post("/v1/datasets", files={"file": ("d.csv", tiny_dataset_csv.read_bytes(), "text/csv")})
         assert m.status_code == 201 and d.status_code == 201, (m.text, d.text)
@@ -175,6 +175,6 @@ def test_readyz_reports_an_unreachable_broker(service_settings):
     from api.app import create_app
 
     broken = service_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
-    with TestClient(create_app(broken, enqueue=lambda _id: None)) as c:
+    with TestClient(create_app(broken, enqueue=lambda _id: None), headers=auth(broken)) as c:
         body = assert_problem(c.get("/readyz"), 503, "broker")
         assert "database" not in [e["field"] for e in body["errors"]]

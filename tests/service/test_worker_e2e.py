@@ -11,7 +11,7 @@ from sqlalchemy import select
 from api.db import session_scope
 from api.models import Artifact, JobEvent
 
-from .conftest import stored_files
+from .conftest import auth, stored_files
 from .jobpath import BUDGET, FAST_OPTIONS, download_and_load_model, upload_inputs, wait_job
 
 pytestmark = pytest.mark.slow
@@ -23,7 +23,8 @@ def http(service_settings):
 
     from api.app import create_app
 
-    with TestClient(create_app(service_settings)) as c:  # the real enqueue: Celery on Redis
+    # The real enqueue: Celery on Redis.
+    with TestClient(create_app(service_settings), headers=auth(service_settings)) as c:
         yield c
 
 
