@@ -126,7 +126,6 @@ def test_killed_worker_process_is_reaped_and_the_job_retried(http, start_proc, s
     with session_scope(service_settings.db_url) as s:
         messages = [e.message or "" for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id))]
     assert any("requeued" in m for m in messages)
-    # Only the final attempt's files are published.
-    assert all("/attempt-2/" in a["url"] or True for a in job["artifacts"])
+    # Only the final attempt's files are published; the killed attempt left none behind.
     keys = [f for f in stored_files(service_settings) if f.startswith(f"jobs/{job_id}/")]
     assert keys and all(k.startswith(f"jobs/{job_id}/attempt-2/") for k in keys)
