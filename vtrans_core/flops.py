@@ -53,12 +53,15 @@ class ModelShape:
     def n_layers(self) -> int:
         return len(self.heads)
 
-    def is_uniform(self) -> bool:
-        """True when a stock config can express this shape (same heads/FFN everywhere, whole
-        layers only, attention width == hidden width)."""
-        kept = [i for i in range(self.n_layers) if self.attn_blocks[i] or self.ffn_blocks[i]]
-        if any(self.attn_blocks[i] != self.ffn_blocks[i] for i in range(self.n_layers)):
+    def is_uniform(self, removed_layers: bool = False) -> bool:
+        """True when a stock config can express this shape: the same heads and FFN width in
+        every layer, attention width == hidden width, no half-removed layer. Whole removed
+        layers are accepted only with `removed_layers=True` (a uniform PLAN, whose removed
+        layers materialize deletes); a model still holding skipped layers is not stock."""
+        blocks = list(zip(self.attn_blocks, self.ffn_blocks))
+        if any(a != b for a, b in blocks) or (not removed_layers and not all(a for a, _ in blocks)):
             return False
+        kept = [i for i, (a, _) in enumerate(blocks) if a]
         if len({self.heads[i] for i in kept}) > 1 or len({self.ffn[i] for i in kept}) > 1:
             return False
         return all(self.heads[i] * self.head_dim == self.hidden for i in kept)

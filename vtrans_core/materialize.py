@@ -72,7 +72,7 @@ def _check(pm, plan: PruningPlan) -> None:
             raise ValueError(f"layer {l}: a kept FFN block needs at least one neuron")
     if plan.layout == "uniform":
         shape = plan.result_shape()
-        if not shape.is_uniform():
+        if not shape.is_uniform(removed_layers=True):
             raise ValueError("uniform plan must keep the same heads/FFN in every kept layer, remove whole "
                              "layers only, and keep hidden == heads * head_dim")
 

@@ -120,3 +120,23 @@ def test_pickle_only_checkpoint_refused(tmp_path):
     with pytest.raises(CompressionError) as err:
         load_pruned(out)
     assert "safetensors" in str(err.value)
+
+
+def test_per_layer_with_a_whole_layer_skipped_is_not_saved_as_stock(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model = tiny_model("bert", layers=3)
+    x = tiny_inputs()
+    pm = PrunableModel(model, layout="per_layer")
+    plan = pm.plan_from_masks()
+    plan.attn_blocks[1] = plan.ffn_blocks[1] = False
+    plan.heads[1], plan.ffn[1] = [], []
+    pm.apply_plan(plan)
+    hard = logits(pm.model, x)
+    small = pm.materialize(plan).remove_hooks()
+    out = save_pruned(small, None, plan, tmp_path / "out")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["vtrans_layout"]["attn_blocks"] == [True, False, True]
+    assert torch.allclose(logits(load_pruned(out), x), hard, atol=1e-5)
+    with pytest.raises(Exception):
+        AutoModelForSequenceClassification.from_pretrained(str(out))

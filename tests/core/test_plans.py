@@ -34,7 +34,7 @@ def test_plan_meets_budget_closely(medium_model, layout, kind):
             assert s.hidden % 8 == 0 and all(n % 8 == 0 for n in s.ffn)
             assert all(h >= 1 for h, a in zip(s.heads, s.attn_blocks) if a)
         else:
-            assert s.is_uniform() and s.hidden == max(s.heads) * s.head_dim
+            assert s.is_uniform(removed_layers=True) and s.hidden == max(s.heads) * s.head_dim
     pm.remove_hooks()
 
 

@@ -157,10 +157,11 @@ class FamilyAdapter:
 
         Uniform shapes get plain stock values (hidden = heads * head_dim) so plain
         from_pretrained loads them. Per-layer shapes keep stock keys as PLACEHOLDERS that
-        construct a model of the right hidden width (heads and FFN set to the largest layer's,
-        or 1 head when that does not divide the width) and carry the truth in `vtrans_layout`,
-        which `load_pruned` reads; plain from_pretrained then fails on shape mismatches rather
-        than loading silently wrong weights.
+        construct a model of the right hidden width (heads set to the largest layer's, or 1
+        head when that does not divide the width; FFN width one more than the largest layer's)
+        and carry the truth in `vtrans_layout`, which `load_pruned` reads. The FFN placeholder
+        makes plain from_pretrained fail on a shape mismatch (whenever some FFN block is kept)
+        instead of loading with silently re-initialised weights.
         """
         hk, nk, fk, lk = self.config_keys
         kept = [i for i in range(shape.n_layers) if shape.attn_blocks[i] or shape.ffn_blocks[i]]
@@ -175,7 +176,9 @@ class FamilyAdapter:
             max_h = max(shape.heads) if max(shape.heads) > 0 else 1
             setattr(config, hk, shape.hidden)
             setattr(config, nk, max_h if shape.hidden % max_h == 0 else 1)
-            setattr(config, fk, max(max(shape.ffn), 1))
+            # a width no layer has: every kept FFN block then mismatches in plain from_pretrained,
+            # which raises instead of silently random-initialising skipped blocks' weights
+            setattr(config, fk, max(shape.ffn) + 1)
             setattr(config, lk, shape.n_layers)
             config.vtrans_layout = shape.to_dict()
         config.vtrans_reference = reference.to_dict()
