@@ -152,9 +152,10 @@ def request_cancel(db_url: str, job_id: str, tenant_id: str) -> str | None:
     return status
 
 
-def reap(db_url: str, max_attempts: int) -> list[str]:
+def reap(db_url: str, max_attempts: int, on_reaped=None) -> list[str]:
     """Jobs whose worker stopped renewing its lease: requeue them, or end them after max_attempts
-    (or as cancelled when a cancel was requested). Returns the ids to enqueue again."""
+    (or as cancelled when a cancel was requested). Returns the ids to enqueue again.
+    `on_reaped(job_id, attempt)` is called after commit for each dead attempt (to clean its files)."""
     now = utcnow()
     requeue, events = [], []
     with session_scope(db_url) as s:
@@ -181,4 +182,6 @@ def reap(db_url: str, max_attempts: int) -> list[str]:
                 requeue.append(job_id)
     for job_id, ev in events:
         publish(job_id, [ev])
+        if on_reaped is not None:
+            on_reaped(job_id, ev["attempt"])
     return requeue

@@ -109,7 +109,10 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
     store = store or ArtifactStore(settings.artifacts)
     prefix = f"jobs/{job_id}/attempt-{claim.attempt}"
     work = settings.work_dir / job_id / f"attempt-{claim.attempt}"
-    shutil.rmtree(work, ignore_errors=True)
+    # Earlier attempts of this job are dead (we could claim only because their lease expired):
+    # their scratch folders on this machine are garbage.
+    for old in work.parent.glob("attempt-*"):
+        shutil.rmtree(old, ignore_errors=True)
     work.mkdir(parents=True)
     progress = Progress(settings, claim)
     try:

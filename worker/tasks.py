@@ -10,6 +10,7 @@ import uuid
 from celery.signals import worker_ready, worker_shutdown
 
 from api import jobstore
+from api.artifacts import ArtifactStore
 from api.settings import get_settings
 
 from .celery_app import TASK_NAME, app, send_job
@@ -31,7 +32,13 @@ def run_compression(job_id: str) -> str:
 
 def reap_once() -> list[str]:
     settings = get_settings()
-    requeued = jobstore.reap(settings.db_url, settings.max_attempts)
+    store = ArtifactStore(settings.artifacts)
+
+    def forget_attempt(job_id: str, attempt: int) -> None:
+        # A worker that died while uploading leaves files no row points at: remove them.
+        store.delete_prefix(f"jobs/{job_id}/attempt-{attempt}")
+
+    requeued = jobstore.reap(settings.db_url, settings.max_attempts, on_reaped=forget_attempt)
     for job_id in requeued:  # the rows are committed as queued: now tell a worker
         send_job(settings, job_id)
         log.warning("requeued job %s after its worker stopped renewing the lease", job_id)

@@ -120,6 +120,12 @@ def test_killed_worker_process_is_reaped_and_the_job_retried(http, start_proc, s
         worker_id = s.get(Job, job_id).worker_id
     child_pid = int(worker_id.split(":")[1])
     assert child_pid != proc.p.pid  # the prefork child, not the main worker process
+    # Pretend the dead attempt had uploaded half its files: the reaper must remove them.
+    from api.artifacts import ArtifactStore
+
+    half = service_settings.resolved_data_dir() / "half.safetensors"
+    half.write_bytes(b"partial")
+    ArtifactStore(service_settings.artifacts).put_file(half, f"jobs/{job_id}/attempt-1/model/model.safetensors")
     os.kill(child_pid, signal.SIGKILL)
     job = wait_job(http, job_id, 600, log=proc.output)
     assert job["status"] == "succeeded" and job["attempts"] == 2, (job["error"], job["attempts"], proc.output()[-6000:])
