@@ -135,3 +135,17 @@ def test_killed_worker_process_is_reaped_and_the_job_retried(http, start_proc, s
     # Only the final attempt's files are published; the killed attempt left none behind.
     keys = [f for f in stored_files(service_settings) if f.startswith(f"jobs/{job_id}/")]
     assert keys and all(k.startswith(f"jobs/{job_id}/attempt-2/") for k in keys)
+
+
+def test_job_that_cannot_run_fails_with_type_and_message(http, celery_worker, service_settings):
+    """A hub ID that is not in the local cache (no network here) passes the API's cheap checks,
+    then fails on the worker: status failed, error type/field/message, no artifacts."""
+    r = http.post("/v1/jobs", json={"model": "nobody-here/not-a-cached-model", "dataset": "tweet-sentiment",
+                                    "budget": BUDGET, "options": FAST_OPTIONS})
+    assert r.status_code == 202, r.text
+    job = wait_job(http, r.json()["id"], 300, log=celery_worker.output)
+    assert job["status"] == "failed", job
+    assert job["error"]["type"] and job["error"]["message"]
+    assert job["error"].get("field") == "model", job["error"]
+    assert job["artifacts"] == [] and job["finished_at"]
+    assert http.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"] == []
