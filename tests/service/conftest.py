@@ -71,7 +71,10 @@ def service_settings(tmp_path_factory, pg_url, redis_broker):
                     max_model_upload_bytes=8 * 1024**2, max_model_unpacked_bytes=16 * 1024**2,
                     max_archive_members=50, max_dataset_upload_bytes=256 * 1024,
                     min_dataset_rows=8, lease_seconds=30, max_attempts=2, reaper_interval_seconds=2,
-                    api_key=f"vt_test_{secrets.token_hex(8)}")
+                    api_key=f"vt_test_{secrets.token_hex(8)}",
+                    # These tests leave many jobs queued in one tenant; per-tenant quotas (issue #5)
+                    # are tested elsewhere. (Ignored by Settings versions without the field.)
+                    max_active_jobs=10_000)
 
 
 def auth(settings) -> dict[str, str]:
