@@ -61,3 +61,21 @@ def _ok(http, path: str) -> bool:
         return http.get(path).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_production_api_process_serves_on_postgres_and_redis(start_proc, service_settings):
+    """`vtrans api` as deployed: a separate process on the migrated Postgres DB and Redis."""
+    from .conftest import auth, settings_env
+
+    port = _free_port()
+    env = settings_env(service_settings.model_copy(update={"port": port}))
+    vtrans = str(Path(sys.executable).parent / "vtrans")
+    proc = start_proc([vtrans, "api"], env, "api")
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=url, timeout=10, headers=auth(service_settings)) as http:
+        wait_for(lambda: _ok(http, "/healthz") or proc.p.poll() is not None, 60, what="api up")
+        assert proc.p.poll() is None, proc.output()
+        ready = http.get("/readyz").json()
+        assert ready["checks"] == {"database": "ok", "broker": "ok"}
+        assert http.get("/v1/datasets").status_code == 200
+        assert "/v1/jobs" in http.get("/openapi.json").json()["paths"]
