@@ -141,3 +141,24 @@ def test_events_are_published_after_commit(service_settings, job_id, monkeypatch
     claim = jobstore.claim(service_settings.db_url, job_id, "worker-a", 60, 3)
     jobstore.report_progress(service_settings.db_url, claim, "load", 0.01, {}, 60, renew=True)
     assert seen == [2, 3]
+
+
+def test_concurrent_claims_have_exactly_one_winner(service_settings, job_id):
+    import threading
+
+    barrier = threading.Barrier(6)
+    results = []
+
+    def contender(i):
+        barrier.wait()
+        results.append(jobstore.claim(service_settings.db_url, job_id, f"worker-{i}", 60, 3))
+
+    threads = [threading.Thread(target=contender, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    winners = [r for r in results if r is not None]
+    assert len(results) == 6 and len(winners) == 1
+    job = _job(service_settings.db_url, job_id)
+    assert job.attempts == 1 and job.worker_id == winners[0].worker_id
