@@ -8,7 +8,7 @@ from typing import Callable
 
 from fastapi import FastAPI, Request
 
-from . import problems
+from . import limits, outage, problems
 from .artifacts import ArtifactStore
 from .db import check_migrated
 from .settings import Settings, get_settings
@@ -53,15 +53,12 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
 
     @app.middleware("http")
     async def refuse_oversized_uploads(request: Request, call_next):
-        # Answer 413 from Content-Length before the multipart body is read and spooled to disk.
-        limits = {"/v1/models": settings.max_model_upload_bytes, "/v1/datasets": settings.max_dataset_upload_bytes}
-        limit = limits.get(request.url.path) if request.method == "POST" else None
-        length = request.headers.get("content-length", "")
-        if limit is not None and length.isdigit() and int(length) > limit + 64 * 1024:
-            return problems.problem_response(
-                request, 413, f"file: the upload is larger than the limit of {limit} bytes",
-                slug="upload-too-large", errors=[{"field": "file", "message": f"larger than {limit} bytes"}])
-        return await call_next(request)
+        # Answer 401/411/413 (tenant's limit, from Content-Length) before the multipart body is
+        # read and spooled to disk (api/limits.py).
+        refused = await limits.refuse_upload(request, settings)
+        return refused if refused is not None else await call_next(request)
+
+    outage.install(app, settings)  # database / broker unreachable -> 503 + Retry-After
 
     for name in ROUTERS:
         module = importlib.import_module(name)

@@ -24,6 +24,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="prefork (default): each job in a child process; solo: in this process")
     w.add_argument("--loglevel", default="INFO")
     sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
+    k = sub.add_parser("keys", help="API keys: create, revoke, list (issue #5)")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    kc = ksub.add_parser("create", help="create a key for a tenant and print it (shown only once)")
+    kc.add_argument("--tenant", required=True, help="tenant name: lowercase letters, digits, '-', '_'")
+    kr = ksub.add_parser("revoke", help="revoke a key by its id (key_...)")
+    kr.add_argument("id")
+    ksub.add_parser("list", help="list keys (id, tenant, prefix, created, revoked)")
     sub.add_parser("compress", help="compress a model locally, without the service (vtrans compress --help)",
                    add_help=False)
     return p
@@ -48,7 +55,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.port is not None if hasattr(args, "port") else False:
         if not 0 < args.port < 65536:
             parser.error(f"--port must be between 1 and 65535, got {args.port}")
-    return {"serve": _serve, "api": _api, "worker": _worker, "migrate": _migrate}[args.command](settings, args)
+    return {"serve": _serve, "api": _api, "worker": _worker, "migrate": _migrate,
+            "keys": _keys}[args.command](settings, args)
+
+
+def _keys(settings: Settings, args) -> int:
+    from . import auth
+
+    if not _checked(settings):
+        return 1
+    if args.keys_command == "create":
+        try:
+            created = auth.create_key(settings.db_url, args.tenant)
+        except ValueError as exc:
+            print(f"vtrans: {exc}", file=sys.stderr)
+            return 2
+        print(f"vtrans: created key {created.id} for tenant {created.tenant_id}; it is shown only now:",
+              file=sys.stderr)
+        print(created.key)  # stdout: the key alone, so `KEY=$(vtrans keys create ...)` works
+        return 0
+    if args.keys_command == "revoke":
+        if not auth.revoke_key(settings.db_url, args.id):
+            print(f"vtrans: no active key with id {args.id}", file=sys.stderr)
+            return 1
+        print(f"vtrans: revoked {args.id}", file=sys.stderr)
+        return 0
+    for k in auth.list_keys(settings.db_url):
+        print(f"{k['id']}  {k['tenant']:<16} {k['prefix']}...  created {k['created_at']}"
+              + (f"  REVOKED {k['revoked_at']}" if k["revoked_at"] else ""))
+    return 0
 
 
 def _migrate(settings: Settings, _args=None) -> int:
@@ -110,6 +145,11 @@ def _serve(settings: Settings, args) -> int:
     data_dir = settings.resolved_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
     _migrate(settings)
+    from .auth import local_key
+
+    key, created = local_key(settings.db_url, data_dir)
+    print(f"vtrans: API key ({'new' if created else 'from ' + str(data_dir / 'api-key')}): {key}\n"
+          f"vtrans: send it as 'Authorization: Bearer {key}'", flush=True)
     env = dict(os.environ, VTRANS_DATA_DIR=str(data_dir))
     # The SQLite broker (kombu's SQLAlchemy transport) works with the solo pool.
     worker = subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--pool", "solo"], env=env,

@@ -23,7 +23,14 @@ class Settings(BaseSettings):
     queue: str = "vtrans"                # Celery queue name (tests use a unique one per run)
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: str | None = None           # reserved for issue #5 (API keys per tenant)
+    api_key: str | None = None           # accepted as a key of tenant "default" (scripts, tests)
+
+    # Per-tenant limits (issue #5). tenant_limits overrides them per tenant, e.g.
+    # VTRANS_TENANT_LIMITS='{"acme": {"max_active_jobs": 20, "max_model_upload_bytes": 8000000000}}'.
+    max_active_jobs: int = 8             # queued + running jobs per tenant; more -> 429
+    tenant_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
+    retry_after_seconds: int = 5         # Retry-After on 503 (database/broker down) answers
+    db_connect_timeout: int = 5          # seconds; an outage answers 503 quickly instead of hanging
 
     # Upload limits. Archives are checked both on the compressed size and on what they unpack to.
     max_model_upload_bytes: int = 2 * 1024**3
@@ -52,7 +59,10 @@ class Settings(BaseSettings):
         # Accept the usual postgres:// spellings and use psycopg 3, the driver we ship.
         for prefix in ("postgres://", "postgresql://"):
             if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix):]
+                url = "postgresql+psycopg://" + url[len(prefix):]
+        if url.startswith("postgresql") and "connect_timeout=" not in url:
+            # libpq's default is to wait forever for an unreachable server: bound it.
+            url += ("&" if "?" in url else "?") + f"connect_timeout={self.db_connect_timeout}"
         return url
 
     @property

@@ -5,8 +5,5 @@ presented key, not revoked) returning that key's tenant_id; routes need no chang
 """
 from __future__ import annotations
 
-from .models import DEFAULT_TENANT
-
-
-def get_tenant() -> str:
-    return DEFAULT_TENANT
+# Issue #5: the real dependency lives in api/auth.py (Bearer API key -> tenant, 401 otherwise).
+from .auth import get_tenant  # noqa: F401  (re-exported: routes import it from here)

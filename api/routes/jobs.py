@@ -12,13 +12,15 @@ import re
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .. import core_bridge, jobstore
+from .. import core_bridge, idempotency, jobstore, limits
 from ..artifacts import ArtifactStore
 from ..deps import get_app_settings, get_db, get_store
 from ..models import JOB_STATUSES, Artifact, Dataset, Job, Model, new_id, utcnow
@@ -99,9 +101,23 @@ def _resolve_dataset(db: Session, tenant: str, ref: str) -> None:
                             f"({', '.join(builtins)}), got {ref!r}")
 
 
-@router.post("", status_code=202)
+def _replayed(job: Job) -> JSONResponse:
+    # A retried submit (same Idempotency-Key, same body): the same job, nothing new created.
+    return JSONResponse(jsonable_encoder(job_to_dict(job)), status_code=200, headers={"Idempotent-Replayed": "true"})
+
+
+@router.post("", status_code=202, responses={200: {"description": "replay of an earlier submit with the same "
+                                                               "Idempotency-Key and body: the job it created"},
+                                             409: {"description": "Idempotency-Key reused with a different body"},
+                                             429: {"description": "too many queued or running jobs"}})
 def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db),
-               tenant: str = Depends(get_tenant)) -> dict:
+               tenant: str = Depends(get_tenant), settings: Settings = Depends(get_app_settings),
+               idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255)) -> Any:
+    idem = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
+    body_hash = idempotency.request_hash(body.model_dump(mode="json")) if idem else ""
+    if idem and (earlier := idempotency.replay(db, tenant, idem, body_hash)) is not None:
+        return _replayed(earlier)
+    limits.check_active_jobs(db, settings, tenant)
     model_config = _resolve_model(db, tenant, body.model)
     _resolve_dataset(db, tenant, body.dataset)
     try:
@@ -114,6 +130,13 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
               created_at=now, updated_at=now)
     db.add(job)
     db.flush()
+    if idem:
+        try:
+            idempotency.record(db, tenant, idem, body_hash, job.id)
+        except IntegrityError:
+            # A concurrent request with the same key committed first: drop our job row, answer with theirs.
+            db.rollback()
+            return _replayed(idempotency.replay(db, tenant, idem, body_hash))
     ev = jobstore.add_event(db, job.id, tenant, "status", status="queued", message="job created")
     db.commit()
     jobstore.publish(job.id, [ev])
@@ -123,9 +146,11 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
         # The row exists but no worker will hear of it: say so on the job instead of leaving it queued.
         job.status, job.finished_at = "failed", utcnow()
         job.error = {"type": "BrokerUnavailable", "message": f"could not enqueue the job: {exc}"}
+        if idem:
+            idempotency.forget(db, tenant, idem)  # a retry with the same key starts afresh
         db.commit()
         raise Problem(503, f"the job queue is unreachable ({type(exc).__name__}); job {job.id} was marked failed",
-                      slug="broker-unavailable") from None
+                      slug="broker-unavailable", headers={"Retry-After": str(settings.retry_after_seconds)}) from None
     return job_to_dict(job)
 
 

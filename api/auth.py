@@ -1,0 +1,137 @@
+"""API keys: generation, hashing, lookup, and the tenant dependency every /v1 route uses.
+
+A key is 32 random bytes (urlsafe base64, `vt_` prefix). It has 256 bits of entropy, so a plain
+SHA-256 of it is the right thing to store (a slow password hash buys nothing against a key
+nobody can guess, and would cost a hash per request). Only the hash and a short display prefix
+are stored; the key itself is shown once, when it is created.
+
+`VTRANS_API_KEY` (settings.api_key), when set, is accepted as a key of the tenant `default`
+without a database row, so scripts and tests can start a server with a key they already know.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .db import session_scope
+from .models import DEFAULT_TENANT, ApiKey, new_id, utcnow
+from .problems import Problem
+
+KEY_PREFIX = "vt_"
+DISPLAY_CHARS = 10                      # "vt_" + 7 characters: enough to tell keys apart
+TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+LOCAL_KEY_FILE = "api-key"              # the embedded server's key, inside DATA_DIR
+
+# auto_error=False: we answer 401 problem+json ourselves (HTTPBearer's own is 403 plain JSON).
+# Declaring the scheme also puts `bearerAuth` into the OpenAPI document.
+bearer = HTTPBearer(auto_error=False, scheme_name="bearerAuth",
+                    description="an API key from `vtrans keys create --tenant NAME`")
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class CreatedKey:
+    id: str
+    tenant_id: str
+    key: str          # the only time the plain key exists outside the client
+    prefix: str
+
+
+def check_tenant_name(name: str) -> str:
+    if not TENANT_NAME.match(name or ""):
+        raise ValueError(f"tenant name {name!r}: use 1-64 lowercase letters, digits, '-' or '_'")
+    return name
+
+
+def create_key(db_url: str, tenant: str, key: str | None = None) -> CreatedKey:
+    check_tenant_name(tenant)
+    key = key or generate_key()
+    row = ApiKey(id=new_id("key"), tenant_id=tenant, hashed_key=hash_key(key), prefix=key[:DISPLAY_CHARS],
+                 created_at=utcnow())
+    with session_scope(db_url) as s:
+        s.add(row)
+    return CreatedKey(row.id, tenant, key, row.prefix)
+
+
+def revoke_key(db_url: str, key_id: str) -> bool:
+    """True when an active key was revoked; False when there is no such active key."""
+    with session_scope(db_url) as s:
+        done = s.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                         .values(revoked_at=utcnow()).returning(ApiKey.id)
+                         .execution_options(synchronize_session=False)).first()
+    return done is not None
+
+
+def list_keys(db_url: str) -> list[dict]:
+    with session_scope(db_url) as s:
+        rows = s.scalars(select(ApiKey).order_by(ApiKey.tenant_id, ApiKey.created_at)).all()
+        return [{"id": k.id, "tenant": k.tenant_id, "prefix": k.prefix, "created_at": _iso(k.created_at),
+                 "revoked_at": _iso(k.revoked_at)} for k in rows]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def tenant_for_key(db: Session, key: str, env_key: str | None) -> str | None:
+    if env_key and hmac.compare_digest(key.encode(), env_key.encode()):
+        return DEFAULT_TENANT
+    # The lookup is by hash (an index hit); comparing hashes leaks nothing useful about the key.
+    return db.scalar(select(ApiKey.tenant_id).where(ApiKey.hashed_key == hash_key(key),
+                                                    ApiKey.revoked_at.is_(None)))
+
+
+def local_key(db_url: str, data_dir: Path) -> tuple[str, bool]:
+    """The embedded server's key: read from DATA_DIR, or created (and saved there, mode 0600) on
+    first start. Returns (key, created). A key file whose row was revoked gets replaced."""
+    path = data_dir / LOCAL_KEY_FILE
+    if path.is_file():
+        key = path.read_text(encoding="utf-8").strip()
+        with session_scope(db_url) as s:
+            if key and tenant_for_key(s, key, None) is not None:
+                return key, False
+    created = create_key(db_url, DEFAULT_TENANT)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(created.key + "\n", encoding="utf-8")
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return created.key, True
+
+
+def unauthorized(detail: str) -> Problem:
+    return Problem(401, detail, slug="unauthorized", headers={"WWW-Authenticate": 'Bearer realm="vtrans"'})
+
+
+def get_tenant(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+    """The tenant of the presented API key; 401 when there is no valid key."""
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
+    key = credentials.credentials.strip()
+    if len(key) > 256:
+        raise unauthorized("the API key is not valid")
+    settings = request.app.state.settings
+    # A short session of its own: the route's session (get_db) stays free of auth's reads.
+    with session_scope(settings.db_url) as s:
+        tenant = tenant_for_key(s, key, settings.api_key)
+    if tenant is None:
+        raise unauthorized("the API key is not valid or has been revoked")
+    request.state.tenant = tenant
+    return tenant
