@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     tenant_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
     retry_after_seconds: int = 5         # Retry-After on 503 (database/broker down) answers
     db_connect_timeout: int = 5          # seconds; an outage answers 503 quickly instead of hanging
+    # A job still queued this long after its last change may have lost its broker message (a
+    # Redis restart without persistence, a failed re-send): the reaper sends it again. Duplicate
+    # messages are harmless (the claim is a conditional UPDATE).
+    resend_queued_after_seconds: float = 900.0
 
     # Upload limits. Archives are checked both on the compressed size and on what they unpack to.
     max_model_upload_bytes: int = 2 * 1024**3

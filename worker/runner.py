@@ -15,11 +15,14 @@ from api.artifacts import ArtifactStore
 from api.db import session_scope
 from api.models import Dataset, Job, Model
 from api.settings import Settings
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from vtrans_core.errors import CompressionCancelled, CompressionError
 
 from .model_card import model_card
 
 log = logging.getLogger("vtrans.worker")
+DB_DOWN = (OperationalError, InterfaceError)  # connection refused / dropped: transient, not the job's fault
 MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown", ".gz": "application/gzip",
                ".txt": "text/plain", ".safetensors": "application/octet-stream"}
 
@@ -38,14 +41,35 @@ class Progress:
     def __call__(self, stage: str, fraction: float, metrics: dict | None = None) -> None:
         now = time.monotonic()
         renew = now - self._last_renew >= self.settings.cancel_check_seconds
-        owned, cancel = jobstore.report_progress(self.settings.db_url, self.claim, stage, float(fraction),
-                                                 _jsonable(metrics or {}), self.settings.lease_seconds, renew)
+        try:
+            owned, cancel = jobstore.report_progress(self.settings.db_url, self.claim, stage, float(fraction),
+                                                     _jsonable(metrics or {}), self.settings.lease_seconds, renew)
+        except DB_DOWN as exc:
+            # The database is restarting: keep computing and report again next time. If the outage
+            # outlasts the lease, the reaper requeues the job and the next report says LeaseLost.
+            log.warning("job %s: progress not recorded, database unreachable: %s", self.claim.job_id,
+                        str(exc).splitlines()[0][:200])
+            return
         if renew:
             self._last_renew = now
         if not owned:
             raise LeaseLost(f"job {self.claim.job_id}: attempt {self.claim.attempt} no longer owns the job")
         if cancel:
             raise CompressionCancelled(f"job {self.claim.job_id} was cancelled")
+
+
+def _finish(settings: Settings, claim: jobstore.Claim, status: str, **kw: Any) -> bool:
+    """jobstore.finish, retried while the database is unreachable (up to one lease), so a job
+    that completed during a database restart still records its result."""
+    deadline = time.monotonic() + settings.lease_seconds
+    while True:
+        try:
+            return jobstore.finish(settings.db_url, claim, status, **kw)
+        except DB_DOWN:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("job %s: database unreachable while recording %s; retrying", claim.job_id, status)
+            time.sleep(2)
 
 
 def _jsonable(value: Any) -> Any:
@@ -124,7 +148,7 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
                           options=req.get("options"), output_dir=str(work / "out"), progress=progress)
         progress("save", 1.0, {})  # last chance to honour a cancel before the result is published
         artifacts = _package(store, job, result, work, prefix)
-        if not jobstore.finish(settings.db_url, claim, "succeeded", metrics=_jsonable(result.metrics),
+        if not _finish(settings, claim, "succeeded", metrics=_jsonable(result.metrics),
                                artifacts=artifacts, message="compressed model ready"):
             store.delete_prefix(prefix)
             return "lost"
@@ -135,17 +159,17 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
         return "lost"
     except CompressionCancelled:
         store.delete_prefix(prefix)
-        jobstore.finish(settings.db_url, claim, "cancelled", message="cancelled while running; partial files removed")
+        _finish(settings, claim, "cancelled", message="cancelled while running; partial files removed")
         return "cancelled"
     except CompressionError as err:
         store.delete_prefix(prefix)
-        jobstore.finish(settings.db_url, claim, "failed",
+        _finish(settings, claim, "failed",
                         error={"type": "CompressionError", "field": err.field, "message": err.message})
         return "failed"
     except Exception as err:  # a bug or a resource problem: the user sees the type and message
         log.exception("job %s failed", job_id)
         store.delete_prefix(prefix)
-        jobstore.finish(settings.db_url, claim, "failed",
+        _finish(settings, claim, "failed",
                         error={"type": type(err).__name__, "message": str(err)[:2000] or type(err).__name__})
         return "failed"
     finally:

@@ -7,7 +7,7 @@ import socket
 import threading
 import uuid
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from api import jobstore
 from api.artifacts import ArtifactStore
@@ -42,7 +42,30 @@ def reap_once() -> list[str]:
     for job_id in requeued:  # the rows are committed as queued: now tell a worker
         send_job(settings, job_id)
         log.warning("requeued job %s after its worker stopped renewing the lease", job_id)
+    for job_id in _stale_queued(settings):
+        send_job(settings, job_id)
+        log.warning("job %s was queued for over %.0fs; sent its message again (broker lost it?)",
+                    job_id, settings.resend_queued_after_seconds)
     return requeued
+
+
+def _stale_queued(settings) -> list[str]:
+    """Queued jobs untouched for resend_queued_after_seconds; their updated_at is bumped by a
+    conditional UPDATE, so only one reaper re-sends each and only once per period."""
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from api.db import session_scope
+    from api.models import Job, utcnow
+
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.resend_queued_after_seconds)
+    with session_scope(settings.db_url) as s:
+        ids = s.scalars(select(Job.id).where(Job.status == "queued", Job.updated_at < cutoff).limit(100)).all()
+        return [job_id for job_id in ids if s.execute(
+            update(Job).where(Job.id == job_id, Job.status == "queued", Job.updated_at < cutoff)
+            .values(updated_at=now).returning(Job.id).execution_options(synchronize_session=False)).first()]
 
 
 def _reaper_loop() -> None:
@@ -59,6 +82,17 @@ def _reaper_loop() -> None:
 def _start_reaper(**_kwargs) -> None:
     # Runs in the worker's main process (no beat needed): once at start-up, then periodically.
     threading.Thread(target=_reaper_loop, name="vtrans-reaper", daemon=True).start()
+
+
+@worker_process_init.connect
+def _fresh_db_pool(**_kwargs) -> None:
+    # A prefork child inherits the parent's pooled connections (the reaper thread opened them):
+    # two processes on one socket corrupt each other (psycopg: DuplicatePreparedStatement). Drop
+    # them in the child WITHOUT closing, so the parent's connections stay intact (SQLAlchemy's
+    # documented recipe for multiprocessing).
+    from api.db import get_engine
+
+    get_engine(get_settings().db_url).dispose(close=False)
 
 
 @worker_shutdown.connect
