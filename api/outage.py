@@ -51,3 +51,11 @@ def install(app: FastAPI, settings: Settings) -> None:
         app.add_exception_handler(cls, database_down)
     for cls in _broker_errors():
         app.add_exception_handler(cls, broker_down)
+
+    @app.middleware("http")
+    async def retry_after_on_503(request: Request, call_next):
+        # Every 503 (readiness, a route's own "queue unreachable") tells clients when to retry.
+        response = await call_next(request)
+        if response.status_code == 503 and "retry-after" not in response.headers:
+            response.headers["Retry-After"] = retry["Retry-After"]
+        return response
