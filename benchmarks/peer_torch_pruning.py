@@ -1,0 +1,124 @@
+"""The peer: torch-pruning 1.6.1 (Taylor importance) on the same teacher, data and budgets.
+
+How it is run (ASSETS.md): MetaPruner over the whole BERT with head pruning, FFN neurons and
+the hidden dimension (embeddings included), classifier ignored; the pruning ratio is bisected
+so the analytic FLOPs fraction (vtrans_core.count_flops, the same counter vtrans is held to)
+lands on the target; then the pruned model gets the same weight-training budget as `vtrans`
+(all its weight-training steps: rounds x mask steps + fine-tuning) with the same distillation
+loss, and is evaluated in memory (its config cannot describe the result, so it cannot be saved
+as a checkpoint).
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+
+import torch
+
+from benchmarks.common import BATCH, EVAL_ROWS, SEQ_LEN, TASK, TEACHER_DIR, TRAIN_ROWS
+
+TAYLOR_BATCHES = 8
+BISECT_ITERS = 9
+
+
+def _taylor_grads(model, enc, device) -> None:
+    from vtrans_core.data import iterate_batches
+
+    model.zero_grad(set_to_none=True)
+    model.train()
+    for b, batch in enumerate(iterate_batches(enc, BATCH, device, shuffle=True, rng=random.Random(0))):
+        if b >= TAYLOR_BATCHES:
+            break
+        out = model(**{k: v for k, v in batch.items() if k != "index"})
+        out.loss.backward()
+    model.eval()
+
+
+def _prune_copy(model, ratio: float, example):
+    """A pruned deep copy at `ratio` (grads copied over: deepcopy drops .grad)."""
+    import torch_pruning as tp
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    pruned = copy.deepcopy(model)
+    for p_src, p_dst in zip(model.parameters(), pruned.parameters()):
+        p_dst.grad = None if p_src.grad is None else p_src.grad.clone()
+    num_heads = {}
+    for m in pruned.modules():
+        if isinstance(m, BertSelfAttention):
+            for lin in (m.query, m.key, m.value):
+                num_heads[lin] = m.num_attention_heads
+    pruner = tp.pruner.MetaPruner(
+        pruned, example, importance=tp.importance.TaylorImportance(), pruning_ratio=ratio,
+        num_heads=num_heads, prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio,
+        output_transform=lambda out: out.logits.sum(), ignored_layers=[pruned.classifier])
+    pruner.step()
+    for m in pruned.modules():
+        if isinstance(m, BertSelfAttention):
+            heads = pruner.num_heads[m.query]
+            m.num_attention_heads = heads
+            m.all_head_size = m.query.out_features
+            m.attention_head_size = m.query.out_features // heads
+    for p in pruned.parameters():
+        p.grad = None
+    return pruned
+
+
+def run_peer_case(case: dict, log) -> dict:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from benchmarks.run_benchmark import FINETUNE_STEPS, MASK_STEPS, PRUNE_ROUNDS
+    from vtrans_core.data import encode, load_task
+    from vtrans_core.evaluate import evaluate, measure_latency_ms
+    from vtrans_core.flops import count_flops, count_params
+    from vtrans_core.training import Teacher, seed_everything, train_supervised
+
+    seed_everything(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    started = time.perf_counter()
+    task = load_task(TASK)
+    tok = AutoTokenizer.from_pretrained(TEACHER_DIR)
+    model = AutoModelForSequenceClassification.from_pretrained(TEACHER_DIR, use_safetensors=True).to(device)
+    dense = copy.deepcopy(model).eval()
+    enc_train = encode(tok, task.train.sample(TRAIN_ROWS, seed=0), SEQ_LEN)
+    enc_eval = encode(tok, task.test.subset(list(range(EVAL_ROWS))), SEQ_LEN)
+    example = {"input_ids": torch.randint(0, 1000, (1, SEQ_LEN), device=device),
+               "attention_mask": torch.ones(1, SEQ_LEN, dtype=torch.long, device=device)}
+    dense_flops = count_flops(dense, SEQ_LEN)
+    _taylor_grads(model, enc_train, device)
+
+    lo, hi, best = 0.0, 0.9, None
+    for _ in range(BISECT_ITERS):
+        mid = (lo + hi) / 2
+        candidate = _prune_copy(model, mid, example)
+        frac = count_flops(candidate, SEQ_LEN) / dense_flops
+        if frac <= case["target"] + 0.005:
+            best, hi = (mid, frac, candidate), mid
+        else:
+            lo = mid
+        log.info("  peer-%s: ratio %.4f -> flops %.4f", case["target"], mid, frac)
+    if best is None:
+        raise RuntimeError("bisection found no ratio meeting the target")
+    ratio, frac, pruned = best
+    prune_seconds = time.perf_counter() - started
+
+    steps = PRUNE_ROUNDS * MASK_STEPS + FINETUNE_STEPS
+    last = [0.0]
+
+    def tick(done, total, **m):
+        if time.perf_counter() - last[0] > 30:
+            last[0] = time.perf_counter()
+            log.info("  peer-%s: finetune %d/%d loss %.4f", case["target"], done, total, m.get("loss", 0.0))
+
+    train_supervised(pruned, enc_train, steps, 5e-5, BATCH, device, seed=1, tick=tick,
+                     teacher=Teacher(dense, len(enc_train)), temperature=2.0, distill_weight=0.5)
+    seconds = time.perf_counter() - started
+    acc = evaluate(pruned, enc_eval, task.num_labels, 64, device)["accuracy"]
+    dense_acc = evaluate(dense, enc_eval, task.num_labels, 64, device)["accuracy"]
+    dense_ms, pruned_ms = measure_latency_ms([dense, pruned], device, 5)
+    return {"name": case["name"], "method": "torch-pruning (Taylor)", "target": case["target"], "accuracy": acc,
+            "dense_accuracy": dense_acc, "flops_fraction": round(frac, 5),
+            "params_fraction": round(count_params(pruned) / count_params(dense), 5), "latency_ms": pruned_ms,
+            "dense_latency_ms": dense_ms, "speedup": round(dense_ms / pruned_ms, 3), "seconds": round(seconds, 1),
+            "stage_seconds": {"prune": round(prune_seconds, 1), "finetune": round(seconds - prune_seconds, 1)},
+            "ratio": round(ratio, 4), "finetune_steps": steps}
