@@ -36,6 +36,18 @@ def celery_enqueue(settings: Settings) -> Callable[[str], None]:
     return enqueue
 
 
+# Every error is RFC 9457 problem+json (api/problems.py); declaring it once for all routes makes
+# the OpenAPI document true to what clients get (and replaces FastAPI's default 422 schema).
+_PROBLEM = {"content": {problems.PROBLEM_MEDIA_TYPE: {"schema": {
+    "type": "object", "required": ["type", "title", "status", "detail", "instance"],
+    "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                   "detail": {"type": "string"}, "instance": {"type": "string"},
+                   "errors": {"type": "array", "items": {"type": "object", "required": ["field", "message"],
+                              "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}}}}}}
+PROBLEM_RESPONSES = {"4XX": {"description": "client error (problem+json)", **_PROBLEM},
+                     "503": {"description": "database or job queue unreachable; see Retry-After", **_PROBLEM}}
+
+
 def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -44,7 +56,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
         check_migrated(settings.db_url)  # refuse to serve on an un-migrated database
         yield
 
-    app = FastAPI(title="vtrans", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="vtrans", version="0.1.0", lifespan=lifespan, responses=PROBLEM_RESPONSES,
                   description="Compress transformer models with VTrans structured pruning.")
     app.state.settings = settings
     app.state.store = ArtifactStore(settings.artifacts)

@@ -106,10 +106,10 @@ def _replayed(job: Job) -> JSONResponse:
     return JSONResponse(jsonable_encoder(job_to_dict(job)), status_code=200, headers={"Idempotent-Replayed": "true"})
 
 
+# 409 (Idempotency-Key reused with another body) and 429 (too many active jobs) are problem+json
+# like every 4XX (declared app-wide in api/app.py).
 @router.post("", status_code=202, responses={200: {"description": "replay of an earlier submit with the same "
-                                                               "Idempotency-Key and body: the job it created"},
-                                             409: {"description": "Idempotency-Key reused with a different body"},
-                                             429: {"description": "too many queued or running jobs"}})
+                                                               "Idempotency-Key and body: the job it created"}})
 def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db),
                tenant: str = Depends(get_tenant), settings: Settings = Depends(get_app_settings),
                idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255)) -> Any:
