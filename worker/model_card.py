@@ -27,8 +27,9 @@ def model_card(base_model: str, dataset: str, request: dict[str, Any], metrics: 
     dense, pruned = metrics.get("dense") or {}, metrics.get("pruned") or {}
     layout = metrics.get("layout") or (request.get("options") or {}).get("layout", "uniform")
     rows = [
-        ("accuracy", _fmt(dense.get("accuracy"), ".4f"), _fmt(pruned.get("accuracy"), ".4f")),
-        ("F1 (binary tasks)", _fmt(dense.get("f1"), ".4f"), _fmt(pruned.get("f1"), ".4f")),
+        # vtrans_core reports accuracy and F1 in percent.
+        ("accuracy (%)", _fmt(dense.get("accuracy"), ".2f"), _fmt(pruned.get("accuracy"), ".2f")),
+        ("F1 (%, binary tasks)", _fmt(dense.get("f1"), ".2f"), _fmt(pruned.get("f1"), ".2f")),
         ("parameters", _count(dense.get("params")), _count(pruned.get("params"))),
         (f"FLOPs per {budget.get('seq_len', 128)}-token sequence", _count(dense.get("flops")), _count(pruned.get("flops"))),
         ("latency (ms, median batch forward)", _fmt(dense.get("latency_ms"), ".1f"), _fmt(pruned.get("latency_ms"), ".1f")),
@@ -50,8 +51,9 @@ Produced by vtrans job `{job_id}` with VTrans structured pruning (arXiv 2406.052
 |---|---|---|
 {table}
 
-Quality is measured on the held-out split of the dataset above; latency was measured on the
-worker that produced this model and will differ on other hardware.
+Quality is measured on {metrics.get('eval_examples', 'the')} held-out examples (`{metrics.get('eval_split', 'test')}`
+split) of the dataset above; latency was measured on the worker that produced this model and
+will differ on other hardware.
 
 ## Load
 

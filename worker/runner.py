@@ -100,10 +100,27 @@ def _plan_json(result: Any, out: Path) -> str:
     return json.dumps(_jsonable(data), indent=2)
 
 
-def _package(store: ArtifactStore, job: Job, result: Any, work: Path, prefix: str) -> list[dict[str, Any]]:
+def _labels(db_url: str, job: Job) -> tuple[str, str]:
+    """Human names for the model card: the uploaded file names, not only our ids."""
+    base, data = job.model, job.dataset
+    try:
+        with session_scope(db_url) as s:
+            m = s.get(Model, job.model) if job.model.startswith("mdl_") else None
+            d = s.get(Dataset, job.dataset) if job.dataset.startswith("ds_") else None
+            if m is not None:
+                base = f"{m.filename} (uploaded model `{m.id}`, {m.model_type})"
+            if d is not None:
+                data = f"{d.filename} (uploaded dataset `{d.id}`, {d.rows} rows)"
+    except Exception:  # a card with ids only is still a correct card
+        log.exception("model card labels for job %s", job.id)
+    return base, data
+
+
+def _package(settings: Settings, store: ArtifactStore, job: Job, result: Any, work: Path, prefix: str) -> list[dict[str, Any]]:
     out = Path(result.output_dir)
     metrics = _jsonable(result.metrics)
-    (out / "README.md").write_text(model_card(job.model, job.dataset, job.request, metrics, job.id), encoding="utf-8")
+    base, data = _labels(settings.db_url, job)
+    (out / "README.md").write_text(model_card(base, data, job.request, metrics, job.id), encoding="utf-8")
     extras = work / "extras"
     extras.mkdir(parents=True, exist_ok=True)
     (extras / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
@@ -147,7 +164,7 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
         result = compress(model=model_arg, data=data_arg, budget=req["budget"], method=req["method"],
                           options=req.get("options"), output_dir=str(work / "out"), progress=progress)
         progress("save", 1.0, {})  # last chance to honour a cancel before the result is published
-        artifacts = _package(store, job, result, work, prefix)
+        artifacts = _package(settings, store, job, result, work, prefix)
         if not _finish(settings, claim, "succeeded", metrics=_jsonable(result.metrics),
                                artifacts=artifacts, message="compressed model ready"):
             store.delete_prefix(prefix)

@@ -57,7 +57,8 @@ def test_job_runs_on_celery_worker_and_model_loads(http, celery_worker, service_
     metrics = http.get(f"/v1/jobs/{job_id}/artifacts/metrics.json").json()
     assert metrics["flops_fraction"] <= BUDGET["target"] + 0.01
     card = http.get(f"/v1/jobs/{job_id}/artifacts/README.md").text
-    assert model_id in card and "Budget" in card and "dense" in card and "latency" in card
+    assert model_id in card and "m.tar.gz" in card and "Budget" in card and "dense" in card and "latency" in card
+    assert f"| accuracy (%) | {metrics['dense']['accuracy']:.2f} | {metrics['pruned']['accuracy']:.2f} |" in card
     plan = http.get(f"/v1/jobs/{job_id}/artifacts/plan.json").json()
     assert "heads" in plan or "hidden" in plan
 
