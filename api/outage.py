@@ -52,6 +52,15 @@ def install(app: FastAPI, settings: Settings) -> None:
     for cls in _broker_errors():
         app.add_exception_handler(cls, broker_down)
 
+    async def unstorable_value(request: Request, exc: Exception):
+        # Postgres refuses some values any client can send (a NUL byte in a path or query
+        # parameter, found by the hostile-input tests): the request is at fault, not the server.
+        log.info("refused an unstorable value on %s: %s", request.url.path, str(exc).splitlines()[0][:200])
+        return problem_response(request, 422, "a value in the request cannot be stored or searched "
+                                "(NUL byte or similar)", title="Invalid request", slug="invalid-request")
+
+    app.add_exception_handler(sa_exc.DataError, unstorable_value)
+
     @app.middleware("http")
     async def retry_after_on_503(request: Request, call_next):
         # Every 503 (readiness, a route's own "queue unreachable") tells clients when to retry.

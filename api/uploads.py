@@ -108,7 +108,14 @@ def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
 
 def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
     with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
+        # A zip declares every member and its size up front: refuse a bomb before writing a byte.
+        # (The declared sizes may lie; _Budget still counts what is really written.)
+        infos = zf.infolist()
+        if len(infos) > budget.max_members:
+            raise UploadError(f"archive has more than {budget.max_members} members", status=413)
+        if sum(i.file_size for i in infos) > budget.max_bytes:
+            raise UploadError(f"archive unpacks to more than {budget.max_bytes} bytes", status=413)
+        for info in infos:
             budget.member()
             rel = _safe_member_path(info.filename)
             mode = info.external_attr >> 16
