@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 serve: setup
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/vtrans serve
+	$(BIN)/vtrans serve
 
 migrate: setup
 	$(BIN)/vtrans migrate
