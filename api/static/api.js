@@ -26,7 +26,9 @@ export class ApiError extends Error {
     const fields = (problem && problem.errors) || [];
     const detail = (problem && (problem.detail || problem.title)) || `HTTP ${status}`;
     const extra = fields.map((e) => `${e.field}: ${e.message}`).join("; ");
-    super(extra && !detail.includes(extra) ? `${detail} (${extra})` : detail);
+    let message = extra && !detail.includes(extra) ? `${detail} (${extra})` : detail;
+    if (status === 401) message += " - paste your API key in the box at the top right";
+    super(message);
     this.status = status;
     this.problem = problem;
   }

@@ -1,7 +1,7 @@
 // Several finished jobs on one accuracy-vs-FLOPs plot (pruned filled, dense hollow).
 import { api, itemsOf } from "./api.js";
 import { COLORS, fmtNum, scatter } from "./plots.js";
-import { budgetText, el, field } from "./jobs.js";
+import { asFraction, budgetText, el, field, fmtPct } from "./jobs.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -46,23 +46,30 @@ export class CompareView {
 
   draw() {
     const chosen = [...this.selected].map((id) => this.jobs.get(id)).filter((j) => j && j.metrics && j.metrics.pruned);
-    const points = [], legend = [];
+    const points = [], legend = [], denseSeen = new Set();
     chosen.forEach((j, i) => {
       const m = j.metrics, color = COLORS[i % COLORS.length];
       const name = `${String(j.id).slice(0, 8)} ${m.method || field(j, "method") || ""}`;
       legend.push({ name, color });
-      points.push({ x: m.pruned.flops, y: m.pruned.accuracy, color, label: `${m.method || ""} ${fmtNum(m.flops_fraction)}` });
-      if (m.dense) points.push({ x: m.dense.flops, y: m.dense.accuracy, color, dense: true });
+      points.push({ x: m.pruned.flops, y: asFraction(m.pruned.accuracy) * 100, color,
+        label: `${m.method || ""} ${fmtNum(m.flops_fraction)}` });
+      if (m.dense) {
+        // Jobs of one base model share their dense point: label it once.
+        const key = `${m.dense.flops}|${m.dense.accuracy}`;
+        points.push({ x: m.dense.flops, y: asFraction(m.dense.accuracy) * 100, color, dense: true,
+          label: denseSeen.has(key) ? "" : "dense" });
+        denseSeen.add(key);
+      }
     });
     scatter($("c-compare"), points, { xLabel: "FLOPs per sequence (hollow: dense model, filled: pruned)",
-      yLabel: "accuracy", legend, empty: "tick two or more succeeded jobs" });
+      yLabel: "accuracy (%)", legend, empty: "tick two or more succeeded jobs" });
     const head = el("tr", {}, ...["job", "method", "budget", "dense acc", "pruned acc", "FLOPs kept", "params kept", "speedup"]
       .map((h) => el("th", {}, h)));
     $("cmp-table").replaceChildren(head, ...chosen.map((j) => {
       const m = j.metrics;
       return el("tr", {}, el("td", {}, el("a", { href: `#/jobs/${j.id}` }, String(j.id).slice(0, 12))),
         el("td", {}, m.method || field(j, "method") || "-"), el("td", {}, budgetText(j)),
-        el("td", {}, m.dense?.accuracy?.toFixed(4) ?? "-"), el("td", {}, m.pruned?.accuracy?.toFixed(4) ?? "-"),
+        el("td", {}, fmtPct(m.dense?.accuracy)), el("td", {}, fmtPct(m.pruned?.accuracy)),
         el("td", {}, fmtNum(m.flops_fraction)), el("td", {}, fmtNum(m.params_fraction)),
         el("td", {}, isFinite(m.speedup) ? `${m.speedup.toFixed(2)}x` : "-"));
     }));

@@ -15,6 +15,17 @@ export function budgetText(job) {
   return b ? `${b.kind} ${fmtNum(b.target)}` : "-";
 }
 
+// The core reports accuracy/F1 in percent; accept fractions too (older or other producers).
+export function asFraction(v) {
+  if (v === null || v === undefined || !isFinite(v)) return NaN;
+  return v > 1 ? v / 100 : +v;
+}
+
+export function fmtPct(v) {
+  const f = asFraction(v);
+  return isFinite(f) ? `${(f * 100).toFixed(2)}%` : "-";
+}
+
 export function progressOf(job) {
   if (job.status === "succeeded") return 1;
   const p = job.progress ?? job.fraction ?? 0;
@@ -101,7 +112,7 @@ export class JobsView {
         el("td", {}, String(field(job, "method") ?? "-")),
         el("td", {}, budgetText(job)),
         el("td", {}, el("span", { class: `badge ${job.status}` }, job.status)),
-        el("td", {}, el("div", { class: "row" }, progressBar(pct, job.status),
+        el("td", {}, el("div", { class: "pcell" }, progressBar(pct, job.status),
           el("span", { class: "muted" }, `${Math.round(pct * 100)}%`)))));
     }
     document.getElementById("jobs-more").classList.toggle("hidden", !this.cursor);
@@ -151,7 +162,8 @@ export class JobsView {
         model, dataset, options,
         method: document.getElementById("f-method").value,
         budget: { kind: document.getElementById("f-budget-kind").value,
-                  target: parseFloat(document.getElementById("f-budget-target").value) },
+                  target: parseFloat(document.getElementById("f-budget-target").value),
+                  seq_len: parseInt(document.getElementById("f-budget-seq").value, 10) || 128 },
       };
       status.textContent = "submitting...";
       const job = await api.createJob(payload);

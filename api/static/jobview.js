@@ -2,7 +2,7 @@
 // plots drawn as events arrive, final dense-vs-pruned numbers, per-layer chart, artifacts.
 import { api, downloadWithKey, followEvents, getApiKey } from "./api.js";
 import { COLORS, barChart, fmtNum, lineChart, smallMultiples } from "./plots.js";
-import { TERMINAL, budgetText, el, field } from "./jobs.js";
+import { TERMINAL, asFraction, budgetText, el, field, fmtPct } from "./jobs.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -26,9 +26,9 @@ export class JobView {
     this.status = null;
     this.fraction = 0;
     this.final = null;
-    // Steps restart in each stage (masks, finetune...): x is a cumulative step across stages.
+    // Mask training reports a global step, fine-tuning restarts at 1: x is made cumulative.
     this.xOffset = 0; this.lastStage = null; this.lastX = 0;
-    this.series = { loss: [], kl: [], flops: [], params: [], acc: [] };
+    this.series = { loss: {}, flops: [], params: [], acc: [] }; // loss: stage -> points
   }
 
   async show(id) {
@@ -107,21 +107,41 @@ export class JobView {
   }
 
   addPoint(stage, m) {
-    if (stage !== this.lastStage) { this.xOffset = this.lastX; this.lastStage = stage; }
-    const x = isFinite(m.step) ? this.xOffset + m.step : this.lastX + 1;
     if (!(isFinite(m.loss) || isFinite(m.kept_flops) || isFinite(m.kept_params) || isFinite(m.accuracy))) return;
+    let x = isFinite(m.step) ? m.step + this.xOffset : this.lastX + 1;
+    if (stage !== this.lastStage) {
+      this.lastStage = stage;
+      if (isFinite(m.step) && x < this.lastX) { this.xOffset = this.lastX; x = m.step + this.xOffset; }
+    }
     this.lastX = Math.max(this.lastX, x);
     const push = (arr, v) => isFinite(v) && arr.push([x, +v]);
-    push(this.series.loss, m.loss);
-    push(this.series.kl, m.kl);
+    if (isFinite(m.loss)) push(this.series.loss[stage] || (this.series.loss[stage] = []), m.loss);
     push(this.series.flops, m.kept_flops);
     push(this.series.params, m.kept_params);
-    push(this.series.acc, m.accuracy);
+    push(this.series.acc, asFraction(m.accuracy));
+  }
+
+  // metrics.history (CONTRACTS §3) is the complete curve, with global steps; used at the end
+  // when the live reports (at most every 0.5 s) were sparser, or for a late viewer.
+  fromHistory(history) {
+    const loss = {}, flops = [], params = [];
+    for (const h of history) {
+      if (!isFinite(h.step)) continue;
+      if (isFinite(h.loss)) (loss.masks || (loss.masks = [])).push([h.step, h.loss]);
+      if (isFinite(h.finetune_loss)) (loss.finetune || (loss.finetune = [])).push([h.step, h.finetune_loss]);
+      if (isFinite(h.kept_flops)) flops.push([h.step, h.kept_flops]);
+      if (isFinite(h.kept_params)) params.push([h.step, h.kept_params]);
+    }
+    const count = (l) => Object.values(l).reduce((n, pts) => n + pts.length, 0);
+    if (count(loss) > count(this.series.loss)) this.series.loss = loss;
+    if (flops.length > this.series.flops.length) { this.series.flops = flops; this.series.params = params; }
   }
 
   draw() {
     const s = this.series;
-    lineChart($("c-loss"), [{ name: "loss", color: COLORS[0], points: s.loss }],
+    const lossSeries = Object.entries(s.loss).map(([stage, points], i) =>
+      ({ name: `${stage} loss`, color: [COLORS[0], COLORS[4], COLORS[5], COLORS[3]][i % 4], points }));
+    lineChart($("c-loss"), lossSeries,
       { xLabel: "step (cumulative over stages)", empty: "waiting for training steps..." });
     lineChart($("c-kept"), [
       { name: "kept FLOPs", color: COLORS[1], points: s.flops },
@@ -143,10 +163,7 @@ export class JobView {
     const metrics = job.metrics || job.result || null;
     if (job.status === "succeeded" && metrics && metrics.dense) {
       this.final = metrics;
-      // A late viewer gets the whole curve from the final metrics when events carried none.
-      if (!this.series.loss.length && Array.isArray(metrics.history)) {
-        for (const h of metrics.history) this.addPoint("history", h);
-      }
+      if (Array.isArray(metrics.history)) this.fromHistory(metrics.history);
       $("j-final").classList.remove("hidden");
       this.draw();
     }
@@ -156,8 +173,8 @@ export class JobView {
   drawFinal(m) {
     const d = m.dense || {}, p = m.pruned || {};
     const rows = [
-      ["accuracy", d.accuracy, p.accuracy, (v) => v?.toFixed(4)],
-      ["F1", d.f1, p.f1, (v) => v?.toFixed(4)],
+      ["accuracy", d.accuracy, p.accuracy, fmtPct],
+      ["F1", d.f1, p.f1, fmtPct],
       ["params", d.params, p.params, fmtNum],
       ["FLOPs / sequence", d.flops, p.flops, fmtNum],
       ["latency (ms)", d.latency_ms, p.latency_ms, (v) => v?.toFixed(1)],
@@ -170,7 +187,7 @@ export class JobView {
       el("tr", {}, el("td", {}, "speedup"), el("td", {}, ""), el("td", { class: "speedup" },
         isFinite(m.speedup) ? `${m.speedup.toFixed(2)}x` : "-"), el("td", {}, "")));
     smallMultiples($("c-final"), [
-      { label: "accuracy", values: [d.accuracy, p.accuracy], fmt: (v) => v.toFixed(3) },
+      { label: "accuracy %", values: [asFraction(d.accuracy) * 100, asFraction(p.accuracy) * 100], fmt: (v) => v.toFixed(1) },
       { label: "params", values: [d.params, p.params] },
       { label: "FLOPs", values: [d.flops, p.flops] },
       { label: "latency ms", values: [d.latency_ms, p.latency_ms], fmt: (v) => v.toFixed(1) },

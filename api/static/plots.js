@@ -22,7 +22,7 @@ function setup(canvas) {
 // "Nice" tick values (1, 2, 5 x 10^k) covering [lo, hi].
 export function niceTicks(lo, hi, count = 5) {
   if (!isFinite(lo) || !isFinite(hi)) return [0, 1];
-  if (hi === lo) { hi = lo + (Math.abs(lo) || 1); lo = lo - (Math.abs(lo) || 1) * 0; }
+  if (hi === lo) { const d = Math.abs(lo) * 0.5 || 1; lo -= d; hi += d; }
   const raw = (hi - lo) / count;
   const mag = Math.pow(10, Math.floor(Math.log10(raw)));
   const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) || 10 * mag;
@@ -61,7 +61,7 @@ function legend(ctx, items, x, y) {
 
 // Axes with grid lines; returns the mapping functions for the plot area.
 function axes(ctx, w, h, xr, yr, { xLabel = "", yLabel = "", yFmt = fmtNum, xFmt = fmtNum } = {}) {
-  const pad = { l: 52, r: 14, t: 26, b: 34 };
+  const pad = { l: 52, r: 34, t: 26, b: 34 };  // r: room for the last x tick label
   const xt = niceTicks(xr[0], xr[1]), yt = niceTicks(yr[0], yr[1]);
   const x0 = xt[0], x1 = xt[xt.length - 1], y0 = yt[0], y1 = yt[yt.length - 1];
   const X = (v) => pad.l + ((v - x0) / (x1 - x0 || 1)) * (w - pad.l - pad.r);
@@ -170,7 +170,9 @@ export function scatter(canvas, points, opts = {}) {
   if (!ok.length) return emptyMessage(ctx, w, h, opts.empty || "select finished jobs to compare");
   const xs = ok.map((p) => p.x), ys = ok.map((p) => p.y);
   const xr = opts.xRange || [Math.min(0, ...xs), Math.max(...xs)];
-  const yr = [Math.min(...ys) - 0.05, Math.max(...ys) + 0.05];
+  const lo = Math.min(...ys), hi = Math.max(...ys);
+  const pad = Math.max((hi - lo) * 0.15, Math.abs(hi) * 0.02, 1e-3);
+  const yr = [lo - pad, hi + pad];
   const { X, Y } = axes(ctx, w, h, xr, yr, opts);
   for (const p of ok) {
     ctx.strokeStyle = p.color; ctx.fillStyle = p.color; ctx.lineWidth = 2;
