@@ -51,5 +51,8 @@ document.getElementById("key-form").addEventListener("submit", (e) => {
   route();
 });
 
+// Read-only handle for debugging in the console and for the browser test's waits.
+window.__vtrans = { views };
+
 window.addEventListener("hashchange", route);
 route();

@@ -39,7 +39,8 @@ export class JobView {
     $("j-error").classList.add("hidden");
     $("j-artifacts").replaceChildren(el("li", { class: "muted" }, "available when the job has succeeded"));
     this.setStatus("queued");
-    this.setProgress(0, "-", null);
+    this.setProgress(0, "-", undefined);
+    $("j-eta").textContent = "-";
     this.draw();
     try {
       this.renderJob(await api.getJob(id));
@@ -63,7 +64,7 @@ export class JobView {
     $("j-request").replaceChildren(...Object.entries(req).filter(([, v]) => v !== undefined && v !== null)
       .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
     this.setStatus(job.status);
-    this.setProgress(job.progress ?? 0, job.stage ?? "-", null);
+    this.setProgress(job.progress ?? 0, job.stage ?? "-", undefined);
     if (TERMINAL.has(job.status)) this.finish(job);
   }
 
@@ -86,14 +87,17 @@ export class JobView {
     $("j-bar").parentElement.setAttribute("aria-valuenow", (this.fraction * 100).toFixed(1));
     $("j-pct").textContent = pct;
     if (stage) $("j-stage").textContent = stage;
-    if (eta !== undefined) $("j-eta").textContent = TERMINAL.has(this.status) ? "-" : fmtEta(eta);
+    // undefined: keep what is shown; null: this report had no estimate (too early to tell).
+    if (eta !== undefined) {
+      $("j-eta").textContent = TERMINAL.has(this.status) ? "-" : eta === null ? "estimating..." : fmtEta(eta);
+    }
   }
 
   onEvent({ event, data }) {
     if (!data || typeof data !== "object") return;
     if (event === "progress") {
       const m = data.metrics || {};
-      this.setProgress(data.fraction, data.stage, m.eta_seconds);
+      this.setProgress(data.fraction, data.stage, m.eta_seconds ?? null);
       this.addPoint(data.stage, m);
       this.draw();
     } else if (event === "status") {
