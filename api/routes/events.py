@@ -34,6 +34,8 @@ router = APIRouter(tags=["events"])
 
 # Tells EventSource clients how long to wait before reconnecting (ms).
 RETRY_MS = 2000
+# A comment line: ignored by clients, keeps proxies from closing an idle stream.
+PING = b": ping\n\n"
 
 
 def public_event(job_id: str, ev: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +124,7 @@ async def job_events(job_id: str, request: Request,
         last = start
         async for ev in event_bus.follow(job_id, start, fetch, url=event_bus.bus_url(settings)):
             if ev is None:
-                yield event_bus_ping()
+                yield PING
                 continue
             last = ev["seq"]
             yield _sse(ev.get("kind") or "progress", public_event(job_id, ev), last)
@@ -134,6 +136,3 @@ async def job_events(job_id: str, request: Request,
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-
-def event_bus_ping() -> bytes:
-    return b": ping\n\n"

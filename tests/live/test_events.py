@@ -198,3 +198,21 @@ def test_embedded_default_delivers_by_polling_the_database(embedded_api):
     assert got[-1]["event"] == "end" and got[-1]["data"]["status"] == "succeeded"
     r = embedded_api.client().get(f"/v1/jobs/{run.job_id}/events?format=json")
     assert [e["seq"] for e in r.json()] == [1, 2, 3, 4]
+
+
+def test_disconnect_releases_the_redis_subscription(live_api, redis_url):
+    """A client that goes away must not leave a pub/sub subscription behind in the API."""
+    import redis
+
+    from api.event_bus import channel
+
+    from .conftest import wait_until
+
+    r = redis.Redis.from_url(redis_url)
+    run = FakeRun(live_api.settings).start()
+    subscribers = lambda: dict(r.pubsub_numsub(channel(run.job_id)))[channel(run.job_id).encode()]
+    with SSE(live_api, run.job_id) as sse:
+        assert _ids(sse.take(2)) == [1, 2]
+        assert subscribers() == 1
+    wait_until(lambda: subscribers() == 0, 30, "the subscription to be released")
+    r.close()
