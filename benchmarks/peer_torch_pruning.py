@@ -19,7 +19,7 @@ import torch
 from benchmarks.common import BATCH, EVAL_ROWS, SEQ_LEN, TASK, TEACHER_DIR, TRAIN_ROWS
 
 TAYLOR_BATCHES = 8
-BISECT_ITERS = 9
+BISECT_ITERS = 7
 
 
 def _taylor_grads(model, enc, device) -> None:

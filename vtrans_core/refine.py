@@ -24,8 +24,8 @@ import torch
 
 from .families import adapter_for
 
-MAX_SCALE = 5.0
-RIDGE = 1e-3          # relative to the mean diagonal of A^T A, pulling s toward 1
+MAX_SCALE = 3.0
+RIDGE = 1e-2          # relative to the mean diagonal of A^T A, pulling s toward 1
 
 
 def _capture(model, module, batches, want: str) -> list[torch.Tensor]:

@@ -17,7 +17,7 @@ from .fast import subset_size
 
 # Local defaults until options.py grows matching knobs (proposed in the report).
 MIN_MASK_STEPS = 100      # the subset is small: one epoch would be ~16 steps, too few for the masks
-REFINE_BATCHES = 8        # training batches the least-squares rescale is fitted on
+REFINE_BATCHES = 4        # training batches the least-squares rescale is fitted on
 MASK_STEP_COST = 0.9      # backward through frozen weights, no weight update
 REFINE_COST = 0.5         # per sample batch and layer part, forwards only
 
