@@ -27,12 +27,15 @@ export class JobView {
     this.fraction = 0;
     this.final = null;
     // Mask training reports a global step, fine-tuning restarts at 1: x is made cumulative.
-    this.xOffset = 0; this.lastStage = null; this.lastX = 0;
+    this.xOffset = 0; this.lastStage = null; this.lastX = 0; this.lastSeq = 0;
     this.series = { loss: {}, flops: [], params: [], acc: [] }; // loss: stage -> points
   }
 
   async show(id) {
     this.hide();
+    // Two quick navigations must not leave two streams feeding one page: only the latest
+    // show() call may attach its stream (checked again after every await).
+    const gen = (this.gen = (this.gen || 0) + 1);
     this.reset(id);
     $("j-id").textContent = id;
     $("j-final").classList.add("hidden");
@@ -42,18 +45,21 @@ export class JobView {
     this.setProgress(0, "-", undefined);
     $("j-eta").textContent = "-";
     this.draw();
+    let job;
     try {
-      this.renderJob(await api.getJob(id));
+      job = await api.getJob(id);
     } catch (err) {
-      this.showError(`Could not load job ${id}: ${err.message}`);
+      if (gen === this.gen) this.showError(`Could not load job ${id}: ${err.message}`);
       return;
     }
-    const myId = id;
-    this.stream = followEvents(id, (msg) => this.id === myId && this.onEvent(msg),
-      (state) => { if (this.id === myId) $("j-stream").textContent = state; });
+    if (gen !== this.gen) return;
+    this.renderJob(job);
+    this.stream = followEvents(id, (msg) => gen === this.gen && this.onEvent(msg),
+      (state) => { if (gen === this.gen) $("j-stream").textContent = state; });
   }
 
   hide() {
+    this.gen = (this.gen || 0) + 1;
     if (this.stream) this.stream.close();
     this.stream = null;
   }
@@ -95,6 +101,11 @@ export class JobView {
 
   onEvent({ event, data }) {
     if (!data || typeof data !== "object") return;
+    // The server never repeats a seq; this guards the plots if a stream is ever replayed.
+    if (event !== "end" && Number.isInteger(data.seq)) {
+      if (data.seq <= this.lastSeq) return;
+      this.lastSeq = data.seq;
+    }
     if (event === "progress") {
       const m = data.metrics || {};
       this.setProgress(data.fraction, data.stage, m.eta_seconds ?? null);
@@ -138,7 +149,8 @@ export class JobView {
     }
     const count = (l) => Object.values(l).reduce((n, pts) => n + pts.length, 0);
     if (count(loss) > count(this.series.loss)) this.series.loss = loss;
-    if (flops.length > this.series.flops.length) { this.series.flops = flops; this.series.params = params; }
+    if (flops.length > this.series.flops.length) this.series.flops = flops;
+    if (params.length > this.series.params.length) this.series.params = params;
   }
 
   draw() {

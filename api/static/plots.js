@@ -96,7 +96,7 @@ export function lineChart(canvas, series, opts = {}) {
   const yr = opts.yRange || [Math.min(0, ...ys), Math.max(...ys)];
   const { X, Y } = axes(ctx, w, h, xr, yr, opts);
   for (const s of series) {
-    const p = s.points.filter((q) => isFinite(q[0]) && isFinite(q[1]));
+    const p = s.points.filter((q) => isFinite(q[0]) && isFinite(q[1])).sort((a, b) => a[0] - b[0]);
     if (!p.length) continue;
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 2;
