@@ -90,15 +90,23 @@ def _redis_client(url: str):
         return client
 
 
+# After a failed publish, skip Redis for this long: a black-holed Redis would otherwise cost
+# the worker a connect timeout on every progress report. Subscribers' safety poll covers it.
+BACKOFF_SECONDS = 5.0
+_skip_until = 0.0
+
+
 def publish(job_id: str, event: dict) -> None:
     """Announce an event that is ALREADY committed to the database. Never raises."""
-    global _last_warning
+    global _last_warning, _skip_until
     try:
         _wake_local(job_id)
         url = bus_url()
-        if url:
-            _redis_client(url).publish(channel(job_id), json.dumps(event, default=str))
+        if not url or time.monotonic() < _skip_until:
+            return
+        _redis_client(url).publish(channel(job_id), json.dumps(event, default=str))
     except Exception as exc:  # the DB has the row; subscribers will poll it
+        _skip_until = time.monotonic() + BACKOFF_SECONDS
         if time.monotonic() - _last_warning > 60:
             _last_warning = time.monotonic()
             log.warning("event bus publish failed (clients fall back to polling): %s", exc)

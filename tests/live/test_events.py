@@ -216,3 +216,26 @@ def test_disconnect_releases_the_redis_subscription(live_api, redis_url):
         assert subscribers() == 1
     wait_until(lambda: subscribers() == 0, 30, "the subscription to be released")
     r.close()
+
+
+def test_unreachable_redis_degrades_to_polling(start_proc, service_settings, monkeypatch):
+    """Redis down: publish() neither raises nor stalls the worker, and the API falls back to
+    polling the database, so clients still get every event."""
+    from api import event_bus
+
+    from .conftest import start_api
+
+    # publish() backs off after a failure; monkeypatch restores the flag for later tests.
+    monkeypatch.setattr(event_bus, "_skip_until", 0.0)
+    dead = "redis://127.0.0.1:1/0"  # nothing listens on port 1: connections are refused at once
+    monkeypatch.setenv("VTRANS_EVENT_BUS_URL", dead)
+    server = start_api(start_proc, service_settings, "api-dead-redis", {"VTRANS_EVENT_BUS_URL": dead})
+    run = FakeRun(server.settings).start()  # publishes to the dead Redis through jobstore
+    with SSE(server, run.job_id) as sse:
+        assert _ids(sse.take(2)) == [1, 2]
+        run.progress(loss=0.9)
+        run.finish()
+        rest = list(sse)
+    _assert_matches_rows(rest[:-1], run.rows()[2:])
+    assert rest[-1]["event"] == "end"
+    assert event_bus._skip_until > 0  # it did try Redis, failed, and backed off
