@@ -124,11 +124,16 @@ export class JobsView {
       const dl = document.getElementById(id);
       dl.replaceChildren(...items.map((it) => {
         const value = typeof it === "string" ? it : it.id ?? it.name;
-        const label = typeof it === "string" ? "" : [it.name, it.filename, it.rows && `${it.rows} rows`, it.builtin && "built-in"].filter(Boolean).join(", ");
+        const label = typeof it === "string" ? "" : [it.kind === "builtin" ? "built-in" : null, it.description,
+          it.filename, it.rows && `${it.rows} rows`].filter(Boolean).join(", ");
         return el("option", { value: String(value) }, label);
       }));
     };
-    try { fill("dataset-options", itemsOf(await api.listDatasets())); } catch { /* optional */ }
+    try {
+      const body = await api.listDatasets();
+      // Built-in tasks (e.g. tweet-sentiment) first, then this tenant's uploads.
+      fill("dataset-options", [...(body.builtin || []), ...itemsOf(body)]);
+    } catch { /* the form still takes a typed id */ }
     try { fill("model-options", itemsOf(await api.listModels())); } catch { /* endpoint may not exist */ }
   }
 

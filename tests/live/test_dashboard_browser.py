@@ -157,6 +157,10 @@ def test_submit_follow_and_compare_in_chromium(browser, live_api, celery_worker,
     assert row.get_attribute("data-status") == "succeeded" and "100%" in row.inner_text()
     page.wait_for_selector(f'#jobs-body tr[data-job-id="{second_id}"][data-status="succeeded"]',
                            timeout=JOB_TIMEOUT_MS)
+    # The pickers offer what the service knows: built-in tasks and this tenant's uploads.
+    options = lambda dl: page.eval_on_selector_all(f"#{dl} option", "els => els.map(e => e.value)")
+    assert "tweet-sentiment" in options("dataset-options") and job["request"]["dataset"] in options("dataset-options")
+    assert job["request"]["model"] in options("model-options")
     page.screenshot(path=str(screenshot_path("dashboard-list.png")), full_page=True)
     page.goto(f"{live_api.url}/#/compare?ids={job_id},{second_id}")
     page.wait_for_function("document.querySelectorAll('#cmp-table tr').length === 3")
