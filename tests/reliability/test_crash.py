@@ -91,3 +91,35 @@ def test_a_job_whose_workers_keep_dying_fails_with_a_clear_reason(crash_settings
     assert job.error["type"] == "WorkerLost" and "lease expired" in job.error["message"]
     assert artifact_rows(settings, job_id) == []
     assert not [f for f in stored_files(settings) if f.startswith(f"jobs/{job_id}/")]  # no partial files
+
+
+def test_kill_9_of_the_pool_child_only(crash_settings, inputs, start_proc):
+    """The OOM-killer's usual victim is the pool child: the worker's main process survives, Celery
+    redelivers the message (reject_on_worker_lost), the redelivery is ignored while the dead
+    attempt's lease runs, and the reaper requeues it once the lease expires."""
+    worker = start_worker(start_proc, crash_settings, "worker1")
+    job_id = _submit(crash_settings, inputs)
+    running_with_progress(crash_settings, job_id)
+    children = _children(worker.p.pid)
+    assert children, "prefork pool child not found"
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+    job = wait_status(crash_settings, job_id, ("succeeded", "failed", "cancelled"), 300, log=worker.output)
+    assert job.status == "succeeded" and job.attempts == 2, (job.error, worker.output()[-3000:])
+    assert worker.p.poll() is None  # the same worker process carried on
+    rows = artifact_rows(crash_settings, job_id)
+    assert rows and {a.attempt for a in rows} == {2}
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # field 4 of /proc/PID/stat: the parent pid
+            out.append(int(stat.parent.name))
+    return out

@@ -147,3 +147,35 @@ def test_concurrent_duplicates_create_one_job(api_settings):
     assert len(answers) == 8 and len(ids) == 1, answers
     assert sorted(code for code, _ in answers) == [200] * 7 + [202]
     assert len(enqueued) == 1 and _jobs_of(api_settings, name) == 1
+
+
+def test_idempotency_and_quota_on_the_embedded_sqlite_default(tmp_path, service_settings):
+    """The embedded default (SQLite, no advisory locks): the unique key still collapses
+    concurrent duplicates into one job, and the quota still holds."""
+    from api.db import migrate
+    from api.settings import Settings
+
+    settings = Settings(data_dir=tmp_path / "var", api_key=service_settings.api_key, max_active_jobs=2)
+    migrate(settings.db_url)
+    enqueued = Recorder()
+    answers: list[tuple[int, str]] = []
+    barrier = threading.Barrier(4)
+
+    def submit():
+        with make_client(settings, enqueue=enqueued) as c:
+            barrier.wait()
+            r = c.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "lite"})
+            answers.append((r.status_code, r.json().get("id")))
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len({job_id for _, job_id in answers}) == 1 and len(enqueued) == 1, answers
+    with make_client(settings) as c:
+        assert c.post("/v1/jobs", json=BODY).status_code == 202
+        assert_problem(c.post("/v1/jobs", json=BODY), 429)
+    from api.db import get_engine
+
+    get_engine(settings.db_url).dispose()
