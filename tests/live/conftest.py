@@ -209,8 +209,10 @@ def screenshot_path(name: str) -> Path:
 
 
 def chromium_path() -> str | None:
-    for candidate in (os.environ.get("VTRANS_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser"):
-        if candidate and Path(candidate).exists():
+    """Debian's chromium (VTRANS_CHROMIUM, when set, is the only candidate)."""
+    explicit = os.environ.get("VTRANS_CHROMIUM")
+    for candidate in ([explicit] if explicit else ["/usr/bin/chromium", "/usr/bin/chromium-browser"]):
+        if Path(candidate).is_file():
             return candidate
     return None
 
