@@ -39,7 +39,7 @@ def method_options(method: str, rescale: bool = True) -> dict:
 
 
 # Most informative cases first, so a time-boxed run answers the targets of issue #2 early.
-PRIORITY = ["faster-0.5", "faster-0.4", "vtrans-0.5", "peer-0.4", "vtrans-0.4", "peer-0.5", "fast-0.5", "fast-0.4",
+PRIORITY = ["faster-0.5", "vtrans-0.5", "peer-0.4", "vtrans-0.4", "peer-0.5", "faster-0.4", "fast-0.5", "fast-0.4",
             "faster-norescale-0.5", "faster-norescale-0.4", "faster-0.6", "faster-0.3", "vtrans-0.6", "peer-0.6",
             "vtrans-0.3", "peer-0.3", "fast-0.6", "fast-0.3", "faster-norescale-0.6", "faster-norescale-0.3"]
 
