@@ -100,7 +100,7 @@ def write_plot(cases, teacher) -> None:
             if c:
                 xs.append(j + i * width)
                 ys.append(c["seconds"])
-        ax2.bar(xs, ys, width=width, label=f"target {target}")
+        ax2.bar(xs, ys, width=width, label=f"target {target}", color=f"C{i}")
     ax2.set_xticks([j + width * (len(TARGETS) - 1) / 2 for j in range(len(methods))])
     ax2.set_xticklabels(methods, rotation=15, fontsize=8)
     ax2.set_ylabel("compression wall time on 2 shared CPU cores (s)")
