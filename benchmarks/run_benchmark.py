@@ -40,7 +40,7 @@ def method_options(method: str, rescale: bool = True) -> dict:
 
 # Most informative cases first, so a time-boxed run answers the targets of issue #2 early.
 PRIORITY = ["faster-0.5", "vtrans-0.5", "peer-0.4", "vtrans-0.4", "peer-0.5", "faster-0.4", "fast-0.5", "fast-0.4",
-            "faster-norescale-0.5", "faster-norescale-0.4", "faster-0.6", "faster-0.3", "vtrans-0.6", "peer-0.6",
+            "faster-norescale-0.5", "faster-norescale-0.4", "vtrans-perlayer-0.4", "faster-0.6", "faster-0.3", "vtrans-0.6", "peer-0.6",
             "vtrans-0.3", "peer-0.3", "fast-0.6", "fast-0.3", "faster-norescale-0.6", "faster-norescale-0.3"]
 
 
@@ -52,6 +52,8 @@ def cases() -> list[dict]:
         out.append({"name": f"peer-{target}", "method": "peer", "target": target})
         out.append({"name": f"fast-{target}", "method": "fast", "target": target})
         out.append({"name": f"vtrans-{target}", "method": "vtrans", "target": target})
+    # The per_layer layout (needs vtrans_core.load_pruned) at the budget where uniform trails the peer.
+    out.append({"name": "vtrans-perlayer-0.4", "method": "vtrans", "target": 0.4, "layout": "per_layer"})
     return sorted(out, key=lambda c: PRIORITY.index(c["name"]) if c["name"] in PRIORITY else len(PRIORITY))
 
 
@@ -68,9 +70,14 @@ def run_vtrans_case(case: dict, log) -> dict:
                      {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items() if k in ("step", "loss", "kept_flops", "eta_seconds")})
 
     opts = method_options(case["method"], case.get("rescale", True))
+    if "layout" in case:
+        opts["layout"] = case["layout"]
     result = compress(str(TEACHER_DIR), TASK, {"kind": "flops", "target": case["target"]}, case["method"], opts, out_dir, progress)
     m = result.metrics
-    return {"name": case["name"], "method": case["method"] if case.get("rescale", True) else "faster (no rescale)",
+    label = case["method"] if case.get("rescale", True) else "faster (no rescale)"
+    if case.get("layout") == "per_layer":
+        label += " (per_layer)"
+    return {"name": case["name"], "method": label,
             "target": case["target"], "options": opts, "accuracy": m["pruned"]["accuracy"], "dense_accuracy": m["dense"]["accuracy"],
             "flops_fraction": m["flops_fraction"], "params_fraction": m["params_fraction"],
             "latency_ms": m["pruned"]["latency_ms"], "dense_latency_ms": m["dense"]["latency_ms"], "speedup": m["speedup"],
