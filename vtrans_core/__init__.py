@@ -14,9 +14,9 @@ from .options import CompressionOptions
 
 # name -> module that defines it (imported lazily)
 _LAZY = {
-    "compress": "compress",
-    "validate_request": "compress",
-    "CompressionResult": "compress",
+    "compress": "entry",
+    "validate_request": "entry",
+    "CompressionResult": "entry",
     "load_task": "data",
     "inspect_dataset_file": "data",
     "TaskData": "data",

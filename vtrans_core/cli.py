@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         budget = parse_budget(args.budget, args.seq_len)
         options = parse_options(args.option)
-        from .compress import compress
+        from .entry import compress
 
         result = compress(args.model, args.data, budget, args.method, options, args.output, _Printer(args.quiet))
     except CompressionError as err:

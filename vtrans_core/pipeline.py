@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .budget import BUDGET_TOLERANCE, Budget
-from .compress import dense_copy, head_matches, load_classifier, load_tokenizer, structures_of
+from .entry import dense_copy, head_matches, load_classifier, load_tokenizer, structures_of
 from .data import encode, load_task
 from .errors import CompressionError
 from .evaluate import evaluate, measure_latency_ms
@@ -47,7 +47,7 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(source).to_dict()
-        from .compress import _check_config
+        from .entry import _check_config
         _check_config(config, budget, opts)
     order = head_matches(config, task.label_names)
     if order is not None:

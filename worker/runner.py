@@ -141,9 +141,7 @@ def _package(settings: Settings, store: ArtifactStore, job: Job, result: Any, wo
 def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStore | None = None) -> str:
     """Returns what happened: skipped (not ours to run), succeeded, failed, cancelled or lost."""
     # Import torch & co. before claiming, so the lease clock does not run during a slow import.
-    # The submodule's function by its full name: `from vtrans_core import compress` yields the
-    # *module* once anything (e.g. validate_request) has imported vtrans_core.compress first.
-    from vtrans_core.compress import compress
+    from vtrans_core import compress
 
     claim = jobstore.claim(settings.db_url, job_id, worker_id, settings.lease_seconds, settings.max_attempts)
     if claim is None:

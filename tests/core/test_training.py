@@ -142,7 +142,7 @@ def test_methods_end_to_end_tiny(tiny_model_dir, tiny_dataset_csv, tmp_path, met
 
     stages = []
     result = compress(tiny_model_dir, tiny_dataset_csv, {"kind": "flops", "target": 0.6}, method,
-                      {**TINY, "layout": layout, "fast_min_examples": 32}, tmp_path / "out",
+                      {**TINY, "layout": layout, "fast_min_examples": 32, "rescale": True}, tmp_path / "out",
                       lambda s, f, m: stages.append((s, f)))
     m = result.metrics
     assert m["flops_fraction"] <= 0.61 and m["pruned"]["flops"] < m["dense"]["flops"]

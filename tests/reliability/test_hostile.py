@@ -147,7 +147,7 @@ class _Bomb:
 def test_pickle_weights_are_never_unpickled(api_settings, tiny_model_dir, tiny_dataset_csv, tmp_path):
     """A model folder with real safetensors AND a booby-trapped pytorch_model.bin: the upload
     drops the .bin, and a full compression of that folder never opens it."""
-    from vtrans_core.compress import compress  # see worker/runner.py: the package attribute can be the module
+    from vtrans_core import compress
 
     marker = tmp_path / "unpickled"
     d = tmp_path / "trap"

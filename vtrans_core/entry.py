@@ -1,4 +1,7 @@
-"""`compress()`: the library's entry point (docs/CONTRACTS.md §1), and `validate_request()`.
+"""The body of `vtrans_core.compress()` (docs/CONTRACTS.md §1) and `validate_request()`.
+
+The module is not named `compress`: a submodule of that name would replace the package
+attribute `vtrans_core.compress` (the function) with itself once anything imported it.
 
 Order of work: every cheap check (options, budget, method, data, model files, family, reachable
 minimum) runs before any training. Output goes to a temporary sibling of `output_dir` that is
