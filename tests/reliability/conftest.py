@@ -29,7 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 # by a kill or a restart (a real compression, no slow-down knob).
 FAST = {"max_train_examples": 64, "max_eval_examples": 16, "mask_steps": 3, "prune_rounds": 1,
         "finetune_steps": 2, "batch_size": 16, "seq_len": 16, "latency_runs": 1, "round_to": 1}
-SLOW = dict(FAST, mask_steps=100, prune_rounds=2, finetune_steps=5)  # ~15 s here
+# Long enough (~6 s idle, ~30 s on a loaded 2-core machine) for a kill or a server restart to
+# land mid-run on any machine; a faster run would finish before the test could hit it.
+SLOW = dict(FAST, mask_steps=600, prune_rounds=2, finetune_steps=5)
 BUDGET = {"kind": "flops", "target": 0.6, "seq_len": 16}
 
 

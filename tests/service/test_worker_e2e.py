@@ -111,7 +111,9 @@ def test_killed_worker_process_is_reaped_and_the_job_retried(http, start_proc, s
     proc = start_proc([sys.executable, "-m", "api.cli", "worker"], settings_env(short), "worker-kill")
     wait_for(lambda: "ready." in proc.output() or proc.p.poll() is not None, 90, what="worker ready")
     model_id, ds_id = upload_inputs(http, tiny_model_dir, tiny_dataset_csv)
-    slow = dict(FAST_OPTIONS, mask_steps=40)
+    # Long enough to be caught mid-run on an idle machine too (~5 ms a step there), short enough
+    # for attempt 2 to finish well inside the wait below on a busy one.
+    slow = dict(FAST_OPTIONS, mask_steps=2000)
     job_id = http.post("/v1/jobs", json={"model": model_id, "dataset": ds_id, "budget": BUDGET,
                                          "options": slow}).json()["id"]
     wait_job(http, job_id, 300, until=lambda j: j["status"] == "running" and j["progress"] > 0, log=proc.output)
