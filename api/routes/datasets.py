@@ -7,9 +7,8 @@ from sqlalchemy.orm import Session
 
 from .. import core_bridge
 from ..artifacts import ArtifactStore
-from ..deps import get_app_settings, get_db, get_store
+from ..deps import get_app_settings, get_db, get_store, owned_or_404
 from ..models import Dataset, new_id
-from ..problems import Problem
 from ..settings import Settings
 from ..tenancy import get_tenant
 from ..uploads import UploadError, dataset_format, validate_dataset
@@ -60,7 +59,4 @@ def list_datasets(db: Session = Depends(get_db), tenant: str = Depends(get_tenan
 
 @router.get("/{dataset_id}")
 def get_dataset(dataset_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
-    d = db.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant))
-    if d is None:
-        raise Problem(404, f"no dataset with id {dataset_id!r}", slug="not-found")
-    return dataset_to_dict(d)
+    return dataset_to_dict(owned_or_404(db, Dataset, dataset_id, tenant, "dataset"))

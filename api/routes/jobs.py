@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from .. import core_bridge, idempotency, jobstore, limits
 from ..artifacts import ArtifactStore
-from ..deps import get_app_settings, get_db, get_store
+from ..deps import get_app_settings, get_db, get_store, owned_or_404
 from ..models import JOB_STATUSES, Artifact, Dataset, Job, Model, new_id, utcnow
 from ..problems import Problem, field_problem
 from ..settings import Settings
@@ -196,10 +196,7 @@ def list_jobs(status: str | None = Query(None, description="comma-separated stat
 
 
 def _get_job(db: Session, tenant: str, job_id: str) -> Job:
-    job = db.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant))
-    if job is None:
-        raise Problem(404, f"no job with id {job_id!r}", slug="not-found")
-    return job
+    return owned_or_404(db, Job, job_id, tenant, "job")
 
 
 def _final_artifacts(db: Session, job: Job) -> list[Artifact]:

@@ -6,9 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..artifacts import ArtifactStore
-from ..deps import get_app_settings, get_db, get_store
+from ..deps import get_app_settings, get_db, get_store, owned_or_404
 from ..models import Model, new_id
-from ..problems import Problem
 from ..settings import Settings
 from ..tenancy import get_tenant
 from ..uploads import UploadError, extract_archive, validate_model_dir
@@ -62,7 +61,4 @@ def list_models(db: Session = Depends(get_db), tenant: str = Depends(get_tenant)
 
 @router.get("/{model_id}")
 def get_model(model_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
-    m = db.scalar(select(Model).where(Model.id == model_id, Model.tenant_id == tenant))
-    if m is None:
-        raise Problem(404, f"no model with id {model_id!r}", slug="not-found")
-    return model_to_dict(m)
+    return model_to_dict(owned_or_404(db, Model, model_id, tenant, "model"))
