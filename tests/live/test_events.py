@@ -206,7 +206,7 @@ def test_disconnect_releases_the_redis_subscription(live_api, redis_url):
 
     from api.event_bus import channel
 
-    from .conftest import wait_until
+    from .conftest import wait_for
 
     r = redis.Redis.from_url(redis_url)
     run = FakeRun(live_api.settings).start()
@@ -214,7 +214,7 @@ def test_disconnect_releases_the_redis_subscription(live_api, redis_url):
     with SSE(live_api, run.job_id) as sse:
         assert _ids(sse.take(2)) == [1, 2]
         assert subscribers() == 1
-    wait_until(lambda: subscribers() == 0, 30, "the subscription to be released")
+    wait_for(lambda: subscribers() == 0, 30, 0.2, what="the subscription to be released")
     r.close()
 
 

@@ -129,20 +129,7 @@ def test_concurrent_duplicates_create_one_job(api_settings):
     enqueue, every answer names it. This goes through the unique key, not a check-then-insert."""
     name, headers = new_tenant(api_settings, "idemrace")
     enqueued = Recorder()
-    answers: list[tuple[int, str]] = []
-    barrier = threading.Barrier(8)
-
-    def submit():
-        with make_client(api_settings, headers, enqueue=enqueued) as c:
-            barrier.wait()
-            r = c.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "same"})
-            answers.append((r.status_code, r.json().get("id")))
-
-    threads = [threading.Thread(target=submit) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    answers = _racing_submits(api_settings, headers, enqueued, "same", 8)
     ids = {job_id for _, job_id in answers}
     assert len(answers) == 8 and len(ids) == 1, answers
     assert sorted(code for code, _ in answers) == [200] * 7 + [202]
@@ -158,20 +145,7 @@ def test_idempotency_and_quota_on_the_embedded_sqlite_default(tmp_path, service_
     settings = Settings(data_dir=tmp_path / "var", api_key=service_settings.api_key, max_active_jobs=2)
     migrate(settings.db_url)
     enqueued = Recorder()
-    answers: list[tuple[int, str]] = []
-    barrier = threading.Barrier(4)
-
-    def submit():
-        with make_client(settings, enqueue=enqueued) as c:
-            barrier.wait()
-            r = c.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "lite"})
-            answers.append((r.status_code, r.json().get("id")))
-
-    threads = [threading.Thread(target=submit) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    answers = _racing_submits(settings, None, enqueued, "lite", 4)
     assert len({job_id for _, job_id in answers}) == 1 and len(enqueued) == 1, answers
     with make_client(settings) as c:
         assert c.post("/v1/jobs", json=BODY).status_code == 202
@@ -179,3 +153,23 @@ def test_idempotency_and_quota_on_the_embedded_sqlite_default(tmp_path, service_
     from api.db import get_engine
 
     get_engine(settings.db_url).dispose()
+
+
+def _racing_submits(settings, headers, enqueued, key: str, n: int) -> list[tuple[int, str]]:
+    """n clients released at once by a barrier, each POSTing the same body with the same
+    Idempotency-Key; returns (status, job id) per answer."""
+    answers: list[tuple[int, str]] = []
+    barrier = threading.Barrier(n)
+
+    def submit():
+        with make_client(settings, headers, enqueue=enqueued) as c:
+            barrier.wait()
+            r = c.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": key})
+            answers.append((r.status_code, r.json().get("id")))
+
+    threads = [threading.Thread(target=submit) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return answers
