@@ -95,16 +95,38 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     return (1 - weight) * task + weight * distill, task.detach(), distill.detach()
 
 
-def hidden_distillation(student_hidden, teacher_hidden, attention_mask) -> torch.Tensor:
-    """Mean MSE over the layers whose hidden states have the same shape as the teacher's."""
+def student_origin(model) -> tuple[torch.Tensor | None, list[int] | None]:
+    """(teacher hidden channels, teacher layers) behind a sliced student's, from the config keys
+    materialize.py writes; (None, None) for a model that was never sliced."""
+    hidden = getattr(model.config, "vtrans_hidden_origin", None)
+    layers = getattr(model.config, "vtrans_layer_origin", None)
+    return (torch.tensor(hidden, dtype=torch.long) if hidden is not None else None,
+            list(layers) if layers is not None else None)
+
+
+def hidden_distillation(student_hidden, teacher_hidden, attention_mask, hidden_origin: torch.Tensor | None = None,
+                        layer_origin: list[int] | None = None) -> torch.Tensor:
+    """Mean over layers of the token-averaged MSE between student and teacher hidden states.
+
+    A sliced student keeps a subset of the teacher's hidden channels (`hidden_origin`) and, in
+    the uniform layout, of its layers (`layer_origin`: student layer k is teacher layer
+    layer_origin[k]); the teacher's states are indexed accordingly, so every kept layer is
+    distilled (CoFi-style layer distillation) instead of only the shape-equal ones."""
     if not student_hidden or not teacher_hidden:
-        return torch.zeros(())
-    if len(student_hidden) != len(teacher_hidden):
-        pairs = [(student_hidden[0], teacher_hidden[0]), (student_hidden[-1], teacher_hidden[-1])]
-    else:
-        pairs = list(zip(student_hidden, teacher_hidden))
-    mask = attention_mask.unsqueeze(-1).float()
-    losses = [(((s - t) ** 2) * mask).sum() / (mask.sum() * s.shape[-1]) for s, t in pairs if s.shape == t.shape]
+        return torch.zeros((), device=attention_mask.device)
+    n = len(student_hidden) - 1
+    if layer_origin is None and len(teacher_hidden) == len(student_hidden):
+        layer_origin = list(range(n))
+    pairs = [(0, 0)] + ([(k + 1, o + 1) for k, o in enumerate(layer_origin)] if layer_origin and len(layer_origin) == n
+                        else [(n, len(teacher_hidden) - 1)])
+    mask = attention_mask.unsqueeze(-1).to(student_hidden[0].dtype)
+    losses = []
+    for si, ti in pairs:
+        s, t = student_hidden[si], teacher_hidden[ti]
+        if hidden_origin is not None and t.shape[-1] != s.shape[-1]:
+            t = t.index_select(-1, hidden_origin.to(t.device))
+        if s.shape == t.shape:
+            losses.append((((s - t) ** 2) * mask).sum() / (mask.sum() * s.shape[-1]))
     return torch.stack(losses).mean() if losses else torch.zeros((), device=attention_mask.device)
 
 
@@ -133,7 +155,8 @@ def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int
         loss, task, distill = distillation_loss(out.logits, t_logits, batch["labels"], temperature,
                                                 distill_weight if teacher is not None else 0.0)
         if want_hidden:
-            loss = loss + hidden_weight * hidden_distillation(out.hidden_states, t_hidden, batch["attention_mask"])
+            loss = loss + hidden_weight * hidden_distillation(out.hidden_states, t_hidden, batch["attention_mask"],
+                                                              *student_origin(model))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -214,7 +237,8 @@ def train_masks(pm, enc: Encoded, rnd: MaskRound, options, device, tick: Tick, t
         loss, task, distill = distillation_loss(out.logits, t_logits, batch["labels"], options.distill_temperature,
                                                 options.distill_weight if teacher is not None else 0.0)
         if want_hidden:
-            loss = loss + options.hidden_distill_weight * hidden_distillation(out.hidden_states, t_hidden, batch["attention_mask"])
+            loss = loss + options.hidden_distill_weight * hidden_distillation(
+                out.hidden_states, t_hidden, batch["attention_mask"], pm.hidden_origin, pm.layer_origin)
         kl = pm.kl()
         s = pm.expected_fraction(rnd.kind, rnd.seq_len) * fraction_scale
         total = loss + options.beta * kl + lagrangian.term(s, t_now)

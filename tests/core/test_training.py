@@ -14,7 +14,8 @@ from vtrans_core import compress, load_pruned
 from vtrans_core.data import encode, iterate_batches, load_task
 from vtrans_core.evaluate import classification_metrics, evaluate
 from vtrans_core.progress import Progress
-from vtrans_core.training import BudgetLagrangian, MaskRound, Teacher, distillation_loss, train_masks
+from vtrans_core.training import (BudgetLagrangian, MaskRound, Teacher, distillation_loss, hidden_distillation,
+                                  train_masks)
 
 TINY = {"mask_steps": 6, "finetune_steps": 4, "prune_rounds": 2, "latency_runs": 1, "round_to": 4}
 
@@ -32,6 +33,27 @@ def test_distillation_loss_math():
     manual = (p_t * (p_t.log() - F.log_softmax(s / 2, -1))).sum(-1).mean() * 4
     assert math.isclose(distill.item(), manual.item(), rel_tol=1e-5)
     assert math.isclose(total.item(), 0.75 * task.item() + 0.25 * manual.item(), rel_tol=1e-5)
+
+
+def test_hidden_distillation_follows_kept_channels_and_layers():
+    torch.manual_seed(0)
+    mask = torch.ones(2, 5)
+    teacher = [torch.randn(2, 5, 8) for _ in range(4)]          # embeddings + 3 layers, width 8
+    keep, layers = torch.tensor([1, 4, 6]), [0, 2]                # student: 3 channels, teacher layers 0 and 2
+    exact = [teacher[0][..., keep], teacher[1][..., keep], teacher[3][..., keep]]
+    assert hidden_distillation(exact, teacher, mask, keep, layers).item() == pytest.approx(0.0, abs=1e-12)
+    # student layer 1 copied from the WRONG teacher layer (2 instead of 3): a positive loss, from that pair only
+    wrong = [exact[0], exact[1], teacher[2][..., keep]]
+    expected = ((teacher[2][..., keep] - teacher[3][..., keep]) ** 2).mean() / 3
+    assert hidden_distillation(wrong, teacher, mask, keep, layers).item() == pytest.approx(expected.item(), rel=1e-5)
+    # padding positions do not count
+    padded = mask.clone()
+    padded[:, -1] = 0
+    noisy = [t.clone() for t in exact]
+    noisy[2][:, -1] += 100.0
+    assert hidden_distillation(noisy, teacher, padded, keep, layers).item() == pytest.approx(0.0, abs=1e-12)
+    # an unsliced student of the same depth pairs layer by layer without any origin
+    assert hidden_distillation(teacher, teacher, mask).item() == pytest.approx(0.0, abs=1e-12)
 
 
 def test_lagrangian_pushes_toward_target():
@@ -93,7 +115,7 @@ def test_mask_loop_freezes_or_trains_weights(tiny_model_dir, tiny_dataset_csv, t
     dense = copy.deepcopy(model)
     pm = PrunableModel(model, layout="per_layer")
     mu_before = [p.detach().clone() for p in pm.mask_parameters()]
-    opts = CompressionOptions(batch_size=16, mask_lr=0.1)
+    opts = CompressionOptions.parse({"batch_size": 16, "mask_lr": 0.1})
     rnd = MaskRound(steps=5, start_fraction=1.0, target=0.5, kind="flops", seq_len=128, train_weights=train_weights)
     history = train_masks(pm, enc, rnd, opts, torch.device("cpu"), lambda *a, **k: None, Teacher(dense, len(enc)),
                           BudgetLagrangian(0.1))

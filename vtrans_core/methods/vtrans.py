@@ -68,7 +68,8 @@ class VTrans(Method):
         ft = self.finetune_steps(len(ctx.enc_train), opts)
         ft_history = train_supervised(model, ctx.enc_train, ft, opts.finetune_lr, opts.batch_size, ctx.device,
                                       opts.seed + 1, ctx.progress.update, teacher=ctx.teacher,
-                                      temperature=opts.distill_temperature, distill_weight=opts.distill_weight)
+                                      temperature=opts.distill_temperature, distill_weight=opts.distill_weight,
+                                      hidden_weight=opts.hidden_distill_weight)
         ctx.history.extend({"step": done + h["step"], "finetune_loss": h["loss"]} for h in ft_history)
         ctx.info.update(mask_steps_per_round=steps, prune_rounds=opts.prune_rounds, finetune_steps=ft,
                         train_rows=len(ctx.enc_train), lambda1=round(lagrangian.lambda1, 4),
