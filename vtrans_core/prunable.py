@@ -44,8 +44,8 @@ from torch import nn
 from .budget import Budget
 from .errors import CompressionError
 from .families import adapter_for
-from .flops import ModelShape, expected_size, shape_size
-from .masks import DEFAULT_KL_WEIGHTS, VIBMask
+from .flops import ModelShape, expected_size, shape_size, unit_costs
+from .masks import VIBMask
 from .plan import STRUCTURES, PruningPlan, make_plan, mask_keys
 
 
@@ -64,7 +64,9 @@ class PrunableModel:
                                    "with layout per_layer")
         saved_ref = getattr(model.config, "vtrans_reference", None)
         self.reference = reference or (ModelShape.from_dict(dict(saved_ref)) if saved_ref else self.shape)
-        self.kl_weights = {**DEFAULT_KL_WEIGHTS, **(kl_weights or {})}
+        # KL weight of a unit = its size in FFN neurons (flops.unit_costs): the information prior
+        # charges a head or a hidden channel for the weights it carries (see masks.py).
+        self.kl_weights = {**unit_costs(self.shape), **(kl_weights or {})}
         # current hidden channels / layers -> the dense reference's (see module docstring)
         self.hidden_origin = torch.tensor(getattr(model.config, "vtrans_hidden_origin", None)
                                           or list(range(self.shape.hidden)), dtype=torch.long)

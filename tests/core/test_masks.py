@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from .conftest import tiny_model
-from vtrans_core.masks import DEFAULT_KL_WEIGHTS, VIBMask, folded_log_sigma2, kl_value
+from vtrans_core.flops import unit_costs
+from vtrans_core.masks import VIBMask, folded_log_sigma2, kl_value
 from vtrans_core.prunable import PrunableModel
 
 
@@ -73,12 +74,28 @@ def test_folding_keeps_alpha():
 
 def test_prunable_kl_is_weighted_sum():
     pm = PrunableModel(tiny_model("bert"), layout="per_layer")
-    expected = sum(DEFAULT_KL_WEIGHTS[k] * m.kl() for k, m in pm.masks.items())
+    weights = unit_costs(pm.shape)
+    expected = sum(weights[k] * m.kl() for k, m in pm.masks.items())
     assert pm.kl().item() == pytest.approx(expected.item(), rel=1e-6)
     assert set(pm.masks) == {"hidden", "heads", "ffn", "attn_block", "ffn_block"}
     assert tuple(pm.masks["heads"].mu.shape) == (2, 4) and tuple(pm.masks["ffn"].mu.shape) == (2, 64)
     pm2 = PrunableModel(tiny_model("bert"), layout="per_layer", kl_weights={"heads": 512.0})
-    assert pm2.masks["heads"].kl_weight == 512.0 and pm2.masks["hidden"].kl_weight == DEFAULT_KL_WEIGHTS["hidden"]
+    assert pm2.masks["heads"].kl_weight == 512.0 and pm2.masks["hidden"].kl_weight == weights["hidden"]
+
+
+def test_kl_weights_are_unit_sizes():
+    """A unit's KL weight is what removing it saves, in FFN neurons (checked by hand on the tiny BERT:
+    hidden 32, 4 heads of 8, FFN 64, 2 layers, vocab 100, 64 positions, 2 token types, 3 labels)."""
+    pm = PrunableModel(tiny_model("bert"), layout="per_layer")
+    neuron = 32 + 1 + 32                       # FFN in-row + its bias + out-column
+    head = 3 * (32 * 8 + 8) + 8 * 32           # q, k, v rows + biases, o columns
+    per_layer = (3 * 32 + 32 + 1 + 2) + (64 + 64 + 1 + 2)   # attention: q/k/v/o weights, o bias, LN; FFN likewise
+    hidden = (100 + 64 + 2) + 2 + 2 * per_layer + (2 * 32 - 1 + 1) + 3   # embeddings + LN, layers, pooler, classifier
+    w = {k: m.kl_weight for k, m in pm.masks.items()}
+    assert w["ffn"] == 1.0
+    assert w["heads"] == pytest.approx(head / neuron)
+    assert w["hidden"] == pytest.approx(hidden / neuron)
+    assert w["ffn_block"] == w["attn_block"] == w["heads"]   # blocks are charged like one head (flops.py)
 
 
 def test_uniform_layout_ties_masks():
