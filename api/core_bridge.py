@@ -32,7 +32,7 @@ def validate_job(model_config: dict | None, budget: Any, method: Any, options: A
     if method not in METHODS:
         raise CompressionError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
     b = Budget.parse(budget)
-    opts = CompressionOptions.parse(options)
+    opts = CompressionOptions.parse(options, method)
     if model_config is not None:
         problem = unsupported_config(model_config)
         if problem:

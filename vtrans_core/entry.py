@@ -81,7 +81,7 @@ def validate_request(model_config: dict | Any | None, budget: Any, method: Any, 
 
     The API calls this to answer 422 before queuing a job."""
     method = _check_method(method)
-    opts = CompressionOptions.parse(options)
+    opts = CompressionOptions.parse(options, method)
     parsed = Budget.parse(budget)
     config = _config_dict(model_config)
     if config is not None:
@@ -211,7 +211,7 @@ def compress(model: Any, data: Any, budget: Any, method: str, options: Any = Non
     from .data import check_data_spec
 
     method = _check_method(method)
-    opts = CompressionOptions.parse(options)
+    opts = CompressionOptions.parse(options, method)
     parsed_budget = Budget.parse(budget)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():

@@ -2,12 +2,14 @@
 
 Defaults follow the benchmark (benchmarks/README.md: MiniLM-L6 on tweet-sentiment, 2-core CPU).
 Measured there: two train-then-prune rounds reach 0.5 FLOPs with a 0.7-point accuracy drop, so
-`prune_rounds` is 2; the least-squares rescale of `faster` helped at 0.4 FLOPs but hurt at 0.5 and
-0.6, so it is off unless asked for. The benchmark itself ran shortened schedules to fit the CPU
+`prune_rounds` is 2; distilling the teacher's hidden states on every kept layer and channel
+(`hidden_distill_weight` 1.0) added 1.7 points at 0.4 FLOPs; the least-squares rescale of
+`faster` is opt-in (`rescale`). The benchmark itself ran shortened schedules to fit the CPU
 (40 mask steps per round, 100 fine-tuning steps on 6,000 rows); the library defaults train one
 epoch per round and for fine-tuning, which costs more and is what a GPU worker should do.
-Methods may override a default (e.g. `fast` samples 3% of the training data); an explicit user
-value always wins.
+A null default is resolved per method by `parse` (`method_defaults`: what `faster` prunes and
+distils differs); methods may also pick their own data (e.g. `fast` samples 3% of the training
+data). An explicit user value always wins.
 """
 from __future__ import annotations
 
@@ -24,8 +26,11 @@ LAYOUTS = ("uniform", "per_layer")
 class CompressionOptions:
     # --- what is pruned and how the result is laid out ---
     layout: str = "uniform"          # uniform: stock transformers checkpoint; per_layer: needs load_pruned
-    prune_hidden: bool = True        # the hidden/embedding dimension (one mask shared by all layers)
-    prune_heads: bool = True
+    # null = the method's default (`method_defaults`): true for vtrans/fast; faster keeps the
+    # hidden dimension (and, in uniform, the heads tied to it) because frozen weights cannot
+    # absorb a narrower residual stream (benchmark: 54.8% -> 67.3% at 0.5 FLOPs without it).
+    prune_hidden: bool | None = None  # the hidden/embedding dimension (one mask shared by all layers)
+    prune_heads: bool | None = None
     prune_ffn: bool = True
     prune_blocks: bool = True        # whole attention / FFN blocks (whole layers in `uniform`)
     round_to: int = 8                # kept hidden/FFN widths rounded to a multiple of this (speed)
@@ -55,7 +60,9 @@ class CompressionOptions:
     finetune_lr: float = 5e-5
     distill_temperature: float = 2.0
     distill_weight: float = 0.5      # share of the loss from the teacher's logits (rest: task labels)
-    hidden_distill_weight: float = 0.0  # teacher hidden-state MSE, where shapes allow
+    # teacher hidden-state MSE on every kept layer and channel (null: 1.0 for vtrans/fast, which
+    # train weights; 0 for faster, which spends no time on a second teacher pass)
+    hidden_distill_weight: float | None = None
     rescale: bool = False            # faster: least-squares rescale of kept output projections (opt-in)
 
     # --- evaluation and runtime ---
@@ -67,11 +74,12 @@ class CompressionOptions:
         return asdict(self)
 
     @classmethod
-    def parse(cls, value: "CompressionOptions | dict[str, Any] | None") -> "CompressionOptions":
+    def parse(cls, value: "CompressionOptions | dict[str, Any] | None", method: str = "vtrans") -> "CompressionOptions":
+        """Checked options with every method-dependent default (null) resolved for `method`."""
         if value is None:
-            return cls()
+            value = {}
         if isinstance(value, CompressionOptions):
-            return value
+            value = value.to_dict()
         if not isinstance(value, dict):
             raise CompressionError("options", "must be an object")
         known = {f.name: f for f in fields(cls)}
@@ -79,6 +87,11 @@ class CompressionOptions:
             if key not in known:
                 raise CompressionError(f"options.{key}", f"is not a known option (known: {', '.join(sorted(known))})")
         opts = cls(**value)
+        for name, sample in METHOD_DEPENDENT.items():
+            _check_type(name, getattr(opts, name), sample, nullable=True)
+        for name, default in method_defaults(method, opts.layout).items():
+            if getattr(opts, name) is None:
+                setattr(opts, name, default)
         opts._check()
         return opts
 
@@ -86,6 +99,8 @@ class CompressionOptions:
         defaults = CompressionOptions()
         for f in fields(self):
             value, default = getattr(self, f.name), getattr(defaults, f.name)
+            if f.name in METHOD_DEPENDENT:
+                default = METHOD_DEPENDENT[f.name]   # resolved by parse() before this check
             _check_type(f.name, value, default)
         if self.layout not in LAYOUTS:
             raise CompressionError("options.layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
@@ -113,10 +128,24 @@ class CompressionOptions:
             raise CompressionError("options.device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")
 
 
-def _check_type(name: str, value: Any, default: Any) -> None:
+# Options whose null default is resolved per method by parse() (value: a sample of the type).
+METHOD_DEPENDENT: dict[str, Any] = {"prune_hidden": True, "prune_heads": True, "hidden_distill_weight": 1.0}
+
+
+def method_defaults(method: str, layout: str) -> dict[str, Any]:
+    """Defaults that depend on the method. Faster-VTrans trains masks only: slicing the hidden
+    dimension under frozen weights cost 12 points at 0.5 FLOPs on the benchmark, so it prunes
+    heads, FFN neurons and blocks only; in the uniform layout heads are tied to the hidden width
+    (plan.py), so there it prunes FFN neurons and whole layers."""
+    if method == "faster":
+        return {"prune_hidden": False, "prune_heads": layout != "uniform", "hidden_distill_weight": 0.0}
+    return {"prune_hidden": True, "prune_heads": True, "hidden_distill_weight": 1.0}
+
+
+def _check_type(name: str, value: Any, default: Any, nullable: bool = False) -> None:
     """Reject wrong JSON types early (a string where a number belongs, a bool for an int...)."""
     if value is None:
-        if default is None:
+        if default is None or nullable:
             return
         raise CompressionError(f"options.{name}", "must not be null")
     expected: tuple[type, ...]

@@ -95,6 +95,26 @@ def test_validate_request(tiny_model_dir):
         validate_request(None, {"kind": "flops", "target": 0.5}, "vtrans", {"beta": "high"})
 
 
+def test_method_dependent_defaults_are_resolved_and_explicit_values_win(tiny_model_dir):
+    cfg = json.loads((tiny_model_dir / "config.json").read_text())
+    budget = {"kind": "flops", "target": 0.5}
+    picked = lambda o: (o["prune_hidden"], o["prune_heads"], o["hidden_distill_weight"])  # noqa: E731
+    assert picked(validate_request(cfg, budget, "vtrans", None)["options"]) == (True, True, 1.0)
+    assert picked(validate_request(cfg, budget, "fast", {})["options"]) == (True, True, 1.0)
+    # faster keeps the residual width (and, in uniform, the heads tied to it) and skips the hidden-state pass
+    assert picked(validate_request(cfg, budget, "faster", None)["options"]) == (False, False, 0.0)
+    assert picked(validate_request(cfg, budget, "faster", {"layout": "per_layer"})["options"]) == (False, True, 0.0)
+    explicit = {"prune_hidden": True, "prune_heads": True, "hidden_distill_weight": 0.5}
+    assert picked(validate_request(cfg, budget, "faster", explicit)["options"]) == (True, True, 0.5)
+    assert picked(validate_request(cfg, budget, "vtrans", {"prune_hidden": None})["options"]) == (True, True, 1.0)
+    for bad, field in (({"prune_hidden": "yes"}, "options.prune_hidden"),
+                       ({"hidden_distill_weight": -1}, "options.hidden_distill_weight"),
+                       ({"prune_ffn": None}, "options.prune_ffn")):
+        with pytest.raises(CompressionError) as err:
+            validate_request(cfg, budget, "faster", bad)
+        assert err.value.field == field
+
+
 def test_cancel_from_progress_leaves_nothing(tiny_model_dir, tiny_dataset_csv, tmp_path):
     seen: list[tuple[str, float]] = []
 
