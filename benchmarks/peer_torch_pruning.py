@@ -4,9 +4,11 @@ How it is run (ASSETS.md): MetaPruner over the whole BERT with head pruning, FFN
 the hidden dimension (embeddings included), classifier ignored; the pruning ratio is bisected
 so the analytic FLOPs fraction (vtrans_core.count_flops, the same counter vtrans is held to)
 lands on the target; then the pruned model gets the same weight-training budget as `vtrans`
-(all its weight-training steps: rounds x mask steps + fine-tuning) with the same distillation
-loss, and is evaluated in memory (its config cannot describe the result, so it cannot be saved
-as a checkpoint).
+(all its weight-training steps: rounds x mask steps + fine-tuning) with logit distillation,
+and is evaluated in memory (its config cannot describe the result, so it cannot be saved as a
+checkpoint). Case option `layer_distill`: the peer also gets vtrans's hidden-state distillation
+on every layer (its kept hidden channels are found by matching embedding columns), so the
+comparison can be read with the recovery loss held equal.
 """
 from __future__ import annotations
 
@@ -33,6 +35,20 @@ def _taylor_grads(model, enc, device) -> None:
         out = model(**{k: v for k, v in batch.items() if k != "index"})
         out.loss.backward()
     model.eval()
+
+
+def kept_hidden_channels(dense, pruned) -> list[int]:
+    """The dense hidden channel behind each of the pruned model's (torch-pruning slices the
+    embedding columns without changing them)."""
+    wd = dense.bert.embeddings.word_embeddings.weight.detach()
+    wp = pruned.bert.embeddings.word_embeddings.weight.detach()
+    kept = []
+    for j in range(wp.shape[1]):
+        hits = (wd == wp[:, j:j + 1]).all(0).nonzero().flatten()
+        if len(hits) != 1:
+            raise RuntimeError(f"pruned hidden channel {j} matches {len(hits)} dense channels")
+        kept.append(int(hits[0]))
+    return kept
 
 
 def _prune_copy(model, ratio: float, example):
@@ -110,15 +126,23 @@ def run_peer_case(case: dict, log) -> dict:
             last[0] = time.perf_counter()
             log.info("  peer-%s: finetune %d/%d loss %.4f", case["target"], done, total, m.get("loss", 0.0))
 
+    hidden_weight = 0.0
+    if case.get("layer_distill"):
+        pruned.config.vtrans_hidden_origin = kept_hidden_channels(dense, pruned)   # read by train_supervised
+        hidden_weight = 1.0
     train_supervised(pruned, enc_train, steps, 5e-5, BATCH, device, seed=1, tick=tick,
-                     teacher=Teacher(dense, len(enc_train)), temperature=2.0, distill_weight=0.5)
+                     teacher=Teacher(dense, len(enc_train)), temperature=2.0, distill_weight=0.5,
+                     hidden_weight=hidden_weight)
     seconds = time.perf_counter() - started
     acc = evaluate(pruned, enc_eval, task.num_labels, 64, device)["accuracy"]
     dense_acc = evaluate(dense, enc_eval, task.num_labels, 64, device)["accuracy"]
     dense_ms, pruned_ms = measure_latency_ms([dense, pruned], device, 5)
-    return {"name": case["name"], "method": "torch-pruning (Taylor)", "target": case["target"], "accuracy": acc,
+    whole = time.perf_counter() - started   # like the vtrans cases' total: incl. evaluation
+    label = "torch-pruning (Taylor) + layer distillation" if case.get("layer_distill") else "torch-pruning (Taylor)"
+    return {"name": case["name"], "method": label, "target": case["target"], "accuracy": acc,
             "dense_accuracy": dense_acc, "flops_fraction": round(frac, 5),
             "params_fraction": round(count_params(pruned) / count_params(dense), 5), "latency_ms": pruned_ms,
-            "dense_latency_ms": dense_ms, "speedup": round(dense_ms / pruned_ms, 3), "seconds": round(seconds, 1),
+            "dense_latency_ms": dense_ms, "speedup": round(dense_ms / pruned_ms, 3),
+            "seconds": round(whole, 1), "compression_seconds": round(seconds, 1),
             "stage_seconds": {"prune": round(prune_seconds, 1), "finetune": round(seconds - prune_seconds, 1)},
             "ratio": round(ratio, 4), "finetune_steps": steps}

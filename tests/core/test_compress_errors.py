@@ -98,17 +98,20 @@ def test_validate_request(tiny_model_dir):
 def test_method_dependent_defaults_are_resolved_and_explicit_values_win(tiny_model_dir):
     cfg = json.loads((tiny_model_dir / "config.json").read_text())
     budget = {"kind": "flops", "target": 0.5}
-    picked = lambda o: (o["prune_hidden"], o["prune_heads"], o["hidden_distill_weight"])  # noqa: E731
-    assert picked(validate_request(cfg, budget, "vtrans", None)["options"]) == (True, True, 1.0)
-    assert picked(validate_request(cfg, budget, "fast", {})["options"]) == (True, True, 1.0)
-    # faster keeps the residual width (and, in uniform, the heads tied to it) and skips the hidden-state pass
-    assert picked(validate_request(cfg, budget, "faster", None)["options"]) == (False, False, 0.0)
-    assert picked(validate_request(cfg, budget, "faster", {"layout": "per_layer"})["options"]) == (False, True, 0.0)
-    explicit = {"prune_hidden": True, "prune_heads": True, "hidden_distill_weight": 0.5}
-    assert picked(validate_request(cfg, budget, "faster", explicit)["options"]) == (True, True, 0.5)
-    assert picked(validate_request(cfg, budget, "vtrans", {"prune_hidden": None})["options"]) == (True, True, 1.0)
+    keys = ("prune_hidden", "prune_heads", "hidden_distill_weight", "mask_lr", "beta")
+    picked = lambda o: tuple(o[k] for k in keys)  # noqa: E731
+    assert picked(validate_request(cfg, budget, "vtrans", None)["options"]) == (True, True, 1.0, 0.05, 1e-5)
+    assert picked(validate_request(cfg, budget, "fast", {})["options"]) == (True, True, 1.0, 0.05, 1e-5)
+    # faster keeps the residual width (and, in uniform, the heads tied to it), skips the hidden-state
+    # pass and ranks its masks in a short schedule (higher mask rate and KL weight)
+    assert picked(validate_request(cfg, budget, "faster", None)["options"]) == (False, False, 0.0, 0.1, 1e-4)
+    assert picked(validate_request(cfg, budget, "faster", {"layout": "per_layer"})["options"])[:2] == (False, True)
+    explicit = {"prune_hidden": True, "prune_heads": True, "hidden_distill_weight": 0.5, "mask_lr": 0.01, "beta": 0}
+    assert picked(validate_request(cfg, budget, "faster", explicit)["options"]) == (True, True, 0.5, 0.01, 0)
+    assert picked(validate_request(cfg, budget, "vtrans", {"prune_hidden": None})["options"])[0] is True
     for bad, field in (({"prune_hidden": "yes"}, "options.prune_hidden"),
                        ({"hidden_distill_weight": -1}, "options.hidden_distill_weight"),
+                       ({"beta": "high"}, "options.beta"),
                        ({"prune_ffn": None}, "options.prune_ffn")):
         with pytest.raises(CompressionError) as err:
             validate_request(cfg, budget, "faster", bad)
