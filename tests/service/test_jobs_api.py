@@ -41,6 +41,18 @@ def test_create_job_returns_202_and_normalized_request(client, uploaded, enqueue
     assert got["status"] == "queued" and got["request"] == req and got["artifacts"] == []
 
 
+def test_method_dependent_defaults_are_stored_resolved(client, uploaded, enqueued):
+    """A stored job names what will run: faster's own defaults are filled in, a given value kept."""
+    model_id, ds_id = uploaded
+    base = {"model": model_id, "dataset": ds_id, "budget": {"kind": "flops", "target": 0.6}, "method": "faster"}
+    opts = client.post("/v1/jobs", json={**base, "options": {}}).json()["request"]["options"]
+    assert (opts["prune_hidden"], opts["prune_heads"], opts["beta"], opts["mask_lr"]) == (False, False, 1e-4, 0.1)
+    opts = client.post("/v1/jobs", json={**base, "options": {"prune_hidden": True}}).json()["request"]["options"]
+    assert opts["prune_hidden"] is True and opts["prune_heads"] is False
+    r = client.post("/v1/jobs", json={**base, "options": {"beta": "lots"}})
+    assert r.status_code == 422 and "options.beta" in r.text
+
+
 def test_hub_id_and_builtin_dataset_are_accepted(client, enqueued):
     r = client.post("/v1/jobs", json={"model": "prajjwal1/bert-tiny", "dataset": "tweet-sentiment", "budget": BUDGET})
     assert r.status_code == 202, r.text
