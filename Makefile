@@ -1,12 +1,13 @@
 # `make serve`: set up .venv (once) and start the embedded service on port 8000 (VTRANS_PORT).
 # `make test`:  set up .venv (once) and run the test suite (needs Postgres and Redis; see README).
+# `make bench`: install the benchmark extra and run benchmarks/ in the background (resumable; log below).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Re-install only when pyproject.toml changes (the stamp records the last successful install).
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml 2>/dev/null | cut -c1-12)
 
-.PHONY: serve test setup migrate clean-stamp
+.PHONY: serve test setup migrate bench clean-stamp
 
 setup: $(STAMP)
 
@@ -28,6 +29,12 @@ migrate: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/pip install --quiet -e '.[bench]'
+	mkdir -p benchmarks/cache
+	nohup $(BIN)/python -m benchmarks.run_benchmark > benchmarks/cache/nohup.out 2>&1 &
+	@echo "benchmark running in the background: tail -f benchmarks/cache/benchmark.log"
 
 clean-stamp:
 	rm -f $(VENV)/.installed-*

@@ -9,6 +9,7 @@ Run in the background and poll the log:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 import traceback
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", action="append", help="run only these case names")
     args = parser.parse_args(argv)
     log = setup_logging()
+    missing = [name for name in ("torch_pruning", "matplotlib") if importlib.util.find_spec(name) is None]
+    if missing and args.only != "teacher":   # fail now, not after an hour of cases
+        raise SystemExit(f"missing {', '.join(missing)}: pip install -e '.[bench]' (or run `make bench`)")
     teacher = ensure_teacher(log)
     if args.only == "teacher":
         return 0
