@@ -147,16 +147,16 @@ def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int
     batches = endless_batches(enc, batch_size, device, random.Random(seed))
     model.train()
     history, running = [], 0.0
+    want_hidden = teacher is not None and hidden_weight > 0
+    origin = student_origin(model) if want_hidden else (None, None)
     for step in range(1, steps + 1):
         batch = next(batches)
-        want_hidden = teacher is not None and hidden_weight > 0
         out = model(**_strip(batch), output_hidden_states=want_hidden)
         t_logits, t_hidden = teacher.outputs(batch, want_hidden) if teacher is not None else (None, None)
         loss, task, distill = distillation_loss(out.logits, t_logits, batch["labels"], temperature,
                                                 distill_weight if teacher is not None else 0.0)
         if want_hidden:
-            loss = loss + hidden_weight * hidden_distillation(out.hidden_states, t_hidden, batch["attention_mask"],
-                                                              *student_origin(model))
+            loss = loss + hidden_weight * hidden_distillation(out.hidden_states, t_hidden, batch["attention_mask"], *origin)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
