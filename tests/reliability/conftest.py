@@ -27,8 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Small enough for seconds on a 2-core CPU; mask_steps makes a run last long enough to be hit
 # by a kill or a restart (a real compression, no slow-down knob).
+# hidden_distill_weight 0: the teacher's hidden-state pass (a vtrans/fast default) would add ~40%
+# to every step and push SLOW past the tests' deadlines on a loaded machine.
 FAST = {"max_train_examples": 64, "max_eval_examples": 16, "mask_steps": 3, "prune_rounds": 1,
-        "finetune_steps": 2, "batch_size": 16, "seq_len": 16, "latency_runs": 1, "round_to": 1}
+        "finetune_steps": 2, "batch_size": 16, "seq_len": 16, "latency_runs": 1, "round_to": 1,
+        "hidden_distill_weight": 0.0}
 # Long enough (~6 s idle, ~30 s on a loaded 2-core machine) for a kill or a server restart to
 # land mid-run on any machine; a faster run would finish before the test could hit it.
 SLOW = dict(FAST, mask_steps=600, prune_rounds=2, finetune_steps=5)
