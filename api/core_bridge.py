@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vtrans_core.budget import Budget
 from vtrans_core.errors import CompressionError
-from vtrans_core.options import METHODS, CompressionOptions
 
 # Used only while vtrans_core has no validate_request (CONTRACTS §1 lists these three families).
 _FALLBACK_MODEL_TYPES = ("bert", "roberta", "distilbert")
@@ -15,42 +13,12 @@ BUILTIN_DATASETS = {
 }
 
 
-def _core_validate():
-    try:
-        from vtrans_core import validate_request
-    except ImportError:
-        return None
-    return validate_request
-
-
 def validate_job(model_config: dict | None, budget: Any, method: Any, options: Any) -> dict[str, Any]:
-    """Normalized {"budget", "method", "options"}; raises CompressionError(field, message)."""
-    validate = _core_validate()
-    if validate is not None:
-        normalized = validate(model_config, budget, method, options)
-        return _as_request_dict(normalized, budget, method, options)
-    if method not in METHODS:
-        raise CompressionError("method", f"must be one of {', '.join(METHODS)}, got {method!r}")
-    b = Budget.parse(budget)
-    opts = CompressionOptions.parse(options, method)
-    if model_config is not None:
-        problem = unsupported_config(model_config)
-        if problem:
-            raise CompressionError("model", problem)
-    return {"budget": b.to_dict(), "method": method, "options": opts.to_dict()}
+    """Normalized {"budget", "method", "options"} (method-dependent option defaults resolved);
+    raises CompressionError(field, message)."""
+    from vtrans_core import validate_request
 
-
-def _as_request_dict(normalized: Any, budget: Any, method: Any, options: Any) -> dict[str, Any]:
-    """Accept what validate_request returns (a dict, an object with attributes, or nothing)."""
-    def get(name: str, default: Any) -> Any:
-        if isinstance(normalized, dict):
-            return normalized.get(name, default)
-        return getattr(normalized, name, default)
-
-    b, m, o = get("budget", budget), get("method", method), get("options", options)
-    b = Budget.parse(b).to_dict()
-    o = o.to_dict() if hasattr(o, "to_dict") else CompressionOptions.parse(o).to_dict()
-    return {"budget": b, "method": m, "options": o}
+    return validate_request(model_config, budget, method, options)
 
 
 def unsupported_config(config: dict) -> str | None:
