@@ -103,6 +103,7 @@ def summary(metrics: dict, output_dir) -> str:
         f"  teacher   {'fine-tuned first' if metrics['teacher']['fine_tuned'] else 'model already had a head'};"
         f" total {metrics['total_seconds']:.0f}s",
     ]
+    lines += [f"  WARNING   {w}" for w in metrics.get("warnings", [])]
     return "\n".join(lines)
 
 

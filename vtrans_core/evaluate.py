@@ -54,6 +54,27 @@ def classification_metrics(logits: torch.Tensor, labels: list[int], num_labels: 
     return metrics
 
 
+# A pruned model within this many points of always answering the most common label has lost the
+# task (e.g. masks collapsed under too strong a KL weight); the dense one must be clearly above it.
+COLLAPSE_MARGIN, DENSE_MARGIN = 1.0, 5.0
+
+
+def quality_warnings(dense: dict, pruned: dict, labels: list[int], num_labels: int) -> list[str]:
+    """Plain-language warnings about a delivered model that scores like a constant answer.
+
+    The budget is met and the checkpoint is valid, so this is not an error; but a pipeline that
+    ships the result should know, and the metrics say it next to the accuracy."""
+    if not labels or dense.get("accuracy") is None or pruned.get("accuracy") is None:
+        return []
+    majority = 100.0 * max(labels.count(c) for c in range(num_labels)) / len(labels)
+    if pruned["accuracy"] <= majority + COLLAPSE_MARGIN and dense["accuracy"] >= majority + DENSE_MARGIN:
+        return [f"the pruned model scores {pruned['accuracy']:.1f}% against {majority:.1f}% for always answering "
+                f"the most common label (dense: {dense['accuracy']:.1f}%): it has lost the task. With vtrans/fast "
+                "this usually means the KL weight (options.beta) was too strong for the schedule; use the "
+                "method's default beta, or a looser budget"]
+    return []
+
+
 def evaluate(model, enc: Encoded, num_labels: int, batch_size: int, device, tick=None) -> dict:
     logits = predict_logits(model, enc, batch_size, device, tick)
     return classification_metrics(logits, enc.labels, num_labels)

@@ -15,7 +15,7 @@ from .budget import BUDGET_TOLERANCE, Budget
 from .entry import dense_copy, head_matches, load_classifier, load_tokenizer, structures_of
 from .data import encode, load_task
 from .errors import CompressionError
-from .evaluate import evaluate, measure_latency_ms
+from .evaluate import evaluate, measure_latency_ms, quality_warnings
 from .families import adapter_for
 from .flops import count_flops, count_params
 from .methods import Context, get_method
@@ -123,6 +123,7 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
         "params_fraction": round(fractions["params"], 5), "flops_fraction": round(fractions["flops"], 5),
         "speedup": round(dense_ms / pruned_ms, 3) if pruned_ms > 0 else None,
         "kept": final_plan.kept_summary(), "method_info": ctx.info,
+        "warnings": quality_warnings(dense_eval, pruned_eval, enc_eval.labels, task.num_labels),
         "history": ctx.history, "options": opts.to_dict(),
     }
     progress._finish_current()

@@ -71,3 +71,16 @@ def test_module_entry_point_end_to_end(tiny_model_dir, tiny_dataset_csv, tmp_pat
     metrics = json.loads(proc.stdout[proc.stdout.index("\n{") + 1:])
     assert metrics["params_fraction"] <= 0.81
     assert (out / "model.safetensors").exists() and (out / "plan.json").exists()
+
+
+def test_summary_prints_the_quality_warnings():
+    from vtrans_core.cli import summary
+
+    side = {"accuracy": 45.0, "params": 10, "flops": 20, "latency_ms": 1.0}
+    metrics = {"method": "vtrans", "layout": "uniform", "device": "cpu", "dense": {**side, "accuracy": 76.0},
+               "pruned": side, "eval_split": "test", "eval_examples": 100, "params_fraction": 0.5,
+               "flops_fraction": 0.4, "budget": {"seq_len": 128}, "speedup": 2.0, "total_seconds": 3.0,
+               "kept": {"hidden": 8, "heads_per_layer": [1], "ffn_per_layer": [8]}, "teacher": {"fine_tuned": False},
+               "warnings": ["it has lost the task"]}
+    assert summary(metrics, "out").splitlines()[-1] == "  WARNING   it has lost the task"
+    assert "WARNING" not in summary({**metrics, "warnings": []}, "out")

@@ -48,6 +48,7 @@ def test_minilm_faster_then_vtrans(minilm_dir, tmp_path):
                   tmp_path / "vtrans")
     v = vt.metrics
     assert v["params_fraction"] <= 0.71 and v["pruned"]["params"] < v["dense"]["params"]
+    assert isinstance(v["warnings"], list)
     assert v["pruned"]["accuracy"] is not None and set(v["stage_seconds"]) >= {"teacher", "masks", "finetune"}
     loaded = load_pruned(vt.output_dir)
     assert sum(p.numel() for p in loaded.parameters()) == v["pruned"]["params"]

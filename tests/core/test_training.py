@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from vtrans_core import compress, load_pruned
 from vtrans_core.data import encode, iterate_batches, load_task
-from vtrans_core.evaluate import classification_metrics, evaluate
+from vtrans_core.evaluate import classification_metrics, evaluate, quality_warnings
 from vtrans_core.progress import Progress
 from vtrans_core.training import (BudgetLagrangian, MaskRound, Teacher, distillation_loss, hidden_distillation,
                                   train_masks)
@@ -76,6 +76,16 @@ def test_classification_metrics():
     assert m["f1"] == pytest.approx(50.0)   # tp=1 fp=1 fn=1
     m3 = classification_metrics(torch.eye(3), [0, 1, 1], 3)
     assert m3["accuracy"] == pytest.approx(200 / 3, abs=1e-2) and "f1" not in m3
+
+
+def test_quality_warning_flags_a_model_that_answers_like_a_constant():
+    labels = [0] * 45 + [1] * 30 + [2] * 25               # majority class: 45%
+    dead = quality_warnings({"accuracy": 76.0}, {"accuracy": 45.0}, labels, 3)
+    assert len(dead) == 1 and "45.0%" in dead[0] and "options.beta" in dead[0]
+    assert quality_warnings({"accuracy": 76.0}, {"accuracy": 70.0}, labels, 3) == []   # degraded, not dead
+    # a task the dense model itself barely learns is not blamed on the compression
+    assert quality_warnings({"accuracy": 47.0}, {"accuracy": 45.0}, labels, 3) == []
+    assert quality_warnings({"accuracy": 76.0}, {"accuracy": None}, labels, 3) == []
 
 
 def test_progress_is_monotonic_and_times_stages():
