@@ -31,6 +31,9 @@ EVAL_ROWS = 2000
 TRAIN_ROWS = 6000
 SEQ_LEN = 128
 BATCH = 32
+# Timed forwards per model (dense and pruned alternate): at 5 the median moved by +-5% between
+# reruns of one shape, as much as the latency target's whole tolerance; 20 cost ~10 s a case.
+LATENCY_RUNS = 20
 
 
 def minilm_dir() -> Path:

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from benchmarks.common import BATCH, EVAL_ROWS, SEQ_LEN, TASK, TEACHER_DIR, TRAIN_ROWS
+from benchmarks.common import BATCH, EVAL_ROWS, LATENCY_RUNS, SEQ_LEN, TASK, TEACHER_DIR, TRAIN_ROWS
 
 TAYLOR_BATCHES = 8
 BISECT_ITERS = 7
@@ -118,7 +118,8 @@ def run_peer_case(case: dict, log) -> dict:
     ratio, frac, pruned = best
     prune_seconds = time.perf_counter() - started
 
-    steps = PRUNE_ROUNDS * MASK_STEPS + FINETUNE_STEPS
+    # vtrans's weight-training steps; a case may set them (the long-schedule pair)
+    steps = case.get("steps") or PRUNE_ROUNDS * MASK_STEPS + FINETUNE_STEPS
     last = [0.0]
 
     def tick(done, total, **m):
@@ -136,7 +137,7 @@ def run_peer_case(case: dict, log) -> dict:
     seconds = time.perf_counter() - started
     acc = evaluate(pruned, enc_eval, task.num_labels, 64, device)["accuracy"]
     dense_acc = evaluate(dense, enc_eval, task.num_labels, 64, device)["accuracy"]
-    dense_ms, pruned_ms = measure_latency_ms([dense, pruned], device, 5)
+    dense_ms, pruned_ms = measure_latency_ms([dense, pruned], device, LATENCY_RUNS)
     whole = time.perf_counter() - started   # like the vtrans cases' total: incl. evaluation
     label = "torch-pruning (Taylor) + layer distillation" if case.get("layer_distill") else "torch-pruning (Taylor)"
     return {"name": case["name"], "method": label, "target": case["target"], "accuracy": acc,

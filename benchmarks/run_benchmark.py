@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (CACHE_DIR, EVAL_ROWS, METHODS, TARGETS, TASK, TEACHER_DIR, TRAIN_ROWS,  # noqa: E402
+from benchmarks.common import (CACHE_DIR, EVAL_ROWS, LATENCY_RUNS, METHODS, TARGETS, TASK, TEACHER_DIR, TRAIN_ROWS,  # noqa: E402
                                ensure_teacher, load_json, save_json, setup_logging)
 
 # Per-method option overrides for the benchmark (CPU budget: 2 cores shared with other jobs);
@@ -31,7 +31,7 @@ FINETUNE_STEPS = 120
 
 
 def method_options(method: str, rescale: bool = False) -> dict:
-    common = {"max_train_examples": TRAIN_ROWS, "max_eval_examples": EVAL_ROWS, "seed": 0, "latency_runs": 5}
+    common = {"max_train_examples": TRAIN_ROWS, "max_eval_examples": EVAL_ROWS, "seed": 0, "latency_runs": LATENCY_RUNS}
     if method == "faster":
         return {**common, "rescale": rescale}      # library defaults: 32 mask steps on the 3% subset
     if method == "fast":
