@@ -100,8 +100,10 @@ def remeasure_latency(log, again: bool = False) -> None:
     run on a quiet machine, and the report prefers its figure (`speedup_quiet`)."""
     from vtrans_core import load_pruned
     from vtrans_core.evaluate import measure_latency_ms
+    from vtrans_core.training import pick_device
 
-    dense = load_pruned(TEACHER_DIR)
+    device = pick_device(None)   # where the cases ran: cuda when present
+    dense = load_pruned(TEACHER_DIR, device)
     for path in sorted((CACHE_DIR / "cases").glob("*.json")):
         record = load_json(path)
         model_dir = CACHE_DIR / "models" / record["name"]
@@ -109,7 +111,7 @@ def remeasure_latency(log, again: bool = False) -> None:
             continue
         if "speedup_quiet" in record and not again:
             continue
-        dense_ms, pruned_ms = measure_latency_ms([dense, load_pruned(model_dir)], "cpu", LATENCY_RUNS)
+        dense_ms, pruned_ms = measure_latency_ms([dense, load_pruned(model_dir, device)], device, LATENCY_RUNS)
         record.update(dense_latency_quiet_ms=dense_ms, latency_quiet_ms=pruned_ms,
                       speedup_quiet=round(dense_ms / pruned_ms, 3))
         save_json(path, record)
