@@ -95,9 +95,10 @@ def run_vtrans_case(case: dict, log) -> dict:
 
 def remeasure_latency(log, again: bool = False) -> None:
     """Time every finished case's saved model against the dense teacher again, in a phase of its
-    own. A case's in-run figure shares the CPU with whatever else runs then (an earlier session
-    measured the same MiniLM shape at x2.20 under load and x2.39 alone); this phase is meant to
-    run on a quiet machine, and the report prefers its figure (`speedup_quiet`)."""
+    own. A case's in-run figure shares the CPU with whatever runs at that moment (session 8 timed
+    the peer's 0.4 case during a test run at x1.44; alone it reads x1.74), so every case of a run
+    gets a second figure taken back to back with the others, on a quiet machine when this phase
+    is run by itself (`--only latency`); the report prefers it (`speedup_quiet`)."""
     from vtrans_core import load_pruned
     from vtrans_core.evaluate import measure_latency_ms
     from vtrans_core.training import pick_device
