@@ -71,7 +71,7 @@ def write_table(cases, teacher, checks) -> str:
     dense = dense_accuracy(cases, teacher)
     lines = [f"Dense teacher (MiniLM-L6 fine-tuned on {teacher['train_rows']} tweets, {teacher['epochs']} epochs): "
              f"**{dense:.2f}%** accuracy on {EVAL_ROWS} test tweets (3 classes).", "",
-             "| method | FLOPs target | FLOPs kept | params kept | accuracy | drop | CPU speedup (batch 32x128; latency phase) "
+             "| method | FLOPs target | FLOPs kept | params kept | accuracy | drop | CPU speedup (batch 32x128; latency phase, peer in-run) "
              "| compression time | whole run |",
              "|---|---|---|---|---|---|---|---|---|"]
     for method in ORDER:
