@@ -48,6 +48,12 @@ def builtin_datasets() -> dict[str, str]:
     return dict(BUILTIN_DATASETS)
 
 
+def builtin_labels(name: str) -> list[str] | None:
+    from vtrans_core.data import BUILTIN_LABELS
+
+    return BUILTIN_LABELS.get(name)
+
+
 def inspect_dataset(path) -> list | None:
     """Labels as vtrans_core will name them, or None when the core has no inspector.
     Raises UploadError with the core's message when it would refuse the file."""

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from .errors import CompressionError
 
 BUILTIN_TASKS = ("tweet-sentiment",)
+BUILTIN_LABELS = {"tweet-sentiment": ["negative", "neutral", "positive"]}   # for checks without reading the corpus
 # The split of a single file/corpus into train/validation/test never depends on options.seed, so
 # that every run (and the cached benchmark teacher) is evaluated on the same rows.
 SPLIT_SEED = 20240607
@@ -346,17 +347,59 @@ def load_task(data: "str | Path | dict | TaskData", seed: int = SPLIT_SEED) -> T
     if spec.startswith("hf:"):
         return _load_hf(spec)
     path = Path(spec)
-    return _task_from_rows(path.stem, _read_user_file(path), seed)
+    task = _task_from_rows(path.stem, _read_user_file(path), seed)
+    task.meta["single_file"] = True   # its evaluation rows are a split of the training file
+    return task
 
 
-def check_data_spec(data: Any) -> None:
+def check_data_spec(data: Any, field: str = "data") -> None:
     """The cheap part of load_task for validate_request: does the source look usable at all?"""
     if isinstance(data, TaskData) or data in BUILTIN_TASKS:
         return
     if isinstance(data, str) and data.startswith("hf:"):
         return
     if isinstance(data, (str, Path)) and not Path(data).is_file():
-        raise CompressionError("data", f"{data} does not exist (expected a .csv, .tsv or .jsonl file, or 'tweet-sentiment')")
+        raise CompressionError(field, f"{data} does not exist (expected a .csv, .tsv or .jsonl file, or 'tweet-sentiment')")
+
+
+def with_eval_data(task: TaskData, eval_data: Any) -> TaskData:
+    """`task` trained on ALL its rows and evaluated on a separate data set (issue #11).
+
+    A single uploaded file is otherwise split 80/10/10, and a teacher fine-tuned on that very
+    file has seen the evaluation rows: the metrics then measure memorisation. With `eval_data`
+    the whole training file trains, and every reported figure (the teacher stage's check
+    included) comes from rows the job never trained on. Labels of the eval set must be a subset
+    of the training labels (CompressionError("eval_data") otherwise); a built-in or hf: source
+    contributes its evaluation split."""
+    is_file = isinstance(eval_data, (str, Path)) and str(eval_data) not in BUILTIN_TASKS \
+        and not str(eval_data).startswith("hf:")
+    try:
+        if is_file:   # an uploaded file: every row evaluates (one label, or a few rows, is fine)
+            rows = _read_user_file(Path(eval_data))
+            names, raw, pairs_in = sorted(set(rows.raw_labels), key=_label_key), rows.raw_labels, rows.pairs
+            texts_in = rows.texts
+        else:
+            other = load_task(eval_data)
+            part = other.eval_split
+            names, texts_in, pairs_in = other.label_names, part.texts, part.pairs
+            raw = [other.label_names[y] for y in part.labels]
+    except CompressionError as err:
+        raise CompressionError("eval_data", err.message) from None
+    unknown = [n for n in names if n not in task.label_names]
+    if unknown:
+        raise CompressionError("eval_data", f"labels {', '.join(map(repr, unknown))} do not occur in the training data "
+                               f"(training labels: {', '.join(task.label_names)})")
+    if (pairs_in is None) != (task.train.pairs is None):
+        raise CompressionError("eval_data", "must have a text_pair column exactly when the training data has one")
+    texts, labels, pairs = list(texts_in), [task.label_names.index(n) for n in raw], pairs_in
+    evaluation = Split(texts, labels, pairs)
+    train = task.train
+    if task.meta.get("single_file"):   # a single file split 80/10/10: train on all of it
+        train = Split(task.train.texts + task.validation.texts + task.test.texts,
+                      task.train.labels + task.validation.labels + task.test.labels,
+                      None if task.train.pairs is None else task.train.pairs + task.validation.pairs + task.test.pairs)
+    meta = {**task.meta, "eval_source": str(eval_data) if isinstance(eval_data, (str, Path)) else "eval_data"}
+    return TaskData(task.name, task.label_names, train, evaluation, evaluation, meta)
 
 
 # ----------------------------------------------------------------------------------- batching

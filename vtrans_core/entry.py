@@ -206,8 +206,11 @@ def _publish(tmp: Path, output_dir: Path) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 def compress(model: Any, data: Any, budget: Any, method: str, options: Any = None,
-             output_dir: str | Path = "vtrans-out", progress=None) -> CompressionResult:
-    """Compress `model` on `data` to `budget` with `method`; see docs/CONTRACTS.md §1."""
+             output_dir: str | Path = "vtrans-out", progress=None, eval_data: Any = None) -> CompressionResult:
+    """Compress `model` on `data` to `budget` with `method`; see docs/CONTRACTS.md §1.
+
+    `eval_data` (same forms as `data`, same labels): a separate evaluation set; the job then
+    trains on every row of `data` and reports quality on rows it never trained on."""
     from .data import check_data_spec
 
     method = _check_method(method)
@@ -217,6 +220,8 @@ def compress(model: Any, data: Any, budget: Any, method: str, options: Any = Non
     if output_dir.exists() and not output_dir.is_dir():
         raise CompressionError("output_dir", f"{output_dir} exists and is not a directory")
     check_data_spec(data)
+    if eval_data is not None:
+        check_data_spec(eval_data, "eval_data")
     kind, source, config = resolve_model_source(model)
     if config is not None:
         _check_config(config, parsed_budget, opts)
@@ -225,7 +230,8 @@ def compress(model: Any, data: Any, budget: Any, method: str, options: Any = Non
 
     tmp = _temp_sibling(output_dir)
     try:
-        plan, metrics = run_pipeline(kind, source, config, data, parsed_budget, method, opts, tmp, progress)
+        plan, metrics = run_pipeline(kind, source, config, data, parsed_budget, method, opts, tmp, progress,
+                                     eval_data=eval_data)
         _publish(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -75,6 +75,35 @@ def quality_warnings(dense: dict, pruned: dict, labels: list[int], num_labels: i
     return []
 
 
+MEMORISED_RATIO = 0.99    # split accuracy >= 99% of training-row accuracy: scores like rows it learned
+OVERLAP_WARN = 0.01       # share of eval texts that also occur in the training rows
+
+
+def evaluation_warnings(from_training_file: bool, dense_eval: float | None, dense_train: float | None,
+                        overlap: float) -> list[str]:
+    """Warnings that the evaluation may not measure quality on unseen data (issue #11).
+
+    A team usually compresses its own fine-tuned model with the very file it was fine-tuned on;
+    the job's evaluation split is then carved from rows the teacher learned, and its dense and
+    pruned accuracies measure memorisation (an independent check: 93.9% on such a split vs 84.2%
+    on truly held-out rows). The tell is that the split scores as well as the training rows."""
+    out = []
+    if from_training_file and dense_eval is not None and dense_train is not None and dense_train > 0 \
+            and dense_eval >= MEMORISED_RATIO * dense_train:
+        out.append(f"the dense model scores {dense_eval:.1f}% on the evaluation split, as high as on the training rows "
+                   f"({dense_train:.1f}%): if it was fine-tuned on this file it has seen these rows, and the accuracies "
+                   "here measure memorisation rather than quality. Pass eval_dataset with rows it never saw")
+    if overlap > OVERLAP_WARN:
+        out.append(f"{100 * overlap:.1f}% of the evaluation rows also occur in the training data: the evaluation is "
+                   "not on unseen rows")
+    return out
+
+
+def text_overlap(train_texts: list[str], eval_texts: list[str]) -> float:
+    seen = {t.strip().lower() for t in train_texts}
+    return sum(t.strip().lower() in seen for t in eval_texts) / max(1, len(eval_texts))
+
+
 def evaluate(model, enc: Encoded, num_labels: int, batch_size: int, device, tick=None) -> dict:
     logits = predict_logits(model, enc, batch_size, device, tick)
     return classification_metrics(logits, enc.labels, num_labels)

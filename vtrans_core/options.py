@@ -20,6 +20,7 @@ from .errors import CompressionError
 
 METHODS = ("vtrans", "fast", "faster")
 LAYOUTS = ("uniform", "per_layer")
+FINETUNE_FROM = ("dense", "trained")
 
 
 @dataclass
@@ -48,7 +49,7 @@ class CompressionOptions:
     teacher_lr: float = 5e-5
 
     # --- VIB mask training and iterative pruning ---
-    mask_steps: int | None = None    # optimisation steps per pruning round (None: one epoch)
+    mask_steps: int | None = None    # optimisation steps per pruning round (None: schedule.py, a quarter epoch, 40-2000)
     prune_rounds: int = 2            # vtrans/fast: rounds of train-then-prune to reach the target
     lr: float = 2e-5                 # model weights during mask training (vtrans/fast)
     # VIB mask parameters (mu, log sigma^2) and the KL weight; null: the method's (method_defaults)
@@ -57,7 +58,13 @@ class CompressionOptions:
     budget_lambda_lr: float = 0.1    # gradient ascent rate of the budget Lagrangian multipliers
 
     # --- recovery after pruning ---
-    finetune_steps: int | None = None   # distillation fine-tuning steps (None: one epoch; 0: skip)
+    finetune_steps: int | None = None   # distillation fine-tuning steps (None: finetune_epochs; 0: skip)
+    finetune_epochs: float = 2.0     # ... of the method's training rows, never fewer than min_finetune_steps
+    min_finetune_steps: int = 150
+    # "dense": the learned plan slices the dense model's ORIGINAL weights, which are then
+    # fine-tuned; "trained": keep the weights as the mask rounds trained them (before session 11).
+    # Measured (issue #11): the trained-while-gated weights recover worse than the untouched ones.
+    finetune_from: str = "dense"
     finetune_lr: float = 5e-5
     distill_temperature: float = 2.0
     distill_weight: float = 0.5      # share of the loss from the teacher's logits (rest: task labels)
@@ -103,6 +110,8 @@ class CompressionOptions:
             if f.name in METHOD_DEPENDENT:
                 default = METHOD_DEPENDENT[f.name]   # resolved by parse() before this check
             _check_type(f.name, value, default)
+        if self.finetune_from not in FINETUNE_FROM:
+            raise CompressionError("options.finetune_from", f"must be one of {', '.join(FINETUNE_FROM)}, got {self.finetune_from!r}")
         if self.layout not in LAYOUTS:
             raise CompressionError("options.layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if not (self.prune_hidden or self.prune_heads or self.prune_ffn or self.prune_blocks):
@@ -121,7 +130,7 @@ class CompressionOptions:
         for name in ["distill_weight"]:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise CompressionError(f"options.{name}", "must be between 0 and 1")
-        for name in ["teacher_epochs", "teacher_lr", "lr", "mask_lr", "beta", "budget_lambda_lr",
+        for name in ["teacher_epochs", "finetune_epochs", "min_finetune_steps", "teacher_lr", "lr", "mask_lr", "beta", "budget_lambda_lr",
                      "finetune_lr", "distill_temperature", "hidden_distill_weight"]:
             if getattr(self, name) < 0:
                 raise CompressionError(f"options.{name}", "must not be negative")

@@ -13,9 +13,9 @@ import torch
 
 from .budget import BUDGET_TOLERANCE, Budget
 from .entry import dense_copy, head_matches, load_classifier, load_tokenizer, structures_of
-from .data import encode, load_task
+from .data import encode, load_task, with_eval_data
 from .errors import CompressionError
-from .evaluate import evaluate, measure_latency_ms, quality_warnings
+from .evaluate import evaluate, evaluation_warnings, measure_latency_ms, quality_warnings, text_overlap
 from .families import adapter_for
 from .flops import count_flops, count_params
 from .methods import Context, get_method
@@ -32,8 +32,11 @@ def _eval_cost(n_eval: int, opts: CompressionOptions) -> float:
     return 2 * (n_eval / EVAL_BATCH) * 0.6 + 2 * (opts.latency_runs + 1) * 1.5
 
 
+TRAIN_CHECK_ROWS = 1000   # training rows the dense model is scored on (the memorisation check)
+
+
 def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: CompressionOptions,
-                 out_dir: Path, callback):
+                 out_dir: Path, callback, eval_data=None):
     started = time.perf_counter()
     strategy = get_method(method)
     progress = Progress(callback, {"load": 5.0, "teacher": 1e-6, "masks#1": 50.0, "finetune": 20.0,
@@ -42,6 +45,8 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
     seed_everything(opts.seed)
     device = pick_device(opts.device)
     task = load_task(data)
+    if eval_data is not None:
+        task = with_eval_data(task, eval_data)
     tokenizer = load_tokenizer(kind, source)
     if config is None and kind == "hub":   # a hub model's config is known only now
         from transformers import AutoConfig
@@ -64,6 +69,7 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
     method_rows = strategy.train_rows(train_split, opts)
     enc_train = encode(tokenizer, method_rows, opts.seq_len)
     enc_eval = encode(tokenizer, eval_split, opts.seq_len)
+    enc_check = encode(tokenizer, train_split.sample(TRAIN_CHECK_ROWS, seed=opts.seed), opts.seq_len)
 
     teacher_steps = 0 if order is not None else epoch_steps(len(train_split), opts.batch_size, opts.teacher_epochs)
     plan = {"teacher": teacher_steps * TEACHER_STEP_COST, **strategy.stage_plan(len(method_rows), opts),
@@ -95,10 +101,11 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
 
     progress.start("evaluate")
     n_eval_batches = max(1, (len(enc_eval) + EVAL_BATCH - 1) // EVAL_BATCH)
-    units = 2 * n_eval_batches + 2 * opts.latency_runs
+    units = 2 * n_eval_batches + 2 * opts.latency_runs + (len(enc_check) + EVAL_BATCH - 1) // EVAL_BATCH
     tick = _Ticker(progress, units)
     dense_eval = evaluate(dense, enc_eval, task.num_labels, EVAL_BATCH, device, tick.tick)
     pruned_eval = evaluate(pruned, enc_eval, task.num_labels, EVAL_BATCH, device, tick.tick)
+    dense_train_acc = evaluate(dense, enc_check, task.num_labels, EVAL_BATCH, device, tick.tick)["accuracy"]
     dense_ms, pruned_ms = measure_latency_ms([dense, pruned], device, opts.latency_runs, tick=tick.tick)
     if teacher_info["accuracy"] is None:
         teacher_info["accuracy"] = dense_eval["accuracy"]
@@ -109,6 +116,16 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
         raise RuntimeError(f"internal error: delivered {budget.kind} fraction {fractions[budget.kind]:.4f} "
                            f"exceeds the target {budget.target}")
 
+    if eval_data is not None:
+        eval_name = "eval_data"
+        evaluation = {"source": "eval_data", "rows": len(eval_split),
+                      "note": "a separate evaluation data set; the job trained on every row of the training data"}
+    else:
+        eval_name = task.eval_split_name
+        evaluation = {"source": "training data split", "rows": len(eval_split),
+                      "note": f"the {eval_name} split carved from the training data (no eval_dataset given): a "
+                              "model fine-tuned on the same data before this job has seen these rows"}
+
     progress.start("save")
     from .loading import save_pruned
 
@@ -116,14 +133,18 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
     save_pruned(pruned, tokenizer, final_plan, out_dir, opts.layout)   # also writes plan.json
     metrics = {
         "method": method, "budget": budget.to_dict(), "layout": opts.layout, "family": model.config.model_type,
-        "device": str(device), "teacher": teacher_info, "eval_split": task.eval_split_name,
-        "eval_examples": len(eval_split), "train_examples": len(method_rows), "labels": task.label_names,
-        "dense": {**_acc(dense_eval), **sizes["dense"], "latency_ms": dense_ms},
+        "device": str(device), "teacher": teacher_info, "eval_split": eval_name,
+        "evaluation": evaluation, "eval_examples": len(eval_split), "train_examples": len(method_rows),
+        "labels": task.label_names,
+        "dense": {**_acc(dense_eval), **sizes["dense"], "latency_ms": dense_ms,
+                  "train_accuracy": dense_train_acc, "train_accuracy_rows": len(enc_check)},
         "pruned": {**_acc(pruned_eval), **sizes["pruned"], "latency_ms": pruned_ms},
         "params_fraction": round(fractions["params"], 5), "flops_fraction": round(fractions["flops"], 5),
         "speedup": round(dense_ms / pruned_ms, 3) if pruned_ms > 0 else None,
         "kept": final_plan.kept_summary(), "method_info": ctx.info,
-        "warnings": quality_warnings(dense_eval, pruned_eval, enc_eval.labels, task.num_labels),
+        "warnings": quality_warnings(dense_eval, pruned_eval, enc_eval.labels, task.num_labels)
+        + evaluation_warnings(eval_data is None, dense_eval["accuracy"], dense_train_acc,
+                              text_overlap(train_split.texts, eval_split.texts)),
         "history": ctx.history, "options": opts.to_dict(),
     }
     progress._finish_current()

@@ -5,7 +5,6 @@ weights for vtrans/fast, masks only for faster) and in the data they feed it.
 """
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 
 from .data import Encoded, endless_batches
 from .evaluate import forward_logits
+from .schedule import epoch_steps  # noqa: F401  (re-exported: pipeline, benchmarks)
 
 Tick = Callable[..., None]  # tick(done, total, **metrics) -> progress within the current stage
 
@@ -32,10 +32,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def epoch_steps(n_rows: int, batch_size: int, epochs: float = 1.0) -> int:
-    return max(1, int(math.ceil(epochs * n_rows / batch_size)))
 
 
 def _linear_warmup_decay(optimizer, total: int, warmup_share: float = 0.1):
@@ -134,8 +130,9 @@ def hidden_distillation(student_hidden, teacher_hidden, attention_mask, hidden_o
 
 def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int, device, seed: int,
                      tick: Tick, teacher: Teacher | None = None, temperature: float = 2.0,
-                     distill_weight: float = 0.0, hidden_weight: float = 0.0) -> list[dict]:
-    """AdamW with linear warmup/decay for `steps` batches; distils from `teacher` when given.
+                     distill_weight: float = 0.0, hidden_weight: float = 0.0, constant_lr: bool = False) -> list[dict]:
+    """AdamW with linear warmup/decay (or a constant rate) for `steps` batches; distils from
+    `teacher` when given.
 
     Used for the dense teacher (no teacher) and for recovery fine-tuning of a pruned model.
     """
@@ -143,7 +140,7 @@ def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int
     if steps <= 0 or not params:
         return []
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = _linear_warmup_decay(opt, steps)
+    sched = None if constant_lr else _linear_warmup_decay(opt, steps)
     batches = endless_batches(enc, batch_size, device, random.Random(seed))
     model.train()
     history, running = [], 0.0
@@ -161,7 +158,8 @@ def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
+        if sched is not None:
+            sched.step()
         running = loss.item() if step == 1 else 0.9 * running + 0.1 * loss.item()
         if step % 10 == 0 or step == steps:
             history.append({"step": step, "loss": round(running, 5)})

@@ -22,6 +22,17 @@ def _count(value: Any) -> str:
     return f"{value:.0f}"
 
 
+def _evaluation_sentence(metrics: dict[str, Any]) -> str:
+    evaluation = metrics.get("evaluation") or {}
+    n = metrics.get("eval_examples", "the")
+    if evaluation.get("source") == "eval_data":
+        return (f"Quality is measured on {n} examples of the separate evaluation dataset (`eval_dataset`), rows the "
+                "job never trained on; the job trained on every row of the training dataset.")
+    return (f"Quality is measured on {n} examples of the `{metrics.get('eval_split', 'test')}` split carved from the "
+            "training dataset (no `eval_dataset` was given): if the base model was fine-tuned on that dataset, it has "
+            "seen these rows and the figures overstate quality on new data.")
+
+
 def model_card(base_model: str, dataset: str, request: dict[str, Any], metrics: dict[str, Any], job_id: str) -> str:
     budget = request.get("budget") or {}
     dense, pruned = metrics.get("dense") or {}, metrics.get("pruned") or {}
@@ -51,8 +62,7 @@ Produced by vtrans job `{job_id}` with VTrans structured pruning (arXiv 2406.052
 |---|---|---|
 {table}
 
-Quality is measured on {metrics.get('eval_examples', 'the')} held-out examples (`{metrics.get('eval_split', 'test')}`
-split) of the dataset above; latency was measured on the worker that produced this model and
+{_evaluation_sentence(metrics)} Latency was measured on the worker that produced this model and
 will differ on other hardware.
 
 ## Load

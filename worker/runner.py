@@ -76,20 +76,28 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def _inputs(settings: Settings, store: ArtifactStore, job: Job, work: Path) -> tuple[str, str]:
-    """Local paths (or hub ID / built-in name) for compress()'s model and data arguments."""
+def _inputs(settings: Settings, store: ArtifactStore, job: Job, work: Path) -> tuple[str, str, str | None]:
+    """Local paths (or hub ID / built-in name) for compress()'s model, data and eval_data."""
+    eval_ref = (job.request or {}).get("eval_dataset")
     with session_scope(settings.db_url) as s:
         model = s.get(Model, job.model) if job.model.startswith("mdl_") else None
         dataset = s.get(Dataset, job.dataset) if job.dataset.startswith("ds_") else None
-    model_arg, data_arg = job.model, job.dataset
+        eval_dataset = s.get(Dataset, eval_ref) if eval_ref and eval_ref.startswith("ds_") else None
+    model_arg = job.model
     if model is not None:
         local = store.local_path(model.storage_key)
         model_arg = str(local if local is not None else store.get_dir(model.storage_key, work / "input-model"))
-    if dataset is not None:
-        local = store.local_path(dataset.storage_key)
-        name = dataset.storage_key.rsplit("/", 1)[-1]
-        data_arg = str(local if local is not None else store.get_file(dataset.storage_key, work / name))
-    return model_arg, data_arg
+
+    def data_path(ds: Dataset | None, ref: str | None, folder: str) -> str | None:
+        if ds is None:
+            return ref       # a built-in task name (or None)
+        local = store.local_path(ds.storage_key)
+        if local is not None:
+            return str(local)
+        (work / folder).mkdir(parents=True, exist_ok=True)
+        return str(store.get_file(ds.storage_key, work / folder / ds.storage_key.rsplit("/", 1)[-1]))
+
+    return model_arg, data_path(dataset, job.dataset, "data"), data_path(eval_dataset, eval_ref, "eval-data")
 
 
 def _plan_json(result: Any, out: Path) -> str:
@@ -159,10 +167,11 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
     try:
         with session_scope(settings.db_url) as s:
             job = s.get(Job, job_id)
-        model_arg, data_arg = _inputs(settings, store, job, work)
+        model_arg, data_arg, eval_arg = _inputs(settings, store, job, work)
         req = job.request
         result = compress(model=model_arg, data=data_arg, budget=req["budget"], method=req["method"],
-                          options=req.get("options"), output_dir=str(work / "out"), progress=progress)
+                          options=req.get("options"), output_dir=str(work / "out"), progress=progress,
+                          eval_data=eval_arg)
         progress("save", 1.0, {})  # last chance to honour a cancel before the result is published
         artifacts = _package(settings, store, job, result, work, prefix)
         if not _finish(settings, claim, "succeeded", metrics=_jsonable(result.metrics),

@@ -40,6 +40,11 @@ class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     model: str = Field(description="an uploaded model id (mdl_...) or a hub ID like org/name", max_length=200)
     dataset: str = Field(description="an uploaded dataset id (ds_...) or a built-in task name", max_length=200)
+    eval_dataset: str | None = Field(None, max_length=200, description=(
+        "optional: an uploaded dataset id (ds_...) or a built-in task name to evaluate on, with labels from the "
+        "training dataset's label set. The job then trains on every row of `dataset` and reports quality on rows it "
+        "never trained on; without it, evaluation runs on a split of `dataset`, which a model fine-tuned on that "
+        "file has already seen"))
     budget: Any = Field(description='{"kind": "flops"|"params", "target": 0.5}')
     method: Any = "vtrans"
     options: Any = None
@@ -89,16 +94,31 @@ def _resolve_model(db: Session, tenant: str, ref: str) -> dict | None:
                         "(at most 96 characters); URLs and paths are not accepted")
 
 
-def _resolve_dataset(db: Session, tenant: str, ref: str) -> None:
+def _resolve_dataset(db: Session, tenant: str, ref: str, field: str = "dataset") -> tuple[list[str] | None, bool]:
+    """(label names, has a text_pair column) of an uploaded dataset or a built-in task."""
     if DATASET_ID.match(ref):
-        if db.scalar(select(Dataset.id).where(Dataset.id == ref, Dataset.tenant_id == tenant)) is None:
-            raise Problem(404, f"dataset: no uploaded dataset with id {ref!r}", slug="not-found",
-                          errors=[{"field": "dataset", "message": f"no uploaded dataset with id {ref!r}"}])
-        return
+        d = db.scalar(select(Dataset).where(Dataset.id == ref, Dataset.tenant_id == tenant))
+        if d is None:
+            raise Problem(404, f"{field}: no uploaded dataset with id {ref!r}", slug="not-found",
+                          errors=[{"field": field, "message": f"no uploaded dataset with id {ref!r}"}])
+        return [str(x) for x in d.labels or []], bool(d.has_text_pair)
     builtins = core_bridge.builtin_datasets()
     if ref not in builtins:
-        raise field_problem(422, "dataset", f"must be an uploaded dataset id (ds_...) or a built-in task "
+        raise field_problem(422, field, f"must be an uploaded dataset id (ds_...) or a built-in task "
                             f"({', '.join(builtins)}), got {ref!r}")
+    return core_bridge.builtin_labels(ref), False
+
+
+def _check_eval_dataset(train: tuple[list[str] | None, bool], evaluation: tuple[list[str] | None, bool]) -> None:
+    """The evaluation set must speak the training set's labels (checked at submit, not mid-run)."""
+    (train_labels, train_pair), (eval_labels, eval_pair) = train, evaluation
+    if train_labels is not None and eval_labels is not None:
+        unknown = [label for label in eval_labels if label not in train_labels]
+        if unknown:
+            raise field_problem(422, "eval_dataset", f"labels {', '.join(map(repr, unknown))} do not occur in the "
+                                f"training dataset (its labels: {', '.join(train_labels)})")
+    if train_pair != eval_pair:
+        raise field_problem(422, "eval_dataset", "must have a text_pair column exactly when the training dataset has one")
 
 
 def _replayed(job: Job) -> JSONResponse:
@@ -119,14 +139,17 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
         return _replayed(earlier)
     limits.check_active_jobs(db, settings, tenant)
     model_config = _resolve_model(db, tenant, body.model)
-    _resolve_dataset(db, tenant, body.dataset)
+    train_info = _resolve_dataset(db, tenant, body.dataset)
+    if body.eval_dataset is not None:
+        _check_eval_dataset(train_info, _resolve_dataset(db, tenant, body.eval_dataset, "eval_dataset"))
     try:
         normalized = core_bridge.validate_job(model_config, body.budget, body.method, body.options)
     except CompressionError as err:
         raise field_problem(422, err.field, err.message) from None
     now = utcnow()
     job = Job(id=new_id("job"), tenant_id=tenant, status="queued", model=body.model, dataset=body.dataset,
-              request={"model": body.model, "dataset": body.dataset, **normalized},
+              request={"model": body.model, "dataset": body.dataset,
+                       **({"eval_dataset": body.eval_dataset} if body.eval_dataset else {}), **normalized},
               created_at=now, updated_at=now)
     db.add(job)
     db.flush()

