@@ -40,18 +40,19 @@ ABLATIONS = {
 
 
 def cases() -> list[dict]:
-    out = []
-    for target in (0.5, 0.4, 0.6, 0.3):                # the targets' most informative budgets first
-        for task in TASKS:
-            out.append({"name": f"{task}-peer-{target}", "task": task, "method": "peer", "target": target})
-            out.append({"name": f"{task}-vtrans-{target}", "task": task, "method": "vtrans", "target": target})
-            out.append({"name": f"{task}-fast-{target}", "task": task, "method": "fast", "target": target})
-        if target == 0.5:
-            for task in TASKS:
-                for name, opts in ABLATIONS.items():
-                    out.append({"name": f"{task}-vtrans-{name}-{target}", "task": task, "method": "vtrans",
-                                "target": target, "ablation": name, "extra": opts})
-    return out
+    """Most informative first: the 0.5 and 0.4 head-to-heads, the cheap ablations on tweets,
+    then the outer budgets, then the remaining ablations."""
+    def main(target):
+        return [{"name": f"{task}-{method}-{target}", "task": task, "method": method, "target": target}
+                for task in TASKS for method in ("peer", "vtrans", "fast")]
+
+    def ablations(task, names):
+        return [{"name": f"{task}-vtrans-{name}-0.5", "task": task, "method": "vtrans", "target": 0.5,
+                 "ablation": name, "extra": ABLATIONS[name]} for name in names]
+
+    return (main(0.5) + ablations("tweets", ["plan-only", "trained"]) + main(0.4)
+            + ablations("tweets", ["nohidden", "1epoch"]) + main(0.6) + main(0.3)
+            + ablations("spam", list(ABLATIONS)))
 
 
 def run_core_case(case: dict, data: dict, log) -> dict:

@@ -157,6 +157,13 @@ export class JobsView {
         dataset = (await api.uploadDataset(dataFile)).id;
         document.getElementById("f-dataset").value = dataset;
       }
+      let evalDataset = document.getElementById("f-eval-dataset").value.trim();
+      const evalFile = document.getElementById("f-eval-dataset-file").files[0];
+      if (evalFile) {
+        status.textContent = "uploading evaluation dataset...";
+        evalDataset = (await api.uploadDataset(evalFile)).id;
+        document.getElementById("f-eval-dataset").value = evalDataset;
+      }
       if (!model || !dataset) throw new Error("choose a model and a dataset (or upload them)");
       const optText = document.getElementById("f-options").value.trim();
       let options = {};
@@ -165,6 +172,7 @@ export class JobsView {
       }
       const payload = {
         model, dataset, options,
+        ...(evalDataset ? { eval_dataset: evalDataset } : {}),
         method: document.getElementById("f-method").value,
         budget: { kind: document.getElementById("f-budget-kind").value,
                   target: parseFloat(document.getElementById("f-budget-target").value),
@@ -175,6 +183,7 @@ export class JobsView {
       status.textContent = `queued ${job.id}`;
       document.getElementById("f-model-file").value = "";
       document.getElementById("f-dataset-file").value = "";
+      document.getElementById("f-eval-dataset-file").value = "";
       location.hash = `#/jobs/${job.id}`;
     } catch (err) {
       status.textContent = "";

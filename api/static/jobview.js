@@ -65,7 +65,9 @@ export class JobView {
   }
 
   renderJob(job) {
-    const req = { model: field(job, "model"), dataset: field(job, "dataset"), method: field(job, "method"),
+    const req = { model: field(job, "model"), dataset: field(job, "dataset"),
+      "evaluated on": (job.request || {}).eval_dataset || (job.metrics?.evaluation?.source === "training data split"
+        ? "a split of the dataset" : undefined), method: field(job, "method"),
       budget: budgetText(job), layout: (field(job, "options") || {}).layout, created: job.created_at };
     $("j-request").replaceChildren(...Object.entries(req).filter(([, v]) => v !== undefined && v !== null)
       .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
@@ -188,6 +190,10 @@ export class JobView {
 
   drawFinal(m) {
     const d = m.dense || {}, p = m.pruned || {};
+    // Where the quality figures come from, and anything that makes them doubtful (issue #11).
+    const ev = m.evaluation || {};
+    $("j-eval-note").textContent = ev.source ? `Evaluated on ${ev.rows ?? m.eval_examples} rows: ${ev.note}` : "";
+    $("j-warnings").replaceChildren(...(m.warnings || []).map((w) => el("li", {}, `warning: ${w}`)));
     const rows = [
       ["accuracy", d.accuracy, p.accuracy, fmtPct],
       ["F1", d.f1, p.f1, fmtPct],
