@@ -1,0 +1,42 @@
+"""`finetune_from` (issue #11): by default the learned plan slices the dense model's ORIGINAL
+weights; "trained" keeps the weights the mask rounds trained. Checked on the delivered files."""
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from vtrans_core import compress
+from vtrans_core.plan import PruningPlan
+
+BUDGET = {"kind": "flops", "target": 0.6, "seq_len": 16}
+OPTS = {"mask_steps": 6, "finetune_steps": 0, "prune_rounds": 2, "latency_runs": 1, "round_to": 1, "seq_len": 16,
+        "lr": 1e-3, "layout": "per_layer", "max_eval_examples": 8}
+
+
+def _kept_weights(model_dir, plan: PruningPlan, dense):
+    """(delivered, dense sliced by the plan) for layer 0's FFN input projection."""
+    from vtrans_core import load_pruned
+
+    pruned = load_pruned(model_dir)
+    layer = 0 if plan.ffn_blocks[0] else next(i for i, f in enumerate(plan.ffn_blocks) if f)
+    w_dense = dense.bert.encoder.layer[layer].intermediate.dense.weight
+    expect = w_dense[plan.ffn[layer]][:, plan.hidden]
+    got = pruned.bert.encoder.layer[layer].intermediate.dense.weight
+    return got, expect
+
+
+def test_default_slices_the_dense_weights_and_trained_does_not(tiny_model_dir, tiny_dataset_csv, tmp_path):
+    dense = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    out = tmp_path / "dense"
+    r = compress(str(tiny_model_dir), str(tiny_dataset_csv), BUDGET, "vtrans", OPTS, out)
+    assert r.metrics["method_info"]["finetune_from"] == "dense"
+    plan = PruningPlan.from_json((out / "plan.json").read_text())
+    got, expect = _kept_weights(out, plan, dense)
+    assert r.metrics["flops_fraction"] <= BUDGET["target"] + 0.01     # something was really cut
+    torch.testing.assert_close(got, expect)     # untouched: no fine-tuning ran, the gates were never folded in
+
+    out2 = tmp_path / "trained"
+    compress(str(tiny_model_dir), str(tiny_dataset_csv), BUDGET, "vtrans", {**OPTS, "finetune_from": "trained"}, out2)
+    plan2 = PruningPlan.from_json((out2 / "plan.json").read_text())
+    got2, expect2 = _kept_weights(out2, plan2, dense)
+    assert not torch.allclose(got2, expect2)    # the mask rounds trained these weights (lr 1e-3)
