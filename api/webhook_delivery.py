@@ -201,7 +201,7 @@ def record(db_url: str, c: Claimed, outcome: Outcome, delays: list[float]) -> No
 
 def deliver_due(settings: Settings) -> int:
     """One pass: send every due message once. Returns how many were attempted."""
-    lease = settings.webhook_timeout_seconds * 3 + 30
+    lease = settings.webhook_timeout_seconds * 4 + 5  # longer than one attempt can take (timeouts per step)
     claimed = claim_due(settings.db_url, lease)
     for c in claimed:
         outcome = post(c.url, c.body, webhooks.headers(c.secret, c.id, c.body), settings)

@@ -38,6 +38,9 @@ class Tenant:
         self.http.__enter__()
 
     def close(self):
+        # Leave no schedule behind to fire in the next test's scheduler passes.
+        for sch in self.http.get("/v1/schedules").json().get("data", []):
+            self.http.delete(f"/v1/schedules/{sch['id']}")
         self.http.__exit__(None, None, None)
 
 
