@@ -22,6 +22,8 @@ ROUTERS = [
     "api.routes.models",
     "api.routes.datasets",
     "api.routes.jobs",
+    "api.routes.schedules",
+    "api.routes.webhooks",
     "api.routes.events",
     "api.routes.metrics",
     "api.routes.dashboard",

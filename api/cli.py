@@ -1,4 +1,4 @@
-"""`vtrans` console script: serve (embedded all-in-one), api, worker, migrate, compress."""
+"""`vtrans` console script: serve (embedded all-in-one), api, worker, scheduler, migrate, compress."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ from .settings import Settings
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vtrans", description="Compress transformer models with VTrans.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    s = sub.add_parser("serve", help="API + one worker on SQLite and a local broker (no servers needed)")
+    s = sub.add_parser("serve", help="API + one worker + the scheduler on SQLite and a local broker (no servers needed)")
     s.add_argument("--host", help="bind address (default VTRANS_HOST or 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default VTRANS_PORT or 8000)")
     a = sub.add_parser("api", help="the HTTP API process (production)")
@@ -23,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--pool", choices=["prefork", "solo"], default="prefork",
                    help="prefork (default): each job in a child process; solo: in this process")
     w.add_argument("--loglevel", default="INFO")
+    sc = sub.add_parser("scheduler", help="fire due schedules and deliver webhooks (production; any number "
+                        "of them may run: each firing happens once)")
+    sc.add_argument("--once", action="store_true", help="one pass, then exit")
+    clock = sc.add_mutually_exclusive_group()
+    clock.add_argument("--now", help="pretend the time is this ISO 8601 instant (tests, dry runs)")
+    clock.add_argument("--clock-file", help="read the current time (ISO 8601) from this file on every pass (tests)")
     sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
     k = sub.add_parser("keys", help="API keys: create, revoke, list (issue #5)")
     ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -56,7 +62,38 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < args.port < 65536:
             parser.error(f"--port must be between 1 and 65535, got {args.port}")
     return {"serve": _serve, "api": _api, "worker": _worker, "migrate": _migrate,
-            "keys": _keys}[args.command](settings, args)
+            "keys": _keys, "scheduler": _scheduler}[args.command](settings, args)
+
+
+def _scheduler(settings: Settings, args) -> int:
+    import logging
+    import threading
+    from datetime import datetime
+    from pathlib import Path
+
+    from . import scheduler
+
+    if not _checked(settings):
+        return 1
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    clock = scheduler.utcnow
+    if args.now:
+        try:
+            fixed = datetime.fromisoformat(args.now)
+        except ValueError:
+            print(f"vtrans: --now {args.now!r} is not an ISO 8601 time", file=sys.stderr)
+            return 2
+        if fixed.tzinfo is None:
+            print("vtrans: --now needs a UTC offset (e.g. 2026-12-07T03:00:00+00:00)", file=sys.stderr)
+            return 2
+        clock = lambda: fixed  # noqa: E731
+    elif args.clock_file:
+        clock = scheduler.file_clock(Path(args.clock_file))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    scheduler.run(settings, clock=clock, once=args.once, stop=stop)
+    return 0
 
 
 def _keys(settings: Settings, args) -> int:
@@ -152,16 +189,19 @@ def _serve(settings: Settings, args) -> int:
           f"vtrans: send it as 'Authorization: Bearer {key}'", flush=True)
     env = dict(os.environ, VTRANS_DATA_DIR=str(data_dir))
     # The SQLite broker (kombu's SQLAlchemy transport) works with the solo pool.
-    worker = subprocess.Popen([sys.executable, "-m", "api.cli", "worker", "--pool", "solo"], env=env,
-                              preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    children = [subprocess.Popen([sys.executable, "-m", "api.cli", command, *extra], env=env,
+                                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                for command, *extra in (("worker", "--pool", "solo"), ("scheduler",))]
     try:
         _run_uvicorn(settings, args.host or settings.host, args.port or settings.port)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
     return 0
 
 

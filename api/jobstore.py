@@ -3,7 +3,8 @@
 Every transition is one conditional UPDATE, so two actors (two deliveries of the same broker
 message, a worker and the reaper, a worker and a cancel request) can never both win.
 Events are recorded in the same transaction as the change they describe and published to the
-event bus only after that transaction commits.
+event bus only after that transaction commits; so are the webhook outbox rows of a job that
+reaches a terminal status (api/webhooks.emit_job_status).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any, Iterable
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from . import event_bus
+from . import event_bus, webhooks
 from .db import session_scope
 from .models import Artifact, Job, JobEvent, utcnow
 
@@ -125,6 +126,7 @@ def finish(db_url: str, claim_: Claim, status: str, *, metrics: dict | None = No
                            final=True, created_at=now, **a))
         ev = add_event(s, claim_.job_id, claim_.tenant_id, "status", status=status, attempt=claim_.attempt,
                        message=message or (error or {}).get("message"))
+        webhooks.emit_job_status(s, claim_.job_id)
     publish(claim_.job_id, [ev])
     return True
 
@@ -139,6 +141,7 @@ def request_cancel(db_url: str, job_id: str, tenant_id: str) -> str | None:
                          .returning(Job.id).execution_options(synchronize_session=False)).first()
         if done:
             ev = add_event(s, job_id, tenant_id, "status", status="cancelled", message="cancelled before it started")
+            webhooks.emit_job_status(s, job_id)
         else:
             flagged = s.execute(update(Job).where(Job.id == job_id, Job.tenant_id == tenant_id,
                                                   Job.status == "running", Job.cancel_requested.is_(False))
@@ -178,6 +181,7 @@ def reap(db_url: str, max_attempts: int, on_reaped=None) -> list[str]:
                 continue
             events.append((job_id, add_event(s, job_id, tenant, "status", status=values["status"],
                                              message=msg, attempt=attempts)))
+            webhooks.emit_job_status(s, job_id)  # nothing for a requeue (not terminal)
             if values["status"] == "queued":
                 requeue.append(job_id)
     for job_id, ev in events:

@@ -70,6 +70,11 @@ class Model(Base):
     files: Mapped[list] = mapped_column(JSON, default=list)  # [{"name", "size"}]
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Issue #14: uploads under a stable name are numbered versions 1, 2, ... (immutable rows);
+    # the unique constraint makes two racing uploads under one name get different numbers.
+    name: Mapped[str | None] = mapped_column(String(64), default=None)
+    version: Mapped[int | None] = mapped_column(Integer, default=None)
+    __table_args__ = (UniqueConstraint("tenant_id", "name", "version", name="uq_models_tenant_name_version"),)
 
 
 class Dataset(Base):
@@ -159,4 +164,86 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))    # sha256 of the canonical JSON body
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Schedule(Base):
+    """Issue #14: a job template fired on a cron timetable and/or when a new model version appears."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (Index("ix_schedules_next_due", "next_due_at"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(128), default=None)
+    template: Mapped[dict[str, Any]] = mapped_column(default=dict)    # a job request, as submitted
+    cron: Mapped[str | None] = mapped_column(String(128), default=None)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    on_new_version: Mapped[bool] = mapped_column(Boolean, default=False)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    next_due_at: Mapped[datetime | None] = mapped_column(default=None)  # next cron firing (UTC)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScheduleRun(Base):
+    """One row per firing (and per missed due time). The unique (schedule_id, due_at) is what
+    makes a firing happen once however many scheduler processes race for it."""
+
+    __tablename__ = "schedule_runs"
+    __table_args__ = (UniqueConstraint("schedule_id", "due_at", name="uq_schedule_runs_due"),
+                      Index("ix_schedule_runs_schedule_created", "schedule_id", "created_at"))
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    schedule_id: Mapped[str] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    due_at: Mapped[datetime] = mapped_column()
+    trigger: Mapped[str] = mapped_column(String(16))          # cron | new_version
+    outcome: Mapped[str] = mapped_column(String(16))          # job_created | skipped | missed
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), default=None)
+    source: Mapped[str | None] = mapped_column(String(128), default=None)  # model id or hub revision used
+    missed: Mapped[int] = mapped_column(Integer, default=0)   # due times folded into this catch-up firing
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookEndpoint(Base):
+    """Issue #14. The secret is stored as is: it is needed to sign every delivery."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list] = mapped_column(JSON, default=list)
+    secret: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str | None] = mapped_column(String(255), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookMessage(Base):
+    """The outbox: written in the transaction of the state change it reports; its id is the
+    `webhook-id` header, the same on every retry so receivers can deduplicate."""
+
+    __tablename__ = "webhook_messages"
+    __table_args__ = (Index("ix_webhook_messages_due", "status", "next_attempt_at"),
+                      Index("ix_webhook_messages_endpoint", "endpoint_id", "created_at"))
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[str] = mapped_column(Text)                   # the exact bytes signed and sent
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    locked_until: Mapped[datetime | None] = mapped_column(default=None)  # a sender's lease
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("webhook_messages.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    latency_ms: Mapped[float | None] = mapped_column(Float, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     max_job_seconds: int = 48 * 3600
     worker_max_tasks_per_child: int = 1  # fresh process per job: frees (GPU) memory between jobs
 
+    # Schedules and webhooks (issue #14), run by `vtrans scheduler` (and by `vtrans serve`).
+    scheduler_interval_seconds: float = 5.0   # how often due schedules are looked for
+    webhook_poll_seconds: float = 1.0         # how often the outbox is looked at
+    # Refuse webhook URLs that resolve to loopback/private/link-local addresses (SSRF); tests and
+    # single-machine set-ups with a local receiver set this to true.
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = 10.0     # connect and read, per attempt
+    # Wait before attempt 2, 3, ...: exponential, about 15 hours in all; then the message is failed
+    # (it can still be redelivered by hand).
+    webhook_retry_delays: list[float] = Field(default_factory=lambda: [5, 30, 120, 600, 1800, 3600, 7200,
+                                                                       14400, 28800])
+
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
 

@@ -84,9 +84,15 @@ def _spam(log) -> None:
         if body:
             rows.append((body, "spam" if record["group"].startswith("spam") else "ham"))
     random.Random(20261201).shuffle(rows)
-    _write_csv(task_dir("spam") / "train.csv", rows[:SPAM_TRAIN])
-    _write_csv(task_dir("spam") / "heldout.csv", rows[SPAM_TRAIN:SPAM_TRAIN + SPAM_EVAL])
-    log.info("spam: %d emails with a body; %d train / %d held-out", len(rows), SPAM_TRAIN, SPAM_EVAL)
+    train = rows[:SPAM_TRAIN]
+    # The corpus repeats some messages (the same spam sent many times): a held-out email whose
+    # body also occurs in the training rows is not unseen, so it is left out.
+    seen = {body.lower() for body, _ in train}
+    rest = [r for r in rows[SPAM_TRAIN:] if r[0].lower() not in seen]
+    _write_csv(task_dir("spam") / "train.csv", train)
+    _write_csv(task_dir("spam") / "heldout.csv", rest[:SPAM_EVAL])
+    log.info("spam: %d emails with a body; %d train / %d held-out (%d repeats of training bodies left out)",
+             len(rows), SPAM_TRAIN, len(rest[:SPAM_EVAL]), len(rows) - SPAM_TRAIN - len(rest))
 
 
 def ensure_task(task: str, log) -> dict:

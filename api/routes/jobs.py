@@ -8,46 +8,26 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .. import core_bridge, idempotency, jobstore, limits
+from .. import idempotency, job_requests, jobstore, limits, webhooks
 from ..artifacts import ArtifactStore
 from ..deps import get_app_settings, get_db, get_store, owned_or_404
-from ..models import JOB_STATUSES, Artifact, Dataset, Job, Model, new_id, utcnow
+from ..job_requests import JobRequest
+from ..models import JOB_STATUSES, Artifact, Job, utcnow
 from ..problems import Problem, field_problem
 from ..settings import Settings
 from ..tenancy import get_tenant
-from vtrans_core.errors import CompressionError
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-MODEL_ID = re.compile(r"^mdl_[0-9a-f]{20}$")
-DATASET_ID = re.compile(r"^ds_[0-9a-f]{20}$")
-
-
-class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-    model: str = Field(description="an uploaded model id (mdl_...) or a hub ID like org/name", max_length=200)
-    dataset: str = Field(description="an uploaded dataset id (ds_...) or a built-in task name", max_length=200)
-    eval_dataset: str | None = Field(None, max_length=200, description=(
-        "optional: an uploaded dataset id (ds_...) or a built-in task name to evaluate on, with labels from the "
-        "training dataset's label set. The job then trains on every row of `dataset` and reports quality on rows it "
-        "never trained on; without it, evaluation runs on a split of `dataset`, which a model fine-tuned on that "
-        "file has already seen"))
-    budget: Any = Field(description='{"kind": "flops"|"params", "target": 0.5}')
-    method: Any = "vtrans"
-    options: Any = None
 
 
 def job_to_dict(job: Job, artifacts: list[Artifact] | None = None) -> dict[str, Any]:
@@ -67,60 +47,6 @@ def artifact_to_dict(job_id: str, a: Artifact) -> dict[str, Any]:
             "url": f"/v1/jobs/{job_id}/artifacts/{a.name}"}
 
 
-def _hub_config(repo_id: str) -> dict | None:
-    """config.json from the local HF cache when present (no network); None when unknown."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        path = try_to_load_from_cache(repo_id, "config.json")
-        if isinstance(path, str):
-            with open(path, encoding="utf-8") as fh:
-                return json.load(fh)
-    except Exception:
-        return None
-    return None
-
-
-def _resolve_model(db: Session, tenant: str, ref: str) -> dict | None:
-    if MODEL_ID.match(ref):
-        m = db.scalar(select(Model).where(Model.id == ref, Model.tenant_id == tenant))
-        if m is None:
-            raise Problem(404, f"model: no uploaded model with id {ref!r}", slug="not-found",
-                          errors=[{"field": "model", "message": f"no uploaded model with id {ref!r}"}])
-        return m.config
-    if len(ref) <= 96 and HUB_ID.match(ref) and ".." not in ref:
-        return _hub_config(ref)
-    raise field_problem(422, "model", "must be an uploaded model id (mdl_...) or a hub ID like 'org/name' "
-                        "(at most 96 characters); URLs and paths are not accepted")
-
-
-def _resolve_dataset(db: Session, tenant: str, ref: str, field: str = "dataset") -> tuple[list[str] | None, bool]:
-    """(label names, has a text_pair column) of an uploaded dataset or a built-in task."""
-    if DATASET_ID.match(ref):
-        d = db.scalar(select(Dataset).where(Dataset.id == ref, Dataset.tenant_id == tenant))
-        if d is None:
-            raise Problem(404, f"{field}: no uploaded dataset with id {ref!r}", slug="not-found",
-                          errors=[{"field": field, "message": f"no uploaded dataset with id {ref!r}"}])
-        return [str(x) for x in d.labels or []], bool(d.has_text_pair)
-    builtins = core_bridge.builtin_datasets()
-    if ref not in builtins:
-        raise field_problem(422, field, f"must be an uploaded dataset id (ds_...) or a built-in task "
-                            f"({', '.join(builtins)}), got {ref!r}")
-    return core_bridge.builtin_labels(ref), False
-
-
-def _check_eval_dataset(train: tuple[list[str] | None, bool], evaluation: tuple[list[str] | None, bool]) -> None:
-    """The evaluation set must speak the training set's labels (checked at submit, not mid-run)."""
-    (train_labels, train_pair), (eval_labels, eval_pair) = train, evaluation
-    if train_labels is not None and eval_labels is not None:
-        unknown = [label for label in eval_labels if label not in train_labels]
-        if unknown:
-            raise field_problem(422, "eval_dataset", f"labels {', '.join(map(repr, unknown))} do not occur in the "
-                                f"training dataset (its labels: {', '.join(train_labels)})")
-    if train_pair != eval_pair:
-        raise field_problem(422, "eval_dataset", "must have a text_pair column exactly when the training dataset has one")
-
-
 def _replayed(job: Job) -> JSONResponse:
     # A retried submit (same Idempotency-Key, same body): the same job, nothing new created.
     return JSONResponse(jsonable_encoder(job_to_dict(job)), status_code=200, headers={"Idempotent-Replayed": "true"})
@@ -138,21 +64,8 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
     if idem and (earlier := idempotency.replay(db, tenant, idem, body_hash)) is not None:
         return _replayed(earlier)
     limits.check_active_jobs(db, settings, tenant)
-    model_config = _resolve_model(db, tenant, body.model)
-    train_info = _resolve_dataset(db, tenant, body.dataset)
-    if body.eval_dataset is not None:
-        _check_eval_dataset(train_info, _resolve_dataset(db, tenant, body.eval_dataset, "eval_dataset"))
-    try:
-        normalized = core_bridge.validate_job(model_config, body.budget, body.method, body.options)
-    except CompressionError as err:
-        raise field_problem(422, err.field, err.message) from None
-    now = utcnow()
-    job = Job(id=new_id("job"), tenant_id=tenant, status="queued", model=body.model, dataset=body.dataset,
-              request={"model": body.model, "dataset": body.dataset,
-                       **({"eval_dataset": body.eval_dataset} if body.eval_dataset else {}), **normalized},
-              created_at=now, updated_at=now)
-    db.add(job)
-    db.flush()
+    prepared = job_requests.prepare(db, tenant, body)
+    job, ev = job_requests.insert_job(db, tenant, prepared)
     if idem:
         try:
             idempotency.record(db, tenant, idem, body_hash, job.id)
@@ -160,7 +73,6 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
             # A concurrent request with the same key committed first: drop our job row, answer with theirs.
             db.rollback()
             return _replayed(idempotency.replay(db, tenant, idem, body_hash))
-    ev = jobstore.add_event(db, job.id, tenant, "status", status="queued", message="job created")
     db.commit()
     jobstore.publish(job.id, [ev])
     try:
@@ -171,6 +83,8 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
         job.error = {"type": "BrokerUnavailable", "message": f"could not enqueue the job: {exc}"}
         if idem:
             idempotency.forget(db, tenant, idem)  # a retry with the same key starts afresh
+        db.flush()
+        webhooks.emit_job_status(db, job.id)
         db.commit()
         raise Problem(503, f"the job queue is unreachable ({type(exc).__name__}); job {job.id} was marked failed",
                       slug="broker-unavailable", headers={"Retry-After": str(settings.retry_after_seconds)}) from None

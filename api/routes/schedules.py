@@ -1,0 +1,126 @@
+"""/v1/schedules: recompress a model on a timetable and/or whenever a new version is uploaded.
+
+The logic lives in api/schedules.py (validation, firing) and api/scheduler.py (the process).
+"""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .. import schedules
+from ..automation_schemas import (ScheduleCreate, ScheduleList, ScheduleOut, ScheduleRunList, ScheduleUpdate)
+from ..deps import get_db, owned_or_404
+from ..models import Schedule, ScheduleRun, new_id, utcnow
+from ..problems import field_problem
+from ..tenancy import get_tenant
+
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
+
+
+def _last_run(db: Session, schedule_id: str) -> ScheduleRun | None:
+    return db.scalar(select(ScheduleRun).where(ScheduleRun.schedule_id == schedule_id, ScheduleRun.outcome != "missed")
+                     .order_by(ScheduleRun.created_at.desc(), ScheduleRun.due_at.desc()).limit(1))
+
+
+def _out(db: Session, sch: Schedule) -> dict:
+    return schedules.schedule_to_dict(sch, _last_run(db, sch.id))
+
+
+def _get(db: Session, tenant: str, schedule_id: str) -> Schedule:
+    return owned_or_404(db, Schedule, schedule_id, tenant, "schedule")
+
+
+@router.post("", status_code=201, response_model=ScheduleOut, operation_id="createSchedule")
+def create_schedule(body: ScheduleCreate, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+    template, cron = schedules.validate(db, tenant, body.template, body.cron, body.timezone, body.on_new_version)
+    now = utcnow()
+    sch = Schedule(id=new_id("sch"), tenant_id=tenant, name=body.name, template=template, cron=cron,
+                   timezone=body.timezone, on_new_version=body.on_new_version, paused=body.paused,
+                   next_due_at=schedules.next_due(cron, body.timezone, now) if cron else None,
+                   created_at=now, updated_at=now)
+    db.add(sch)
+    db.commit()  # committed before answering: a client may act on the 201 at once
+    return _out(db, sch)
+
+
+@router.get("", response_model=ScheduleList, operation_id="listSchedules")
+def list_schedules(db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+    rows = db.scalars(select(Schedule).where(Schedule.tenant_id == tenant)
+                      .order_by(Schedule.created_at.desc(), Schedule.id.desc())).all()
+    return {"data": [_out(db, s) for s in rows]}
+
+
+@router.get("/{schedule_id}", response_model=ScheduleOut, operation_id="getSchedule")
+def get_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+    return _out(db, _get(db, tenant, schedule_id))
+
+
+@router.patch("/{schedule_id}", response_model=ScheduleOut, operation_id="updateSchedule")
+def update_schedule(schedule_id: str, body: ScheduleUpdate, db: Session = Depends(get_db),
+                    tenant: str = Depends(get_tenant)) -> dict:
+    sch = _get(db, tenant, schedule_id)
+    sent = body.model_dump(exclude_unset=True)
+    merged = {"template": sch.template, "cron": sch.cron, "timezone": sch.timezone,
+              "on_new_version": sch.on_new_version}
+    merged.update({k: v for k, v in sent.items() if k in merged})
+    if merged["timezone"] is None or merged["on_new_version"] is None or merged["template"] is None:
+        field = next(k for k in ("timezone", "on_new_version", "template") if merged[k] is None)
+        raise field_problem(422, field, "cannot be null")
+    template, cron = schedules.validate(db, tenant, merged["template"], merged["cron"], merged["timezone"],
+                                        merged["on_new_version"])
+    now = utcnow()
+    if cron != sch.cron or merged["timezone"] != sch.timezone:
+        sch.next_due_at = schedules.next_due(cron, merged["timezone"], now) if cron else None
+    sch.template, sch.cron, sch.timezone, sch.on_new_version = template, cron, merged["timezone"], merged["on_new_version"]
+    if "name" in sent:
+        sch.name = sent["name"]
+    if sent.get("paused") is not None:
+        sch.paused = sent["paused"]
+    sch.updated_at = now
+    db.commit()
+    return _out(db, sch)
+
+
+def _set_paused(db: Session, tenant: str, schedule_id: str, paused: bool) -> dict:
+    sch = _get(db, tenant, schedule_id)
+    sch.paused, sch.updated_at = paused, utcnow()
+    db.commit()
+    return _out(db, sch)
+
+
+@router.post("/{schedule_id}/pause", response_model=ScheduleOut, operation_id="pauseSchedule")
+def pause_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+    """While paused, due times are still recorded, as runs skipped with the reason "paused"."""
+    return _set_paused(db, tenant, schedule_id, True)
+
+
+@router.post("/{schedule_id}/resume", response_model=ScheduleOut, operation_id="resumeSchedule")
+def resume_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+    return _set_paused(db, tenant, schedule_id, False)
+
+
+@router.delete("/{schedule_id}", status_code=204, operation_id="deleteSchedule")
+def delete_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> Response:
+    """Its run history goes with it; jobs it created stay."""
+    db.delete(_get(db, tenant, schedule_id))
+    db.commit()
+    return Response(status_code=204)
+
+
+@router.get("/{schedule_id}/runs", response_model=ScheduleRunList, operation_id="listScheduleRuns")
+def list_schedule_runs(schedule_id: str, limit: int = Query(50, ge=1, le=200), before: str | None = Query(
+                           None, description="a run id: only runs older than it (pagination)"),
+                       db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+    """Newest first: what each firing did (job created, or skipped with the reason), and the due
+    times missed while no scheduler ran."""
+    _get(db, tenant, schedule_id)
+    q = select(ScheduleRun).where(ScheduleRun.schedule_id == schedule_id)
+    if before:
+        anchor = db.scalar(select(ScheduleRun).where(ScheduleRun.id == before, ScheduleRun.schedule_id == schedule_id))
+        if anchor is not None:
+            q = q.where(ScheduleRun.due_at < anchor.due_at)
+    rows = db.scalars(q.order_by(ScheduleRun.due_at.desc()).limit(limit + 1)).all()
+    page = rows[:limit]
+    return {"data": [schedules.run_to_dict(r) for r in page],
+            "next_cursor": page[-1].id if len(rows) > limit else None}

@@ -1,0 +1,221 @@
+"""Delivering the webhook outbox: the SSRF guard, one signed POST, and the sender loop.
+
+At-least-once: a sender takes a message with a conditional UPDATE that sets a lease
+(`locked_until`) and bumps `attempts`; it records the outcome only while that attempt number is
+still the message's. A sender that dies mid-delivery leaves the lease to expire and another one
+(or itself, restarted) sends the message again, with the same `webhook-id`.
+
+SSRF: the URL's host is resolved once per attempt, every address it resolves to must be public
+(unless settings.webhook_allow_private), and the connection goes to that checked address (no
+second DNS lookup an attacker could answer differently). Redirects are never followed; connect
+and read have timeouts; at most RESPONSE_LIMIT bytes of the answer are read.
+"""
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import logging
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable
+from urllib.parse import urlsplit
+
+from sqlalchemy import and_, or_, select, update
+
+from . import webhooks
+from .db import session_scope
+from .models import WebhookAttempt, WebhookEndpoint, WebhookMessage, utcnow
+from .settings import Settings
+
+log = logging.getLogger("vtrans.webhooks")
+RESPONSE_LIMIT = 64 * 1024
+# Cloud metadata services: never a webhook receiver, refused even when private targets are allowed.
+METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"),
+            ipaddress.ip_address("100.100.100.200")}
+
+
+class UnsafeURL(ValueError):
+    pass
+
+
+@dataclass
+class Target:
+    scheme: str
+    host: str
+    port: int
+    path: str
+    address: str     # the checked IP the connection goes to
+
+
+def _blocked(ip: ipaddress._BaseAddress, allow_private: bool) -> str | None:
+    if getattr(ip, "ipv4_mapped", None):
+        ip = ip.ipv4_mapped
+    if ip in METADATA:
+        return "a cloud metadata address"
+    if allow_private:
+        return None
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_private or ip.is_reserved or ip.is_unspecified or ip.is_multicast or not ip.is_global:
+        return "a private or reserved address"
+    return None
+
+
+def check_url(url: str, allow_private: bool, resolve: Callable = socket.getaddrinfo) -> Target:
+    """The target to connect to, or UnsafeURL saying why not."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeURL(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeURL("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise UnsafeURL("has no host")
+    if parts.username or parts.password:
+        raise UnsafeURL("must not carry credentials (user:password@); sign requests with the endpoint secret")
+    if parts.fragment:
+        raise UnsafeURL("must not have a #fragment")
+    port = port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = resolve(parts.hostname, port, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UnsafeURL(f"host {parts.hostname!r} does not resolve ({exc})") from None
+    addresses = sorted({info[4][0] for info in infos})
+    if not addresses:
+        raise UnsafeURL(f"host {parts.hostname!r} does not resolve")
+    for addr in addresses:
+        why = _blocked(ipaddress.ip_address(addr.split("%", 1)[0]), allow_private)
+        if why:
+            raise UnsafeURL(f"resolves to {addr}, {why}; webhooks only go to public addresses "
+                            "(an operator may allow private ones with VTRANS_WEBHOOK_ALLOW_PRIVATE=true)")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return Target(parts.scheme, parts.hostname, port, path, addresses[0])
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    def __init__(self, target: Target, timeout: float):
+        super().__init__(target.host, target.port, timeout=timeout)
+        self._address = target.address
+
+    def connect(self):
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    def __init__(self, target: Target, timeout: float):
+        super().__init__(target.host, target.port, timeout=timeout, context=ssl.create_default_context())
+        self._address = target.address
+
+    def connect(self):
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # certificate checked for the host
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+
+
+def post(url: str, body: str, headers: dict[str, str], settings: Settings) -> Outcome:
+    start = time.perf_counter()
+
+    def done(ok, code=None, error=None):
+        return Outcome(ok, code, round((time.perf_counter() - start) * 1000, 1), error)
+
+    try:
+        target = check_url(url, settings.webhook_allow_private)
+    except UnsafeURL as exc:
+        return done(False, error=f"refused: the URL {exc}")
+    conn_class = _PinnedHTTPS if target.scheme == "https" else _PinnedHTTP
+    conn = conn_class(target, settings.webhook_timeout_seconds)
+    try:
+        conn.request("POST", target.path, body=body.encode(), headers=headers)
+        resp = conn.getresponse()
+        resp.read(RESPONSE_LIMIT)  # bounded: a receiver cannot make us read (or wait for) more
+        code = resp.status
+    except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+        return done(False, error=f"{type(exc).__name__}: {exc}"[:500])
+    finally:
+        conn.close()
+    if 200 <= code < 300:
+        return done(True, code)
+    if 300 <= code < 400:
+        return done(False, code, "the receiver answered with a redirect; redirects are not followed")
+    return done(False, code, f"the receiver answered HTTP {code}")
+
+
+@dataclass
+class Claimed:
+    id: str
+    attempt: int
+    url: str
+    secret: str
+    body: str
+
+
+def claim_due(db_url: str, lease_seconds: float, limit: int = 20) -> list[Claimed]:
+    now = utcnow()
+    due = and_(WebhookMessage.status == "pending", WebhookMessage.next_attempt_at <= now,
+               or_(WebhookMessage.locked_until.is_(None), WebhookMessage.locked_until < now))
+    out = []
+    with session_scope(db_url) as s:
+        ids = s.scalars(select(WebhookMessage.id).where(due).order_by(WebhookMessage.next_attempt_at)
+                        .limit(limit)).all()
+        for msg_id in ids:
+            row = s.execute(update(WebhookMessage).where(WebhookMessage.id == msg_id, due)
+                            .values(locked_until=now + timedelta(seconds=lease_seconds),
+                                    attempts=WebhookMessage.attempts + 1)
+                            .returning(WebhookMessage.attempts, WebhookMessage.body, WebhookMessage.endpoint_id)
+                            .execution_options(synchronize_session=False)).first()
+            if row is None:
+                continue  # another sender took it
+            ep = s.get(WebhookEndpoint, row.endpoint_id)
+            if ep is not None:
+                out.append(Claimed(msg_id, row.attempts, ep.url, ep.secret, row.body))
+    return out
+
+
+def record(db_url: str, c: Claimed, outcome: Outcome, delays: list[float]) -> None:
+    now = utcnow()
+    if outcome.ok:
+        values = {"status": "delivered", "delivered_at": now}
+    elif c.attempt > len(delays):
+        values = {"status": "failed"}
+    else:
+        values = {"next_attempt_at": now + timedelta(seconds=delays[c.attempt - 1])}
+    with session_scope(db_url) as s:
+        s.add(WebhookAttempt(message_id=c.id, attempt=c.attempt, status_code=outcome.status_code,
+                             latency_ms=outcome.latency_ms, error=outcome.error, created_at=now))
+        s.execute(update(WebhookMessage).where(WebhookMessage.id == c.id, WebhookMessage.attempts == c.attempt)
+                  .values(locked_until=None, **values).execution_options(synchronize_session=False))
+
+
+def deliver_due(settings: Settings) -> int:
+    """One pass: send every due message once. Returns how many were attempted."""
+    lease = settings.webhook_timeout_seconds * 4 + 5  # longer than one attempt can take (timeouts per step)
+    claimed = claim_due(settings.db_url, lease)
+    for c in claimed:
+        outcome = post(c.url, c.body, webhooks.headers(c.secret, c.id, c.body), settings)
+        if not outcome.ok:
+            log.info("webhook %s attempt %d failed: %s", c.id, c.attempt, outcome.error)
+        record(settings.db_url, c, outcome, list(settings.webhook_retry_delays))
+    return len(claimed)
+
+
+def redeliver(db_url: str, tenant: str, endpoint_id: str, msg_id: str) -> bool:
+    """Send a message again (same webhook-id), starting a fresh round of retries."""
+    with session_scope(db_url) as s:
+        row = s.execute(update(WebhookMessage).where(WebhookMessage.id == msg_id, WebhookMessage.tenant_id == tenant,
+                                                     WebhookMessage.endpoint_id == endpoint_id)
+                        .values(status="pending", attempts=0, next_attempt_at=utcnow(), locked_until=None)
+                        .returning(WebhookMessage.id).execution_options(synchronize_session=False)).first()
+    return row is not None
