@@ -32,6 +32,8 @@ LATENCY_RUNS = 10
 
 # One part of the recipe changed at a time (options on top of the defaults).
 ABLATIONS = {
+    # the peer's recovery recipe on vtrans's plan: constant lr, logit distillation only
+    "peer-recipe": {"finetune_schedule": "constant", "hidden_distill_weight": 0.0},
     "trained": {"finetune_from": "trained"},          # fine-tune the weights the mask rounds trained
     "plan-only": {"finetune_steps": 0},               # learned plan on the original weights, no training
     "nohidden": {"hidden_distill_weight": 0.0},       # logit distillation only (rounds and fine-tuning)
@@ -51,7 +53,7 @@ def cases() -> list[dict]:
                  "ablation": name, "extra": ABLATIONS[name]} for name in names]
 
     first = [c for c in main(0.5) if c["task"] == "tweets" and c["method"] != "fast"]
-    return (first + ablations("tweets", ["nohidden", "1epoch"])
+    return (first + ablations("tweets", ["peer-recipe", "nohidden", "1epoch"])
             + [c for c in main(0.5) if c not in first] + main(0.4) + ablations("tweets", ["plan-only", "trained"])
             + main(0.6) + main(0.3) + ablations("spam", list(ABLATIONS)))
 

@@ -21,6 +21,7 @@ from .errors import CompressionError
 METHODS = ("vtrans", "fast", "faster")
 LAYOUTS = ("uniform", "per_layer")
 FINETUNE_FROM = ("dense", "trained")
+FINETUNE_SCHEDULES = ("linear", "constant")
 
 
 @dataclass
@@ -66,6 +67,7 @@ class CompressionOptions:
     # Measured (issue #11): the trained-while-gated weights recover worse than the untouched ones.
     finetune_from: str = "dense"
     finetune_lr: float = 5e-5
+    finetune_schedule: str = "linear"   # "linear": 10% warmup then linear decay; "constant"
     distill_temperature: float = 2.0
     distill_weight: float = 0.5      # share of the loss from the teacher's logits (rest: task labels)
     # teacher hidden-state MSE on every kept layer and channel (null: 1.0 for vtrans/fast, which
@@ -112,6 +114,9 @@ class CompressionOptions:
             _check_type(f.name, value, default)
         if self.finetune_from not in FINETUNE_FROM:
             raise CompressionError("options.finetune_from", f"must be one of {', '.join(FINETUNE_FROM)}, got {self.finetune_from!r}")
+        if self.finetune_schedule not in FINETUNE_SCHEDULES:
+            raise CompressionError("options.finetune_schedule",
+                                   f"must be one of {', '.join(FINETUNE_SCHEDULES)}, got {self.finetune_schedule!r}")
         if self.layout not in LAYOUTS:
             raise CompressionError("options.layout", f"must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if not (self.prune_hidden or self.prune_heads or self.prune_ffn or self.prune_blocks):
