@@ -32,11 +32,11 @@ LATENCY_RUNS = 10
 
 # One part of the recipe changed at a time (options on top of the defaults).
 ABLATIONS = {
-    # the peer's recovery recipe on vtrans's plan: constant lr, logit distillation only
-    "peer-recipe": {"finetune_schedule": "constant", "hidden_distill_weight": 0.0},
+    # the session-8 recovery: warmup/decay schedule and teacher hidden-state distillation
+    "linear-hidden": {"finetune_schedule": "linear", "hidden_distill_weight": 1.0},
+    "linear": {"finetune_schedule": "linear"},        # warmup/decay instead of a constant rate
     "trained": {"finetune_from": "trained"},          # fine-tune the weights the mask rounds trained
     "plan-only": {"finetune_steps": 0},               # learned plan on the original weights, no training
-    "nohidden": {"hidden_distill_weight": 0.0},       # logit distillation only (rounds and fine-tuning)
     "1epoch": {"finetune_epochs": 1.0},               # half the recovery
 }
 
@@ -53,8 +53,8 @@ def cases() -> list[dict]:
                  "ablation": name, "extra": ABLATIONS[name]} for name in names]
 
     first = [c for c in main(0.5) if c["task"] == "tweets" and c["method"] != "fast"]
-    return (first + ablations("tweets", ["peer-recipe", "nohidden", "1epoch"])
-            + [c for c in main(0.5) if c not in first] + main(0.4) + ablations("tweets", ["plan-only", "trained"])
+    return (first + ablations("tweets", ["linear-hidden", "linear"])
+            + [c for c in main(0.5) if c not in first] + main(0.4) + ablations("tweets", ["plan-only", "trained", "1epoch"])
             + main(0.6) + main(0.3) + ablations("spam", list(ABLATIONS)))
 
 

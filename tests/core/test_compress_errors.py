@@ -100,8 +100,8 @@ def test_method_dependent_defaults_are_resolved_and_explicit_values_win(tiny_mod
     budget = {"kind": "flops", "target": 0.5}
     keys = ("prune_hidden", "prune_heads", "hidden_distill_weight", "mask_lr", "beta")
     picked = lambda o: tuple(o[k] for k in keys)  # noqa: E731
-    assert picked(validate_request(cfg, budget, "vtrans", None)["options"]) == (True, True, 1.0, 0.05, 1e-5)
-    assert picked(validate_request(cfg, budget, "fast", {})["options"]) == (True, True, 1.0, 0.05, 1e-5)
+    assert picked(validate_request(cfg, budget, "vtrans", None)["options"]) == (True, True, 0.0, 0.05, 1e-5)
+    assert picked(validate_request(cfg, budget, "fast", {})["options"]) == (True, True, 0.0, 0.05, 1e-5)
     # faster keeps the residual width (and, in uniform, the heads tied to it), skips the hidden-state
     # pass and ranks its masks in a short schedule (higher mask rate and KL weight)
     assert picked(validate_request(cfg, budget, "faster", None)["options"]) == (False, False, 0.0, 0.1, 1e-4)
