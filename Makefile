@@ -1,13 +1,14 @@
 # `make serve`: set up .venv (once) and start the embedded service on port 8000 (VTRANS_PORT).
 # `make test`:  set up .venv (once) and run the test suite (needs Postgres and Redis; see README).
 # `make bench`: install the benchmark extra and run benchmarks/ in the background (resumable; log below).
+# `make bench-heldout`: the held-out quality benchmark of issue #11 (two tasks, strong peer), likewise.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Re-install only when pyproject.toml changes (the stamp records the last successful install).
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml 2>/dev/null | cut -c1-12)
 
-.PHONY: serve test setup migrate bench clean-stamp
+.PHONY: serve test setup migrate bench bench-heldout clean-stamp
 
 setup: $(STAMP)
 
@@ -35,6 +36,12 @@ bench: setup
 	mkdir -p benchmarks/cache
 	nohup $(BIN)/python -m benchmarks.run_benchmark > benchmarks/cache/nohup.out 2>&1 &
 	@echo "benchmark running in the background: tail -f benchmarks/cache/benchmark.log"
+
+bench-heldout: setup
+	$(BIN)/pip install --quiet -e '.[bench]'
+	mkdir -p benchmarks/cache
+	nohup $(BIN)/python -m benchmarks.heldout > benchmarks/cache/heldout.out 2>&1 &
+	@echo "held-out benchmark running in the background: tail -f benchmarks/cache/benchmark.log"
 
 clean-stamp:
 	rm -f $(VENV)/.installed-*
