@@ -10,7 +10,23 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+def _migrations_dir() -> Path:
+    """The Alembic scripts: `migrations/` of a source checkout, or the copy an installed wheel
+    ships as the package `vtrans_migrations` (pyproject.toml maps one onto the other), so a
+    worker machine that only ran `pip install vtrans` can still `vtrans migrate`."""
+    checkout = Path(__file__).resolve().parent.parent / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    import importlib.util
+
+    spec = importlib.util.find_spec("vtrans_migrations")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the Alembic migrations are missing: neither a source checkout's migrations/ nor the "
+                           "installed package vtrans_migrations was found")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 class DatabaseNotMigrated(RuntimeError):

@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vtrans compress", description="Compress a transformer with VTrans structured pruning.")
     p.add_argument("--model", required=True, help="local Hugging Face model directory (safetensors) or hub ID")
     p.add_argument("--data", required=True, help="tweet-sentiment, a .csv/.tsv/.jsonl file (text[,text_pair],label) or hf:<name>[:<config>]")
+    p.add_argument("--eval-data", default=None, help="optional separate evaluation set (same forms and labels as "
+                   "--data): trains on every row of --data and reports quality on rows it never trained on")
     p.add_argument("--budget", required=True, help="KIND:TARGET, e.g. flops:0.5 or params:0.4 (fraction that remains)")
     p.add_argument("--method", default="vtrans", help="vtrans (default), fast or faster")
     p.add_argument("--output", required=True, help="directory for the compressed model")
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         options = parse_options(args.option)
         from .entry import compress
 
-        result = compress(args.model, args.data, budget, args.method, options, args.output, _Printer(args.quiet))
+        result = compress(args.model, args.data, budget, args.method, options, args.output, _Printer(args.quiet),
+                          eval_data=args.eval_data)
     except CompressionError as err:
         print(f"vtrans compress: error: {err}", file=sys.stderr)
         return USAGE_ERROR
