@@ -130,10 +130,10 @@ def _package(settings: Settings, store: ArtifactStore, job: Job, result: Any, wo
         tar.add(out, arcname="model")
     rows = []
     for base, name_prefix in ((out, "model/"), (extras, "")):
-        for rel, size in store.put_dir(base, f"{prefix}/{name_prefix}".rstrip("/")):
+        for rel, size, sha256 in store.put_dir_checked(base, f"{prefix}/{name_prefix}".rstrip("/")):
             name = f"{name_prefix}{rel}"
             suffix = Path(rel).suffix
-            rows.append({"name": name, "storage_key": f"{prefix}/{name}", "size_bytes": size,
+            rows.append({"name": name, "storage_key": f"{prefix}/{name}", "size_bytes": size, "sha256": sha256,
                          "media_type": MEDIA_TYPES.get(suffix, "application/octet-stream")})
     return rows
 

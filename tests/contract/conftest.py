@@ -1,0 +1,24 @@
+"""Fixtures for the contract tests: the service's real processes (the live tests' fixtures:
+Postgres, Redis, `vtrans api` and `vtrans worker` subprocesses, always killed)."""
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+
+from live.conftest import live_api, redis_url  # noqa: F401  (fixtures re-exported)
+from service.conftest import (  # noqa: F401
+    auth, celery_worker, pg_url, redis_broker, service_settings, settings_env, start_proc, wait_for)
+
+
+def served_document() -> dict:
+    """The document /openapi.json serves, built from the app without a database."""
+    from api.app import create_app
+    from api.settings import Settings
+
+    return create_app(Settings(data_dir=tempfile.mkdtemp(prefix="vtrans-doc-"))).openapi()
+
+
+@pytest.fixture(scope="session")
+def document() -> dict:
+    return served_document()
