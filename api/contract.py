@@ -74,6 +74,15 @@ def _referenced_components() -> dict[str, Any]:
     return out
 
 
+def _mark_binary_uploads(schemas: dict[str, Any]) -> None:
+    """FastAPI describes an UploadFile the OpenAPI 3.1 way (contentMediaType) only; client
+    generators (openapi-python-client, openapi-generator) recognise a file by format: binary."""
+    for schema in schemas.values():
+        for prop in schema.get("properties", {}).values():
+            if prop.get("type") == "string" and prop.get("contentMediaType") == "application/octet-stream":
+                prop["format"] = "binary"
+
+
 def install(app: FastAPI) -> None:
     """Serve a document that carries the Problem schema the responses refer to."""
 
@@ -81,7 +90,9 @@ def install(app: FastAPI) -> None:
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=app.description,
                               routes=app.routes, tags=TAGS, servers=app.servers)
-            doc.setdefault("components", {}).setdefault("schemas", {}).update(_referenced_components())
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(_referenced_components())
+            _mark_binary_uploads(schemas)
             app.openapi_schema = doc
         return app.openapi_schema
 

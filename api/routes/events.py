@@ -108,9 +108,10 @@ or `?format=json` returns the history so far as a JSON list instead."""
 @router.get("/v1/jobs/{job_id}/events", operation_id="streamJobEvents", summary="Follow a job's events",
             description=_EVENTS_DOC, response_class=StreamingResponse,
             responses={200: {"description": "text/event-stream, or the events as JSON",
-                             "content": {"text/event-stream": {"schema": {"type": "string"}},
-                                         "application/json": {"schema": {
-                                             "type": "array", "items": {"$ref": "#/components/schemas/Event"}}}}},
+                             # JSON first: generated clients type the response by its first media type.
+                             "content": {"application/json": {"schema": {
+                                             "type": "array", "items": {"$ref": "#/components/schemas/Event"}}},
+                                         "text/event-stream": {"schema": {"type": "string"}}}},
                        **contract.problems(401, 404, 422)})
 async def job_events(job_id: str, request: Request,
                      format: str | None = Query(None, description="json: the history as a JSON list"),

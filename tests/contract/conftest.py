@@ -8,7 +8,14 @@ import pytest
 
 from live.conftest import live_api, redis_url  # noqa: F401  (fixtures re-exported)
 from service.conftest import (  # noqa: F401
-    auth, celery_worker, pg_url, redis_broker, service_settings, settings_env, start_proc, wait_for)
+    auth, celery_worker, make_service_settings, pg_url, redis_broker, settings_env, start_proc, wait_for)
+
+
+@pytest.fixture(scope="session")
+def service_settings(tmp_path_factory, pg_url, redis_broker):
+    # A lease long enough for a loaded 2-core CI machine: these tests are about the contract,
+    # lease expiry has its own tests (tests/reliability).
+    return make_service_settings(tmp_path_factory, pg_url, redis_broker, lease_seconds=180)
 
 
 def served_document() -> dict:

@@ -62,11 +62,15 @@ def redis_broker():
 
 @pytest.fixture(scope="session")
 def service_settings(tmp_path_factory, pg_url, redis_broker):
+    return make_service_settings(tmp_path_factory, pg_url, redis_broker)
+
+
+def make_service_settings(tmp_path_factory, pg_url, redis_broker, **overrides):
     from api.settings import Settings
 
     data = tmp_path_factory.mktemp("vtrans-data")
     broker, queue = redis_broker
-    return Settings(data_dir=data, database_url=pg_url, broker_url=broker, queue=queue,
+    settings = Settings(data_dir=data, database_url=pg_url, broker_url=broker, queue=queue,
                     artifact_url=f"file://{data / 'artifacts'}",
                     max_model_upload_bytes=8 * 1024**2, max_model_unpacked_bytes=16 * 1024**2,
                     max_archive_members=50, max_dataset_upload_bytes=256 * 1024,
@@ -75,6 +79,7 @@ def service_settings(tmp_path_factory, pg_url, redis_broker):
                     # These tests leave many jobs queued in one tenant; per-tenant quotas (issue #5)
                     # are tested elsewhere. (Ignored by Settings versions without the field.)
                     max_active_jobs=10_000)
+    return settings.model_copy(update=overrides)
 
 
 def auth(settings) -> dict[str, str]:
