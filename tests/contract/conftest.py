@@ -15,7 +15,21 @@ from service.conftest import (  # noqa: F401
 def service_settings(tmp_path_factory, pg_url, redis_broker):
     # A lease long enough for a loaded 2-core CI machine: these tests are about the contract,
     # lease expiry has its own tests (tests/reliability).
-    return make_service_settings(tmp_path_factory, pg_url, redis_broker, lease_seconds=180)
+    return make_service_settings(tmp_path_factory, pg_url, redis_broker, lease_seconds=180,
+                                 tenant_limits={LIMITED_TENANT: {"max_active_jobs": 1}})
+
+
+LIMITED_TENANT = "limited-one-job"
+
+
+@pytest.fixture
+def proxy(live_api):
+    from .proxy import CuttingProxy
+
+    port = int(live_api.url.rsplit(":", 1)[1])
+    p = CuttingProxy(port)
+    yield p
+    p.close()
 
 
 def served_document() -> dict:
