@@ -78,11 +78,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    client = vc.Client(args.url, args.key)
     try:
-        with vc.Client(args.url, args.key) as client:
+        with client:
             return COMMANDS[args.jobs_command](client, args)
     except vc.WaitTimeout as exc:
-        _emit(args, exc.job.model_dump(mode="json"), f"vtrans: timed out: {exc}")
+        if args.json:
+            print(json.dumps(exc.job.model_dump(mode="json")))
+        print(f"vtrans: timed out: {exc}", file=sys.stderr)
         return EXIT_TIMEOUT
     except vc.ApiError as exc:
         _problem(args, exc)
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"vtrans: {exc}", file=sys.stderr)
         return EXIT_BAD_REQUEST
     except httpx.HTTPError as exc:
-        print(f"vtrans: cannot reach the service at {args.url or 'VTRANS_URL'}: {exc}", file=sys.stderr)
+        print(f"vtrans: cannot reach the service at {client.url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -120,7 +120,7 @@ def pack_model_dir(directory: Path, dest: Path) -> Path:
 
 
 class Client:
-    def __init__(self, url: str | None = None, key: str | None = None, *, timeout: float = 60.0,
+    def __init__(self, url: str | None = None, key: str | None = None, *, timeout: float = 300.0,
                  retries: int = 5, max_retry_wait: float = 60.0, transport: httpx.BaseTransport | None = None):
         url = url or os.environ.get("VTRANS_URL") or "http://127.0.0.1:8000"
         key = key if key is not None else os.environ.get("VTRANS_API_KEY")
@@ -143,12 +143,21 @@ class Client:
     def _request(self, method: str, path: str, *, files_from: Path | None = None, **kw: Any) -> httpx.Response:
         """One call with 429/503 retried after Retry-After (capped); other errors raised typed.
         An upload is re-read from `files_from` on each attempt."""
+        # A request that failed in transit is repeated only when repeating cannot do harm: a GET,
+        # or a submit carrying an Idempotency-Key.
+        safe = method == "GET" or "Idempotency-Key" in (kw.get("headers") or {})
         for attempt in range(self.retries + 1):
-            if files_from is not None:
-                with files_from.open("rb") as fh:
-                    resp = self.http.request(method, path, files={"file": (files_from.name, fh)}, **kw)
-            else:
-                resp = self.http.request(method, path, **kw)
+            try:
+                if files_from is not None:
+                    with files_from.open("rb") as fh:
+                        resp = self.http.request(method, path, files={"file": (files_from.name, fh)}, **kw)
+                else:
+                    resp = self.http.request(method, path, **kw)
+            except httpx.TransportError:
+                if not safe or attempt == self.retries:
+                    raise
+                time.sleep(min(self.max_retry_wait, 2.0 ** attempt))
+                continue
             if resp.status_code in RETRY_STATUSES and attempt < self.retries:
                 wait = _retry_after(resp.headers)
                 time.sleep(min(self.max_retry_wait, wait if wait is not None else 2.0 ** attempt))
