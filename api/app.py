@@ -8,7 +8,7 @@ from typing import Callable
 
 from fastapi import FastAPI, Request
 
-from . import limits, outage, problems
+from . import contract, limits, outage, problems
 from .artifacts import ArtifactStore
 from .db import check_migrated
 from .settings import Settings, get_settings
@@ -40,14 +40,7 @@ def celery_enqueue(settings: Settings) -> Callable[[str], None]:
 
 # Every error is RFC 9457 problem+json (api/problems.py); declaring it once for all routes makes
 # the OpenAPI document true to what clients get (and replaces FastAPI's default 422 schema).
-_PROBLEM = {"content": {problems.PROBLEM_MEDIA_TYPE: {"schema": {
-    "type": "object", "required": ["type", "title", "status", "detail", "instance"],
-    "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                   "detail": {"type": "string"}, "instance": {"type": "string"},
-                   "errors": {"type": "array", "items": {"type": "object", "required": ["field", "message"],
-                              "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}}}}}}
-PROBLEM_RESPONSES = {"4XX": {"description": "client error (problem+json)", **_PROBLEM},
-                     "503": {"description": "database or job queue unreachable; see Retry-After", **_PROBLEM}}
+PROBLEM_RESPONSES = contract.APP_RESPONSES
 
 
 def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:
@@ -59,7 +52,9 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
         yield
 
     app = FastAPI(title="vtrans", version="0.1.0", lifespan=lifespan, responses=PROBLEM_RESPONSES,
-                  description="Compress transformer models with VTrans structured pruning.")
+                  description="Compress transformer models with VTrans structured pruning.",
+                  generate_unique_id_function=contract.operation_id)
+    contract.install(app)
     app.state.settings = settings
     app.state.store = ArtifactStore(settings.artifacts)
     app.state.enqueue = enqueue if enqueue is not None else celery_enqueue(settings)

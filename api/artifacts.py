@@ -6,6 +6,7 @@ POSIX paths; a key that could escape the store root is refused.
 """
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 import shutil
@@ -60,11 +61,15 @@ class ArtifactStore:
 
     def put_dir(self, local_dir: Path, prefix: str) -> list[tuple[str, int]]:
         """Upload every file below local_dir; returns [(relative name, size)]."""
+        return [(rel, size) for rel, size, _ in self.put_dir_checked(local_dir, prefix)]
+
+    def put_dir_checked(self, local_dir: Path, prefix: str) -> list[tuple[str, int, str]]:
+        """put_dir that also returns each file's sha256 (hex), read from the local copy."""
         out = []
         for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
             rel = path.relative_to(local_dir).as_posix()
             self.put_file(path, f"{prefix}/{rel}")
-            out.append((rel, path.stat().st_size))
+            out.append((rel, path.stat().st_size, sha256_file(path)))
         return out
 
     def get_dir(self, prefix: str, local_dir: Path) -> Path:
@@ -98,7 +103,23 @@ class ArtifactStore:
             while block := fh.read(chunk):
                 yield block
 
+    def iter_range(self, key: str, start: int, length: int, chunk: int = 1 << 20) -> Iterator[bytes]:
+        """`length` bytes from offset `start`, in chunks (a resumed download of a remote file)."""
+        with self.open(key) as fh:
+            fh.seek(start)
+            while length > 0 and (block := fh.read(min(chunk, length))):
+                length -= len(block)
+                yield block
+
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

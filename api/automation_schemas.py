@@ -117,21 +117,3 @@ class WebhookDeliveryOut(BaseModel):
 
 class WebhookDeliveryList(BaseModel):
     data: list[WebhookDeliveryOut]
-
-
-class ModelVersionOut(BaseModel):
-    model_config = ConfigDict(protected_namespaces=())
-    id: str
-    name: str | None
-    version: int | None
-    filename: str
-    model_type: str
-    architectures: list[str]
-    files: list[dict[str, Any]]
-    size_bytes: int
-    created_at: str
-
-
-class ModelVersionList(BaseModel):
-    name: str
-    data: list[ModelVersionOut]

@@ -1,4 +1,5 @@
-"""`vtrans` console script: serve (embedded all-in-one), api, worker, scheduler, migrate, compress."""
+"""`vtrans` console script: serve (embedded all-in-one), api, worker, scheduler, migrate, keys,
+compress, and `jobs` (a client of a running service, api/cli_jobs.py)."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", help="revoke a key by its id (key_...)")
     kr.add_argument("id")
     ksub.add_parser("list", help="list keys (id, tenant, prefix, created, revoked)")
+    from .cli_jobs import add_parser as add_jobs_parser
+
+    add_jobs_parser(sub)
     sub.add_parser("compress", help="compress a model locally, without the service (vtrans compress --help)",
                    add_help=False)
     return p
@@ -53,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    if args.command == "jobs":  # a client of a running service: no server settings needed
+        from .cli_jobs import run as run_jobs
+
+        return run_jobs(args)
     try:
         settings = Settings()
     except Exception as exc:  # a malformed VTRANS_* variable

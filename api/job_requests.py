@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -31,19 +33,36 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NAMED_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,63})(?:@(?P<version>[1-9][0-9]{0,8}))?$")
 
 
+# budget/method/options are validated by vtrans_core (its messages name the exact field), so
+# pydantic accepts anything here; WithJsonSchema documents what the core accepts.
+_BUDGET_SCHEMA = {"type": "object", "required": ["kind", "target"], "properties": {
+    "kind": {"type": "string", "enum": ["flops", "params"]},
+    "target": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+               "description": "keep at most this fraction of the dense model's FLOPs or parameters"},
+    "seq_len": {"type": "integer", "minimum": 1, "description": "sequence length FLOPs are counted at (128)"}}}
+_METHOD_SCHEMA = {"type": "string", "enum": ["vtrans", "fast", "faster"], "default": "vtrans"}
+_OPTIONS_SCHEMA = {"anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}],
+                   "description": "CompressionOptions overrides (layout, steps, seq_len, ...); unknown keys -> 422"}
+
+
 class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    """POST /v1/jobs body (and a schedule's template). New optional fields go at the end (older
+    clients keep working)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
+        {"model": "mdl_0a1b2c3d4e5f60718293", "dataset": "tweet-sentiment",
+         "budget": {"kind": "flops", "target": 0.5}, "method": "fast", "options": {"layout": "uniform"}}]})
     model: str = Field(description="an uploaded model id (mdl_...), a model name (latest version), "
                                    "name@version, or a hub ID like org/name", max_length=200)
     dataset: str = Field(description="an uploaded dataset id (ds_...) or a built-in task name", max_length=200)
+    budget: Annotated[Any, WithJsonSchema(_BUDGET_SCHEMA)] = Field(description='{"kind": "flops"|"params", "target": 0.5}')
+    method: Annotated[Any, WithJsonSchema(_METHOD_SCHEMA)] = "vtrans"
+    options: Annotated[Any, WithJsonSchema(_OPTIONS_SCHEMA)] = None
     eval_dataset: str | None = Field(None, max_length=200, description=(
         "optional: an uploaded dataset id (ds_...) or a built-in task name to evaluate on, with labels from the "
         "training dataset's label set. The job then trains on every row of `dataset` and reports quality on rows it "
         "never trained on; without it, evaluation runs on a split of `dataset`, which a model fine-tuned on that "
         "file has already seen"))
-    budget: Any = Field(description='{"kind": "flops"|"params", "target": 0.5}')
-    method: Any = "vtrans"
-    options: Any = None
 
 
 def check_model_name(name: str) -> str:

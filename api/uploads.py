@@ -40,13 +40,17 @@ class ModelUpload:
     ignored: list[str] = field(default_factory=list)   # pickle checkpoints we never store
 
 
-def _safe_member_path(name: str) -> PurePosixPath:
+def _safe_member_path(name: str, is_dir: bool = False) -> PurePosixPath | None:
+    """The member's relative path; None for the archive root itself ('.' or './', the entry
+    `tar czf m.tar.gz -C dir .` writes first), which is a directory and creates nothing."""
     if "\\" in name or name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise UploadError(f"archive member {name!r} has an absolute path; only relative paths are allowed")
     parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
     if any(p == ".." for p in parts):
         raise UploadError(f"archive member {name!r} points outside the archive ('..')")
     if not parts:
+        if is_dir:
+            return None
         raise UploadError(f"archive member {name!r} has an empty path")
     return PurePosixPath(*parts)
 
@@ -94,9 +98,10 @@ def _extract_tar(archive: Path, dest: Path, budget: _Budget) -> None:
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar:
             budget.member()
-            rel = _safe_member_path(member.name)
+            rel = _safe_member_path(member.name, member.isdir())
             if member.isdir():
-                (dest / rel).mkdir(parents=True, exist_ok=True)
+                if rel is not None:
+                    (dest / rel).mkdir(parents=True, exist_ok=True)
                 continue
             if member.issym() or member.islnk():
                 raise UploadError(f"archive member {member.name!r} is a link; links are not allowed")
@@ -117,12 +122,13 @@ def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
             raise UploadError(f"archive unpacks to more than {budget.max_bytes} bytes", status=413)
         for info in infos:
             budget.member()
-            rel = _safe_member_path(info.filename)
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 raise UploadError(f"archive member {info.filename!r} is a link; links are not allowed")
+            rel = _safe_member_path(info.filename, info.is_dir())
             if info.is_dir():
-                (dest / rel).mkdir(parents=True, exist_ok=True)
+                if rel is not None:
+                    (dest / rel).mkdir(parents=True, exist_ok=True)
                 continue
             with zf.open(info) as src:
                 budget.copy(src, dest / rel)

@@ -1,7 +1,45 @@
-"""The README.md shipped with every compressed model: what it is and what it costs/gains."""
+"""The README.md shipped with every compressed model: a Hugging Face model card.
+
+The YAML metadata is written by huggingface_hub's ModelCardData (base_model, library_name,
+pipeline_tag, tags, datasets, and a model-index with the evaluation split named), so a hub or a
+model registry shows it properly; the body says what the model is and what it costs/gains, and
+its load snippet runs as written from the folder model.tar.gz unpacks into.
+"""
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
+
+
+@dataclass
+class Source:
+    """What the card says about the inputs. `hub_id` only when the base model is a hub repo."""
+
+    model_name: str            # the model's own name (title): hub ID, config name, or upload folder name
+    model_label: str           # longer description for the body (upload id, architecture)
+    hub_id: str | None
+    dataset_name: str
+    dataset_label: str
+
+
+def model_name_for_upload(config: dict[str, Any], filename: str) -> tuple[str, str | None]:
+    """(name, hub id or None) of an uploaded model: the name it was saved under when config.json
+    records it, else the archive's name without its suffix (`my-bert.tar.gz` -> `my-bert`)."""
+    saved = str(config.get("_name_or_path") or "").strip().rstrip("/")
+    if saved:
+        if HUB_ID.match(saved) and not saved.startswith((".", "/")):
+            return saved, saved
+        return saved.rsplit("/", 1)[-1], None
+    stem = filename
+    for suffix in ARCHIVE_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return stem or (config.get("architectures") or ["model"])[0], None
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -33,7 +71,39 @@ def _evaluation_sentence(metrics: dict[str, Any]) -> str:
             "seen these rows and the figures overstate quality on new data.")
 
 
-def model_card(base_model: str, dataset: str, request: dict[str, Any], metrics: dict[str, Any], job_id: str) -> str:
+def load_snippet(layout: str) -> str:
+    """Runs as written in the folder that holds `model/` (what model.tar.gz unpacks to)."""
+    if layout == "uniform":
+        return ("from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+                "model = AutoModelForSequenceClassification.from_pretrained(\"model\")\n"
+                "tokenizer = AutoTokenizer.from_pretrained(\"model\")")
+    return ("from transformers import AutoTokenizer\n"
+            "from vtrans_core import load_pruned  # per-layer sizes need the vtrans loader (pip install vtrans)\n\n"
+            "model = load_pruned(\"model\")\n"
+            "tokenizer = AutoTokenizer.from_pretrained(\"model\")")
+
+
+def card_data(source: Source, metrics: dict[str, Any]):
+    from huggingface_hub import EvalResult, ModelCardData
+
+    pruned = metrics.get("pruned") or {}
+    split = metrics.get("eval_split") or "test"
+    results = []
+    for metric, key in (("accuracy", "accuracy"), ("f1", "f1")):
+        if isinstance(pruned.get(key), (int, float)):
+            results.append(EvalResult(task_type="text-classification", dataset_type=source.dataset_name,
+                                      dataset_name=source.dataset_name, dataset_split=split,
+                                      metric_type=metric, metric_value=round(float(pruned[key]), 4),
+                                      metric_name=f"{metric} (%)"))
+    return ModelCardData(
+        model_name=f"{source.model_name}-vtrans-pruned", base_model=source.hub_id, library_name="transformers",
+        pipeline_tag="text-classification", tags=["vtrans", "pruned"], datasets=[source.dataset_name],
+        eval_results=results or None)
+
+
+def model_card(source: Source, request: dict[str, Any], metrics: dict[str, Any], job_id: str) -> str:
+    from huggingface_hub import ModelCard
+
     budget = request.get("budget") or {}
     dense, pruned = metrics.get("dense") or {}, metrics.get("pruned") or {}
     layout = metrics.get("layout") or (request.get("options") or {}).get("layout", "uniform")
@@ -46,14 +116,13 @@ def model_card(base_model: str, dataset: str, request: dict[str, Any], metrics: 
         ("latency (ms, median batch forward)", _fmt(dense.get("latency_ms"), ".1f"), _fmt(pruned.get("latency_ms"), ".1f")),
     ]
     table = "\n".join(f"| {name} | {d} | {p} |" for name, d, p in rows)
-    load = ("AutoModelForSequenceClassification.from_pretrained(\"model\")" if layout == "uniform"
-            else "vtrans_core.load_pruned(\"model\")  # per-layer sizes need the vtrans loader")
-    return f"""# Compressed {base_model}
+    body = f"""
+# {source.model_name}, pruned with VTrans
 
 Produced by vtrans job `{job_id}` with VTrans structured pruning (arXiv 2406.05276).
 
-- **Base model:** {base_model} ({metrics.get('family', 'n/a')} family)
-- **Dataset:** {dataset}
+- **Base model:** {source.model_label} ({metrics.get('family', 'n/a')} family)
+- **Dataset:** {source.dataset_label}
 - **Method:** {request.get('method')} ; layout `{layout}`
 - **Budget:** keep at most {_fmt(budget.get('target'), '.0%')} of the dense model's {budget.get('kind')}
 - **Achieved:** params {_fmt(metrics.get('params_fraction'), '.1%')}, FLOPs {_fmt(metrics.get('flops_fraction'), '.1%')} of dense; speed-up {_fmt(metrics.get('speedup'), '.2f')}x (measured on `{metrics.get('device', 'n/a')}`)
@@ -67,12 +136,14 @@ will differ on other hardware.
 
 ## Load
 
+In the folder `model.tar.gz` unpacks into (it holds `model/`):
+
 ```python
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-model = {load}
-tokenizer = AutoTokenizer.from_pretrained("model")
+{load_snippet(layout)}
 ```
 
 `plan.json` lists the kept hidden channels, heads and FFN neurons per layer; `metrics.json`
 holds every figure above and the training history.
 """
+    data = card_data(source, metrics)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))

@@ -19,7 +19,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from vtrans_core.errors import CompressionCancelled, CompressionError
 
-from .model_card import model_card
+from .model_card import HUB_ID, Source, model_card, model_name_for_upload
 
 log = logging.getLogger("vtrans.worker")
 DB_DOWN = (OperationalError, InterfaceError)  # connection refused / dropped: transient, not the job's fault
@@ -108,27 +108,31 @@ def _plan_json(result: Any, out: Path) -> str:
     return json.dumps(_jsonable(data), indent=2)
 
 
-def _labels(db_url: str, job: Job) -> tuple[str, str]:
-    """Human names for the model card: the uploaded file names, not only our ids."""
-    base, data = job.model, job.dataset
+def _source(db_url: str, job: Job) -> Source:
+    """Names for the model card: the model's own name and the uploads' file names, not only our ids."""
+    hub = bool(HUB_ID.match(job.model))
+    source = Source(model_name=job.model, model_label=job.model, hub_id=job.model if hub else None,
+                    dataset_name=job.dataset, dataset_label=job.dataset)
     try:
         with session_scope(db_url) as s:
             m = s.get(Model, job.model) if job.model.startswith("mdl_") else None
             d = s.get(Dataset, job.dataset) if job.dataset.startswith("ds_") else None
             if m is not None:
-                base = f"{m.filename} (uploaded model `{m.id}`, {m.model_type})"
+                source.model_name, source.hub_id = model_name_for_upload(m.config or {}, m.filename)
+                source.model_label = f"{source.model_name} (uploaded as {m.filename}, model `{m.id}`, {m.model_type})"
             if d is not None:
-                data = f"{d.filename} (uploaded dataset `{d.id}`, {d.rows} rows)"
+                source.dataset_name = d.filename
+                source.dataset_label = f"{d.filename} (uploaded dataset `{d.id}`, {d.rows} rows)"
     except Exception:  # a card with ids only is still a correct card
         log.exception("model card labels for job %s", job.id)
-    return base, data
+    return source
 
 
 def _package(settings: Settings, store: ArtifactStore, job: Job, result: Any, work: Path, prefix: str) -> list[dict[str, Any]]:
     out = Path(result.output_dir)
     metrics = _jsonable(result.metrics)
-    base, data = _labels(settings.db_url, job)
-    (out / "README.md").write_text(model_card(base, data, job.request, metrics, job.id), encoding="utf-8")
+    card = model_card(_source(settings.db_url, job), job.request, metrics, job.id)
+    (out / "README.md").write_text(card, encoding="utf-8")
     extras = work / "extras"
     extras.mkdir(parents=True, exist_ok=True)
     (extras / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
@@ -138,10 +142,10 @@ def _package(settings: Settings, store: ArtifactStore, job: Job, result: Any, wo
         tar.add(out, arcname="model")
     rows = []
     for base, name_prefix in ((out, "model/"), (extras, "")):
-        for rel, size in store.put_dir(base, f"{prefix}/{name_prefix}".rstrip("/")):
+        for rel, size, sha256 in store.put_dir_checked(base, f"{prefix}/{name_prefix}".rstrip("/")):
             name = f"{name_prefix}{rel}"
             suffix = Path(rel).suffix
-            rows.append({"name": name, "storage_key": f"{prefix}/{name}", "size_bytes": size,
+            rows.append({"name": name, "storage_key": f"{prefix}/{name}", "size_bytes": size, "sha256": sha256,
                          "media_type": MEDIA_TYPES.get(suffix, "application/octet-stream")})
     return rows
 

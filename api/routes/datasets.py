@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, File, UploadFile
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .. import core_bridge
+from .. import contract, core_bridge, schemas
 from ..artifacts import ArtifactStore
 from ..deps import get_app_settings, get_db, get_store, owned_or_404
 from ..models import Dataset, new_id
@@ -17,16 +17,16 @@ from .uploads_common import safe_filename, save_limited, temp_workspace, upload_
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-def dataset_to_dict(d: Dataset) -> dict:
-    return {"id": d.id, "kind": "uploaded", "filename": d.filename, "format": d.format, "rows": d.rows,
-            "labels": d.labels, "has_text_pair": d.has_text_pair, "size_bytes": d.size_bytes,
-            "created_at": d.created_at.isoformat()}
+def dataset_out(d: Dataset) -> schemas.Dataset:
+    return schemas.Dataset(id=d.id, filename=d.filename, format=d.format, rows=d.rows, labels=d.labels,
+                           has_text_pair=d.has_text_pair, size_bytes=d.size_bytes, created_at=d.created_at)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, operation_id="uploadDataset", response_model=schemas.Dataset,
+             summary="Upload a dataset", responses=contract.problems(401, 411, 413, 422))
 async def upload_dataset(file: UploadFile = File(..., description="CSV or JSONL with text, optional text_pair, label"),
                          settings: Settings = Depends(get_app_settings), store: ArtifactStore = Depends(get_store),
-                         db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+                         db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> schemas.Dataset:
     filename = safe_filename(file.filename)
     with temp_workspace(settings.tmp_dir) as work:
         try:
@@ -46,17 +46,19 @@ async def upload_dataset(file: UploadFile = File(..., description="CSV or JSONL 
         except Exception:
             store.delete_prefix(f"uploads/datasets/{dataset_id}")
             raise
-    return dataset_to_dict(row)
+    return dataset_out(row)
 
 
-@router.get("")
-def list_datasets(db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+@router.get("", operation_id="listDatasets", response_model=schemas.DatasetList,
+            summary="List uploaded datasets and the built-in tasks", responses=contract.problems(401))
+def list_datasets(db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> schemas.DatasetList:
     rows = db.scalars(select(Dataset).where(Dataset.tenant_id == tenant).order_by(Dataset.created_at.desc())).all()
-    builtins = [{"id": name, "kind": "builtin", "description": desc}
+    builtins = [schemas.BuiltinDataset(id=name, description=desc)
                 for name, desc in core_bridge.builtin_datasets().items()]
-    return {"data": [dataset_to_dict(d) for d in rows], "builtin": builtins}
+    return schemas.DatasetList(data=[dataset_out(d) for d in rows], builtin=builtins)
 
 
-@router.get("/{dataset_id}")
-def get_dataset(dataset_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
-    return dataset_to_dict(owned_or_404(db, Dataset, dataset_id, tenant, "dataset"))
+@router.get("/{dataset_id}", operation_id="getDataset", response_model=schemas.Dataset,
+            summary="Get an uploaded dataset", responses=contract.problems(401, 404))
+def get_dataset(dataset_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> schemas.Dataset:
+    return dataset_out(owned_or_404(db, Dataset, dataset_id, tenant, "dataset"))

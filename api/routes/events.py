@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.sse import format_sse_event
 from sqlalchemy import select
 
-from .. import event_bus
+from .. import contract, event_bus, schemas
 from ..db import session_scope
 from ..jobstore import event_to_dict
 from ..models import TERMINAL_STATUSES, Artifact, Job, JobEvent
@@ -39,12 +39,13 @@ PING = b": ping\n\n"
 
 
 def public_event(job_id: str, ev: dict[str, Any]) -> dict[str, Any]:
-    """The client-facing form of an event, the same for DB rows and live pub/sub payloads."""
-    out = {"job_id": job_id, **{k: v for k, v in ev.items() if v is not None}}
+    """The client-facing form of an event (schemas.Event), the same for DB rows and live pub/sub
+    payloads; unset fields are left out."""
     metrics = ev.get("metrics") or {}
-    if ev.get("kind") == "progress" and "step" in metrics:
-        out["step"] = metrics["step"]  # the issue lists step beside stage and fraction
-    return out
+    step = metrics.get("step") if ev.get("kind") == "progress" else None  # beside stage and fraction
+    fields = {k: v for k, v in ev.items() if k in schemas.Event.model_fields and v is not None}
+    event = schemas.Event(**{"job_id": job_id, **fields, "step": step if isinstance(step, int) else None})
+    return event.model_dump(mode="json", exclude_none=True)
 
 
 def _job_state(settings: Settings, tenant: str, job_id: str) -> dict[str, Any] | None:
@@ -98,8 +99,20 @@ def _sse(event: str, data: Any, event_id: int | None) -> bytes:
                             id=None if event_id is None else str(event_id))
 
 
-@router.get("/v1/jobs/{job_id}/events", responses={200: {"content": {
-    "text/event-stream": {}, "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}}}})
+_EVENTS_DOC = """A job's events, oldest first: `progress` and `status` events, then `end` (data: the job, as
+getJob returns it) which closes the stream. Each event's SSE `id` is its seq: reconnect with
+`Last-Event-ID` (or `?after=`) to get exactly the events you missed. `Accept: application/json`
+or `?format=json` returns the history so far as a JSON list instead."""
+
+
+@router.get("/v1/jobs/{job_id}/events", operation_id="streamJobEvents", summary="Follow a job's events",
+            description=_EVENTS_DOC, response_class=StreamingResponse,
+            responses={200: {"description": "text/event-stream, or the events as JSON",
+                             # JSON first: generated clients type the response by its first media type.
+                             "content": {"application/json": {"schema": {
+                                             "type": "array", "items": {"$ref": "#/components/schemas/Event"}}},
+                                         "text/event-stream": {"schema": {"type": "string"}}}},
+                       **contract.problems(401, 404, 422)})
 async def job_events(job_id: str, request: Request,
                      format: str | None = Query(None, description="json: the history as a JSON list"),
                      after: int | None = Query(None, ge=0, description="only events with seq > after"),

@@ -7,14 +7,15 @@ from fastapi import APIRouter, Request
 from sqlalchemy import text
 
 from ..db import get_engine
+from .. import contract, schemas
 from ..problems import Problem
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-def healthz() -> dict:
-    return {"status": "ok"}
+@router.get("/healthz", operation_id="getHealth", response_model=schemas.Health, summary="Liveness")
+def healthz() -> schemas.Health:
+    return schemas.Health(status="ok")
 
 
 def _check_db(url: str) -> None:
@@ -29,8 +30,9 @@ def _check_broker(url: str) -> None:
         conn.ensure_connection(max_retries=1, timeout=3)
 
 
-@router.get("/readyz")
-async def readyz(request: Request) -> dict:
+@router.get("/readyz", operation_id="getReadiness", response_model=schemas.Readiness, summary="Readiness",
+            responses={503: contract.problem(503, "a dependency is unreachable; errors[] names it")})
+async def readyz(request: Request) -> schemas.Readiness:
     settings = request.app.state.settings
     checks = {}
     for name, fn, arg in (("database", _check_db, settings.db_url), ("broker", _check_broker, settings.broker)):
@@ -43,4 +45,4 @@ async def readyz(request: Request) -> dict:
     if bad:
         raise Problem(503, "; ".join(f"{k} {v}" for k, v in bad.items()), slug="not-ready",
                       errors=[{"field": k, "message": v} for k, v in bad.items()])
-    return {"status": "ready", "checks": checks}
+    return schemas.Readiness(status="ready", checks=checks)

@@ -8,17 +8,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .. import idempotency, job_requests, jobstore, limits, webhooks
+from .. import contract, idempotency, job_requests, jobstore, limits, schemas, webhooks
 from ..artifacts import ArtifactStore
 from ..deps import get_app_settings, get_db, get_store, owned_or_404
 from ..job_requests import JobRequest
@@ -30,32 +30,38 @@ from ..tenancy import get_tenant
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
+def job_out(job: Job, artifacts: list[Artifact] | None = None) -> schemas.Job:
+    """The one serializer of a job (GET, lists, cancel, the SSE `end` event)."""
+    return schemas.Job(
+        id=job.id, status=job.status, stage=job.stage, progress=job.progress, created_at=job.created_at,
+        updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
+        request=schemas.JobRequestEcho.model_validate(job.request), metrics=job.metrics,
+        error=schemas.JobError.model_validate(job.error) if job.error else None, attempts=job.attempts,
+        cancel_requested=job.cancel_requested,
+        artifacts=None if artifacts is None else [artifact_out(job.id, a) for a in artifacts])
+
+
 def job_to_dict(job: Job, artifacts: list[Artifact] | None = None) -> dict[str, Any]:
-    out = {"id": job.id, "status": job.status, "stage": job.stage, "progress": job.progress,
-           "created_at": job.created_at.isoformat(), "updated_at": job.updated_at.isoformat(),
-           "started_at": job.started_at.isoformat() if job.started_at else None,
-           "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-           "request": job.request, "metrics": job.metrics, "error": job.error, "attempts": job.attempts,
-           "cancel_requested": job.cancel_requested}
-    if artifacts is not None:
-        out["artifacts"] = [artifact_to_dict(job.id, a) for a in artifacts]
-    return out
+    return job_out(job, artifacts).model_dump(mode="json")
 
 
-def artifact_to_dict(job_id: str, a: Artifact) -> dict[str, Any]:
-    return {"name": a.name, "size": a.size_bytes, "media_type": a.media_type,
-            "url": f"/v1/jobs/{job_id}/artifacts/{a.name}"}
+def artifact_out(job_id: str, a: Artifact) -> schemas.Artifact:
+    return schemas.Artifact(name=a.name, size=a.size_bytes, sha256=a.sha256, media_type=a.media_type,
+                            url=f"/v1/jobs/{job_id}/artifacts/{a.name}")
 
 
 def _replayed(job: Job) -> JSONResponse:
     # A retried submit (same Idempotency-Key, same body): the same job, nothing new created.
-    return JSONResponse(jsonable_encoder(job_to_dict(job)), status_code=200, headers={"Idempotent-Replayed": "true"})
+    return JSONResponse(job_to_dict(job), status_code=200, headers={"Idempotent-Replayed": "true"})
 
 
-# 409 (Idempotency-Key reused with another body) and 429 (too many active jobs) are problem+json
-# like every 4XX (declared app-wide in api/app.py).
-@router.post("", status_code=202, responses={200: {"description": "replay of an earlier submit with the same "
-                                                               "Idempotency-Key and body: the job it created"}})
+@router.post("", status_code=202, operation_id="createJob", response_model=schemas.Job,
+             summary="Submit a compression job",
+             response_description="the job, queued; follow it with getJob or streamJobEvents",
+             responses={200: {"model": schemas.Job, "description": "replay of an earlier submit with the same "
+                                                                   "Idempotency-Key and body: the job it created",
+                              "headers": {"Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]}}}},
+                        **contract.problems(401, 404, 409, 422, 429)})
 def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db),
                tenant: str = Depends(get_tenant), settings: Settings = Depends(get_app_settings),
                idempotency_key: str | None = Header(None, alias="Idempotency-Key", max_length=255)) -> Any:
@@ -88,7 +94,7 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
         db.commit()
         raise Problem(503, f"the job queue is unreachable ({type(exc).__name__}); job {job.id} was marked failed",
                       slug="broker-unavailable", headers={"Retry-After": str(settings.retry_after_seconds)}) from None
-    return job_to_dict(job)
+    return job_out(job)
 
 
 def _encode_cursor(job: Job) -> str:
@@ -104,12 +110,13 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise field_problem(422, "cursor", "is not a cursor returned by this API") from None
 
 
-@router.get("")
+@router.get("", operation_id="listJobs", response_model=schemas.JobList, summary="List jobs, newest first",
+            responses=contract.problems(401, 422))
 def list_jobs(status: str | None = Query(None, description="comma-separated statuses"),
               model: str | None = None, created_after: datetime | None = None,
               created_before: datetime | None = None, limit: int = Query(20, ge=1, le=100),
               cursor: str | None = None, db: Session = Depends(get_db),
-              tenant: str = Depends(get_tenant)) -> dict:
+              tenant: str = Depends(get_tenant)) -> schemas.JobList:
     q = select(Job).where(Job.tenant_id == tenant)
     if status:
         wanted = [s.strip() for s in status.split(",") if s.strip()]
@@ -128,8 +135,8 @@ def list_jobs(status: str | None = Query(None, description="comma-separated stat
         q = q.where(or_(Job.created_at < c_created, and_(Job.created_at == c_created, Job.id < c_id)))
     rows = db.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
     page = rows[:limit]
-    return {"data": [job_to_dict(j) for j in page],
-            "next_cursor": _encode_cursor(page[-1]) if len(rows) > limit else None}
+    return schemas.JobList(data=[job_out(j) for j in page],
+                           next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None)
 
 
 def _get_job(db: Session, tenant: str, job_id: str) -> Job:
@@ -141,31 +148,49 @@ def _final_artifacts(db: Session, job: Job) -> list[Artifact]:
                            .order_by(Artifact.name)).all())
 
 
-@router.get("/{job_id}")
-def get_job(job_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+@router.get("/{job_id}", operation_id="getJob", response_model=schemas.Job, summary="Get a job",
+            responses=contract.problems(401, 404))
+def get_job(job_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> schemas.Job:
     job = _get_job(db, tenant, job_id)
-    return job_to_dict(job, _final_artifacts(db, job) if job.status == "succeeded" else [])
+    return job_out(job, _final_artifacts(db, job) if job.status == "succeeded" else [])
 
 
-@router.post("/{job_id}/cancel", status_code=202)
+@router.post("/{job_id}/cancel", status_code=202, operation_id="cancelJob", response_model=schemas.Job,
+             summary="Cancel a job", response_description="the job: cancelled at once when queued, "
+             "cancel_requested while its worker stops", responses=contract.problems(401, 404, 409))
 def cancel_job(job_id: str, settings: Settings = Depends(get_app_settings), db: Session = Depends(get_db),
-               tenant: str = Depends(get_tenant)) -> dict:
+               tenant: str = Depends(get_tenant)) -> schemas.Job:
     job = _get_job(db, tenant, job_id)
     if job.status in ("succeeded", "failed"):
         raise Problem(409, f"job {job_id} already {job.status}; nothing to cancel", slug="job-finished")
     jobstore.request_cancel(settings.db_url, job_id, tenant)
     db.expire_all()
-    return job_to_dict(_get_job(db, tenant, job_id))
+    return job_out(_get_job(db, tenant, job_id))
 
 
-@router.get("/{job_id}/artifacts")
-def list_artifacts(job_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+@router.get("/{job_id}/artifacts", operation_id="listJobArtifacts", response_model=schemas.ArtifactList,
+            summary="List a job's result files", responses=contract.problems(401, 404))
+def list_artifacts(job_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> schemas.ArtifactList:
     job = _get_job(db, tenant, job_id)
-    return {"data": [artifact_to_dict(job.id, a) for a in _final_artifacts(db, job)]}
+    return schemas.ArtifactList(data=[artifact_out(job.id, a) for a in _final_artifacts(db, job)])
 
 
-@router.get("/{job_id}/artifacts/{name:path}")
-def download_artifact(job_id: str, name: str, db: Session = Depends(get_db),
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+# What worker/runner.py stores artifacts as (the download answers with the artifact's own type).
+_ARTIFACT_MEDIA_TYPES = ("application/octet-stream", "application/gzip", "application/json", "text/markdown",
+                         "text/plain")
+
+
+@router.get("/{job_id}/artifacts/{name:path}", operation_id="downloadJobArtifact", response_class=Response,
+            summary="Download one result file",
+            response_description="the file; send Range: bytes=N- to resume an interrupted download",
+            responses={200: {"content": {t: _BINARY for t in _ARTIFACT_MEDIA_TYPES},
+                             "headers": {"ETag": {"description": "the file's sha256 in quotes",
+                                                  "schema": {"type": "string"}}}},
+                       206: {"description": "the requested byte range",
+                             "content": {t: _BINARY for t in _ARTIFACT_MEDIA_TYPES}},
+                       **contract.problems(401, 404, 416)})
+def download_artifact(job_id: str, name: str, request: Request, db: Session = Depends(get_db),
                       store: ArtifactStore = Depends(get_store), tenant: str = Depends(get_tenant)):
     job = _get_job(db, tenant, job_id)
     # Looked up by exact name among this job's final rows: a name can never reach another path.
@@ -174,8 +199,39 @@ def download_artifact(job_id: str, name: str, db: Session = Depends(get_db),
     if a is None:
         raise Problem(404, f"job {job_id} has no artifact named {name!r}", slug="not-found")
     filename = name.rsplit("/", 1)[-1]
+    headers = {"ETag": f'"{a.sha256}"'} if a.sha256 else {}
     local = store.local_path(a.storage_key)
-    if local is not None:
-        return FileResponse(local, media_type=a.media_type, filename=filename)
-    return StreamingResponse(store.iter_bytes(a.storage_key), media_type=a.media_type,
-                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    if local is not None:  # Starlette answers Range requests (206/416) for files on disk
+        return FileResponse(local, media_type=a.media_type, filename=filename, headers=headers)
+    return _stream_remote(store, a, filename, headers, request.headers.get("range"))
+
+
+def _stream_remote(store: ArtifactStore, a: Artifact, filename: str, headers: dict[str, str],
+                   range_header: str | None) -> StreamingResponse:
+    """A file in a remote store, streamed in chunks; a single `bytes=N-[M]` range resumes a download."""
+    size = a.size_bytes
+    headers = {**headers, "Content-Disposition": f'attachment; filename="{filename}"', "Accept-Ranges": "bytes"}
+    start, end = 0, size - 1
+    if range_header:
+        m = _RANGE.match(range_header.strip())
+        if m is None or (m.group(1) == "" and m.group(2) == ""):
+            raise Problem(416, f"Range: only one 'bytes=start-[end]' range is supported, got {range_header!r}",
+                          slug="range-not-satisfiable", headers={"Content-Range": f"bytes */{size}"})
+        if m.group(1) == "":  # bytes=-N: the last N bytes
+            start = max(0, size - int(m.group(2)))
+        else:
+            start = int(m.group(1))
+            end = min(end, int(m.group(2))) if m.group(2) else end
+        if start > end or start >= size:
+            raise Problem(416, f"Range: {range_header!r} is outside the file's {size} bytes",
+                          slug="range-not-satisfiable", headers={"Content-Range": f"bytes */{size}"})
+    length = end - start + 1
+    headers["Content-Length"] = str(length)
+    status = 200
+    if range_header:
+        headers["Content-Range"], status = f"bytes {start}-{end}/{size}", 206
+    return StreamingResponse(store.iter_range(a.storage_key, start, length), status_code=status,
+                             media_type=a.media_type, headers=headers)
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from .. import contract, schemas
 from ..artifacts import ArtifactStore
-from ..automation_schemas import ModelVersionList
 from ..deps import get_app_settings, get_db, get_store, owned_or_404
 from ..job_requests import check_model_name
 from ..models import Model, new_id
@@ -27,10 +27,10 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 log = logging.getLogger("vtrans.api")
 
 
-def model_to_dict(m: Model) -> dict:
-    return {"id": m.id, "name": m.name, "version": m.version, "filename": m.filename, "model_type": m.model_type,
-            "architectures": m.architectures, "files": m.files, "size_bytes": m.size_bytes,
-            "created_at": m.created_at.isoformat()}
+def model_out(m: Model, cls: type[schemas.Model] = schemas.Model, **extra) -> schemas.Model:
+    return cls(id=m.id, name=m.name, version=m.version, filename=m.filename, model_type=m.model_type,
+               architectures=m.architectures, files=[schemas.ModelFile(**f) for f in m.files],
+               size_bytes=m.size_bytes, created_at=m.created_at, **extra)
 
 
 def _insert_version(db: Session, row: Model) -> None:
@@ -50,14 +50,15 @@ def _insert_version(db: Session, row: Model) -> None:
     raise Problem(409, f"name: too many concurrent uploads under {row.name!r}; try again", slug="conflict")
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, operation_id="uploadModel", response_model=schemas.ModelUploaded,
+             summary="Upload a model", responses=contract.problems(401, 409, 411, 413, 422))
 async def upload_model(request: Request,
                        file: UploadFile = File(..., description="a .tar.gz or .zip of a Hugging Face model directory"),
                        name: str | None = Form(None, description="a stable name: each upload under it is a new "
                                                "version (1, 2, ...); jobs may then reference `name` or "
                                                "`name@version`"),
                        settings: Settings = Depends(get_app_settings), store: ArtifactStore = Depends(get_store),
-                       db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+                       db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> schemas.Model:
     if name is not None:
         check_model_name(name)
     with temp_workspace(settings.tmp_dir) as work:
@@ -84,9 +85,7 @@ async def upload_model(request: Request,
             raise
     if row.name is not None:
         _fire_watching_schedules(request, tenant, row)
-    out = model_to_dict(row)
-    out["ignored_files"] = upload.ignored
-    return out
+    return model_out(row, schemas.ModelUploaded, ignored_files=upload.ignored)
 
 
 def _fire_watching_schedules(request: Request, tenant: str, row: Model) -> None:
@@ -101,23 +100,27 @@ def _fire_watching_schedules(request: Request, tenant: str, row: Model) -> None:
         log.exception("firing on_new_version schedules for %s v%s; the scheduler will retry", row.name, row.version)
 
 
-@router.get("/{name}/versions", response_model=ModelVersionList, operation_id="listModelVersions")
-def list_model_versions(name: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+@router.get("/{name}/versions", response_model=schemas.ModelVersionList, operation_id="listModelVersions",
+            summary="List the versions of a named model", responses=contract.problems(401, 404))
+def list_model_versions(name: str, db: Session = Depends(get_db),
+                        tenant: str = Depends(get_tenant)) -> schemas.ModelVersionList:
     """Every upload under `name`, newest first. A job may reference `name` (the latest version
     when the job is created) or `name@version`."""
     rows = db.scalars(select(Model).where(Model.tenant_id == tenant, Model.name == name)
                       .order_by(Model.version.desc())).all()
     if not rows:
         raise Problem(404, f"no model named {name!r}", slug="not-found")
-    return {"name": name, "data": [model_to_dict(m) for m in rows]}
+    return schemas.ModelVersionList(name=name, data=[model_out(m) for m in rows])
 
 
-@router.get("")
-def list_models(db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+@router.get("", operation_id="listModels", response_model=schemas.ModelList, summary="List uploaded models",
+            responses=contract.problems(401))
+def list_models(db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> schemas.ModelList:
     rows = db.scalars(select(Model).where(Model.tenant_id == tenant).order_by(Model.created_at.desc())).all()
-    return {"data": [model_to_dict(m) for m in rows]}
+    return schemas.ModelList(data=[model_out(m) for m in rows])
 
 
-@router.get("/{model_id}")
-def get_model(model_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
-    return model_to_dict(owned_or_404(db, Model, model_id, tenant, "model"))
+@router.get("/{model_id}", operation_id="getModel", response_model=schemas.Model, summary="Get an uploaded model",
+            responses=contract.problems(401, 404))
+def get_model(model_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> schemas.Model:
+    return model_out(owned_or_404(db, Model, model_id, tenant, "model"))

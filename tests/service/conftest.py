@@ -4,6 +4,7 @@ real worker / server subprocesses that are always killed in finalizers."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 import subprocess
@@ -62,11 +63,15 @@ def redis_broker():
 
 @pytest.fixture(scope="session")
 def service_settings(tmp_path_factory, pg_url, redis_broker):
+    return make_service_settings(tmp_path_factory, pg_url, redis_broker)
+
+
+def make_service_settings(tmp_path_factory, pg_url, redis_broker, **overrides):
     from api.settings import Settings
 
     data = tmp_path_factory.mktemp("vtrans-data")
     broker, queue = redis_broker
-    return Settings(data_dir=data, database_url=pg_url, broker_url=broker, queue=queue,
+    settings = Settings(data_dir=data, database_url=pg_url, broker_url=broker, queue=queue,
                     artifact_url=f"file://{data / 'artifacts'}",
                     max_model_upload_bytes=8 * 1024**2, max_model_unpacked_bytes=16 * 1024**2,
                     max_archive_members=50, max_dataset_upload_bytes=256 * 1024,
@@ -75,6 +80,7 @@ def service_settings(tmp_path_factory, pg_url, redis_broker):
                     # These tests leave many jobs queued in one tenant; per-tenant quotas (issue #5)
                     # are tested elsewhere. (Ignored by Settings versions without the field.)
                     max_active_jobs=10_000)
+    return settings.model_copy(update=overrides)
 
 
 def auth(settings) -> dict[str, str]:
@@ -161,8 +167,8 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
 def settings_env(settings) -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     for key, value in settings.model_dump().items():
-        if value is not None:
-            env[f"VTRANS_{key.upper()}"] = str(value)
+        if value is not None:  # complex values (tenant_limits) are JSON, as pydantic-settings reads them
+            env[f"VTRANS_{key.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
     return env
 
 

@@ -57,6 +57,39 @@ def test_model_upload_zip_without_top_folder(client, tiny_model_dir):
     assert r.status_code == 201, r.text
 
 
+def test_model_upload_made_with_tar_dash_c_dot(client, tiny_model_dir, tmp_path):
+    """`tar czf m.tar.gz -C my-model .` writes a '.' directory entry and './config.json' members."""
+    archive = tmp_path / "m.tar.gz"
+    if shutil.which("tar"):
+        import subprocess
+
+        subprocess.run(["tar", "czf", str(archive), "-C", str(tiny_model_dir), "."], check=True)
+    else:
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(tiny_model_dir, arcname=".")
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert names[0] in (".", "./") and "./config.json" in names
+    r = _post_model(client, archive.read_bytes())
+    assert r.status_code == 201, r.text
+    assert {"config.json", "model.safetensors"} <= {f["name"] for f in r.json()["files"]}
+
+
+@pytest.mark.parametrize("name", ["./../evil.txt", "./", "."])
+def test_dot_entries_that_are_files_or_escape_are_refused(client, snapshot, tiny_model_dir, name):
+    members = [(tarfile.TarInfo(f"./{p.name}"), p.read_bytes()) for p in tiny_model_dir.iterdir()]
+    members.append((tarfile.TarInfo(name), b"owned"))  # a regular FILE named '.', or a climb out
+    _refused_model(client, snapshot, _tar(members))
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_dot_entry_as_link_is_refused(client, snapshot, tiny_model_dir, kind):
+    link = tarfile.TarInfo(".")
+    link.type, link.linkname = kind, "/etc"
+    members = [(link, None)] + [(tarfile.TarInfo(f"./{p.name}"), p.read_bytes()) for p in tiny_model_dir.iterdir()]
+    _refused_model(client, snapshot, _tar(members))
+
+
 def test_pickle_weights_are_dropped_when_safetensors_exist(client, tiny_model_dir, tmp_path):
     d = _model_copy(tiny_model_dir, tmp_path)
     (d / "pytorch_model.bin").write_bytes(b"not really a pickle")

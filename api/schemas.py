@@ -1,0 +1,227 @@
+"""The public API's response models: what /openapi.json declares is what the routes build.
+
+Every route turns its rows into one of these models (never a hand-written dict), so a field
+added here appears in the document and in the responses together. Models that echo user input
+or future additions (`JobRequestEcho`, metrics) allow extra keys, so a new request field (e.g.
+an evaluation dataset) flows through without breaking older clients. Changing or removing a
+field breaks clients: tests/contract/test_compat.py compares the document against a committed
+snapshot and says what changed.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+EventKind = Literal["progress", "status"]
+
+_JOB_ID = "job_8f2c1d0e9a7b6c5d4e3f"
+_MODEL_ID = "mdl_0a1b2c3d4e5f60718293"
+_DATASET_ID = "ds_9f8e7d6c5b4a39281706"
+_NOW = "2026-01-15T09:30:00Z"
+
+
+class _Out(BaseModel):
+    # protected_namespaces=(): fields named model_* (model_type) are part of the wire format.
+    model_config = ConfigDict(protected_namespaces=())
+
+
+# ---------------------------------------------------------------- errors
+
+class FieldError(_Out):
+    field: str = Field(description="the offending input in the request's own terms, e.g. budget.target or file")
+    message: str
+
+
+class Problem(_Out):
+    """RFC 9457 problem details: the body of every 4xx/5xx answer (media type application/problem+json)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "type": "urn:vtrans:problem:invalid-request", "title": "Invalid request", "status": 422,
+        "detail": "budget.target: must be between 0 and 1", "instance": "/v1/jobs",
+        "errors": [{"field": "budget.target", "message": "must be between 0 and 1"}]}]})
+    type: str = Field(description="urn:vtrans:problem:<slug> for vtrans's own kinds, about:blank otherwise")
+    title: str
+    status: int
+    detail: str
+    instance: str = Field(description="the request path")
+    errors: list[FieldError] | None = None
+
+
+# ---------------------------------------------------------------- health
+
+class Health(_Out):
+    status: Literal["ok"]
+
+
+class Readiness(_Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready",
+                                                               "checks": {"database": "ok", "broker": "ok"}}]})
+    status: Literal["ready"]
+    checks: dict[str, str] = Field(description="dependency name -> ok")
+
+
+# ---------------------------------------------------------------- models and datasets
+
+class ModelFile(_Out):
+    name: str
+    size: int
+
+
+class Model(_Out):
+    """An uploaded Hugging Face model directory (safetensors weights, config, tokenizer)."""
+
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
+        "id": _MODEL_ID, "filename": "my-bert.tar.gz", "model_type": "bert",
+        "architectures": ["BertForSequenceClassification"],
+        "files": [{"name": "config.json", "size": 712}, {"name": "model.safetensors", "size": 437958648}],
+        "size_bytes": 437959360, "created_at": _NOW}]})
+    id: str
+    name: str | None = Field(None, description="the stable name this upload is a version of (issue #14), if any")
+    version: int | None = Field(None, description="1, 2, ... within `name`")
+    filename: str = Field(description="the uploaded file's name (display only)")
+    model_type: str
+    architectures: list[str]
+    files: list[ModelFile]
+    size_bytes: int
+    created_at: datetime
+
+
+class ModelUploaded(Model):
+    ignored_files: list[str] = Field(default_factory=list,
+                                     description="pickle checkpoints found in the archive; never stored or loaded")
+
+
+class ModelVersionList(_Out):
+    """Every upload under one model name, newest first."""
+    name: str
+    data: list[Model]
+
+
+class ModelList(_Out):
+    data: list[Model]
+
+
+class Dataset(_Out):
+    """An uploaded CSV/JSONL dataset."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": _DATASET_ID, "kind": "uploaded", "filename": "reviews.csv", "format": "csv", "rows": 5000,
+        "labels": ["negative", "positive"], "has_text_pair": False, "size_bytes": 812344, "created_at": _NOW}]})
+    id: str
+    kind: Literal["uploaded"] = "uploaded"
+    filename: str
+    format: Literal["csv", "jsonl"]
+    rows: int
+    labels: list[str | int]
+    has_text_pair: bool
+    size_bytes: int
+    created_at: datetime
+
+
+class BuiltinDataset(_Out):
+    id: str = Field(description="the name to pass as a job's dataset")
+    kind: Literal["builtin"] = "builtin"
+    description: str
+
+
+class DatasetList(_Out):
+    data: list[Dataset]
+    builtin: list[BuiltinDataset]
+
+
+# ---------------------------------------------------------------- jobs
+
+class Budget(_Out):
+    model_config = ConfigDict(extra="allow")
+    kind: Literal["flops", "params"]
+    target: float = Field(description="keep at most this fraction of the dense model's kind")
+    seq_len: int | None = Field(None, description="sequence length FLOPs are counted at")
+
+
+class JobRequestEcho(_Out):
+    """The request as it will run: method-dependent option defaults resolved. Extra keys are
+    request fields added later; clients should keep and ignore what they do not know."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    model: str
+    dataset: str
+    budget: Budget
+    method: str
+    options: dict[str, Any]
+    eval_dataset: str | None = Field(None, description="the separate evaluation dataset, when one was given")
+
+
+class JobError(_Out):
+    model_config = ConfigDict(extra="allow")
+    type: str = Field(description="CompressionError for bad input found while running; otherwise the error's class")
+    message: str
+    field: str | None = Field(None, description="the offending input, for a CompressionError")
+
+
+class Artifact(_Out):
+    name: str = Field(description="e.g. model.tar.gz, metrics.json, model/config.json")
+    size: int = Field(description="bytes")
+    sha256: str | None = Field(None, description="hex digest of the file (null only for jobs finished before "
+                                                 "checksums were recorded)")
+    media_type: str
+    url: str = Field(description="download path, relative to the API root; supports Range requests")
+
+
+class ArtifactList(_Out):
+    data: list[Artifact]
+
+
+class Job(_Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": _JOB_ID, "status": "running", "stage": "masks", "progress": 0.42, "created_at": _NOW,
+        "updated_at": _NOW, "started_at": _NOW, "finished_at": None,
+        "request": {"model": _MODEL_ID, "dataset": _DATASET_ID, "method": "fast",
+                    "budget": {"kind": "flops", "target": 0.5, "seq_len": 128}, "options": {"layout": "uniform"}},
+        "metrics": None, "error": None, "attempts": 1, "cancel_requested": False, "artifacts": None}]})
+    id: str
+    status: JobStatus
+    stage: str | None = Field(None, description="load, teacher, masks, prune, finetune, refine, evaluate, save; "
+                                                "done when succeeded")
+    progress: float = Field(description="fraction of the whole run, 0..1, never decreasing")
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    request: JobRequestEcho
+    metrics: dict[str, Any] | None = Field(None, description="set when succeeded; see metrics.json (docs/CONTRACTS.md §3)")
+    error: JobError | None = None
+    attempts: int
+    cancel_requested: bool
+    artifacts: list[Artifact] | None = Field(None, description="GET /v1/jobs/{id} only: the result files "
+                                                               "(empty until the job succeeded); null in lists")
+
+
+class JobList(_Out):
+    """One page, newest first. Pass next_cursor as ?cursor= for the next page; null on the last."""
+
+    data: list[Job]
+    next_cursor: str | None = None
+
+
+class Event(_Out):
+    """One job event. `seq` is gap-free per job and is the SSE id (Last-Event-ID resumes after it)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "job_id": _JOB_ID, "seq": 7, "kind": "progress", "stage": "masks", "fraction": 0.42, "step": 120,
+        "metrics": {"step": 120, "total_steps": 300, "loss": 0.61, "kept_flops": 0.58, "eta_seconds": 95},
+        "attempt": 1, "created_at": _NOW}]})
+    job_id: str
+    seq: int
+    kind: EventKind = Field(description="progress: a report from the running job; status: a status change")
+    status: JobStatus | None = Field(None, description="status events: the new status")
+    stage: str | None = None
+    fraction: float | None = None
+    step: int | None = None
+    metrics: dict[str, Any] | None = None
+    message: str | None = None
+    attempt: int
+    created_at: datetime
+

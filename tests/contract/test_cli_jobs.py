@@ -1,0 +1,103 @@
+"""`vtrans jobs ...` as a CI step runs it: a subprocess with VTRANS_URL / VTRANS_API_KEY against
+the real service. Exit codes: 0 succeeded, 1 failed, 2 bad request, 3 cancelled, 4 timed out,
+5 service unusable (see api/cli_jobs.py)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from live.conftest import FakeRun
+from service.jobpath import FAST_OPTIONS
+
+from .conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def vtrans(server, *args: str, key: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, VTRANS_URL=server.url, VTRANS_API_KEY=key or server.settings.api_key,
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "api.cli", "jobs", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _ended(server, status: str) -> str:
+    run = FakeRun(server.settings).start()
+    run.progress("masks")
+    run.finish(status)
+    return run.job_id
+
+
+@pytest.mark.parametrize("status, code", [("succeeded", 0), ("failed", 1), ("cancelled", 3)])
+def test_wait_exit_code_follows_the_job_status(live_api, status, code):
+    job_id = FakeRun(live_api.settings).job_id if status == "cancelled" else _ended(live_api, status)
+    if status == "cancelled":
+        assert vtrans(live_api, "cancel", job_id).returncode == 0
+    r = vtrans(live_api, "wait", job_id, "--json")
+    assert r.returncode == code, r.stderr
+    assert json.loads(r.stdout)["status"] == status
+
+
+def test_wait_timeout_exits_4(live_api):
+    run = FakeRun(live_api.settings).start()
+    run.progress("masks")
+    r = vtrans(live_api, "wait", run.job_id, "--timeout", "2")
+    assert r.returncode == 4 and "timed out" in r.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--budget", "flops:1.5"], "budget.target"),          # refused by the service (422)
+    (["--budget", "half"], "KIND:TARGET"),                  # refused before any request
+    (["--budget", "flops:0.5", "--option", "nonsense_option=1"], "options"),
+])
+def test_bad_requests_exit_2_and_name_the_field(live_api, args, needle):
+    r = vtrans(live_api, "submit", "--model", "org/tiny", "--dataset", "tweet-sentiment", "--method", "fast", *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert needle in r.stderr
+
+
+def test_usage_errors_exit_2_and_service_errors_exit_5(live_api):
+    assert vtrans(live_api, "submit", "--model", "org/tiny").returncode == 2       # argparse: missing arguments
+    r = vtrans(live_api, "get", "job_00000000000000000000", "--json")
+    assert r.returncode == 5 and json.loads(r.stdout)["error"]["status"] == 404
+    assert vtrans(live_api, "get", "job_00000000000000000000", key="vt_wrong").returncode == 5
+
+
+def test_get_list_and_events_print_json(live_api):
+    job_id = _ended(live_api, "succeeded")
+    got = vtrans(live_api, "get", job_id, "--json")
+    assert got.returncode == 0 and json.loads(got.stdout)["status"] == "succeeded"
+    listed = vtrans(live_api, "list", "--status", "succeeded", "--limit", "3", "--json")
+    assert listed.returncode == 0 and job_id in [j["id"] for j in json.loads(listed.stdout)]
+    events = vtrans(live_api, "events", job_id, "--json")
+    lines = [json.loads(line) for line in events.stdout.splitlines()]
+    assert events.returncode == 0 and [e["seq"] for e in lines] == [1, 2, 3, 4]
+    assert [e["kind"] for e in lines] == ["status", "status", "progress", "status"]
+    assert [e.get("status") for e in lines] == ["queued", "running", None, "succeeded"]
+
+
+def test_submit_wait_download_a_real_compression(live_api, celery_worker, tiny_model_dir, tiny_dataset_csv, tmp_path):
+    """The README's CI step: local folder and CSV in, compressed model and metrics out."""
+    options = [f"--option={k}={json.dumps(v)}" for k, v in FAST_OPTIONS.items()]
+    r = vtrans(live_api, "submit", "--model", str(tiny_model_dir), "--dataset", str(tiny_dataset_csv),
+               "--budget", "flops:0.6", "--seq-len", "16", "--method", "fast", *options,
+               "--idempotency-key", "cli-e2e", "--wait", "--timeout", "900", "--download", str(tmp_path / "out"),
+               "--json", timeout=1000)
+    assert r.returncode == 0, (r.stdout, r.stderr, celery_worker.output()[-3000:])
+    job = json.loads(r.stdout)
+    assert job["status"] == "succeeded" and "uploaded model" in r.stderr and "uploaded dataset" in r.stderr
+    out = tmp_path / "out"
+    assert {"model.tar.gz", "metrics.json", "plan.json", "README.md"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "metrics.json").read_text())["flops_fraction"] <= 0.61
+    with tarfile.open(out / "model.tar.gz") as tar:
+        assert "model/config.json" in tar.getnames()
+    # The same idempotency key again: the same job, nothing re-uploaded as a second job.
+    again = vtrans(live_api, "submit", "--model", job["request"]["model"], "--dataset", job["request"]["dataset"],
+                   "--budget", "flops:0.6", "--seq-len", "16", "--method", "fast", *options,
+                   "--idempotency-key", "cli-e2e", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["id"] == job["id"]

@@ -1,0 +1,109 @@
+"""The OpenAPI document is a contract with every generated client: it may grow, not break.
+
+The committed snapshot (openapi.snapshot.json) is the last published document. A change that
+removes a field, renames an operation, or makes a request stricter fails here, naming each
+break. To change the contract on purpose, regenerate the snapshot and commit it:
+
+    VTRANS_UPDATE_OPENAPI_SNAPSHOT=1 pytest tests/contract/test_compat.py
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from .compat import breaking_changes
+
+SNAPSHOT = Path(__file__).with_name("openapi.snapshot.json")
+OPERATIONS = {"createJob", "getJob", "listJobs", "cancelJob", "streamJobEvents", "listJobArtifacts",
+              "downloadJobArtifact", "uploadModel", "getModel", "listModels", "uploadDataset", "getDataset",
+              "listDatasets", "getHealth", "getReadiness"}
+
+
+def test_document_keeps_every_published_operation_and_field(document):
+    if os.environ.get("VTRANS_UPDATE_OPENAPI_SNAPSHOT") == "1":
+        SNAPSHOT.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    published = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
+    breaks = breaking_changes(published, document)
+    assert not breaks, ("the OpenAPI document breaks existing clients:\n  " + "\n  ".join(breaks) +
+                        "\n(if intended: VTRANS_UPDATE_OPENAPI_SNAPSHOT=1 pytest tests/contract/test_compat.py)")
+
+
+def test_operations_have_stable_ids_models_and_problems(document):
+    ops = {op["operationId"]: (path, method, op) for path, item in document["paths"].items()
+           for method, op in item.items()}
+    assert OPERATIONS <= set(ops), OPERATIONS - set(ops)
+    schemas = document["components"]["schemas"]
+    assert {"Job", "JobList", "Model", "Dataset", "Event", "Artifact", "ArtifactList", "Problem", "Health"} <= set(schemas)
+    assert {"id", "status", "progress", "request", "artifacts"} <= set(schemas["Job"]["properties"])
+    assert "next_cursor" in schemas["JobList"]["properties"]
+    assert {"sha256", "size", "name", "url"} <= set(schemas["Artifact"]["properties"])
+    for op_id, (path, method, op) in ops.items():
+        if not path.startswith("/v1/"):
+            continue
+        ok = [s for s in op["responses"] if s.startswith("2")]
+        assert ok, op_id
+        for status in ok:
+            content = op["responses"][status].get("content", {})
+            schema = content.get("application/json", {}).get("schema", {})
+            if schema.get("format") != "binary" and "application/json" in content:  # typed, never a bare object
+                assert "$ref" in schema or "$ref" in schema.get("items", {}), op_id
+        assert "401" in op["responses"], f"{op_id} does not declare 401"
+        for status, resp in op["responses"].items():
+            if status[0] in "45":
+                assert resp["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+    for name in ("Job", "Model", "Dataset", "Event", "Problem", "JobRequest"):
+        assert schemas[name].get("examples"), f"{name} has no example"
+
+
+def _without(doc: dict, *path: str) -> dict:
+    doc = copy.deepcopy(doc)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    return doc
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda d: _without(d, "components", "schemas", "Job", "properties", "progress"), "progress: removed"),
+    (lambda d: _without(d, "components", "schemas", "Artifact", "properties", "sha256"), "sha256: removed"),
+    (lambda d: _rename_operation(d, "getJob", "get_job_v1_jobs__job_id__get"), "getJob"),
+    (lambda d: _require(d, "JobRequest", "options"), "options: newly required"),
+    (lambda d: _retype(d, "Job", "attempts", "string"), "attempts: type changed"),
+])
+def test_compat_check_catches_breaking_changes(document, change, expected):
+    breaks = breaking_changes(document, change(document))
+    assert any(expected in b for b in breaks), breaks
+
+
+def test_additions_are_not_breaking(document):
+    grown = copy.deepcopy(document)
+    grown["components"]["schemas"]["Job"]["properties"]["eval_dataset"] = {"type": "string"}
+    grown["components"]["schemas"]["JobRequest"]["properties"]["eval_dataset"] = {"type": "string"}
+    grown["paths"]["/v1/schedules"] = {"get": {"operationId": "listSchedules", "responses": {}}}
+    assert breaking_changes(document, grown) == []
+
+
+def _rename_operation(doc: dict, old: str, new: str) -> dict:
+    doc = copy.deepcopy(doc)
+    for item in doc["paths"].values():
+        for op in item.values():
+            if op.get("operationId") == old:
+                op["operationId"] = new
+    return doc
+
+
+def _require(doc: dict, schema: str, field: str) -> dict:
+    doc = copy.deepcopy(doc)
+    doc["components"]["schemas"][schema]["required"].append(field)
+    return doc
+
+
+def _retype(doc: dict, schema: str, field: str, new_type: str) -> dict:
+    doc = copy.deepcopy(doc)
+    doc["components"]["schemas"][schema]["properties"][field] = {"type": new_type}
+    return doc

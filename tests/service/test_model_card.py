@@ -1,0 +1,62 @@
+"""The model card is a Hugging Face model card (metadata read back by huggingface_hub), titled
+with the model's name, and its load snippet runs as written next to the unpacked model."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import pytest
+from huggingface_hub import ModelCard
+
+from worker.model_card import Source, model_card, model_name_for_upload
+
+METRICS = {"family": "bert", "layout": "uniform", "device": "cpu", "eval_split": "validation", "eval_examples": 16,
+           "params_fraction": 0.55, "flops_fraction": 0.49, "speedup": 1.7,
+           "dense": {"accuracy": 91.2, "f1": 90.8, "params": 4_400_000, "flops": 1.2e9, "latency_ms": 3.1},
+           "pruned": {"accuracy": 90.1, "f1": 89.9, "params": 2_400_000, "flops": 5.9e8, "latency_ms": 1.8}}
+REQUEST = {"model": "mdl_x", "dataset": "ds_y", "method": "fast", "budget": {"kind": "flops", "target": 0.5, "seq_len": 128},
+           "options": {"layout": "uniform"}}
+
+
+def _card(layout: str = "uniform", hub_id: str | None = "google-bert/bert-base-uncased") -> ModelCard:
+    source = Source(model_name=hub_id or "my-bert", model_label="my-bert (uploaded as my-bert.tar.gz)", hub_id=hub_id,
+                    dataset_name="reviews.csv", dataset_label="reviews.csv (uploaded dataset `ds_y`, 96 rows)")
+    return ModelCard(model_card(source, REQUEST, dict(METRICS, layout=layout), "job_123"))
+
+
+def test_metadata_is_hub_model_card_metadata():
+    card = _card()
+    data = card.data.to_dict()
+    assert data["base_model"] == "google-bert/bert-base-uncased"
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "text-classification"
+    assert data["tags"] == ["vtrans", "pruned"] and data["datasets"] == ["reviews.csv"]
+    results = data["model-index"][0]["results"]
+    assert {m["type"]: m["value"] for r in results for m in r["metrics"]} == {"accuracy": 90.1, "f1": 89.9}
+    assert all(r["dataset"]["split"] == "validation" for r in results)
+    assert card.text.lstrip().startswith("# google-bert/bert-base-uncased, pruned with VTrans")
+
+
+def test_uploaded_model_has_no_base_model_and_is_titled_with_its_name():
+    data = _card(hub_id=None).data.to_dict()
+    assert "base_model" not in data
+    assert model_name_for_upload({}, "my-bert.tar.gz") == ("my-bert", None)
+    assert model_name_for_upload({"_name_or_path": "org/tiny-bert"}, "m.tar.gz") == ("org/tiny-bert", "org/tiny-bert")
+    assert model_name_for_upload({"_name_or_path": "/home/me/models/sst2-bert"}, "m.zip") == ("sst2-bert", None)
+    assert _card(hub_id=None).text.lstrip().startswith("# my-bert, pruned with VTrans")
+
+
+@pytest.mark.parametrize("layout", ["uniform", "per_layer"])
+def test_load_snippet_runs_as_written(layout, tiny_model_dir, tmp_path):
+    snippet = re.search(r"```python\n(.*?)```", _card(layout).text, re.S).group(1)
+    if layout == "per_layer":
+        assert "from vtrans_core import load_pruned" in snippet
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        scope: dict = {}
+        exec(compile(snippet, "README.md", "exec"), scope)  # the card's own code, unchanged
+    finally:
+        os.chdir(cwd)
+    assert scope["model"].config.num_labels == 2 and scope["tokenizer"]("great day")["input_ids"]
