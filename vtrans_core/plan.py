@@ -12,13 +12,22 @@ fraction <= target) as closely as it can, removing the least informative units f
   the remainder) so kept widths stay multiples of round_to. Removing a layer's last head / last
   FFN group removes the block (only when block pruning is on; else 1 head / round_to neurons
   stay). At least one attention block always remains.
+- grouped-query attention (shape.kv_heads set, decoders): per_layer head units are a whole
+  key/value GROUP of a layer (its k/v head and all its query heads, scored by their mean) and a
+  "query rank" of a layer (the least informative remaining query head of EVERY kept group, so
+  each k/v head keeps serving the same number of query heads, as repeat_kv requires). Multi-head
+  attention is the special case of groups of one (the per-head units above).
 - uniform units (a stock config must be able to express the result): a "head rank" removes the
   k-th least informative head of EVERY layer together with the head_dim least informative
   hidden channels (hidden width is tied to heads: H = h * head_dim, so prune_hidden and
   prune_heads act together), scored by the mean of the heads' mean and the channels' mean log
   alpha; an FFN rank group removes round_to neurons at the same rank positions in every layer;
   a layer unit removes a whole layer (attention and FFN blocks are tied). At least 1 head,
-  round_to FFN neurons and 1 layer remain.
+  round_to FFN neurons and 1 layer remain. Families whose config carries head_dim
+  (shape.attn_width_tied False: the LLaMA family) do not tie hidden to heads: hidden goes in
+  groups of round_to channels as in per_layer, and heads by uniform group ranks (the k-th least
+  informative k/v group of every layer) and uniform query ranks (one query head of every group
+  of every layer).
 Greedy: units sorted by score (units below alpha = 1 naturally come first); remove until the
 fraction is <= target. If the last removal overshoots by more than CLOSE_TOL, it is undone and
 the following (smaller) units are tried instead; the overshooting unit is used only if they
@@ -37,15 +46,19 @@ CLOSE_TOL = 0.005
 STRUCTURES = ("hidden", "heads", "ffn", "attn_block", "ffn_block")
 
 
-def mask_keys(structures: Iterable[str], layout: str) -> list[str]:
+def mask_keys(structures: Iterable[str], layout: str, tied: bool = True) -> list[str]:
     """Masks a PrunableModel builds for these structures in this layout. uniform ties hidden
-    with heads (both or neither) and attention with FFN blocks (one "layer" gate)."""
+    with heads (both or neither) when the family ties attention width to hidden width (`tied`),
+    and attention with FFN blocks (one "layer" gate)."""
     s = set(structures)
     unknown = s - set(STRUCTURES)
     if unknown:
         raise ValueError(f"unknown structures {sorted(unknown)} (known: {STRUCTURES})")
     if layout == "uniform":
-        keys = ["hidden", "heads"] if s & {"hidden", "heads"} else []
+        if tied:
+            keys = ["hidden", "heads"] if s & {"hidden", "heads"} else []
+        else:
+            keys = [k for k in ("hidden", "heads") if k in s]
         keys += ["ffn"] if "ffn" in s else []
         keys += ["layer"] if s & {"attn_block", "ffn_block"} else []
         return keys
@@ -69,11 +82,15 @@ class PruningPlan:
     def result_shape(self) -> ModelShape:
         if self.shape is None:
             raise ValueError("plan has no source shape")
+        kv = None
+        if self.shape.kv_heads is not None:   # GQA: the groups that keep at least one query head
+            kv = [len({j // self.shape.group_size(l) for j in h}) if a else 0
+                  for l, (h, a) in enumerate(zip(self.heads, self.attn_blocks))]
         return self.shape.replace(
             hidden=len(self.hidden),
             heads=[len(h) if a else 0 for h, a in zip(self.heads, self.attn_blocks)],
             ffn=[len(f) if b else 0 for f, b in zip(self.ffn, self.ffn_blocks)],
-            attn_blocks=list(self.attn_blocks), ffn_blocks=list(self.ffn_blocks))
+            attn_blocks=list(self.attn_blocks), ffn_blocks=list(self.ffn_blocks), kv_heads=kv)
 
     def fraction(self, kind: str, seq_len: int = 128) -> float:
         ref = self.reference or self.shape
@@ -164,20 +181,40 @@ def _live(shape: ModelShape, scores: dict[str, Any]) -> dict[str, Any]:
     for l in range(L):  # a block with no live entries left is gone
         attn[l] = attn[l] and bool(heads[l])
         ffnb[l] = ffnb[l] and bool(ffn[l])
-    return {"hidden": hidden, "heads": heads, "ffn": ffn, "attn": attn, "ffnb": ffnb}
+    groups = None
+    if shape.kv_heads is not None:   # GQA: live query heads by k/v group, the same count in each
+        groups = []
+        for l in range(L):
+            r, by = shape.group_size(l), {}
+            for j, sc in heads[l]:
+                by.setdefault(j // r, []).append((j, sc))
+            if len({len(v) for v in by.values()}) > 1:
+                raise ValueError(f"layer {l}: key/value groups keep different numbers of query heads")
+            groups.append(by)
+    return {"hidden": hidden, "heads": heads, "ffn": ffn, "attn": attn, "ffnb": ffnb, "groups": groups}
 
 
 class _State:
-    def __init__(self, H, h, f, a, b):
+    def __init__(self, H, h, f, a, b, kv=None):
         self.H, self.h, self.f, self.a, self.b = H, list(h), list(f), list(a), list(b)
+        self.kv = list(kv) if kv is not None else None    # k/v heads per layer (GQA only)
 
     def copy(self):
-        return _State(self.H, self.h, self.f, self.a, self.b)
+        return _State(self.H, self.h, self.f, self.a, self.b, self.kv)
 
     def shape(self, base: ModelShape) -> ModelShape:
+        kv = None if self.kv is None else [k if a else 0 for k, a in zip(self.kv, self.a)]
         return base.replace(hidden=self.H, heads=[h if a else 0 for h, a in zip(self.h, self.a)],
                             ffn=[f if b else 0 for f, b in zip(self.f, self.b)],
-                            attn_blocks=list(self.a), ffn_blocks=list(self.b))
+                            attn_blocks=list(self.a), ffn_blocks=list(self.b), kv_heads=kv)
+
+    def drop_group(self, l: int) -> None:
+        r = self.h[l] // self.kv[l]
+        self.kv[l] -= 1
+        self.h[l] -= r
+
+    def query_rank_ok(self, l: int) -> bool:
+        return self.a[l] and self.h[l] // self.kv[l] > 1
 
 
 def _units(shape: ModelShape, live: dict, scores: dict, layout: str, round_to: int, blocks: set) -> list:
@@ -187,10 +224,15 @@ def _units(shape: ModelShape, live: dict, scores: dict, layout: str, round_to: i
         if "hidden" in scores:
             for g in _groups(live["hidden"], round_to):
                 units.append((_mean([s for _, s in g]), "hidden", [i for i, _ in g]))
-        if "heads" in scores:
+        if "heads" in scores and live["groups"] is None:
             for l in range(L):
                 for j, s in live["heads"][l]:
                     units.append((s, "head", (l, j)))
+        elif "heads" in scores:
+            for l in range(L):
+                for g, hs in live["groups"][l].items():
+                    units.append((_mean([s for _, s in hs]), "group", (l, g)))
+                units += [(sc, "qrank", l) for sc in _query_rank_scores([live["groups"][l]])]
         if "ffn" in scores:
             for l in range(L):
                 if live["ffn"][l]:
@@ -208,7 +250,13 @@ def _units(shape: ModelShape, live: dict, scores: dict, layout: str, round_to: i
         return units
     # uniform
     alive_layers = [l for l in range(L) if live["attn"][l] or live["ffnb"][l]]
-    if ("heads" in scores or "hidden" in scores) and alive_layers:
+    if not shape.attn_width_tied:   # hidden and heads apart (module docstring)
+        if "hidden" in scores:
+            for g in _groups(live["hidden"], round_to):
+                units.append((_mean([s for _, s in g]), "hidden", [i for i, _ in g]))
+        if "heads" in scores and alive_layers:
+            units += _uniform_head_units(shape, live, alive_layers)
+    elif ("heads" in scores or "hidden" in scores) and alive_layers:
         per_layer = [sorted(live["heads"][l], key=lambda t: t[1]) for l in alive_layers]
         n_heads = min(len(p) for p in per_layer)
         hidden_sorted = sorted(live["hidden"], key=lambda t: t[1])
@@ -260,6 +308,32 @@ def _apply(st: _State, unit, layout: str, blocks: set, round_to: int) -> bool:
             st.b[l] = False
         st.f[l] -= len(idx)
         return True
+    if kind == "group":
+        l, _ = p
+        if not st.a[l]:
+            return False
+        if st.kv[l] == 1:   # the last group: the block goes (when allowed)
+            if "attn" not in blocks or sum(st.a) <= 1:
+                return False
+            st.a[l] = False
+        st.drop_group(l)
+        return True
+    if kind == "qrank":
+        if not st.query_rank_ok(p):
+            return False
+        st.h[p] -= st.kv[p]
+        return True
+    if kind == "urank":
+        for l, _ in p:
+            st.drop_group(l)
+        return True
+    if kind == "uqrank":
+        alive = [l for l in range(len(st.h)) if st.a[l]]
+        if not all(st.query_rank_ok(l) for l in alive):
+            return False
+        for l in alive:
+            st.h[l] -= st.kv[l]
+        return True
     if kind == "attn_block":
         if not st.a[p] or sum(st.a) <= 1:
             return False
@@ -301,8 +375,9 @@ def make_plan(shape: ModelShape, reference: ModelShape, scores: dict[str, Any], 
     live = _live(shape, scores)
     units = sorted(_units(shape, live, scores, layout, round_to, blocks), key=lambda u: u[0])
     dense = shape_size(reference, kind, seq_len)
+    kv = None if live["groups"] is None else [len(g) for g in live["groups"]]
     st = _State(len(live["hidden"]), [len(h) for h in live["heads"]], [len(f) for f in live["ffn"]],
-                live["attn"], live["ffnb"])
+                live["attn"], live["ffnb"], kv)
     frac = lambda s: shape_size(s.shape(shape), kind, seq_len) / dense  # noqa: E731
     removed: list = []
     i = 0
@@ -315,6 +390,8 @@ def make_plan(shape: ModelShape, reference: ModelShape, scores: dict[str, Any], 
             st = trial
             removed.append(units[i])
         i += 1
+    if layout == "uniform" and shape.hidden_divisible_by_heads:
+        st, removed = _divisible_hidden(st, removed, live, layout, blocks, round_to)
     if target > 0 and frac(st) > target + 1e-12:
         raise CompressionError("budget.target", f"{kind} target {target:.3f} cannot be reached with the enabled "
                                f"structures and layout {layout!r}: the reachable minimum is {frac(st):.3f}")
@@ -357,6 +434,10 @@ def _build(shape, reference, live, removed, st: _State, layout) -> PruningPlan:
         elif kind == "ffn_rank":
             gone_ffn.update(p)
     L = shape.n_layers
+    if live["groups"] is not None:
+        gone_heads |= _gqa_removed_heads(live, removed, L)
+    else:   # untied multi-head attention: uniform group ranks are single heads
+        gone_heads.update(x for _, kind, p in removed if kind == "urank" for x in p)
     heads = [sorted(j for j, _ in live["heads"][l] if (l, j) not in gone_heads) if st.a[l] else [] for l in range(L)]
     ffn = [sorted(j for j, _ in live["ffn"][l] if (l, j) not in gone_ffn) if st.b[l] else [] for l in range(L)]
     return PruningPlan(hidden=sorted(i for i, _ in live["hidden"] if i not in gone_hidden), heads=heads, ffn=ffn,
@@ -367,7 +448,7 @@ def _build(shape, reference, live, removed, st: _State, layout) -> PruningPlan:
 def neutral_scores(shape: ModelShape, structures: Iterable[str], layout: str) -> dict[str, Any]:
     """All-zero scores over the entries a model of `shape` has (None for absent entries)."""
     L, out = shape.n_layers, {}
-    for key in mask_keys(structures, layout):
+    for key in mask_keys(structures, layout, shape.attn_width_tied):
         if key == "hidden":
             out[key] = [0.0] * shape.hidden
         elif key in ("heads", "ffn"):
@@ -394,3 +475,67 @@ def min_fraction(config_or_shape: Any, kind: str, seq_len: int = 128, structures
         reference = ModelShape.from_dict(dict(saved)) if saved else shape
     scores = neutral_scores(shape, structures, layout)
     return make_plan(shape, reference, scores, kind, 0.0, seq_len, layout, round_to).fraction(kind, seq_len)
+
+
+# ---- grouped-query attention units (see the module docstring) --------------------------------
+
+def _query_rank_scores(layer_groups: list[dict]) -> list[float]:
+    """Score of the k-th query-rank step (k = 0 .. r-2): the mean of the k-th lowest score of
+    every group in `layer_groups` (one dict {group: [(head, score)]} per layer)."""
+    ranked = [sorted(s for _, s in hs) for by in layer_groups for hs in by.values()]
+    if not ranked:
+        return []
+    r = min(len(x) for x in ranked)
+    return [_mean([x[k] for x in ranked]) for k in range(r - 1)]
+
+
+def _uniform_head_units(shape: ModelShape, live: dict, alive_layers: list[int]) -> list:
+    """Uniform GQA head units: the k-th least informative group of every layer ("urank"), and
+    one query head of every group of every layer ("uqrank"). MHA is groups of one."""
+    groups = live["groups"] or [{j: [(j, s)] for j, s in live["heads"][l]} for l in range(shape.n_layers)]
+    per_layer = [sorted(groups[l].items(), key=lambda kv: _mean([s for _, s in kv[1]])) for l in alive_layers]
+    n = min(len(p) for p in per_layer)
+    units = []
+    for k in range(n - 1):
+        picks = [(l, p[k][0]) for l, p in zip(alive_layers, per_layer)]
+        score = _mean([_mean([s for _, s in p[k][1]]) for p in per_layer])
+        units.append((score, "urank", picks))
+    if live["groups"] is not None:
+        units += [(sc, "uqrank", None) for sc in _query_rank_scores([groups[l] for l in alive_layers])]
+    return units
+
+
+def _gqa_removed_heads(live: dict, removed: list, L: int) -> set:
+    """(layer, head) pairs removed by group / query-rank units: whole groups first, then in each
+    kept group the m least informative query heads, m = the layer's query-rank steps."""
+    gone_groups, steps = set(), [0] * L
+    for _, kind, p in removed:
+        if kind == "group":
+            gone_groups.add(p)
+        elif kind == "urank":
+            gone_groups.update(p)
+        elif kind == "qrank":
+            steps[p] += 1
+        elif kind == "uqrank":
+            steps = [s + 1 for s in steps]
+    gone = set()
+    for l in range(L):
+        for g, hs in live["groups"][l].items():
+            ranked = sorted(hs, key=lambda t: t[1])
+            drop = ranked if (l, g) in gone_groups else ranked[:steps[l]]
+            gone.update((l, j) for j, _ in drop)
+    return gone
+
+
+def _divisible_hidden(st: _State, removed: list, live: dict, layout: str, blocks: set, round_to: int):
+    """Families whose stock config needs hidden % heads == 0 (LlamaConfig): drop the least
+    informative extra hidden channels (fewer than the kept heads) of a uniform plan."""
+    heads = [h for h, a in zip(st.h, st.a) if a]
+    extra = st.H % heads[0] if heads and heads[0] else 0
+    if extra:
+        gone = {i for _, k, p in removed if k in ("hidden", "rank") for i in (p if k == "hidden" else p[1])}
+        rest = sorted((t for t in live["hidden"] if t[0] not in gone), key=lambda t: t[1])[:extra]
+        unit = (0.0, "hidden", [i for i, _ in rest])
+        _apply(st, unit, layout, blocks, round_to)
+        removed = removed + [unit]
+    return st, removed
