@@ -18,9 +18,9 @@ What is counted, and why:
   scores Q.K^T and the weighted sum A.V, 2*T*T*d per head each, and the head (pooler /
   pre-classifier dense and classifier) on the first token only; an LM head on every token
   (a language-model forward scores every position). Grouped-query attention: k and v project to
-  kv_heads * head_dim, scores and the weighted sum are per QUERY head. RoPE: the rotary table is
-  one [head_dim/2 x 1] @ [1 x T] matmul per forward (head_dim * T). Biases, norms, softmax and
-  activations are not matmuls and are not counted (neither does FlopCounterMode).
+  kv_heads * head_dim, scores and the weighted sum are per QUERY head. RoPE's rotary table and
+  rotation, biases, norms, softmax and activations are not counted (FlopCounterMode does not
+  count them either: checked in tests/core/test_decoders.py).
   Note: torch's counter has no formula for the CPU flash-attention kernel that SDPA uses on
   CPU, so measuring with FlopCounterMode needs attn_implementation="eager"; the analytic count
   always includes attention.
@@ -57,7 +57,7 @@ class ModelShape:
     ffn_bias: bool = True
     norm_bias: bool = True      # LayerNorm (weight + bias) vs RMSNorm (weight only)
     qk_norm: bool = False       # Qwen3: RMSNorm over head_dim on queries and keys (2 * head_dim)
-    rope: bool = False
+    rope: bool = False          # rotary positions (no table, no counted matmul; informational)
     lm_head: bool = False       # the head scores every token (causal LM), not the first one
     head_tied: bool = False     # the LM head is the word embedding (no parameters of its own)
     head_bias: bool = True
@@ -141,15 +141,11 @@ def _terms(shape: ModelShape, kind: str, seq_len: int, hidden: Any, heads: Seque
             total = total + H * C + (C if shape.head_bias else 0)
         return total
     if kind == "flops":
-        any_attn: Any = 0
         for l in range(shape.n_layers):
             A, K = heads[l] * d, kv[l] * d
             # q, o (A wide), k, v (K wide) + scores and weighted sum (2*T*T*d per query head each)
             total = total + attn[l] * (2 * T * H * (2 * A + 2 * K) + 2 * 2 * T * T * A)
             total = total + ffnb[l] * ((n_in + 1) * 2 * T * H * ffn[l])
-            any_attn = any_attn or attn[l]
-        if shape.rope and any_attn:
-            total = total + d * T          # the rotary table, once per forward
         if shape.head_dense:
             total = total + 2 * H * H      # first token only
         if C:

@@ -71,10 +71,12 @@ class Gpt2Adapter(DecoderAdapter):
         return int(self_attn.head_dim)
 
     def set_heads(self, self_attn, n_heads, head_dim, kv_heads=None):
-        # forward: c_attn(x).split(split_size) then view(..., -1, head_dim); scaling unchanged
+        # forward: c_attn(x).split(split_size) then view(..., -1, head_dim). Scaling is set at
+        # init from n_embd / n_head, which a per_layer placeholder config gets wrong: recompute.
         self_attn.num_heads = n_heads
         self_attn.head_dim = head_dim
         self_attn.split_size = self_attn.embed_dim = n_heads * head_dim
+        self_attn.scaling = head_dim ** -0.5 if self_attn.scale_attn_weights else 1.0
 
     def facts(self, config: Any) -> dict[str, Any]:
         get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
