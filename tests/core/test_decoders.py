@@ -276,3 +276,51 @@ def test_llama_uniform_hidden_stays_divisible_by_heads(tmp_path):
     assert shape.hidden % shape.heads[0] == 0 and shape.hidden < free.hidden
     save_pruned(pm.materialize(plan).remove_hooks(), None, plan, tmp_path, "uniform")
     AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=True)
+
+
+def test_uniform_layer_removal_gives_a_stock_checkpoint(decoder, tmp_path):
+    """A whole layer removed in the uniform layout: layers renumbered (KV cache indices), Qwen's
+    per-layer attention types follow, and plain transformers loads and generates."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_decoder(decoder, layers=3)
+    x = decoder_inputs()
+    pm = PrunableModel(model, layout="uniform")
+    perturb_masks(pm)
+    plan = pm.plan_from_masks()
+    plan.attn_blocks[0] = plan.ffn_blocks[0] = False
+    plan.heads[0], plan.ffn[0] = [], []
+    pm.apply_plan(plan)
+    hard = _logits(pm.model, x)
+    small = pm.materialize(plan).remove_hooks()
+    assert _close(_logits(small, x), hard, x)
+    save_pruned(small, None, plan, tmp_path, "uniform")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, use_safetensors=True).eval()
+    assert _close(_logits(loaded, x), hard, x)
+    assert loaded.config.num_hidden_layers == 2 and small.config.vtrans_layer_origin == [1, 2]
+    if getattr(loaded.config, "layer_types", None) is not None:
+        assert len(loaded.config.layer_types) == 2
+    prompt = x["input_ids"][:1, :5]
+    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert torch.equal(loaded.generate(prompt, **kw), loaded.generate(prompt, use_cache=False, **kw))
+
+
+@pytest.mark.parametrize("layout", ["per_layer", "uniform"])
+def test_every_mask_gets_a_gradient(decoder, layout):
+    """The gates sit where training can move them: each mask's mu has a non-zero gradient."""
+    model = tiny_decoder(decoder)
+    x = decoder_inputs()
+    pm = PrunableModel(model, layout=layout)
+    pm.set_sampling(True)
+    out = pm.model(**x, labels=x["input_ids"])
+    (out.loss + pm.kl() * 1e-6).backward()
+    for key, m in pm.masks.items():
+        assert m.mu.grad is not None and m.mu.grad.abs().sum() > 0, key
+
+
+def test_counts_from_a_raw_config_json(decoder):
+    """validate_request works from config.json alone (no weights): same counts as the model."""
+    cfg = decoder_config(decoder)
+    model = tiny_decoder(decoder)
+    assert count_params(cfg.to_dict()) == numel(model)
+    assert count_flops(cfg.to_dict(), 16) == count_flops(model, 16)

@@ -62,16 +62,18 @@ class DecoderAdapter(FamilyAdapter):
         return model.lm_head
 
     def set_layers(self, model, layers):
+        # Qwen2/Qwen3-style configs list an attention type per layer (full / sliding) and the
+        # model indexes it by position: the list follows a removal of whole layers.
+        old = list(self.layers(model))
+        origin = [next(i for i, o in enumerate(old) if o is layer) for layer in layers]
+        types = getattr(model.config, "layer_types", None)
+        if types is not None and len(types) == len(old):
+            model.config.layer_types = [types[i] for i in origin]
         for i, layer in enumerate(layers):  # the KV cache is indexed by layer_idx
             for m in layer.modules():
                 if hasattr(m, "layer_idx"):
                     m.layer_idx = i
         self._set_layer_list(model, layers)
-        # Qwen2/Qwen3/Mistral-style configs list an attention type per layer (full / sliding):
-        # the kept layers carry theirs, so the list follows a removal of whole layers.
-        types = [getattr(layer, "attention_type", None) for layer in layers]
-        if getattr(model.config, "layer_types", None) is not None and all(types):
-            model.config.layer_types = types
 
     def _set_layer_list(self, model, layers) -> None:
         raise NotImplementedError
