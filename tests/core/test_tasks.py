@@ -176,3 +176,24 @@ def test_language_modeling_task_end_to_end_on_a_text_file(tokenizer, tmp_path):
     assert model.lm_head.weight.grad is not None
     m = task.evaluate(model, enc_eval, 4, "cpu")
     assert m["window"] == 16 and m["perplexity"] > 1 and task.primary_metric in m and not task.higher_is_better
+
+
+def test_sequence_classification_task_wraps_the_existing_pieces(tmp_path):
+    from vtrans_core.training import distillation_loss
+
+    task = TASKS["sequence-classification"]
+    rows = tmp_path / "rows.csv"
+    rows.write_text("text,label\n" + "\n".join(f"row {i},{'pos' if i % 2 else 'neg'}" for i in range(40)))
+    splits = task.load_data(rows, seed=0)
+    assert splits.meta["labels"] == ["neg", "pos"] and len(splits.train) == 32 and len(splits.eval) == 4
+    assert task.needs_teacher({"architectures": ["BertModel"]}, splits)
+    with pytest.raises(CompressionError) as err:
+        task.load_data(tmp_path / "x.txt", seed=0)
+    assert err.value.field == "data"
+    logits, teacher = torch.randn(4, 2), torch.randn(4, 2)
+    batch = {"labels": torch.tensor([0, 1, 1, 0])}
+    got = task.loss(logits, teacher, batch, 2.0, 0.5)
+    want = distillation_loss(logits, teacher, batch["labels"], 2.0, 0.5)
+    assert all(torch.allclose(a, b) for a, b in zip(got, want))
+    m = {"accuracy": 50.0}
+    assert task.quality_warnings(m, m) == []

@@ -72,7 +72,8 @@ class Task:
                  tick: Callable[[int, int], None] | None = None) -> dict:
         raise NotImplementedError
 
-    def quality_warnings(self, dense: dict, pruned: dict) -> list[str]:
+    def quality_warnings(self, dense: dict, pruned: dict, encoded: Any = None) -> list[str]:
+        """Plain-language warnings about a delivered model (the evaluated rows in `encoded`)."""
         return []
 
 

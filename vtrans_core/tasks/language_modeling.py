@@ -293,7 +293,7 @@ class LanguageModeling(Task):
     def evaluate(self, model, encoded, batch_size, device, tick=None) -> dict:
         return perplexity(model, encoded, batch_size, device, tick)
 
-    def quality_warnings(self, dense: dict, pruned: dict) -> list[str]:
+    def quality_warnings(self, dense: dict, pruned: dict, encoded: Any = None) -> list[str]:
         out = []
         if pruned["perplexity"] > 10 * dense["perplexity"]:
             out.append(f"perplexity rose more than 10x ({dense['perplexity']:.1f} -> {pruned['perplexity']:.1f}, "
