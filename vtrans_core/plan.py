@@ -84,8 +84,14 @@ class PruningPlan:
                 attn_gone.discard(o)
             if s.ffn_blocks[k]:
                 ffn_gone.discard(o)
-        return {"hidden": s.hidden, "heads_per_layer": heads, "ffn_per_layer": ffn,
-                "attn_blocks_removed": sorted(attn_gone), "ffn_blocks_removed": sorted(ffn_gone)}
+        out = {"hidden": s.hidden, "heads_per_layer": heads, "ffn_per_layer": ffn,
+               "attn_blocks_removed": sorted(attn_gone), "ffn_blocks_removed": sorted(ffn_gone)}
+        if s.kv_heads is not None:   # grouped-query attention: key/value heads kept per layer too
+            kv = [0] * n0
+            for k, o in enumerate(origin):
+                kv[o] = s.kv[k]
+            out["kv_heads_per_layer"] = kv
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"hidden": self.hidden, "heads": self.heads, "ffn": self.ffn,

@@ -154,6 +154,7 @@ def test_planner_prunes_inside_groups_and_whole_groups():
     assert plan.heads[0] == [0, 1, 2]
     assert plan.heads[1] == [1, 2, 4, 5]
     assert plan.result_shape().kv == [1, 2]
+    assert plan.kept_summary()["kv_heads_per_layer"] == [1, 2]
 
 
 def _uniform_pruned(decoder, target=0.6):
