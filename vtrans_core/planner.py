@@ -34,6 +34,9 @@ from typing import Any, Iterable
 from .errors import CompressionError
 from .flops import ModelShape, shape_size
 from .plan import STRUCTURES, PruningPlan, mask_keys
+from .planner_gqa import gqa_removed_heads as _gqa_removed_heads
+from .planner_gqa import query_rank_scores as _query_rank_scores
+from .planner_gqa import uniform_head_units as _uniform_head_units
 
 CLOSE_TOL = 0.005
 
@@ -347,7 +350,7 @@ def _build(shape, reference, live, removed, st: _State, layout) -> PruningPlan:
 
 def neutral_scores(shape: ModelShape, structures: Iterable[str], layout: str) -> dict[str, Any]:
     """All-zero scores over the entries a model of `shape` has (None for absent entries)."""
-    L, out = shape.n_layers, {}
+    out: dict[str, Any] = {}
     for key in mask_keys(structures, layout, shape.attn_width_tied):
         if key == "hidden":
             out[key] = [0.0] * shape.hidden
@@ -375,56 +378,6 @@ def min_fraction(config_or_shape: Any, kind: str, seq_len: int = 128, structures
         reference = ModelShape.from_dict(dict(saved)) if saved else shape
     scores = neutral_scores(shape, structures, layout)
     return make_plan(shape, reference, scores, kind, 0.0, seq_len, layout, round_to).fraction(kind, seq_len)
-
-
-# ---- grouped-query attention units (see the module docstring) --------------------------------
-
-def _query_rank_scores(layer_groups: list[dict]) -> list[float]:
-    """Score of the k-th query-rank step (k = 0 .. r-2): the mean of the k-th lowest score of
-    every group in `layer_groups` (one dict {group: [(head, score)]} per layer)."""
-    ranked = [sorted(s for _, s in hs) for by in layer_groups for hs in by.values()]
-    if not ranked:
-        return []
-    r = min(len(x) for x in ranked)
-    return [_mean([x[k] for x in ranked]) for k in range(r - 1)]
-
-
-def _uniform_head_units(shape: ModelShape, live: dict, alive_layers: list[int]) -> list:
-    """Uniform GQA head units: the k-th least informative group of every layer ("urank"), and
-    one query head of every group of every layer ("uqrank"). MHA is groups of one."""
-    groups = live["groups"] or [{j: [(j, s)] for j, s in live["heads"][l]} for l in range(shape.n_layers)]
-    per_layer = [sorted(groups[l].items(), key=lambda kv: _mean([s for _, s in kv[1]])) for l in alive_layers]
-    n = min(len(p) for p in per_layer)
-    units = []
-    for k in range(n - 1):
-        picks = [(l, p[k][0]) for l, p in zip(alive_layers, per_layer)]
-        score = _mean([_mean([s for _, s in p[k][1]]) for p in per_layer])
-        units.append((score, "urank", picks))
-    if live["groups"] is not None:
-        units += [(sc, "uqrank", None) for sc in _query_rank_scores([groups[l] for l in alive_layers])]
-    return units
-
-
-def _gqa_removed_heads(live: dict, removed: list, L: int) -> set:
-    """(layer, head) pairs removed by group / query-rank units: whole groups first, then in each
-    kept group the m least informative query heads, m = the layer's query-rank steps."""
-    gone_groups, steps = set(), [0] * L
-    for _, kind, p in removed:
-        if kind == "group":
-            gone_groups.add(p)
-        elif kind == "urank":
-            gone_groups.update(p)
-        elif kind == "qrank":
-            steps[p] += 1
-        elif kind == "uqrank":
-            steps = [s + 1 for s in steps]
-    gone = set()
-    for l in range(L):
-        for g, hs in live["groups"][l].items():
-            ranked = sorted(hs, key=lambda t: t[1])
-            drop = ranked if (l, g) in gone_groups else ranked[:steps[l]]
-            gone.update((l, j) for j, _ in drop)
-    return gone
 
 
 def _divisible_hidden(st: _State, removed: list, live: dict, layout: str, blocks: set, round_to: int):
