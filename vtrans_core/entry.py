@@ -56,7 +56,12 @@ def _check_config(config: dict, budget: Budget, opts: CompressionOptions) -> Non
     from .families import adapter_for
     from .plan import min_fraction
 
-    adapter_for(config)  # raises CompressionError("model", ...) for an unknown family
+    adapter = adapter_for(config)  # raises CompressionError("model", ...) for an unknown family
+    if adapter.auto_class != "AutoModelForSequenceClassification":
+        # The surgery (prunable / materialize / loading) handles decoders; the pipeline has no
+        # language-modeling task yet (vtrans_core/tasks/, issue 13): refuse before any work.
+        raise CompressionError("model", f"{config.get('model_type')} is a causal language model: compress() "
+                               "does not run language-modeling jobs yet (only sequence classification)")
     floor = min_fraction(config, budget.kind, budget.seq_len, structures=structures_of(opts), layout=opts.layout)
     if budget.target < floor:
         raise CompressionError("budget.target", f"{budget.target:g} is below the smallest {budget.kind} fraction this "

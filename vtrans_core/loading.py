@@ -4,12 +4,16 @@
   architectures are refused with CompressionError("model") before anything is constructed.
 - Only safetensors weights are read (model.safetensors or a sharded index); a directory with
   only .bin / .pt weights is refused.
-- uniform outputs are stock checkpoints: plain from_pretrained (use_safetensors=True).
+- uniform outputs are stock checkpoints: plain from_pretrained (use_safetensors=True) with the
+  family's Auto class (AutoModelForSequenceClassification for the encoders,
+  AutoModelForCausalLM for the decoders).
 - per_layer outputs carry `vtrans_layout` in config.json: the stock model class is built from
   the config (whose stock head/FFN keys are placeholders), every layer's q/k/v/o and FFN
-  linears are resized to the saved shapes, the self-attention head attributes are set, removed
-  blocks are swapped for the family's identity modules, and the safetensors state dict is
-  loaded strictly (every key must match, no key may be missing).
+  projections (nn.Linear or Conv1D, fused q|k|v included) are resized to the saved shapes, the
+  self-attention head attributes are set, removed blocks are swapped for the family's identity
+  modules, and the safetensors state dict is loaded strictly: every key must match and none may
+  be missing, except a tied LM head's (save_pretrained stores a tied weight once; the tie
+  restores it).
 """
 from __future__ import annotations
 
@@ -26,12 +30,24 @@ from .flops import ModelShape
 from .materialize import save_pruned  # noqa: F401  (re-exported: vtrans_core.save_pruned)
 
 
-def _resize_linear(lin: nn.Linear, out_features: int, in_features: int) -> None:
+def _resize_linear(lin: nn.Module, out_features: int, in_features: int) -> None:
+    """Fresh (uninitialised) weights of the given size for an nn.Linear or a Conv1D ([in, out])."""
     dev, dt = lin.weight.device, lin.weight.dtype
-    lin.weight = nn.Parameter(torch.empty(out_features, in_features, device=dev, dtype=dt))
+    conv = not isinstance(lin, nn.Linear)
+    size = (in_features, out_features) if conv else (out_features, in_features)
+    lin.weight = nn.Parameter(torch.empty(*size, device=dev, dtype=dt))
     if lin.bias is not None:
         lin.bias = nn.Parameter(torch.empty(out_features, device=dev, dtype=dt))
-    lin.in_features, lin.out_features = in_features, out_features
+    if conv:
+        lin.nx, lin.nf = in_features, out_features
+    else:
+        lin.in_features, lin.out_features = in_features, out_features
+
+
+def auto_class(adapter):
+    import transformers
+
+    return getattr(transformers, adapter.auto_class)
 
 
 def _safetensors_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -64,20 +80,20 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 
 def load_pruned(path: str | Path, device: str | torch.device | None = None) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     path = Path(path)
     cfg = read_config(path)
+    auto = auto_class(adapter_for(cfg))
     if "vtrans_layout" not in cfg:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True)
+        model = auto.from_pretrained(str(path), use_safetensors=True)
     else:
         config = AutoConfig.from_pretrained(str(path))
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = auto.from_config(config)
         adapter = adapter_for(model)
         shape = ModelShape.from_dict(cfg["vtrans_layout"])
         _resize(model, adapter, shape)
-        sd = _safetensors_state_dict(path)
-        model.load_state_dict(sd, strict=True)
+        _load_strict(model, _safetensors_state_dict(path), path)
         got = adapter.shape_of(model)
         if got != shape:
             raise CompressionError("model", f"{path}: weights do not match vtrans_layout ({got} vs {shape})")
@@ -85,6 +101,19 @@ def load_pruned(path: str | Path, device: str | torch.device | None = None) -> n
     if device is not None:
         model.to(device)
     return model
+
+
+def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], path: Path) -> None:
+    """load_state_dict demanding every key, except the second name of a tied parameter."""
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    tied = {n for group in names.values() if len(group) > 1 and any(g in sd for g in group) for n in group}
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise CompressionError("model", f"{path}: weights do not match vtrans_layout (missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]})")
 
 
 def _resize(model: nn.Module, adapter, shape: ModelShape) -> None:
@@ -96,14 +125,19 @@ def _resize(model: nn.Module, adapter, shape: ModelShape) -> None:
         if not shape.attn_blocks[l]:
             adapter.skip_attention(model, l)
         elif attn is not None:
-            A = shape.heads[l] * d
-            for lin in (attn.q, attn.k, attn.v):
-                _resize_linear(lin, A, H)
+            A, K = shape.heads[l] * d, shape.kv[l] * d
+            if attn.qkv is not None:
+                _resize_linear(attn.qkv, A + 2 * K, H)
+            else:
+                _resize_linear(attn.q, A, H)
+                for lin in (attn.k, attn.v):
+                    _resize_linear(lin, K, H)
             _resize_linear(attn.o, H, A)
-            adapter.set_heads(attn.self_attn, shape.heads[l], d)
+            adapter.set_heads(attn.self_attn, shape.heads[l], d, shape.kv[l])
         ffn = adapter.ffn(model, l)
         if not shape.ffn_blocks[l]:
             adapter.skip_ffn(model, l)
         elif ffn is not None:
-            _resize_linear(ffn.inp, shape.ffn[l], H)
+            for lin in ffn.inputs:
+                _resize_linear(lin, shape.ffn[l], H)
             _resize_linear(ffn.out, H, shape.ffn[l])

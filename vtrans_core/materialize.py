@@ -1,11 +1,17 @@
 """Physical slicing of a PrunableModel by a PruningPlan, and saving the result.
 
 `materialize(pm, plan)` works on a deep copy (the source PrunableModel stays usable):
-1. fold the kept gates' deterministic value mu into the weights (hidden gate -> LayerNorm
-   weight/bias and the head dense rows; head gate -> o-projection columns; FFN gate -> FFN-out
-   columns), so the plain sliced model computes what the masked model computed;
-2. index_select rows/columns of every Embedding, Linear and LayerNorm touching a pruned unit and
-   update the head-count attributes of the self-attention modules;
+1. fold the kept gates' deterministic value mu into the weights, so the plain sliced model
+   computes what the masked model computed: head gate -> o-projection columns; FFN gate ->
+   FFN-out columns; hidden gate, post-LN encoders -> LayerNorm weight/bias and the head dense
+   rows; hidden gate, pre-LN decoders (gate on the stream's writes, prunable.py) -> embedding
+   columns and the o / FFN-out rows and biases, and when the LM head IS the embedding (tied) the
+   final norm's weight/bias divided by mu, which cancels the embedding's scaling in the head
+   (logits = E diag(mu) . (w/mu * norm(x)) = E . (w * norm(x)));
+2. index_select rows/columns of every Embedding, Linear / Conv1D and norm touching a pruned
+   unit (grouped-query attention: k/v rows of the kept key/value groups; GPT-2's fused q|k|v
+   projection: the kept rows of each third) and update the head-count attributes of the
+   self-attention modules; a tied LM head is re-tied to the sliced embedding (sliced once);
 3. removed blocks: `per_layer` swaps them for parameter-free identity modules (really skipped at
    inference); `uniform` deletes whole layers (a plan with only one block of a layer removed is
    refused there) and writes a stock config (hidden = heads * head_dim);
@@ -29,17 +35,45 @@ from .masks import folded_log_sigma2
 from .plan import PruningPlan
 
 
-def _slice_linear(lin: nn.Linear, rows: torch.Tensor | None, cols: torch.Tensor | None) -> None:
+def _slice_linear(lin: nn.Module, rows: torch.Tensor | None, cols: torch.Tensor | None) -> None:
+    """Keep output `rows` and input `cols` of an nn.Linear or a transformers Conv1D (GPT-2,
+    weight stored [in, out]: the same selection on the transposed axes)."""
+    conv = not isinstance(lin, nn.Linear)
+    out_ax, in_ax = (1, 0) if conv else (0, 1)
     w = lin.weight.data
     if rows is not None:
-        w = w.index_select(0, rows)
+        w = w.index_select(out_ax, rows)
         if lin.bias is not None:
             lin.bias = nn.Parameter(lin.bias.data.index_select(0, rows).clone())
-        lin.out_features = rows.numel()
+        if conv:
+            lin.nf = rows.numel()
+        else:
+            lin.out_features = rows.numel()
     if cols is not None:
-        w = w.index_select(1, cols)
-        lin.in_features = cols.numel()
+        w = w.index_select(in_ax, cols)
+        if conv:
+            lin.nx = cols.numel()
+        else:
+            lin.in_features = cols.numel()
     lin.weight = nn.Parameter(w.clone())
+
+
+def _scale_out(lin: nn.Module, scale: torch.Tensor) -> None:
+    """Multiply output channel i of a Linear / Conv1D (weight and bias) by scale[i]."""
+    lin.weight.mul_(scale[None, :] if not isinstance(lin, nn.Linear) else scale[:, None])
+    if lin.bias is not None:
+        lin.bias.mul_(scale)
+
+
+def _scale_in(lin: nn.Module, scale: torch.Tensor) -> None:
+    lin.weight.mul_(scale[:, None] if not isinstance(lin, nn.Linear) else scale[None, :])
+
+
+def _attn_rows(shape, l: int, heads: list[int], d: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output rows of q (the kept query heads) and of k / v (their key/value groups)."""
+    r = shape.group_size(l)
+    groups = sorted({j // r for j in heads})
+    return _head_rows(heads, d, dev), _head_rows(groups, d, dev)
 
 
 def _slice_norm(ln: nn.Module, idx: torch.Tensor) -> None:
@@ -70,6 +104,14 @@ def _check(pm, plan: PruningPlan) -> None:
             raise ValueError(f"layer {l}: a kept attention block needs at least one head")
         if plan.ffn_blocks[l] and not (plan.ffn[l] and s.ffn_blocks[l]):
             raise ValueError(f"layer {l}: a kept FFN block needs at least one neuron")
+    if s.kv_heads is not None:
+        for l in range(s.n_layers):
+            if plan.attn_blocks[l]:
+                r, counts = s.group_size(l), {}
+                for j in plan.heads[l]:
+                    counts[j // r] = counts.get(j // r, 0) + 1
+                if len(set(counts.values())) > 1:
+                    raise ValueError(f"layer {l}: key/value groups would keep different numbers of query heads")
     if plan.layout == "uniform":
         shape = plan.result_shape()
         if not shape.is_uniform(removed_layers=True):
@@ -93,7 +135,9 @@ def materialize(pm, plan: PruningPlan):
     mu = {k: m.mu.detach().masked_fill(m.pruned, 0.0).to(dev) for k, m in pm.masks.items()}
 
     # 1) fold mu of the multiplicative gates into the weights
-    if "hidden" in mu:
+    tables, cls = a.embedding_tables(model), a.classifier(model)
+    tied = cls is not None and cls.weight is tables[0].weight
+    if "hidden" in mu and a.norm_placement == "post":
         norms = [a.embedding_norm(model)]
         for l in range(s.n_layers):
             norms += [p.norm for p in (a.attention(model, l), a.ffn(model, l)) if p is not None]
@@ -102,37 +146,61 @@ def materialize(pm, plan: PruningPlan):
             ln.bias.mul_(mu["hidden"])
         dense = a.head_dense(model)
         if dense is not None:
-            dense.weight.mul_(mu["hidden"][:, None])
-            dense.bias.mul_(mu["hidden"])
+            _scale_out(dense, mu["hidden"])
+    elif "hidden" in mu:   # pre-LN: the gate scales every write to the residual stream
+        z = mu["hidden"]
+        for emb in tables:
+            emb.weight.mul_(z[None, :])
+        for l in range(s.n_layers):
+            for writer in [p.o if k == "attn" else p.out
+                           for k, p in (("attn", a.attention(model, l)), ("ffn", a.ffn(model, l))) if p is not None]:
+                _scale_out(writer, z)
+        if tied:   # the head reads the scaled embedding: undo it on the head's input (kept entries)
+            fn, keep = a.final_norm(model), z != 0
+            inv = torch.where(keep, 1.0 / torch.where(keep, z, torch.ones_like(z)), torch.zeros_like(z))
+            fn.weight.mul_(inv)
+            if getattr(fn, "bias", None) is not None:
+                fn.bias.mul_(inv)
     for l in range(s.n_layers):
         attn, ffn = a.attention(model, l), a.ffn(model, l)
         if attn is not None and "heads" in mu:
-            attn.o.weight.mul_(mu["heads"][l, :s.heads[l]].repeat_interleave(d)[None, :])
+            _scale_in(attn.o, mu["heads"][l, :s.heads[l]].repeat_interleave(d))
         if ffn is not None and "ffn" in mu:
-            ffn.out.weight.mul_(mu["ffn"][l, :s.ffn[l]][None, :])
+            _scale_in(ffn.out, mu["ffn"][l, :s.ffn[l]])
 
     # 2) slice
-    for emb in a.embedding_tables(model):
+    for emb in tables:
         _slice_embedding(emb, hi)
-    _slice_norm(a.embedding_norm(model), hi)
+    for ln in (a.embedding_norm(model), a.final_norm(model)):
+        if ln is not None:
+            _slice_norm(ln, hi)
     for l in range(s.n_layers):
         attn, ffn = a.attention(model, l), a.ffn(model, l)
         if attn is not None and plan.attn_blocks[l]:
-            rows = _head_rows(plan.heads[l], d, dev)
-            for lin in (attn.q, attn.k, attn.v):
-                _slice_linear(lin, rows, hi)
-            _slice_linear(attn.o, hi, rows)
+            q_rows, kv_rows = _attn_rows(s, l, plan.heads[l], d, dev)
+            if attn.qkv is not None:   # fused q | k | v (each A = heads * d wide before slicing)
+                A, K = s.heads[l] * d, s.kv[l] * d
+                _slice_linear(attn.qkv, torch.cat([q_rows, A + kv_rows, A + K + kv_rows]), hi)
+            else:
+                _slice_linear(attn.q, q_rows, hi)
+                for lin in (attn.k, attn.v):
+                    _slice_linear(lin, kv_rows, hi)
+            _slice_linear(attn.o, hi, q_rows)
             _slice_norm(attn.norm, hi)
-            a.set_heads(attn.self_attn, len(plan.heads[l]), d)
+            a.set_heads(attn.self_attn, len(plan.heads[l]), d, kv_rows.numel() // d)
         if ffn is not None and plan.ffn_blocks[l]:
             fi = torch.tensor(plan.ffn[l], dtype=torch.long, device=dev)
-            _slice_linear(ffn.inp, fi, hi)
+            for lin in ffn.inputs:
+                _slice_linear(lin, fi, hi)
             _slice_linear(ffn.out, hi, fi)
             _slice_norm(ffn.norm, hi)
-    dense, cls = a.head_dense(model), a.classifier(model)
+    dense = a.head_dense(model)
     if dense is not None:
         _slice_linear(dense, hi, hi)
-    if cls is not None:
+    if tied:   # one parameter: the sliced embedding is the head's weight again
+        cls.weight = tables[0].weight
+        cls.in_features = hi.numel()
+    elif cls is not None:
         _slice_linear(cls, None, hi)
 
     # 3) removed blocks

@@ -1,4 +1,4 @@
-"""PrunableModel: a stock HF encoder with VIB gates applied by hooks (no module copies).
+"""PrunableModel: a stock HF encoder or decoder with VIB gates applied by hooks (no module copies).
 
 Where the gates act (the wrapped model stays the stock HF model; `remove_hooks()` undoes all):
 - heads: forward pre-hook on the attention output projection (o) multiplies its input
@@ -11,7 +11,13 @@ Where the gates act (the wrapped model stays the stock HF model; `remove_hooks()
   channels, which is what makes slicing exactly equal to the hard-masked forward;
 - whole blocks (post-LN): block output = g * LN(sub(x) + x) + (1 - g) * x, so g = 0 is the
   identity (the block and its LayerNorm are skipped). x is captured by a pre-hook on q / ffn-in.
-  Pre-LN decoders would use x + g * sub(LN(x)) (reserved, see families/base.py).
+- pre-LN decoders (LLaMA family, GPT-2; adapter.norm_placement == "pre") carry the hidden gate
+  on the WRITES to the residual stream instead: the embedding tables' outputs and every block's
+  output projection (o / FFN-out) are multiplied by it, so a channel with gate -> 0 is gone from
+  the stream everywhere (every norm's statistics, every read, the LM head) as it will be once
+  sliced. Their norms (per block and the final one) are replaced by masked norms (LayerNorm or
+  RMSNorm statistics over the kept channels only) without a gate. A block gate multiplies the
+  block's output: x + g * sub(norm(x)), so g = 0 is the identity.
   In the `uniform` layout one gate per layer ("layer") drives both blocks, because a stock
   config can only drop whole layers; per_layer has separate "attn_block" and "ffn_block".
   Uniform also ties hidden width to heads (H = heads * head_dim), so asking for either of
@@ -54,8 +60,6 @@ class PrunableModel:
                  kl_weights: dict[str, float] | None = None, reference: ModelShape | None = None):
         self.model = model
         self.adapter = adapter_for(model)
-        if self.adapter.norm_placement != "post":  # pre-LN block gates: x + g*sub(LN(x)), not built yet
-            raise NotImplementedError("block gating is implemented for post-LN encoders only")
         self.shape = self.adapter.shape_of(model)
         self.layout = layout
         self.structures = tuple(s for s in STRUCTURES if s in set(structures))
@@ -73,7 +77,7 @@ class PrunableModel:
         self.layer_origin = list(getattr(model.config, "vtrans_layer_origin", None) or range(self.shape.n_layers))
         self.masks = nn.ModuleDict()
         L, s = self.shape.n_layers, self.shape
-        for key in mask_keys(self.structures, layout):
+        for key in mask_keys(self.structures, layout, self.shape.attn_width_tied):
             if key == "hidden":
                 m = VIBMask(s.hidden, self.kl_weights[key])
             elif key in ("heads", "ffn"):
@@ -130,6 +134,9 @@ class PrunableModel:
         self._handles.append(m.register_forward_pre_hook(clear))
         self._handles.append(a.base(m).register_forward_pre_hook(clear))
         self._handles.append(m.register_forward_hook(clear))
+        if a.norm_placement == "pre":
+            self._install_pre_ln(has_hidden)
+            return
         if has_hidden:
             self._patch_norm(a.embedding_norm(m), None, None)
             dense = a.head_dense(m)
@@ -154,6 +161,42 @@ class PrunableModel:
                 if gated or has_hidden:
                     self._patch_norm(parts.norm, l, kind if gated else None)
 
+    def _install_pre_ln(self, has_hidden: bool) -> None:
+        """Gates of a pre-LN decoder (module docstring): hidden gate on the stream's writes, block
+        gate on the block's output, masked norms; heads / FFN gates as for encoders."""
+        m, a, d = self.model, self.adapter, self.shape.head_dim
+        if has_hidden:
+            for emb in a.embedding_tables(m):
+                self._handles.append(emb.register_forward_hook(
+                    lambda mod, inp, out: out * self._gate("hidden").to(out.dtype)))
+            self._patch_norm(a.final_norm(m), None, None)
+        for l in range(self.shape.n_layers):
+            for kind, parts in (("attn", a.attention(m, l)), ("ffn", a.ffn(m, l))):
+                if parts is None:
+                    continue
+                if kind == "attn" and "heads" in self.masks:
+                    hook = self._scale_input("heads", l, self.shape.heads[l], d)
+                    self._handles.append(parts.o.register_forward_pre_hook(hook))
+                if kind == "ffn" and "ffn" in self.masks:
+                    hook = self._scale_input("ffn", l, self.shape.ffn[l], 1)
+                    self._handles.append(parts.out.register_forward_pre_hook(hook))
+                gated = self._has_block_mask(kind)
+                if gated or has_hidden:
+                    self._handles.append(parts.o.register_forward_hook(self._scale_write(l, kind, gated, has_hidden))
+                                         if kind == "attn" else
+                                         parts.out.register_forward_hook(self._scale_write(l, kind, gated, has_hidden)))
+                if has_hidden:
+                    self._patch_norm(parts.norm, l, None)
+
+    def _scale_write(self, l: int, kind: str, gated: bool, has_hidden: bool):
+        def hook(mod, args, out):
+            if has_hidden:
+                out = out * self._gate("hidden").to(out.dtype)
+            if gated:
+                out = out * self._block_gate(l, kind).to(out.dtype)
+            return out
+        return hook
+
     def _has_block_mask(self, kind: str) -> bool:
         return "layer" in self.masks or ("attn_block" if kind == "attn" else "ffn_block") in self.masks
 
@@ -171,14 +214,17 @@ class PrunableModel:
         return hook
 
     def _patch_norm(self, ln: nn.Module, l: int | None, block_kind: str | None) -> None:
+        post = self.adapter.norm_placement == "post"
+
         def forward(s: torch.Tensor) -> torch.Tensor:
             kept = self._kept_hidden()
             if kept is None:
-                y = F.layer_norm(s, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+                y = type(ln).forward(ln, s)
             else:  # statistics over kept channels only; pruned channels exactly 0
-                yk = F.layer_norm(s.index_select(-1, kept), (kept.numel(),), ln.weight.index_select(0, kept),
-                                  ln.bias.index_select(0, kept), ln.eps)
-                y = s.new_zeros(s.shape).index_copy(-1, kept, yk)
+                yk = _norm_over(ln, s.index_select(-1, kept), kept)
+                y = s.new_zeros(yk.shape[:-1] + s.shape[-1:]).index_copy(-1, kept, yk)
+            if not post:   # pre-LN: the hidden gate acts on the stream's writes, not here
+                return y
             if "hidden" in self.masks:
                 y = y * self._gate("hidden").to(y.dtype)
             if block_kind is not None:
@@ -223,12 +269,16 @@ class PrunableModel:
         p = {k: m.keep_prob() for k, m in self.masks.items()}
         hidden = p["hidden"].sum() if "hidden" in p else s.hidden
         heads = [p["heads"][l].sum() for l in range(L)] if "heads" in p else s.heads
+        kv = None
+        if s.kv_heads is not None:   # GQA: a k/v head stays while any query head of its group does
+            kv = [_expected_groups(p["heads"][l, :s.heads[l]], s.kv[l]) if "heads" in p and s.kv[l] else s.kv[l]
+                  for l in range(L)]
         ffn = [p["ffn"][l].sum() for l in range(L)] if "ffn" in p else s.ffn
         a_key = "layer" if "layer" in p else "attn_block"
         f_key = "layer" if "layer" in p else "ffn_block"
         attn = [p[a_key][l] for l in range(L)] if a_key in p else [1.0 if a else 0.0 for a in s.attn_blocks]
         ffnb = [p[f_key][l] for l in range(L)] if f_key in p else [1.0 if b else 0.0 for b in s.ffn_blocks]
-        size = expected_size(s, kind, seq_len, hidden, heads, ffn, attn, ffnb)
+        size = expected_size(s, kind, seq_len, hidden, heads, ffn, attn, ffnb, kv)
         return size / shape_size(self.reference, kind, seq_len)
 
     def fraction(self, kind: str, seq_len: int = 128) -> float:
@@ -238,7 +288,7 @@ class PrunableModel:
     # ---- plans ---------------------------------------------------------------------------
     def log_alphas(self, structures: Iterable[str] | None = None) -> dict[str, Any]:
         """Per-entry log alpha (None where hard-pruned) of the masks, for the planner."""
-        keys = mask_keys(structures, self.layout) if structures is not None else list(self.masks)
+        keys = mask_keys(structures, self.layout, self.shape.attn_width_tied) if structures is not None else list(self.masks)
         out: dict[str, Any] = {}
         for k in keys:
             if k not in self.masks:
@@ -318,3 +368,23 @@ class PrunableModel:
     def materialize(self, plan: PruningPlan) -> "PrunableModel":
         from .materialize import materialize
         return materialize(self, plan)
+
+
+def _expected_groups(p: torch.Tensor, groups: int) -> torch.Tensor:
+    """Expected kept key/value heads: group g stays unless all its query heads go (independent
+    keep probabilities p, query heads grouped consecutively as repeat_kv groups them)."""
+    return (1 - torch.prod(1 - p.reshape(groups, -1), dim=1)).sum()
+
+
+def _norm_over(ln: nn.Module, x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """The norm `ln` restricted to the `kept` channels (x holds only those): what the sliced
+    model's norm computes. LayerNorm (weight, bias, eps) or RMSNorm as the LLaMA family writes it
+    (weight * x / rms(x), statistics in float32, eps in `variance_epsilon` or `eps`)."""
+    w = ln.weight.index_select(0, kept)
+    if isinstance(ln, nn.LayerNorm):
+        b = ln.bias.index_select(0, kept) if ln.bias is not None else None
+        return F.layer_norm(x, (kept.numel(),), w, b, ln.eps)
+    eps = getattr(ln, "variance_epsilon", getattr(ln, "eps", 1e-6))
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return w * h.to(x.dtype)

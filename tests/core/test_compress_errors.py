@@ -74,11 +74,18 @@ def test_pickle_only_and_remote_code_models_refused(tiny_model_dir, tiny_dataset
     (remote / "config.json").write_text(json.dumps(cfg))
     assert "auto_map" in str(_run_expect("model", tmp_path, model=remote, data=tiny_dataset_csv))
 
+    t5 = tmp_path / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    (t5 / "model.safetensors").write_bytes(b"")
+    assert "t5" in str(_run_expect("model", tmp_path, model=t5, data=tiny_dataset_csv))
+
+    # decoders: the surgery supports them, compress() not yet (no language-modeling task wired)
     gpt = tmp_path / "gpt"
     gpt.mkdir()
-    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     (gpt / "model.safetensors").write_bytes(b"")
-    assert "gpt2" in str(_run_expect("model", tmp_path, model=gpt, data=tiny_dataset_csv))
+    assert "language model" in str(_run_expect("model", tmp_path, model=gpt, data=tiny_dataset_csv))
 
 
 def test_validate_request(tiny_model_dir):

@@ -11,10 +11,12 @@ from ..errors import CompressionError
 from .base import AttnParts, FamilyAdapter, FfnParts
 from .bert import BertAdapter
 from .distilbert import DistilBertAdapter
+from .gpt2 import Gpt2Adapter
+from .llama import LlamaAdapter
 from .roberta import RobertaAdapter
 
 ADAPTERS: dict[str, FamilyAdapter] = {}
-for _adapter in (BertAdapter(), RobertaAdapter(), DistilBertAdapter()):
+for _adapter in (BertAdapter(), RobertaAdapter(), DistilBertAdapter(), LlamaAdapter(), Gpt2Adapter()):
     for _t in _adapter.model_types:
         ADAPTERS[_t] = _adapter
 

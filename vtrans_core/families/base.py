@@ -9,11 +9,16 @@ An adapter maps one family's HF modules onto the structures vtrans prunes:
   classifier;
 - how to write a config for a sliced model and how to skip a removed block at inference.
 
-Norm placement: the encoders here are post-LN (x -> LN(x + sub(x))); a decoder adapter (LLaMA,
-GPT-2) would say "pre" (x -> x + sub(LN(x))), give q/k/v/o with a separate kv-head count
-(GQA: `kv_heads` per layer in its shape), gate/up/down as FFN parts (several "in" linears),
-RMSNorm as the norm and a tied LM head as the "classifier". The gating code in prunable.py
-branches on `norm_placement` only where the block-gate formula differs.
+Norm placement: the encoders here are post-LN (x -> LN(x + sub(x))); the decoder adapters
+(llama.py, gpt2.py) say "pre" (x -> x + sub(LN(x))), give q/k/v/o with a separate kv-head count
+(GQA: `kv_heads` per layer in the shape), gate/up/down as FFN parts (`gate` beside `inp`),
+RMSNorm as the norm, a final norm (`final_norm`) instead of an embedding norm, and the LM head
+(tied or not) as the "classifier". The gating and folding code in prunable.py / materialize.py
+branches on `norm_placement` only where the formula differs (where the hidden gate acts).
+
+Projections may be nn.Linear ([out, in] weight) or transformers' Conv1D ([in, out], GPT-2);
+`materialize.py` slices both. GPT-2 fuses q/k/v into one projection: its AttnParts gives `qkv`
+(the fused module, rows q | k | v) and leaves q/k/v None.
 """
 from __future__ import annotations
 
@@ -28,19 +33,30 @@ from ..flops import ModelShape
 
 @dataclass
 class AttnParts:
-    q: nn.Linear
-    k: nn.Linear
-    v: nn.Linear
-    o: nn.Linear
-    norm: nn.LayerNorm          # the residual LayerNorm closing this block (post-LN)
+    q: nn.Module | None
+    k: nn.Module | None
+    v: nn.Module | None
+    o: nn.Module
+    norm: nn.Module             # post-LN: the LayerNorm closing the block; pre-LN: the one opening it
     self_attn: nn.Module        # carries head-count attributes to update after slicing
+    qkv: nn.Module | None = None    # fused q|k|v projection (GPT-2's c_attn); q/k/v are then None
+
+    @property
+    def entry(self) -> nn.Module:
+        """The first projection the block's input goes through."""
+        return self.qkv if self.qkv is not None else self.q
 
 
 @dataclass
 class FfnParts:
-    inp: nn.Linear
-    out: nn.Linear
-    norm: nn.LayerNorm
+    inp: nn.Module              # up / intermediate / c_fc
+    out: nn.Module              # down / output
+    norm: nn.Module
+    gate: nn.Module | None = None   # gated FFN (LLaMA): act(gate(x)) * inp(x)
+
+    @property
+    def inputs(self) -> list[nn.Module]:
+        return [self.inp] if self.gate is None else [self.gate, self.inp]
 
 
 class FamilyAdapter:
@@ -60,8 +76,25 @@ class FamilyAdapter:
         """[word, position, (token type)] in this order."""
         raise NotImplementedError
 
-    def embedding_norm(self, model: nn.Module) -> nn.LayerNorm:
+    def embedding_norm(self, model: nn.Module) -> nn.Module | None:
         raise NotImplementedError
+
+    def final_norm(self, model: nn.Module) -> nn.Module | None:
+        """The norm between the last layer and the head (pre-LN decoders); None for encoders."""
+        return None
+
+    # the transformers Auto class that loads a checkpoint of this family's architectures
+    auto_class = "AutoModelForSequenceClassification"
+    # True when a stock config derives head size from hidden / heads (see ModelShape)
+    attn_width_tied = True
+
+    def facts(self, config: Any) -> dict[str, Any]:
+        """Architecture facts of ModelShape beyond the widths (bias layout, gated FFN, ...)."""
+        return {}
+
+    def kv_heads(self, parts: AttnParts) -> int | None:
+        """Key/value heads of a layer; None for multi-head attention (one per query head)."""
+        return None
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         raise NotImplementedError
@@ -85,7 +118,7 @@ class FamilyAdapter:
     def head_dim(self, self_attn: nn.Module) -> int:
         return int(self_attn.attention_head_size)
 
-    def set_heads(self, self_attn: nn.Module, n_heads: int, head_dim: int) -> None:
+    def set_heads(self, self_attn: nn.Module, n_heads: int, head_dim: int, kv_heads: int | None = None) -> None:
         raise NotImplementedError
 
     def skip_attention(self, model: nn.Module, i: int) -> None:
@@ -106,24 +139,35 @@ class FamilyAdapter:
         """Read the current shape from the modules themselves (works for sliced models)."""
         tables = self.embedding_tables(model)
         hidden = tables[0].embedding_dim
-        heads, ffn, head_dim = [], [], None
+        heads, kv, ffn, head_dim = [], [], [], None
         for i in range(len(self.layers(model))):
             a = self.attention(model, i)
             if a is not None:
                 head_dim = self.head_dim(a.self_attn)
-                heads.append(a.q.out_features // head_dim)
+                heads.append(self.n_heads(a))
+                kv.append(self.kv_heads(a))
             else:
                 heads.append(0)
+                kv.append(None)
             f = self.ffn(model, i)
-            ffn.append(f.out.in_features if f is not None else 0)
+            ffn.append(_in_width(f.out) if f is not None else 0)
         if head_dim is None:  # every attention block removed: take it from the saved layout / config
             head_dim = self._config_head_dim(model.config)
         cls = self.classifier(model)
+        gqa = any(k is not None for k in kv)
         return ModelShape(
-            family=self.model_types[0], vocab=tables[0].num_embeddings, positions=tables[1].num_embeddings,
+            family=getattr(model.config, "model_type", self.model_types[0]), vocab=tables[0].num_embeddings,
+            positions=tables[1].num_embeddings if len(tables) > 1 else 0,
             token_types=tables[2].num_embeddings if len(tables) > 2 else 0, hidden=hidden, head_dim=head_dim,
             heads=heads, ffn=ffn, attn_blocks=[h > 0 for h in heads], ffn_blocks=[f > 0 for f in ffn],
-            num_labels=cls.out_features if cls is not None else 0, head_dense=self.head_dense(model) is not None)
+            num_labels=_out_width(cls) if cls is not None else 0, head_dense=self.head_dense(model) is not None,
+            kv_heads=[k or 0 for k in kv] if gqa else None, attn_width_tied=self.attn_width_tied,
+            **self.facts(model.config))
+
+    def n_heads(self, parts: AttnParts) -> int:
+        """Query heads of a layer, read from the projection widths."""
+        width = _out_width(parts.q) if parts.q is not None else _out_width(parts.qkv) // 3
+        return width // self.head_dim(parts.self_attn)
 
     def _config_head_dim(self, config: Any) -> int:
         layout = getattr(config, "vtrans_layout", None)
@@ -182,3 +226,12 @@ class FamilyAdapter:
             setattr(config, lk, shape.n_layers)
             config.vtrans_layout = shape.to_dict()
         config.vtrans_reference = reference.to_dict()
+
+
+def _out_width(mod: nn.Module) -> int:
+    """Output features of an nn.Linear or a transformers Conv1D (weight [in, out])."""
+    return mod.out_features if isinstance(mod, nn.Linear) else mod.weight.shape[1]
+
+
+def _in_width(mod: nn.Module) -> int:
+    return mod.in_features if isinstance(mod, nn.Linear) else mod.weight.shape[0]

@@ -79,7 +79,7 @@ class BertAdapter(FamilyAdapter):
     def classifier(self, model):
         return model.classifier
 
-    def set_heads(self, self_attn, n_heads, head_dim):
+    def set_heads(self, self_attn, n_heads, head_dim, kv_heads=None):
         # The HF forward reshapes with view(..., -1, attention_head_size), so only these
         # attributes must follow; scaling stays head_dim ** -0.5 (head size is unchanged).
         self_attn.num_attention_heads = n_heads

@@ -88,7 +88,7 @@ class DistilBertAdapter(FamilyAdapter):
     def classifier(self, model):
         return model.classifier
 
-    def set_heads(self, self_attn, n_heads, head_dim):
+    def set_heads(self, self_attn, n_heads, head_dim, kv_heads=None):
         self_attn.n_heads = n_heads
         self_attn.attention_head_size = head_dim
         self_attn.dim = n_heads * head_dim  # not used by the forward; kept truthful
