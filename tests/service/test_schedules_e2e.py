@@ -105,7 +105,7 @@ def test_new_version_upload_runs_a_job_and_the_receiver_gets_a_signed_job_succee
         (run,) = t.http.get(f"/v1/schedules/{sch['id']}/runs").json()["data"]
         assert run["outcome"] == "job_created"
         job = wait_job(t.http, run["job_id"], 600, log=celery_worker.output)
-        assert job["status"] == "succeeded", job
+        assert job["status"] == "succeeded", (job["error"], celery_worker.output()[-3000:])
         assert job["request"]["model_source"] == {"ref": name, "name": name, "version": 2, "revision": None}
         receiver.wait_for(2, 60)
         verifier = Webhook(hook["secret"])
