@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, select, update
 
 from .automation import Clock, Tenant, hook_settings, receiver, start_scheduler, tenants  # noqa: F401
-from .conftest import celery_worker, tar_gz_of, wait_for  # noqa: F401
+from .conftest import settings_env, tar_gz_of, wait_for
 from .jobpath import BUDGET, FAST_OPTIONS, wait_job
 
 UTC = timezone.utc
@@ -82,11 +82,19 @@ def test_two_racing_schedulers_create_one_job_per_firing(tmp_path, tenants, hook
 
 
 def test_new_version_upload_runs_a_job_and_the_receiver_gets_a_signed_job_succeeded(
-        hook_settings, celery_worker, receiver, start_scheduler, tiny_model_dir, tiny_dataset_csv):
+        hook_settings, start_proc, receiver, start_scheduler, tiny_model_dir, tiny_dataset_csv):
+    import sys
+
     from standardwebhooks.webhooks import Webhook
 
     from api.scheduler import celery_enqueue
 
+    # The production worker command; a lease long enough that a loaded 2-core machine does not
+    # make the reaper take the job away from a live worker (that is tested elsewhere).
+    worker_settings = hook_settings.model_copy(update={"lease_seconds": 600})
+    celery_worker = start_proc([sys.executable, "-m", "api.cli", "worker"], settings_env(worker_settings), "worker")
+    wait_for(lambda: "ready." in celery_worker.output() or celery_worker.p.poll() is not None, 300, what="worker")
+    assert celery_worker.p.poll() is None, celery_worker.output()
     t = Tenant(hook_settings, enqueue=celery_enqueue(hook_settings))
     try:
         name = f"bert-{secrets.token_hex(3)}"
