@@ -154,10 +154,26 @@ def _loop(stop: threading.Event, interval: float, what: str, step: Callable[[], 
         stop.wait(interval)
 
 
+def _warm_up() -> None:
+    # Import the validation code (torch, transformers) before the first firing: a firing holds
+    # its schedule's row lock, and a first import can take a minute on a busy machine.
+    from . import core_bridge
+
+    core_bridge.builtin_datasets()
+    tiny_bert = {"model_type": "bert", "architectures": ["BertForSequenceClassification"], "hidden_size": 32,
+                 "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 64}
+    for config in (None, tiny_bert):
+        try:
+            core_bridge.validate_job(config, {"kind": "flops", "target": 0.5}, "vtrans", None)
+        except Exception:
+            pass
+
+
 def run(settings: Settings, clock: Clock = utcnow, once: bool = False, stop: threading.Event | None = None) -> None:
     """The `vtrans scheduler` process: schedules every scheduler_interval_seconds, the webhook
     outbox every webhook_poll_seconds (in a thread), until `stop` is set (SIGTERM/SIGINT)."""
     enqueue = celery_enqueue(settings)
+    _warm_up()
     if once:
         fired = tick(settings, enqueue, clock)
         webhook_delivery.deliver_due(settings)

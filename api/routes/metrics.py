@@ -102,6 +102,9 @@ def registry_for(app: FastAPI) -> CollectorRegistry:
     if reg is None:
         reg = CollectorRegistry(auto_describe=True)
         reg.register(JobsCollector(app.state.settings.db_url))
+        from ..automation_metrics import AutomationCollector  # schedules and webhooks (issue #14)
+
+        reg.register(AutomationCollector(app.state.settings.db_url))
         app.state.metrics_registry = reg
         app.state.request_latency = Histogram(
             "vtrans_http_request_duration_seconds", "API request latency until the response starts",

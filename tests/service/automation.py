@@ -93,7 +93,8 @@ def start_scheduler(start_proc, hook_settings):
         env = settings_env(settings or hook_settings)
         env.update(extra_env or {})
         proc = start_proc(args, env, name)
-        wait_for(lambda: "scheduler: running" in proc.output() or proc.p.poll() is not None, 60,
+        # Up to minutes on a loaded 2-core machine: it imports the validation code before running.
+        wait_for(lambda: "scheduler: running" in proc.output() or proc.p.poll() is not None, 300,
                  what=f"{name} ready")
         assert proc.p.poll() is None, proc.output()
         return proc

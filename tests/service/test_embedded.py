@@ -13,6 +13,7 @@ import torch
 
 from .conftest import wait_for
 from .jobpath import BUDGET, FAST_OPTIONS, download_and_load_model, upload_inputs, wait_job
+from .webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,9 @@ def test_vtrans_serve_runs_a_job_end_to_end(start_proc, tmp_path, tiny_model_dir
     data_dir = tmp_path / "var"
     vtrans = str(Path(sys.executable).parent / "vtrans")
     key = "vt_embedded_test_key"  # a known key for tenant "default" (a newcomer's server makes its own)
-    env = _clean_env(VTRANS_DATA_DIR=str(data_dir), VTRANS_PORT=str(port), VTRANS_API_KEY=key)
+    env = _clean_env(VTRANS_DATA_DIR=str(data_dir), VTRANS_PORT=str(port), VTRANS_API_KEY=key,
+                     VTRANS_WEBHOOK_ALLOW_PRIVATE="true", VTRANS_WEBHOOK_POLL_SECONDS="0.5")
+    receiver = Receiver().start()  # `vtrans serve` runs the scheduler, which delivers webhooks
     proc = start_proc([vtrans, "serve"], env, "serve")
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: f"serving at {url}" in proc.output() or proc.p.poll() is not None, 90, what="serve URL")
@@ -43,12 +46,22 @@ def test_vtrans_serve_runs_a_job_end_to_end(start_proc, tmp_path, tiny_model_dir
     with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as http:
         wait_for(lambda: _ok(http, "/readyz"), 60, what="readyz")
         model_id, ds_id = upload_inputs(http, tiny_model_dir, tiny_dataset_csv)
+        hook = http.post("/v1/webhooks", json={"url": receiver.url, "events": ["job.succeeded"]})
+        assert hook.status_code == 201, hook.text
         r = http.post("/v1/jobs", json={"model": model_id, "dataset": ds_id, "budget": BUDGET,
                                         "method": "fast", "options": FAST_OPTIONS})
         assert r.status_code == 202, r.text
         job = wait_job(http, r.json()["id"], 600, log=proc.output)
         assert job["status"] == "succeeded", (job, proc.output()[-4000:])
         model, tokenizer = download_and_load_model(http, job["id"], tmp_path / "dl")
+    try:
+        receiver.wait_for(1, 120)
+        from standardwebhooks.webhooks import Webhook
+
+        headers, body = receiver.received[0]
+        assert Webhook(hook.json()["secret"]).verify(body, headers)["data"]["id"] == job["id"]
+    finally:
+        receiver.stop()
     with torch.no_grad():
         assert model(**tokenizer(["so bad"], return_tensors="pt")).logits.shape == (1, 2)
     # Everything lives in the data folder: database, broker, artifacts.

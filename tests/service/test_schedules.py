@@ -217,3 +217,15 @@ def test_new_version_fires_on_upload_and_a_missed_one_is_caught_by_the_scan(name
     latest = runs(t, sch["id"])
     assert len(latest) == 2 and latest[0]["outcome"] == "job_created" and len(sent) == 1
     assert t.http.get(f"/v1/jobs/{latest[0]['job_id']}").json()["request"]["model_source"]["version"] == 3
+
+
+def test_metrics_report_schedule_firings_skips_and_webhook_outbox(named, hook_settings):
+    t, name, template = named
+    sch = create(t, template=template, cron="0 * * * *", paused=True)
+    tick(hook_settings, datetime.fromisoformat(sch["next_due_at"]) + timedelta(seconds=1))
+    text = t.http.get("/metrics").text
+    lines = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+             if line.startswith(("vtrans_schedule", "vtrans_webhook"))}
+    assert lines['vtrans_schedule_runs_total{outcome="skipped",trigger="cron"}'] >= 1  # labels sorted
+    assert lines['vtrans_schedules{state="paused"}'] >= 1
+    assert "vtrans_schedule_lag_seconds" in lines and 'vtrans_webhook_messages{status="pending"}' in lines
