@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .. import schedules
+from .. import contract, schedules
 from ..automation_schemas import (ScheduleCreate, ScheduleList, ScheduleOut, ScheduleRunList, ScheduleUpdate)
 from ..deps import get_db, owned_or_404
 from ..models import Schedule, ScheduleRun, new_id, utcnow
@@ -31,7 +31,7 @@ def _get(db: Session, tenant: str, schedule_id: str) -> Schedule:
     return owned_or_404(db, Schedule, schedule_id, tenant, "schedule")
 
 
-@router.post("", status_code=201, response_model=ScheduleOut, operation_id="createSchedule")
+@router.post("", status_code=201, response_model=ScheduleOut, operation_id="createSchedule", responses=contract.problems(401, 404, 422))
 def create_schedule(body: ScheduleCreate, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
     template, cron = schedules.validate(db, tenant, body.template, body.cron, body.timezone, body.on_new_version)
     now = utcnow()
@@ -44,19 +44,19 @@ def create_schedule(body: ScheduleCreate, db: Session = Depends(get_db), tenant:
     return _out(db, sch)
 
 
-@router.get("", response_model=ScheduleList, operation_id="listSchedules")
+@router.get("", response_model=ScheduleList, operation_id="listSchedules", responses=contract.problems(401))
 def list_schedules(db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
     rows = db.scalars(select(Schedule).where(Schedule.tenant_id == tenant)
                       .order_by(Schedule.created_at.desc(), Schedule.id.desc())).all()
     return {"data": [_out(db, s) for s in rows]}
 
 
-@router.get("/{schedule_id}", response_model=ScheduleOut, operation_id="getSchedule")
+@router.get("/{schedule_id}", response_model=ScheduleOut, operation_id="getSchedule", responses=contract.problems(401, 404))
 def get_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
     return _out(db, _get(db, tenant, schedule_id))
 
 
-@router.patch("/{schedule_id}", response_model=ScheduleOut, operation_id="updateSchedule")
+@router.patch("/{schedule_id}", response_model=ScheduleOut, operation_id="updateSchedule", responses=contract.problems(401, 404, 422))
 def update_schedule(schedule_id: str, body: ScheduleUpdate, db: Session = Depends(get_db),
                     tenant: str = Depends(get_tenant)) -> dict:
     sch = _get(db, tenant, schedule_id)
@@ -89,18 +89,18 @@ def _set_paused(db: Session, tenant: str, schedule_id: str, paused: bool) -> dic
     return _out(db, sch)
 
 
-@router.post("/{schedule_id}/pause", response_model=ScheduleOut, operation_id="pauseSchedule")
+@router.post("/{schedule_id}/pause", response_model=ScheduleOut, operation_id="pauseSchedule", responses=contract.problems(401, 404))
 def pause_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
     """While paused, due times are still recorded, as runs skipped with the reason "paused"."""
     return _set_paused(db, tenant, schedule_id, True)
 
 
-@router.post("/{schedule_id}/resume", response_model=ScheduleOut, operation_id="resumeSchedule")
+@router.post("/{schedule_id}/resume", response_model=ScheduleOut, operation_id="resumeSchedule", responses=contract.problems(401, 404))
 def resume_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
     return _set_paused(db, tenant, schedule_id, False)
 
 
-@router.delete("/{schedule_id}", status_code=204, operation_id="deleteSchedule")
+@router.delete("/{schedule_id}", status_code=204, operation_id="deleteSchedule", responses=contract.problems(401, 404))
 def delete_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> Response:
     """Its run history goes with it; jobs it created stay."""
     db.delete(_get(db, tenant, schedule_id))
@@ -108,7 +108,7 @@ def delete_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str
     return Response(status_code=204)
 
 
-@router.get("/{schedule_id}/runs", response_model=ScheduleRunList, operation_id="listScheduleRuns")
+@router.get("/{schedule_id}/runs", response_model=ScheduleRunList, operation_id="listScheduleRuns", responses=contract.problems(401, 404))
 def list_schedule_runs(schedule_id: str, limit: int = Query(50, ge=1, le=200), before: str | None = Query(
                            None, description="a run id: only runs older than it (pagination)"),
                        db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:

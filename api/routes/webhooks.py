@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .. import webhook_delivery, webhooks
+from .. import contract, webhook_delivery, webhooks
 from ..automation_schemas import (WebhookCreate, WebhookCreated, WebhookDeliveryList, WebhookDeliveryOut, WebhookList,
                                   WebhookOut)
 from ..deps import get_app_settings, get_db, owned_or_404
@@ -32,7 +32,7 @@ def _get(db: Session, tenant: str, webhook_id: str) -> WebhookEndpoint:
     return owned_or_404(db, WebhookEndpoint, webhook_id, tenant, "webhook")
 
 
-@router.post("", status_code=201, response_model=WebhookCreated, operation_id="createWebhook")
+@router.post("", status_code=201, response_model=WebhookCreated, operation_id="createWebhook", responses=contract.problems(401, 422))
 def create_webhook(body: WebhookCreate, db: Session = Depends(get_db), tenant: str = Depends(get_tenant),
                    settings: Settings = Depends(get_app_settings)) -> dict:
     """The answer holds the signing secret (whsec_...): it is shown only here."""
@@ -54,19 +54,19 @@ def create_webhook(body: WebhookCreate, db: Session = Depends(get_db), tenant: s
     return {**_out(ep), "secret": ep.secret}
 
 
-@router.get("", response_model=WebhookList, operation_id="listWebhooks")
+@router.get("", response_model=WebhookList, operation_id="listWebhooks", responses=contract.problems(401))
 def list_webhooks(db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
     rows = db.scalars(select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant)
                       .order_by(WebhookEndpoint.created_at.desc())).all()
     return {"data": [_out(ep) for ep in rows]}
 
 
-@router.get("/{webhook_id}", response_model=WebhookOut, operation_id="getWebhook")
+@router.get("/{webhook_id}", response_model=WebhookOut, operation_id="getWebhook", responses=contract.problems(401, 404))
 def get_webhook(webhook_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
     return _out(_get(db, tenant, webhook_id))
 
 
-@router.delete("/{webhook_id}", status_code=204, operation_id="deleteWebhook")
+@router.delete("/{webhook_id}", status_code=204, operation_id="deleteWebhook", responses=contract.problems(401, 404))
 def delete_webhook(webhook_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> Response:
     """Undelivered messages to it are dropped with it."""
     db.delete(_get(db, tenant, webhook_id))
@@ -84,7 +84,7 @@ def _delivery(m: WebhookMessage, attempts: list[WebhookAttempt]) -> dict:
                              "error": a.error, "created_at": a.created_at.isoformat()} for a in attempts]}
 
 
-@router.get("/{webhook_id}/deliveries", response_model=WebhookDeliveryList, operation_id="listWebhookDeliveries")
+@router.get("/{webhook_id}/deliveries", response_model=WebhookDeliveryList, operation_id="listWebhookDeliveries", responses=contract.problems(401, 404))
 def list_deliveries(webhook_id: str, status: str | None = Query(None, pattern="^(pending|delivered|failed)$"),
                     limit: int = Query(50, ge=1, le=200), db: Session = Depends(get_db),
                     tenant: str = Depends(get_tenant)) -> dict:
@@ -104,7 +104,7 @@ def list_deliveries(webhook_id: str, status: str | None = Query(None, pattern="^
 
 
 @router.post("/{webhook_id}/deliveries/{message_id}/redeliver", status_code=202, response_model=WebhookDeliveryOut,
-             operation_id="redeliverWebhookMessage")
+             operation_id="redeliverWebhookMessage", responses=contract.problems(401, 404))
 def redeliver(webhook_id: str, message_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant),
               settings: Settings = Depends(get_app_settings)) -> dict:
     """Send a message again, with the same webhook-id, starting a fresh round of retries."""

@@ -82,9 +82,9 @@ def test_compat_check_catches_breaking_changes(document, change, expected):
 
 def test_additions_are_not_breaking(document):
     grown = copy.deepcopy(document)
-    grown["components"]["schemas"]["Job"]["properties"]["eval_dataset"] = {"type": "string"}
-    grown["components"]["schemas"]["JobRequest"]["properties"]["eval_dataset"] = {"type": "string"}
-    grown["paths"]["/v1/schedules"] = {"get": {"operationId": "listSchedules", "responses": {}}}
+    grown["components"]["schemas"]["Job"]["properties"]["future_field"] = {"type": "string"}
+    grown["components"]["schemas"]["JobRequest"]["properties"]["future_option"] = {"type": "string"}
+    grown["paths"]["/v1/future"] = {"get": {"operationId": "listFutureThings", "responses": {}}}
     assert breaking_changes(document, grown) == []
 
 
