@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import random
+import time
 
 import torch
 
@@ -82,14 +83,17 @@ class FasterVTrans(Method):
             steps = self.mask_steps(len(enc), opts)
             ctx.progress.start("masks#1")
             mask_rows = _head(enc, subset_size(len(enc), opts))
-            rnd = MaskRound(steps, 1.0, budget.target, budget.kind, budget.seq_len, train_weights=False)
+            rnd = MaskRound(steps, 1.0, budget.size_target, budget.size_kind, budget.seq_len, train_weights=False)
             ctx.history.extend(train_masks(pm, mask_rows, rnd, opts, ctx.device, ctx.progress.update, ctx.teacher,
                                            BudgetLagrangian(opts.budget_lambda_lr)))
             ctx.info.update(mask_steps=steps, mask_rows=len(mask_rows), gates=gate_summary(pm))
             scores = pm.log_alphas()
         ctx.progress.start("prune#1")
-        plan = make_plan(pm.shape, pm.reference, scores, budget.kind, budget.target, budget.seq_len, opts.layout,
-                         opts.round_to)
+        size_fraction = self._latency_fraction(ctx, pm) if budget.kind == "speedup" else None
+        plan = make_plan(pm.shape, pm.reference, scores, budget.size_kind, budget.size_target, budget.seq_len,
+                         opts.layout, opts.round_to, size_fraction=size_fraction)
+        if size_fraction is not None:
+            ctx.info["speedup_predicted"] = round(1.0 / size_fraction(plan.result_shape()), 3)
         plan.meta.update(budget=budget.to_dict(), round_to=opts.round_to, layer_origin=list(pm.layer_origin))
         origin.apply(plan)
         pm = pm.materialize(plan)
@@ -111,6 +115,18 @@ class FasterVTrans(Method):
         for p in model.parameters():
             p.requires_grad_(True)
         return model, full_plan
+
+
+    def _latency_fraction(self, ctx: Context, pm):
+        """Predicted time / dense time from the cached latency table of this shape and device."""
+        from ..evaluate import measure_latency_ms
+        from ..latency import RUNS, latency_fraction, latency_table
+
+        started = time.perf_counter()
+        table = latency_table(ctx.dense, ctx.device, "hidden" in ctx.structures, ctx.options.round_to,
+                              dense_ms=lambda: measure_latency_ms([ctx.dense], ctx.device, RUNS)[0])
+        ctx.info["latency_table"] = {"key": table.key, "seconds": round(time.perf_counter() - started, 1)}
+        return latency_fraction(table, pm.reference)
 
 
 def _head(enc: Encoded, n: int) -> Encoded:
