@@ -123,7 +123,7 @@ def _record(layer, rows: list[_Rows], xs: list[torch.Tensor], modules: dict) -> 
             for k in got:   # keep only real tokens, flattened to [tokens, width]
                 if len(got[k]) > n0[k]:
                     i, o = got[k][-1]
-                    got[k][-1] = (i[r.valid].double(), o[r.valid].double())
+                    got[k][-1] = (i[r.valid].float(), o[r.valid].float())
     finally:
         for h in handles:
             h.remove()
@@ -143,7 +143,7 @@ def _contributions(inp: torch.Tensor, W: torch.Tensor, unit: int) -> torch.Tenso
 
 def _fit_scales(proj, unit: int, data: list, idx_fit, idx_held, damping: float):
     """Kwon's mask tuning for one projection; data[i] = (proj input, b = target - bias - residual)."""
-    W = proj.weight.detach().double()
+    W = proj.weight.detach().float()     # per-batch products in float32, sums and the solve in float64
     n = W.shape[1] // unit
     gram = torch.zeros(n, n, dtype=torch.float64)
     rhs = torch.zeros(n, dtype=torch.float64)
@@ -151,12 +151,12 @@ def _fit_scales(proj, unit: int, data: list, idx_fit, idx_held, damping: float):
     for i in idx_fit:
         x, b = data[i]
         if unit == 1:   # FFN: C^T C = (X^T X) * (W^T W) without materialising C
-            gram += (x.T @ x) * wtw
-            rhs += ((b @ W) * x).sum(0)
+            gram += ((x.T @ x) * wtw).double()
+            rhs += ((b @ W) * x).sum(0).double()
         else:
             c = _contributions(x, W, unit)
-            gram += torch.einsum("tuo,tvo->uv", c, c)
-            rhs += torch.einsum("tuo,to->u", c, b)
+            gram += torch.einsum("tuo,tvo->uv", c, c).double()
+            rhs += torch.einsum("tuo,to->u", c, b).double()
     ones = torch.ones(n, dtype=torch.float64)
     lam = damping * gram.diagonal().mean().clamp_min(1e-12)
     try:
@@ -166,7 +166,7 @@ def _fit_scales(proj, unit: int, data: list, idx_fit, idx_held, damping: float):
     if not torch.isfinite(s).all():
         return None
     s = s.clamp(-MAX_SCALE, MAX_SCALE)
-    scale = s.repeat_interleave(unit)
+    scale = s.repeat_interleave(unit).float()
 
     def err(v):
         return sum(float(((data[i][0] * v) @ W.T - data[i][1]).pow(2).sum()) for i in idx_held)
@@ -176,17 +176,17 @@ def _fit_scales(proj, unit: int, data: list, idx_fit, idx_held, damping: float):
 
 def _fit_weights(proj, data: list, idx_fit, idx_held, damping: float):
     """The whole projection (weights + bias) refitted by ridge least squares toward its current value."""
-    W = proj.weight.detach().double()
-    bias = proj.bias.detach().double() if proj.bias is not None else torch.zeros(W.shape[0], dtype=torch.float64)
+    W = proj.weight.detach().float()
+    bias = proj.bias.detach().float() if proj.bias is not None else torch.zeros(W.shape[0])
     d = W.shape[1] + 1
     gram = torch.zeros(d, d, dtype=torch.float64)
     cross = torch.zeros(d, W.shape[0], dtype=torch.float64)
     for i in idx_fit:
         x, b = data[i]
         xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-        gram += xa.T @ xa
-        cross += xa.T @ (b + bias)           # b excludes the bias: add it back, the bias is refitted too
-    w0 = torch.cat([W.T, bias.unsqueeze(0)], 0)
+        gram += (xa.T @ xa).double()
+        cross += (xa.T @ (b + bias)).double()   # b excludes the bias: add it back, the bias is refitted too
+    w0 = torch.cat([W.T, bias.unsqueeze(0)], 0).double()
     lam = damping * gram.diagonal().mean().clamp_min(1e-12)
     try:
         w = torch.linalg.solve(gram + lam * torch.eye(d, dtype=torch.float64), cross + lam * w0)
@@ -194,6 +194,7 @@ def _fit_weights(proj, data: list, idx_fit, idx_held, damping: float):
         return None
     if not torch.isfinite(w).all():
         return None
+    w, w0 = w.float(), w0.float()
 
     def err(m):
         return sum(float((torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1) @ m - (b + bias)).pow(2).sum())
@@ -205,7 +206,7 @@ def _fit_weights(proj, data: list, idx_fit, idx_held, damping: float):
 def _refit(proj, norm_in_dense: list, got: list, keep_idx, unit: int, mode: str, idx_fit, idx_held,
            damping: float) -> dict:
     """Fit `proj` (o-proj / FFN out) so the pruned pre-LN sum matches the dense one; apply if it helps."""
-    bias = proj.bias.detach().double() if proj.bias is not None else 0.0
+    bias = proj.bias.detach().float() if proj.bias is not None else 0.0
     data = []
     for (p_in, p_out), (ln_in, _), (d_ln, _) in zip(got["proj"], got["norm"], norm_in_dense):
         target = d_ln if keep_idx is None else d_ln[:, keep_idx]
