@@ -32,6 +32,7 @@ from benchmarks.common import (BATCH, CACHE_DIR, EVAL_ROWS, SEQ_LEN, TASK, TEACH
                                ensure_teacher, load_json, save_json)
 
 OUT = CACHE_DIR / "faster"
+BENCH_RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = (0.5, 0.4, 0.6, 0.3)
 # name -> option overrides on top of faster's library defaults (uniform layout unless stated)
 VARIANTS = {
@@ -185,20 +186,56 @@ def report() -> str:
     return "\n".join(lines)
 
 
+def plot_gates(case: str, out: Path) -> None:
+    """Expected kept fraction and log-alpha quantiles of each mask over the mask-only steps of a vib case."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = json.loads((OUT / f"{case}.json").read_text())
+    trace = r["info"].get("gate_trace")
+    if not trace:
+        raise SystemExit(f"{case} has no gate trace (a vib / vib+fisher case run with the current code)")
+    steps = [t["step"] for t in trace]
+    keys = [k for k in trace[0] if isinstance(trace[0][k], dict)]
+    fig, axes = plt.subplots(1, 1 + len(keys), figsize=(4 * (1 + len(keys)), 3.2))
+    axes[0].plot(steps, [t["expected"] for t in trace], marker="o", label="expected kept")
+    axes[0].axhline(r["target"], color="k", ls="--", label="target")
+    axes[0].set_title(f"{case}: expected FLOPs kept")
+    axes[0].set_xlabel("mask step")
+    axes[0].legend()
+    for ax, key in zip(axes[1:], keys):
+        q = [t[key]["log_alpha_q"] for t in trace]
+        for i, name in enumerate(("min", "10%", "median", "90%", "max")):
+            ax.plot(steps, [v[i] for v in q], label=name)
+        ax.axhline(0, color="k", ls="--")
+        ax.set_title(f"{key}: log alpha ({trace[-1][key]['below_zero']:.0%} below 0 at the end)")
+        ax.set_xlabel("mask step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
+    global TARGETS, MODES
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--targets", default=None)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--modes", default=",".join(MODES), help="reconstruction modes measured per case")
+    ap.add_argument("--plot", default=None, help="case name (e.g. vib-0.5): plot its gate trace")
     args = ap.parse_args()
+    if args.plot:
+        plot_gates(args.plot, BENCH_RESULTS / f"faster_gates_{args.plot}.png")
+        return
     if args.report:
         print(report())
         return
     log = setup_log()
     ensure_teacher(log)
     env = Env()
-    global TARGETS
+    MODES = tuple(args.modes.split(",")) if args.modes else ()
     if args.targets:
         TARGETS = tuple(float(t) for t in args.targets.split(","))
     for variant, target in all_cases(args.variants.split(",")):

@@ -95,3 +95,23 @@ def test_faster_options_are_checked():
     assert err.value.field == "options.reconstruct"
     with pytest.raises(CompressionError):
         CompressionOptions.parse({"calibration_rows": 0}, "faster")
+
+
+@pytest.mark.parametrize("importance,mode", [("vib+fisher", "weights"), ("vib", "off")])
+def test_faster_end_to_end_with_each_ranking(tiny_model_dir, tiny_dataset_csv, tmp_path, importance, mode):
+    from vtrans_core import compress
+
+    opts = {"importance": importance, "reconstruct": mode, "mask_steps": 6, "latency_runs": 1, "round_to": 4,
+            "fast_min_examples": 32, "calibration_rows": 64, "fisher_rows": 32, "layout": "per_layer"}
+    m = compress(tiny_model_dir, tiny_dataset_csv, {"kind": "flops", "target": 0.6}, "faster", opts,
+                 tmp_path / "out").metrics
+    info = m["method_info"]
+    assert m["flops_fraction"] <= 0.61 and info["importance"] == importance
+    assert ("fisher_rows" in info) is (importance != "vib")
+    trace = info["gate_trace"]
+    assert trace[0]["step"] == 0 and trace[-1]["step"] == 6 and "heads" in trace[-1]
+    assert info["reconstruct"]["mode"] == mode
+    if mode == "off":
+        assert info["reconstruct"]["applied"] is False
+    else:   # applied, or skipped with the reason
+        assert info["reconstruct"]["applied"] or info["reconstruct"]["reason"]

@@ -84,9 +84,18 @@ class FasterVTrans(Method):
             ctx.progress.start("masks#1")
             mask_rows = _head(enc, subset_size(len(enc), opts))
             rnd = MaskRound(steps, 1.0, budget.size_target, budget.size_kind, budget.seq_len, train_weights=False)
-            ctx.history.extend(train_masks(pm, mask_rows, rnd, opts, ctx.device, ctx.progress.update, ctx.teacher,
+            trace = [{"step": 0, "expected": round(float(pm.expected_fraction(budget.size_kind, budget.seq_len)), 4),
+                      **gate_summary(pm)}]
+
+            def tick(done, total, **metrics):   # where the gates are during training (benchmark plots)
+                ctx.progress.update(done, total, **metrics)
+                if done % max(1, total // 8) == 0 or done == total:
+                    trace.append({"step": done, "expected": round(metrics.get(f"kept_{budget.size_kind}", 0.0), 4),
+                                  **gate_summary(pm)})
+
+            ctx.history.extend(train_masks(pm, mask_rows, rnd, opts, ctx.device, tick, ctx.teacher,
                                            BudgetLagrangian(opts.budget_lambda_lr)))
-            ctx.info.update(mask_steps=steps, mask_rows=len(mask_rows), gates=gate_summary(pm))
+            ctx.info.update(mask_steps=steps, mask_rows=len(mask_rows), gate_trace=trace)
             scores = pm.log_alphas()
         ctx.progress.start("prune#1")
         size_fraction = self._latency_fraction(ctx, pm) if budget.kind == "speedup" else None
