@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import logging
-import random
 import sys
 import time
 import traceback
@@ -120,8 +119,7 @@ def run_case(env: Env, variant: str, target: float, log) -> dict:
     result["accuracy_rank"] = env.accuracy(pruned)
     log.info("  %s@%s ranking alone: %.2f (flops %.3f, %.0fs)", variant, target, result["accuracy_rank"], flops,
              rank_seconds)
-    calib = list(iterate_batches(_head(enc, opts.calibration_rows), opts.batch_size, env.device, shuffle=True,
-                                 rng=random.Random(opts.seed)))
+    calib = list(iterate_batches(_head(enc, opts.calibration_rows), opts.batch_size, env.device, shuffle=False))
     for mode in MODES:
         m = copy.deepcopy(pruned)
         t0 = time.perf_counter()

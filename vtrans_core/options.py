@@ -3,8 +3,9 @@
 Defaults follow the benchmark (benchmarks/README.md: MiniLM-L6 on tweet-sentiment, 2-core CPU).
 Measured there: two train-then-prune rounds reach 0.5 FLOPs with a 0.7-point accuracy drop, so
 `prune_rounds` is 2; distilling the teacher's hidden states on every kept layer and channel
-(`hidden_distill_weight` 1.0) added 1.7 points at 0.4 FLOPs; the least-squares rescale of
-`faster` is opt-in (`rescale`). The benchmark itself ran shortened schedules to fit the CPU
+(`hidden_distill_weight` 1.0) added 1.7 points at 0.4 FLOPs. `faster` ranks by Fisher
+information by default and reconstructs after the cut (issue #12, benchmarks/README.md: Fisher
+alone beat the VIB mask-only ranking at 0.5 FLOPs). The benchmark itself ran shortened schedules to fit the CPU
 (60 mask steps per round, 120 fine-tuning steps on 6,000 rows); the library defaults train one
 epoch per round and for fine-tuning, which costs more and is what a GPU worker should do.
 A null default is resolved per method by `parse` (`method_defaults`: what `faster` prunes and

@@ -131,8 +131,13 @@ def _record(layer, rows: list[_Rows], xs: list[torch.Tensor], modules: dict) -> 
 
 
 def _split(n: int) -> tuple[list[int], list[int]]:
-    held = max(1, int(round(HOLDOUT_SHARE * n))) if n > 1 else 0
-    return list(range(n - held)), list(range(n - held, n))
+    """Every k-th batch held out (k = 1/HOLDOUT_SHARE), so length-sorted batches (less padding, see
+    faster.py) give a held-out share spread over all lengths."""
+    if n < 2:
+        return list(range(n)), []
+    k = max(2, int(round(1 / HOLDOUT_SHARE)))
+    held = [i for i in range(n) if i % k == k - 1] or [n - 1]
+    return [i for i in range(n) if i not in held], held
 
 
 def _contributions(inp: torch.Tensor, W: torch.Tensor, unit: int) -> torch.Tensor:

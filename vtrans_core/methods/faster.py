@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import random
 import time
 
 import torch
@@ -115,8 +114,9 @@ class FasterVTrans(Method):
         mode = _reconstruct_mode(opts)
         if mode != "off":
             ctx.progress.start("refine")
-            batches = list(iterate_batches(_head(enc, opts.calibration_rows), opts.batch_size,
-                                           ctx.device, shuffle=True, rng=random.Random(opts.seed)))
+            # length-sorted batches: ~40% less padding on tweets (reconstruct holds out every 5th batch)
+            batches = list(iterate_batches(_head(enc, opts.calibration_rows), opts.batch_size, ctx.device,
+                                           shuffle=False))
             ctx.info["reconstruct"] = reconstruct(model, ctx.dense, full_plan, batches, mode,
                                                   tick=lambda d, t: ctx.progress.update(d, t))
         else:
