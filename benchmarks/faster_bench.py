@@ -46,6 +46,7 @@ VARIANTS = {
     "fisher-noblocks": {"importance": "fisher", "prune_blocks": False},
 }
 MODES = ("scales", "weights")
+SKIP_RANK_EVAL = False     # --skip-rank-eval: a rerun that only adds reconstruction modes
 
 
 def setup_log() -> logging.Logger:
@@ -116,8 +117,8 @@ def run_case(env: Env, variant: str, target: float, log) -> dict:
     result = {"variant": variant, "target": target, "options": VARIANTS[variant], "flops_fraction": round(flops, 4),
               "kept": plan.kept_summary(), "rank_seconds": round(rank_seconds, 1), "info": ctx.info,
               "history": ctx.history, "train_rows": len(enc)}
-    result["accuracy_rank"] = env.accuracy(pruned)
-    log.info("  %s@%s ranking alone: %.2f (flops %.3f, %.0fs)", variant, target, result["accuracy_rank"], flops,
+    result["accuracy_rank"] = env.accuracy(pruned) if not SKIP_RANK_EVAL else None
+    log.info("  %s@%s ranking alone: %s (flops %.3f, %.0fs)", variant, target, result["accuracy_rank"], flops,
              rank_seconds)
     calib = list(iterate_batches(_head(enc, opts.calibration_rows), opts.batch_size, env.device, shuffle=False))
     for mode in MODES:
@@ -215,13 +216,15 @@ def plot_gates(case: str, out: Path) -> None:
 
 
 def main() -> None:
-    global TARGETS, MODES
+    global TARGETS, MODES, SKIP_RANK_EVAL
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--targets", default=None)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--modes", default=",".join(MODES), help="reconstruction modes measured per case")
+    ap.add_argument("--skip-rank-eval", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the case files (a partial rerun next to a full case)")
     ap.add_argument("--plot", default=None, help="case name (e.g. vib-0.5): plot its gate trace")
     args = ap.parse_args()
     if args.plot:
@@ -234,12 +237,13 @@ def main() -> None:
     ensure_teacher(log)
     env = Env()
     MODES = tuple(args.modes.split(",")) if args.modes else ()
+    SKIP_RANK_EVAL = args.skip_rank_eval
     if args.targets:
         TARGETS = tuple(float(t) for t in args.targets.split(","))
     for variant, target in all_cases(args.variants.split(",")):
         if variant == "peer" and args.no_peer:
             continue
-        path = OUT / f"{variant}-{target}.json"
+        path = OUT / f"{variant}-{target}{args.tag}.json"
         if path.exists():
             continue
         log.info("case %s @ %s", variant, target)
