@@ -117,14 +117,14 @@ class FasterVTrans(Method):
             # length-sorted batches: ~40% less padding on tweets (reconstruct holds out every 5th batch)
             batches = list(iterate_batches(_head(enc, opts.calibration_rows), opts.batch_size, ctx.device,
                                            shuffle=False))
-            ctx.info["reconstruct"] = reconstruct(model, ctx.dense, full_plan, batches, mode,
+            # `plan` (not full_plan): its indices refer to ctx.dense, the model this run started from
+            ctx.info["reconstruct"] = reconstruct(model, ctx.dense, plan, batches, mode,
                                                   tick=lambda d, t: ctx.progress.update(d, t))
         else:
             ctx.info["reconstruct"] = {"mode": "off", "applied": False, "reason": "reconstruct is off"}
         for p in model.parameters():
             p.requires_grad_(True)
         return model, full_plan
-
 
     def _latency_fraction(self, ctx: Context, pm):
         """Predicted time / dense time from the cached latency table of this shape and device."""
