@@ -85,7 +85,7 @@ def test_gates_move_toward_the_budget_under_mask_only_training(tiny_model_dir, t
 
 def test_faster_options_are_checked():
     opts = CompressionOptions.parse(None, "faster")
-    assert (opts.importance, opts.reconstruct) == ("fisher", "scales")
+    assert (opts.importance, opts.reconstruct) == ("fisher", "weights")
     assert CompressionOptions.parse(None, "vtrans").importance == "vib"
     with pytest.raises(CompressionError) as err:
         CompressionOptions.parse({"importance": "magnitude"}, "faster")
