@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="tweet-sentiment, a .csv/.tsv/.jsonl file (text[,text_pair],label) or hf:<name>[:<config>]")
     p.add_argument("--eval-data", default=None, help="optional separate evaluation set (same forms and labels as "
                    "--data): trains on every row of --data and reports quality on rows it never trained on")
-    p.add_argument("--budget", required=True, help="KIND:TARGET, e.g. flops:0.5 or params:0.4 (fraction that remains)")
+    p.add_argument("--budget", required=True, help="KIND:TARGET, e.g. flops:0.5 or params:0.4 (fraction that remains) or speedup:2 (faster)")
     p.add_argument("--method", default="vtrans", help="vtrans (default), fast or faster")
     p.add_argument("--output", required=True, help="directory for the compressed model")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",

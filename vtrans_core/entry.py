@@ -62,10 +62,22 @@ def _check_config(config: dict, budget: Budget, opts: CompressionOptions) -> Non
         # language-modeling task yet (vtrans_core/tasks/, issue 13): refuse before any work.
         raise CompressionError("model", f"{config.get('model_type')} is a causal language model: compress() "
                                "does not run language-modeling jobs yet (only sequence classification)")
-    floor = min_fraction(config, budget.kind, budget.seq_len, structures=structures_of(opts), layout=opts.layout)
+    floor = min_fraction(config, budget.size_kind, budget.seq_len, structures=structures_of(opts), layout=opts.layout)
+    if budget.kind == "speedup":   # FLOPs bound the speedup from above (the exact check is the latency planner's)
+        if budget.size_target < floor:
+            raise CompressionError("budget.target", f"a {budget.target:g}x speedup needs fewer FLOPs than the smallest "
+                                   f"model these options can reach ({floor:.3f} of the dense FLOPs, at most "
+                                   f"~{1 / floor:.1f}x) in layout {opts.layout!r}")
+        return
     if budget.target < floor:
         raise CompressionError("budget.target", f"{budget.target:g} is below the smallest {budget.kind} fraction this "
                                f"architecture can reach with these options ({floor:.3f}) in layout {opts.layout!r}")
+
+
+def _check_budget_method(budget: Budget, method: str) -> None:
+    if budget.kind == "speedup" and method != "faster":
+        raise CompressionError("budget.kind", "a speedup budget is supported by method 'faster' (it plans on a "
+                               "measured latency table); use a flops budget with vtrans/fast")
 
 
 def structures_of(opts: CompressionOptions) -> set[str]:
@@ -88,6 +100,7 @@ def validate_request(model_config: dict | Any | None, budget: Any, method: Any, 
     method = _check_method(method)
     opts = CompressionOptions.parse(options, method)
     parsed = Budget.parse(budget)
+    _check_budget_method(parsed, method)
     config = _config_dict(model_config)
     if config is not None:
         _check_config(config, parsed, opts)
@@ -221,6 +234,7 @@ def compress(model: Any, data: Any, budget: Any, method: str, options: Any = Non
     method = _check_method(method)
     opts = CompressionOptions.parse(options, method)
     parsed_budget = Budget.parse(budget)
+    _check_budget_method(parsed_budget, method)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise CompressionError("output_dir", f"{output_dir} exists and is not a directory")

@@ -29,7 +29,7 @@ cannot reach the target.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .errors import CompressionError
 from .flops import ModelShape, shape_size
@@ -266,9 +266,11 @@ def _apply(st: _State, unit, layout: str, blocks: set, round_to: int) -> bool:
 
 
 def make_plan(shape: ModelShape, reference: ModelShape, scores: dict[str, Any], kind: str, target: float,
-              seq_len: int = 128, layout: str = "per_layer", round_to: int = 8) -> PruningPlan:
+              seq_len: int = 128, layout: str = "per_layer", round_to: int = 8,
+              size_fraction: Callable[[ModelShape], float] | None = None) -> PruningPlan:
     """Plan meeting `target` (fraction of `reference`); raises CompressionError when the enabled
-    structures cannot get there. target <= 0 gives the smallest reachable model."""
+    structures cannot get there. target <= 0 gives the smallest reachable model. `size_fraction`
+    replaces the analytic params/flops fraction (latency.py: predicted time / dense time)."""
     if layout == "uniform" and not shape.is_uniform():
         raise CompressionError("options.layout", "uniform layout needs a model with the same heads and FFN width "
                                "in every layer and whole layers only; this model is per-layer pruned")
@@ -277,11 +279,14 @@ def make_plan(shape: ModelShape, reference: ModelShape, scores: dict[str, Any], 
     blocks = {kind for kind, key in (("attn", "attn_block"), ("ffn", "ffn_block")) if scores.get(key) is not None}
     live = _live(shape, scores)
     units = sorted(_units(shape, live, scores, layout, round_to, blocks), key=lambda u: u[0])
-    dense = shape_size(reference, kind, seq_len)
     kv = None if live["groups"] is None else [len(g) for g in live["groups"]]
     st = _State(len(live["hidden"]), [len(h) for h in live["heads"]], [len(f) for f in live["ffn"]],
                 live["attn"], live["ffnb"], kv)
-    frac = lambda s: shape_size(s.shape(shape), kind, seq_len) / dense  # noqa: E731
+    if size_fraction is not None:
+        frac = lambda s: size_fraction(s.shape(shape))  # noqa: E731
+    else:
+        dense = shape_size(reference, kind, seq_len)
+        frac = lambda s: shape_size(s.shape(shape), kind, seq_len) / dense  # noqa: E731
     removed: list = []
     i = 0
     while i < len(units) and frac(st) > target:

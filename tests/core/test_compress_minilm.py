@@ -32,7 +32,8 @@ def test_minilm_faster_then_vtrans(minilm_dir, tmp_path):
 
     stages: list[str] = []
     faster = compress(minilm_dir, "tweet-sentiment", {"kind": "flops", "target": 0.6}, "faster",
-                      {**SLICE, "mask_steps": 12, "fast_min_examples": 256}, tmp_path / "faster",
+                      {**SLICE, "mask_steps": 12, "fast_min_examples": 256, "fisher_rows": 64, "calibration_rows": 128},
+                      tmp_path / "faster",
                       lambda s, f, m: stages.append(s))
     m = faster.metrics
     assert m["teacher"]["fine_tuned"] is True and "teacher" in stages

@@ -1,16 +1,23 @@
-"""`faster` (Faster-VTrans): train only the VIB masks (all weights frozen), prune once, no retraining.
+"""`faster` (Faster-VTrans): rank units with all weights frozen, cut once, reconstruct, no retraining.
 
-One round of mask-only training toward the final target on the Fast-VTrans subset, then the
-model is sliced to the budget (the learned gate means are folded into the weights). With
-options.rescale, refine.py then rescales the kept output projections by least squares so each
-layer reconstructs the dense layer's outputs (Kwon et al. 2022) — still no gradient training.
+1. Ranking (options.importance, importance.py): "vib" trains only the VIB masks (one round toward
+   the final target on the Fast-VTrans subset); "fisher" scores every gate by its empirical Fisher
+   information per FLOP on `fisher_rows` rows, no mask training; "vib+fisher" starts the gates at a
+   log alpha set by their Fisher rank, then trains them.
+2. Cut: the planner (plan.py) slices the model to the budget (the gates' mu folded into the weights).
+3. Reconstruction (options.reconstruct, reconstruct.py): layer by layer, in order, the kept heads'
+   and neurons' contributions are refitted by least squares against the dense model on
+   `calibration_rows` rows (Kwon et al. 2022); what did not lower the held-out error is skipped
+   and the metrics say why.
 """
 from __future__ import annotations
+
+import time
 
 import torch
 
 from ..budget import Budget
-from ..data import Split, iterate_batches
+from ..data import Encoded, Split, iterate_batches
 from ..training import BudgetLagrangian, MaskRound, epoch_steps, train_masks
 from . import Context, Method, Origin
 from .fast import subset_size
@@ -18,9 +25,9 @@ from .fast import subset_size
 # At least two passes over the subset (512 rows: 16 steps an epoch); 30 steps at mask_lr 0.1 did
 # as well as 60 at 0.05 on the benchmark, in half the time.
 MIN_MASK_STEPS = 32
-REFINE_BATCHES = 4        # training batches the least-squares rescale is fitted on
-MASK_STEP_COST = 0.9      # backward through frozen weights, no weight update
-REFINE_COST = 0.5         # per sample batch and layer part, forwards only
+MASK_STEP_COST = 0.9        # backward through frozen weights, no weight update
+FISHER_COST = 0.25          # per micro-batch of 4 rows (forward + backward)
+RECONSTRUCT_COST = 0.9      # per calibration batch: ~3 passes of the pruned model + 1 of the dense
 
 
 class FasterVTrans(Method):
@@ -28,50 +35,133 @@ class FasterVTrans(Method):
     trains_weights = False
 
     def train_rows(self, train: Split, options) -> Split:
-        return train.sample(subset_size(len(train), options), seed=options.seed)
+        # The mask rows (the Fast-VTrans subset) and, when reconstructing, enough calibration rows.
+        n = subset_size(len(train), options)
+        if _reconstruct_mode(options) != "off" or options.importance != "vib":
+            n = max(n, min(len(train), options.calibration_rows))
+        return train.sample(n, seed=options.seed)
 
     def mask_steps(self, n_rows: int, options) -> int:
-        return options.mask_steps or max(MIN_MASK_STEPS, epoch_steps(n_rows, options.batch_size))
+        return options.mask_steps or max(MIN_MASK_STEPS, epoch_steps(min(n_rows, subset_size(n_rows, options)),
+                                                                     options.batch_size))
 
     def stage_plan(self, n_rows: int, options) -> dict[str, float]:
-        plan = {"masks#1": self.mask_steps(n_rows, options) * MASK_STEP_COST, "prune#1": 1.0}
-        if options.rescale:
-            plan["refine"] = REFINE_BATCHES * REFINE_COST * 12
+        plan: dict[str, float] = {}
+        if options.importance != "vib":
+            plan["masks#fisher"] = min(n_rows, options.fisher_rows) / 4 * FISHER_COST
+        if options.importance != "fisher":
+            plan["masks#1"] = self.mask_steps(n_rows, options) * MASK_STEP_COST
+        plan["prune#1"] = 1.0
+        if _reconstruct_mode(options) != "off":
+            plan["refine"] = min(n_rows, options.calibration_rows) / options.batch_size * RECONSTRUCT_COST
         return plan
 
     def run(self, ctx: Context):
+        from ..importance import fisher_information, fisher_scores, init_gates_from_fisher, set_gate_init
+        from ..plan import make_plan
         from ..prunable import PrunableModel
-        from ..refine import rescale_outputs
+        from ..reconstruct import reconstruct
 
         opts, budget = ctx.options, ctx.budget
         pm = PrunableModel(ctx.model, structures=ctx.structures, layout=opts.layout)
         origin = Origin(pm.reference)
-        steps = self.mask_steps(len(ctx.enc_train), opts)
-        ctx.progress.start("masks#1")
-        rnd = MaskRound(steps, 1.0, budget.target, budget.kind, budget.seq_len, train_weights=False)
-        ctx.history.extend(train_masks(pm, ctx.enc_train, rnd, opts, ctx.device, ctx.progress.update, ctx.teacher,
-                                       BudgetLagrangian(opts.budget_lambda_lr)))
+        enc = ctx.enc_train
+        ctx.info.update(importance=opts.importance, train_rows=len(enc))
+        scores = None
+        if opts.importance != "vib":
+            ctx.progress.start("masks#fisher")   # reported as the `masks` stage (contract)
+            rows = _head(enc, opts.fisher_rows)
+            info = fisher_information(pm, rows, ctx.device, lambda d, t: ctx.progress.update(d, t))
+            scores = fisher_scores(pm, info, budget.kind, budget.seq_len)
+            ctx.info["fisher_rows"] = len(rows)
+        if opts.importance != "fisher":
+            if opts.importance == "vib+fisher":
+                init_gates_from_fisher(pm, scores)
+            else:
+                set_gate_init(pm, opts.gate_init)
+            steps = self.mask_steps(len(enc), opts)
+            ctx.progress.start("masks#1")
+            mask_rows = _head(enc, subset_size(len(enc), opts))
+            rnd = MaskRound(steps, 1.0, budget.size_target, budget.size_kind, budget.seq_len, train_weights=False)
+            trace = [{"step": 0, "expected": round(float(pm.expected_fraction(budget.size_kind, budget.seq_len)), 4),
+                      **gate_summary(pm)}]
+
+            def tick(done, total, **metrics):   # where the gates are during training (benchmark plots)
+                ctx.progress.update(done, total, **metrics)
+                if done % max(1, total // 8) == 0 or done == total:
+                    trace.append({"step": done, "expected": round(metrics.get(f"kept_{budget.size_kind}", 0.0), 4),
+                                  **gate_summary(pm)})
+
+            ctx.history.extend(train_masks(pm, mask_rows, rnd, opts, ctx.device, tick, ctx.teacher,
+                                           BudgetLagrangian(opts.budget_lambda_lr)))
+            ctx.info.update(mask_steps=steps, mask_rows=len(mask_rows), gate_trace=trace)
+            scores = pm.log_alphas()
         ctx.progress.start("prune#1")
-        plan = pm.plan_for(Budget(budget.kind, budget.target, budget.seq_len), opts.layout, opts.round_to)
+        size_fraction = self._latency_fraction(ctx, pm) if budget.kind == "speedup" else None
+        plan = make_plan(pm.shape, pm.reference, scores, budget.size_kind, budget.size_target, budget.seq_len,
+                         opts.layout, opts.round_to, size_fraction=size_fraction)
+        if size_fraction is not None:
+            ctx.info["speedup_predicted"] = round(1.0 / size_fraction(plan.result_shape()), 3)
+        plan.meta.update(budget=budget.to_dict(), round_to=opts.round_to, layer_origin=list(pm.layer_origin))
         origin.apply(plan)
         pm = pm.materialize(plan)
         origin.follow(pm.shape.n_layers, plan)
         model = pm.remove_hooks()
         full_plan = origin.plan(opts.layout, {"budget": budget.to_dict(), "round_to": opts.round_to, "method": self.name})
-        ctx.history.append({"step": steps, "round": 1, "kept_params": round(plan.fraction("params", budget.seq_len), 4),
+        ctx.history.append({"step": ctx.info.get("mask_steps", 0), "round": 1,
+                            "kept_params": round(plan.fraction("params", budget.seq_len), 4),
                             "kept_flops": round(plan.fraction("flops", budget.seq_len), 4)})
-        ctx.info.update(mask_steps=steps, train_rows=len(ctx.enc_train), rescale=opts.rescale)
-        if opts.rescale:
+        mode = _reconstruct_mode(opts)
+        if mode != "off":
             ctx.progress.start("refine")
-            batches = []
-            for b in iterate_batches(ctx.enc_train, opts.batch_size, ctx.device, shuffle=True,
-                                     rng=__import__("random").Random(opts.seed)):
-                batches.append(b)
-                if len(batches) >= REFINE_BATCHES:
-                    break
-            with torch.no_grad():
-                ctx.info["refine"] = rescale_outputs(model, ctx.dense, full_plan, batches,
-                                                     lambda d, t: ctx.progress.update(d, t))
+            # length-sorted batches: ~40% less padding on tweets (reconstruct holds out every 5th batch)
+            batches = list(iterate_batches(_head(enc, opts.calibration_rows), opts.batch_size, ctx.device,
+                                           shuffle=False))
+            # `plan` (not full_plan): its indices refer to ctx.dense, the model this run started from
+            ctx.info["reconstruct"] = reconstruct(model, ctx.dense, plan, batches, mode,
+                                                  tick=lambda d, t: ctx.progress.update(d, t))
+        else:
+            ctx.info["reconstruct"] = {"mode": "off", "applied": False, "reason": "reconstruct is off"}
         for p in model.parameters():
             p.requires_grad_(True)
         return model, full_plan
+
+    def _latency_fraction(self, ctx: Context, pm):
+        """Predicted time / dense time from the cached latency table of this shape and device."""
+        from ..evaluate import measure_latency_ms
+        from ..latency import RUNS, latency_fraction, latency_table
+
+        started = time.perf_counter()
+        table = latency_table(ctx.dense, ctx.device, "hidden" in ctx.structures, ctx.options.round_to,
+                              dense_ms=lambda: measure_latency_ms([ctx.dense], ctx.device, RUNS)[0])
+        ctx.info["latency_table"] = {"key": table.key, "seconds": round(time.perf_counter() - started, 1)}
+        return latency_fraction(table, pm.reference)
+
+
+def _head(enc: Encoded, n: int) -> Encoded:
+    """The first n rows (the method's rows are already a random sample; row numbers are kept, so
+    the teacher's logit cache stays valid)."""
+    n = min(n, len(enc))
+    return Encoded(enc.input_ids[:n], enc.token_type_ids[:n] if enc.token_type_ids is not None else None,
+                   enc.labels[:n], enc.pad_id)
+
+
+def _reconstruct_mode(options) -> str:
+    mode = options.reconstruct or "off"
+    return "scales" if mode == "off" and options.rescale else mode
+
+
+@torch.no_grad()
+def gate_summary(pm) -> dict:
+    """Where the gates ended: share of live units in the decision region (|log alpha| < 2), below
+    alpha = 1, and quantiles of log alpha, per mask key (the benchmark plots them)."""
+    out = {}
+    for key, m in pm.masks.items():
+        la = m.log_alpha()[~m.pruned].float().cpu()
+        if la.numel() == 0:
+            continue
+        q = torch.quantile(la, torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])).tolist()
+        out[key] = {"units": la.numel(), "below_zero": round(float((la < 0).float().mean()), 4),
+                    "decision_region": round(float((la.abs() < 2).float().mean()), 4),
+                    "log_alpha_q": [round(v, 3) for v in q]}
+    return out

@@ -1,0 +1,261 @@
+"""Faster-VTrans components on the real MiniLM teacher (issue #12): ranking alone, + reconstruction.
+
+For each variant (importance, structures, layout, gate init) and FLOPs target, one case:
+  1. `FasterVTrans.run` with reconstruct "off" (exactly what compress() runs, minus evaluation)
+     -> accuracy of the ranking + cut alone on the 2,000 held-out test tweets;
+  2. the same calibration batches faster would use, `reconstruct()` in each mode ("scales",
+     "weights") on a copy of that model -> accuracy after reconstruction.
+The peer (torch-pruning Taylor, one-shot, NO fine-tuning) runs at the same budgets.
+Times are wall seconds on the shared 2-core CPU (ranking + cut; reconstruction separately).
+
+Resumable: each case is cached as benchmarks/cache/faster/<case>.json; log in
+benchmarks/cache/faster/bench.log. Run in the background:
+
+    nohup nice -n 15 .venv/bin/python -m benchmarks.faster_bench > /dev/null 2>&1 &
+    .venv/bin/python -m benchmarks.faster_bench --report      # table from the cache
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (BATCH, CACHE_DIR, EVAL_ROWS, SEQ_LEN, TASK, TEACHER_DIR, TRAIN_ROWS,  # noqa: E402
+                               ensure_teacher, load_json, save_json)
+
+OUT = CACHE_DIR / "faster"
+BENCH_RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = (0.5, 0.4, 0.6, 0.3)
+# name -> option overrides on top of faster's library defaults (uniform layout unless stated)
+VARIANTS = {
+    "fisher": {"importance": "fisher"},
+    "vib": {"importance": "vib"},
+    "fisher-perlayer": {"importance": "fisher", "layout": "per_layer"},
+    "fisher-all": {"importance": "fisher", "prune_hidden": True, "prune_heads": True},
+    "fisher-perlayer-all": {"importance": "fisher", "layout": "per_layer", "prune_hidden": True},
+    "vib+fisher": {"importance": "vib+fisher"},
+    "vib-init3": {"importance": "vib", "gate_init": 3.0},
+    "vib-perlayer": {"importance": "vib", "layout": "per_layer"},
+    "fisher-noblocks": {"importance": "fisher", "prune_blocks": False},
+}
+MODES = ("scales", "weights")
+SKIP_RANK_EVAL = False     # --skip-rank-eval: a rerun that only adds reconstruction modes
+
+
+def setup_log() -> logging.Logger:
+    OUT.mkdir(parents=True, exist_ok=True)
+    log = logging.getLogger("faster_bench")
+    if not log.handlers:
+        log.setLevel(logging.INFO)
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        for h in (logging.FileHandler(OUT / "bench.log"), logging.StreamHandler()):
+            h.setFormatter(fmt)
+            log.addHandler(h)
+    return log
+
+
+class Env:
+    """Teacher, tokenizer and encoded rows, loaded once per process."""
+
+    def __init__(self):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from vtrans_core.data import encode, load_task
+
+        self.torch = torch
+        self.device = torch.device("cpu")
+        self.task = load_task(TASK)
+        self.tok = AutoTokenizer.from_pretrained(TEACHER_DIR)
+        self.load = lambda: AutoModelForSequenceClassification.from_pretrained(TEACHER_DIR, use_safetensors=True).eval()
+        self.train_split = self.task.train.sample(TRAIN_ROWS, seed=0)
+        self.enc_eval = encode(self.tok, self.task.test.subset(list(range(EVAL_ROWS))), SEQ_LEN)
+        self.encode = encode
+
+    def accuracy(self, model) -> float:
+        from vtrans_core.evaluate import evaluate
+        return evaluate(model, self.enc_eval, self.task.num_labels, 64, self.device)["accuracy"]
+
+
+def run_case(env: Env, variant: str, target: float, log) -> dict:
+    from vtrans_core.budget import Budget
+    from vtrans_core.entry import dense_copy, structures_of
+    from vtrans_core.flops import count_flops
+    from vtrans_core.methods import Context
+    from vtrans_core.methods.faster import FasterVTrans, _head
+    from vtrans_core.options import CompressionOptions
+    from vtrans_core.progress import Progress
+    from vtrans_core.reconstruct import reconstruct
+    from vtrans_core.training import Teacher, seed_everything
+    from vtrans_core.data import iterate_batches
+
+    overrides = {**VARIANTS[variant], "reconstruct": "off", "max_train_examples": TRAIN_ROWS, "seed": 0}
+    opts = CompressionOptions.parse(overrides, "faster")
+    seed_everything(0)
+    strategy = FasterVTrans()
+    started, cpu0 = time.perf_counter(), time.process_time()
+    model = env.load()
+    rows = strategy.train_rows(env.train_split, CompressionOptions.parse({**overrides, "reconstruct": "scales"},
+                                                                            "faster"))
+    enc = env.encode(env.tok, rows, SEQ_LEN)
+    dense = dense_copy(model)
+    budget = Budget("flops", target, SEQ_LEN)
+    progress = Progress(None, {"load": 1.0, **strategy.stage_plan(len(enc), opts)})
+    ctx = Context(model=model, dense=dense, teacher=Teacher(dense, len(enc)), enc_train=enc, options=opts,
+                  budget=budget, device=env.device, progress=progress, structures=structures_of(opts))
+    pruned, plan = strategy.run(ctx)
+    pruned.eval()
+    rank_seconds = time.perf_counter() - started
+    rank_cpu = time.process_time() - cpu0     # CPU seconds: meaningful even when the machine is shared
+    flops = count_flops(pruned, SEQ_LEN) / count_flops(dense, SEQ_LEN)
+    result = {"variant": variant, "target": target, "options": VARIANTS[variant], "flops_fraction": round(flops, 4),
+              "kept": plan.kept_summary(), "rank_seconds": round(rank_seconds, 1),
+              "rank_cpu_seconds": round(rank_cpu, 1), "info": ctx.info,
+              "history": ctx.history, "train_rows": len(enc)}
+    result["accuracy_rank"] = env.accuracy(pruned) if not SKIP_RANK_EVAL else None
+    log.info("  %s@%s ranking alone: %s (flops %.3f, %.0fs)", variant, target, result["accuracy_rank"], flops,
+             rank_seconds)
+    calib = list(iterate_batches(_head(enc, opts.calibration_rows), opts.batch_size, env.device, shuffle=False))
+    for mode in MODES:
+        m = copy.deepcopy(pruned)
+        t0, c0 = time.perf_counter(), time.process_time()
+        summary = reconstruct(m, dense, plan, calib, mode)
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
+        summary.pop("per_block", None)
+        result[f"accuracy_{mode}"] = env.accuracy(m)
+        result[f"reconstruct_{mode}"] = {**summary, "seconds": round(secs, 1), "cpu_seconds": round(cpu, 1)}
+        log.info("  %s@%s + %s: %.2f (%.0fs, applied %s %s)", variant, target, mode, result[f"accuracy_{mode}"],
+                 secs, summary["applied"], summary["reason"] or "")
+    return result
+
+
+def run_peer(env: Env, target: float, log) -> dict:
+    """torch-pruning Taylor, one shot, no fine-tuning (benchmarks/peer_torch_pruning.py's prune)."""
+    import torch
+
+    from benchmarks.peer_torch_pruning import BISECT_ITERS, _prune_copy, _taylor_grads
+    from vtrans_core.flops import count_flops
+
+    started = time.perf_counter()
+    model = env.load()
+    dense_flops = count_flops(model, SEQ_LEN)
+    enc = env.encode(env.tok, env.train_split, SEQ_LEN)
+    _taylor_grads(model, enc, env.device)
+    example = {"input_ids": torch.randint(0, 1000, (1, SEQ_LEN)), "attention_mask": torch.ones(1, SEQ_LEN, dtype=torch.long)}
+    lo, hi, best = 0.0, 0.9, None
+    for _ in range(BISECT_ITERS):
+        mid = (lo + hi) / 2
+        cand = _prune_copy(model, mid, example)
+        frac = count_flops(cand, SEQ_LEN) / dense_flops
+        if frac <= target + 0.005:
+            best, hi = (mid, frac, cand), mid
+        else:
+            lo = mid
+    ratio, frac, pruned = best
+    secs = time.perf_counter() - started
+    acc = env.accuracy(pruned.eval())
+    log.info("  peer@%s one-shot Taylor: %.2f (flops %.3f)", target, acc, frac)
+    return {"variant": "peer-taylor-oneshot", "target": target, "accuracy_rank": acc, "flops_fraction": round(frac, 4),
+            "rank_seconds": round(secs, 1), "ratio": round(ratio, 4)}
+
+
+def all_cases(variants) -> list[tuple[str, float]]:
+    out = [(v, t) for t in TARGETS for v in variants]
+    return out + [("peer", t) for t in TARGETS]
+
+
+def report() -> str:
+    teacher = load_json(CACHE_DIR / "teacher.json") or {}
+    dense = teacher.get("accuracy")
+    lines = [f"Dense teacher: {dense} on {EVAL_ROWS} held-out test tweets. Cells: accuracy (drop).", "",
+             "| variant | FLOPs target | FLOPs | ranking alone | + scales | + weights | rank s | scales s | weights s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda a: "—" if a is None else (f"{a:.2f} ({dense - a:.2f})" if dense else f"{a:.2f}")  # noqa: E731
+    for path in sorted(OUT.glob("*.json")):
+        r = json.loads(path.read_text())
+        lines.append(f"| {r['variant']} | {r['target']} | {r['flops_fraction']} | {fmt(r.get('accuracy_rank'))} | "
+                     f"{fmt(r.get('accuracy_scales'))} | {fmt(r.get('accuracy_weights'))} | {r.get('rank_seconds')} | "
+                     f"{(r.get('reconstruct_scales') or {}).get('seconds', '—')} | "
+                     f"{(r.get('reconstruct_weights') or {}).get('seconds', '—')} |")
+    return "\n".join(lines)
+
+
+def plot_gates(case: str, out: Path) -> None:
+    """Expected kept fraction and log-alpha quantiles of each mask over the mask-only steps of a vib case."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = json.loads((OUT / f"{case}.json").read_text())
+    trace = r["info"].get("gate_trace")
+    if not trace:
+        raise SystemExit(f"{case} has no gate trace (a vib / vib+fisher case run with the current code)")
+    steps = [t["step"] for t in trace]
+    keys = [k for k in trace[0] if isinstance(trace[0][k], dict)]
+    fig, axes = plt.subplots(1, 1 + len(keys), figsize=(4 * (1 + len(keys)), 3.2))
+    axes[0].plot(steps, [t["expected"] for t in trace], marker="o", label="expected kept")
+    axes[0].axhline(r["target"], color="k", ls="--", label="target")
+    axes[0].set_title(f"{case}: expected FLOPs kept")
+    axes[0].set_xlabel("mask step")
+    axes[0].legend()
+    for ax, key in zip(axes[1:], keys):
+        q = [t[key]["log_alpha_q"] for t in trace]
+        for i, name in enumerate(("min", "10%", "median", "90%", "max")):
+            ax.plot(steps, [v[i] for v in q], label=name)
+        ax.axhline(0, color="k", ls="--")
+        ax.set_title(f"{key}: log alpha ({trace[-1][key]['below_zero']:.0%} below 0 at the end)")
+        ax.set_xlabel("mask step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main() -> None:
+    global TARGETS, MODES, SKIP_RANK_EVAL
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--targets", default=None)
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--report", action="store_true")
+    ap.add_argument("--modes", default=",".join(MODES), help="reconstruction modes measured per case")
+    ap.add_argument("--skip-rank-eval", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the case files (a partial rerun next to a full case)")
+    ap.add_argument("--plot", default=None, help="case name (e.g. vib-0.5): plot its gate trace")
+    args = ap.parse_args()
+    if args.plot:
+        plot_gates(args.plot, BENCH_RESULTS / f"faster_gates_{args.plot}.png")
+        return
+    if args.report:
+        print(report())
+        return
+    log = setup_log()
+    ensure_teacher(log)
+    env = Env()
+    MODES = tuple(args.modes.split(",")) if args.modes else ()
+    SKIP_RANK_EVAL = args.skip_rank_eval
+    if args.targets:
+        TARGETS = tuple(float(t) for t in args.targets.split(","))
+    for variant, target in all_cases(args.variants.split(",")):
+        if variant == "peer" and args.no_peer:
+            continue
+        path = OUT / f"{variant}-{target}{args.tag}.json"
+        if path.exists():
+            continue
+        log.info("case %s @ %s", variant, target)
+        try:
+            res = run_peer(env, target, log) if variant == "peer" else run_case(env, variant, target, log)
+            save_json(path, res)
+        except Exception:
+            log.error("case %s @ %s failed:\n%s", variant, target, traceback.format_exc())
+    log.info("done\n%s", report())
+
+
+if __name__ == "__main__":
+    main()

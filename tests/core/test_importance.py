@@ -1,0 +1,117 @@
+"""Ranking with frozen weights (importance.py) and the faster options that select it."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from vtrans_core.data import encode, load_task
+from vtrans_core.errors import CompressionError
+from vtrans_core.importance import fisher_information, fisher_scores, init_gates_from_fisher, set_gate_init
+from vtrans_core.options import CompressionOptions
+from vtrans_core.plan import make_plan
+from vtrans_core.prunable import PrunableModel
+from vtrans_core.training import BudgetLagrangian, MaskRound, Teacher, train_masks
+
+
+def _setup(tiny_model_dir, tiny_dataset_csv):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    task = load_task(tiny_dataset_csv)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    return model, encode(tok, task.train, 32)
+
+
+def test_fisher_ranks_dead_units_last_and_leaves_weights_alone(tiny_model_dir, tiny_dataset_csv):
+    model, enc = _setup(tiny_model_dir, tiny_dataset_csv)
+    out = model.bert.encoder.layer[0].output.dense
+    with torch.no_grad():
+        out.weight[:, :8] = 0.0                    # 8 neurons of layer 0 contribute nothing
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pm = PrunableModel(model, structures=("heads", "ffn", "attn_block", "ffn_block"), layout="per_layer")
+    info = fisher_information(pm, enc, "cpu")
+    assert set(info) == {"heads", "ffn", "attn_block", "ffn_block"}
+    assert torch.all(info["ffn"][0, :8] == 0) and torch.all(info["ffn"][0, 8:] > 0)
+    assert torch.all(info["heads"] > 0)
+    scores = fisher_scores(pm, info, "flops", 128)
+    plan = make_plan(pm.shape, pm.reference, scores, "flops", 0.95, 128, "per_layer", 8)
+    assert not set(range(8)) & set(plan.ffn[0])         # the dead group goes first
+    pm.remove_hooks()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())   # restored
+
+
+def test_fisher_scores_divide_by_cost():
+    from tests.core.conftest import tiny_model
+
+    pm = PrunableModel(tiny_model("bert"), structures=("hidden", "heads", "ffn"), layout="per_layer")
+    ones = {k: torch.ones_like(m.mu) for k, m in pm.masks.items()}
+    s = fisher_scores(pm, ones, "flops", 16)
+    # same information everywhere: the bigger unit (a head) scores lower than one FFN neuron
+    assert s["heads"][0][0] < s["ffn"][0][0]
+    pm.masks["ffn"].pruned[1, 3] = True
+    assert fisher_scores(pm, ones, "flops", 16)["ffn"][1][3] is None
+
+
+def test_fisher_informed_init_orders_gates():
+    from tests.core.conftest import tiny_model
+
+    pm = PrunableModel(tiny_model("bert"), structures=("heads", "ffn"), layout="per_layer")
+    scores = {"heads": [[float(j) for j in range(4)] for _ in range(2)],
+              "ffn": [[float(j) / 10 - 5 for j in range(64)] for _ in range(2)]}
+    init_gates_from_fisher(pm, scores, 1.0, 6.0)
+    la = {k: m.log_alpha().detach() for k, m in pm.masks.items()}
+    assert la["ffn"][0, 0] == pytest.approx(1.0, abs=1e-4) and float(la["heads"].max()) == pytest.approx(6.0, abs=1e-4)
+    assert torch.all(la["ffn"][0, 1:] >= la["ffn"][0, :-1])
+    assert torch.all(pm.masks["ffn"].mu == 1)
+
+
+def test_gates_move_toward_the_budget_under_mask_only_training(tiny_model_dir, tiny_dataset_csv):
+    model, enc = _setup(tiny_model_dir, tiny_dataset_csv)
+    dense = copy.deepcopy(model)
+    pm = PrunableModel(model, structures=("heads", "ffn"), layout="per_layer")
+    set_gate_init(pm, 2.0)                         # gates start near the decision region
+    start = float(pm.expected_fraction("flops", 32))
+    opts = CompressionOptions.parse({"batch_size": 16, "mask_lr": 0.1, "beta": 1e-4}, "faster")
+    rnd = MaskRound(40, start, 0.5, "flops", 32, train_weights=False)
+    train_masks(pm, enc, rnd, opts, torch.device("cpu"), lambda *a, **k: None, Teacher(dense, len(enc)),
+                BudgetLagrangian(1.0))
+    end = float(pm.expected_fraction("flops", 32))
+    assert end < start - 0.2                       # the Lagrangian pulls the expected size toward 0.5
+    assert any(bool((m.log_alpha() < 0).any()) for m in pm.masks.values())   # some gates crossed alpha = 1
+
+
+def test_faster_options_are_checked():
+    opts = CompressionOptions.parse(None, "faster")
+    assert (opts.importance, opts.reconstruct) == ("fisher", "weights")
+    assert CompressionOptions.parse(None, "vtrans").importance == "vib"
+    with pytest.raises(CompressionError) as err:
+        CompressionOptions.parse({"importance": "magnitude"}, "faster")
+    assert err.value.field == "options.importance"
+    with pytest.raises(CompressionError) as err:
+        CompressionOptions.parse({"reconstruct": "scales"}, "vtrans")
+    assert err.value.field == "options.reconstruct"
+    with pytest.raises(CompressionError):
+        CompressionOptions.parse({"calibration_rows": 0}, "faster")
+
+
+@pytest.mark.parametrize("importance,mode", [("vib+fisher", "weights"), ("vib", "off")])
+def test_faster_end_to_end_with_each_ranking(tiny_model_dir, tiny_dataset_csv, tmp_path, importance, mode):
+    from vtrans_core import compress
+
+    opts = {"importance": importance, "reconstruct": mode, "mask_steps": 6, "latency_runs": 1, "round_to": 4,
+            "fast_min_examples": 32, "calibration_rows": 64, "fisher_rows": 32, "layout": "per_layer"}
+    m = compress(tiny_model_dir, tiny_dataset_csv, {"kind": "flops", "target": 0.6}, "faster", opts,
+                 tmp_path / "out").metrics
+    info = m["method_info"]
+    assert m["flops_fraction"] <= 0.61 and info["importance"] == importance
+    assert ("fisher_rows" in info) is (importance != "vib")
+    trace = info["gate_trace"]
+    assert trace[0]["step"] == 0 and trace[-1]["step"] == 6 and "heads" in trace[-1]
+    assert info["reconstruct"]["mode"] == mode
+    if mode == "off":
+        assert info["reconstruct"]["applied"] is False
+    else:   # applied, or skipped with the reason
+        assert info["reconstruct"]["applied"] or info["reconstruct"]["reason"]

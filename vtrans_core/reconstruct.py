@@ -1,0 +1,319 @@
+"""Retraining-free reconstruction after a hard cut (Kwon et al. 2022, "mask tuning").
+
+A pruned block's pre-LayerNorm sum is  sum_u s_u * c_u(x) + bias + residual  where c_u is the
+contribution of kept unit u (a head through its o-proj columns, an FFN neuron through its out
+column). With frozen weights the cut leaves s = 1; here each block is refitted by least squares so
+its pre-LN sum matches the DENSE model's on calibration rows:
+
+    min_s ||C s - b||^2 + damping * mean(diag C^T C) * ||s - 1||^2,   b = dense_pre_ln - bias - residual
+
+Layers are solved IN ORDER, each on the inputs it really sees: the calibration rows are pushed
+through the pruned model layer by layer, the layer's attention block is fitted, the layer is run
+again to see the FFN's inputs after that fix, the FFN is fitted, and the fixed layer's output
+becomes the next layer's input. The dense model advances alongside (layers a uniform plan removed
+included), so the target is the dense layer's output on the DENSE input: the fit also absorbs the
+drift accumulated in the residual stream (Kwon's formulation), not only this block's error.
+
+Modes: "scales" (one scalar per kept head / neuron, Kwon's mask tuning, clamped to
+[-MAX_SCALE, MAX_SCALE]) and "weights" (the whole output projection refitted, ridge toward the
+original weights: more freedom, more risk of overfitting). Each fit is kept only when it lowers
+the reconstruction error on HELD-OUT calibration rows; at the end the pruned model's logits on
+the held-out rows are compared with the dense model's and everything is reverted when the
+reconstruction made them worse. The summary (metrics["method_info"]["reconstruct"]) says what was
+kept and why anything was skipped.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .families import adapter_for
+
+MODES = ("off", "scales", "weights")
+MAX_SCALE = 10.0        # Kwon clamps the tuned mask values to [-10, 10]
+DAMPING = 1e-2          # ridge strength relative to the mean diagonal of the normal matrix
+HOLDOUT_SHARE = 0.2     # calibration batches kept aside to accept / reject each fit
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class _Rows:
+    """One calibration batch as layer-0 sees it: hidden states plus the layer's other call args."""
+    x: torch.Tensor
+    args: tuple
+    kwargs: dict
+    valid: torch.Tensor          # [B, T] bool, real tokens
+
+
+@dataclass
+class Summary:
+    mode: str
+    rows: int = 0
+    fit_batches: int = 0
+    held_out_batches: int = 0
+    blocks: list = field(default_factory=list)
+    applied: bool = True
+    reason: str | None = None
+    logit_mse_before: float | None = None
+    logit_mse_after: float | None = None
+
+    def to_dict(self) -> dict:
+        kept = [b for b in self.blocks if b["kept"]]
+        gain = [b["held_out_before"] / max(b["held_out_after"], 1e-30) for b in kept]
+        return {"mode": self.mode, "applied": self.applied, "reason": self.reason, "rows": self.rows,
+                "fit_batches": self.fit_batches, "held_out_batches": self.held_out_batches,
+                "blocks_refit": len(kept), "blocks_skipped": len(self.blocks) - len(kept),
+                "median_error_ratio": round(sorted(gain)[len(gain) // 2], 3) if gain else None,
+                "held_out_logit_mse_before": self.logit_mse_before, "held_out_logit_mse_after": self.logit_mse_after,
+                "per_block": self.blocks}
+
+
+def _strip(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k not in ("labels", "index")}
+
+
+def _layer0_inputs(model, batches: list[dict]) -> list[_Rows]:
+    """What the first encoder layer receives for each batch (embeddings, attention mask...)."""
+    layers = adapter_for(model).layers(model)
+    seen: list[_Rows] = []
+
+    def grab(_m, args, kwargs):
+        seen.append(_Rows(args[0].detach(), tuple(args[1:]), dict(kwargs), torch.ones(1)))
+        raise _Stop
+
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for b in batches:
+            try:
+                model(**_strip(b))
+            except _Stop:
+                pass
+            seen[-1].valid = b["attention_mask"].bool()
+    finally:
+        handle.remove()
+    return seen
+
+
+def _run_layer(layer, rows: _Rows, x: torch.Tensor) -> torch.Tensor:
+    out = layer(x, *rows.args, **rows.kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _record(layer, rows: list[_Rows], xs: list[torch.Tensor], modules: dict) -> tuple[list, dict]:
+    """Run `layer` on every batch; returns (layer outputs, {name: [(input, output) on valid tokens]})."""
+    got: dict[str, list] = {k: [] for k in modules}
+    handles = []
+    for name, mod in modules.items():
+        def hook(_m, args, output, name=name):
+            got[name].append((args[0].detach(), output.detach()))
+        handles.append(mod.register_forward_hook(hook))
+    outs = []
+    try:
+        for r, x in zip(rows, xs):
+            n0 = {k: len(v) for k, v in got.items()}
+            outs.append(_run_layer(layer, r, x).detach())
+            for k in got:   # keep only real tokens, flattened to [tokens, width]
+                if len(got[k]) > n0[k]:
+                    i, o = got[k][-1]
+                    got[k][-1] = (i[r.valid].float(), o[r.valid].float())
+    finally:
+        for h in handles:
+            h.remove()
+    return outs, got
+
+
+def _split(n: int) -> tuple[list[int], list[int]]:
+    """Every k-th batch held out (k = 1/HOLDOUT_SHARE), so length-sorted batches (less padding, see
+    faster.py) give a held-out share spread over all lengths."""
+    if n < 2:
+        return list(range(n)), []
+    k = max(2, int(round(1 / HOLDOUT_SHARE)))
+    held = [i for i in range(n) if i % k == k - 1] or [n - 1]
+    return [i for i in range(n) if i not in held], held
+
+
+def _contributions(inp: torch.Tensor, W: torch.Tensor, unit: int) -> torch.Tensor:
+    """[tokens, units, out]: each kept unit's contribution through the projection (bias excluded)."""
+    n = W.shape[1] // unit
+    return torch.einsum("tud,oud->tuo", inp.view(len(inp), n, unit), W.view(W.shape[0], n, unit))
+
+
+def _fit_scales(proj, unit: int, data: list, idx_fit, idx_held, damping: float):
+    """Kwon's mask tuning for one projection; data[i] = (proj input, b = target - bias - residual)."""
+    W = proj.weight.detach().float()     # per-batch products in float32, sums and the solve in float64
+    n = W.shape[1] // unit
+    gram = torch.zeros(n, n, dtype=torch.float64)
+    rhs = torch.zeros(n, dtype=torch.float64)
+    wtw = W.T @ W if unit == 1 else None
+    for i in idx_fit:
+        x, b = data[i]
+        if unit == 1:   # FFN: C^T C = (X^T X) * (W^T W) without materialising C
+            gram += ((x.T @ x) * wtw).double()
+            rhs += ((b @ W) * x).sum(0).double()
+        else:
+            c = _contributions(x, W, unit)
+            gram += torch.einsum("tuo,tvo->uv", c, c).double()
+            rhs += torch.einsum("tuo,to->u", c, b).double()
+    ones = torch.ones(n, dtype=torch.float64)
+    lam = damping * gram.diagonal().mean().clamp_min(1e-12)
+    try:
+        s = torch.linalg.solve(gram + lam * torch.eye(n, dtype=torch.float64), rhs + lam * ones)
+    except RuntimeError:
+        return None
+    if not torch.isfinite(s).all():
+        return None
+    s = s.clamp(-MAX_SCALE, MAX_SCALE)
+    scale = s.repeat_interleave(unit).float()
+
+    def err(v):
+        return sum(float(((data[i][0] * v) @ W.T - data[i][1]).pow(2).sum()) for i in idx_held)
+
+    return scale, err(torch.ones_like(scale)), err(scale)
+
+
+def _fit_weights(proj, data: list, idx_fit, idx_held, damping: float):
+    """The whole projection (weights + bias) refitted by ridge least squares toward its current value."""
+    W = proj.weight.detach().float()
+    bias = proj.bias.detach().float() if proj.bias is not None else torch.zeros(W.shape[0])
+    d = W.shape[1] + 1
+    gram = torch.zeros(d, d, dtype=torch.float64)
+    cross = torch.zeros(d, W.shape[0], dtype=torch.float64)
+    for i in idx_fit:
+        x, b = data[i]
+        xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+        gram += (xa.T @ xa).double()
+        cross += (xa.T @ (b + bias)).double()   # b excludes the bias: add it back, the bias is refitted too
+    w0 = torch.cat([W.T, bias.unsqueeze(0)], 0).double()
+    lam = damping * gram.diagonal().mean().clamp_min(1e-12)
+    try:
+        w = torch.linalg.solve(gram + lam * torch.eye(d, dtype=torch.float64), cross + lam * w0)
+    except RuntimeError:
+        return None
+    if not torch.isfinite(w).all():
+        return None
+    w, w0 = w.float(), w0.float()
+
+    def err(m):
+        return sum(float((torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1) @ m - (b + bias)).pow(2).sum())
+                   for x, b in (data[i] for i in idx_held))
+
+    return w, err(w0), err(w)
+
+
+def _refit(proj, norm_in_dense: list, got: list, keep_idx, unit: int, mode: str, idx_fit, idx_held,
+           damping: float) -> dict:
+    """Fit `proj` (o-proj / FFN out) so the pruned pre-LN sum matches the dense one; apply if it helps."""
+    bias = proj.bias.detach().float() if proj.bias is not None else 0.0
+    data = []
+    for (p_in, p_out), (ln_in, _), (d_ln, _) in zip(got["proj"], got["norm"], norm_in_dense):
+        target = d_ln if keep_idx is None else d_ln[:, keep_idx]
+        residual = ln_in - p_out
+        data.append((p_in, target - bias - residual))
+    fit = _fit_scales(proj, unit, data, idx_fit, idx_held, damping) if mode == "scales" else \
+        _fit_weights(proj, data, idx_fit, idx_held, damping)
+    if fit is None:
+        return {"kept": False, "why": "singular or non-finite solve", "held_out_before": 0.0, "held_out_after": 0.0}
+    sol, before, after = fit
+    kept = after < before
+    if kept:
+        with torch.no_grad():
+            if mode == "scales":
+                proj.weight.mul_(sol.to(proj.weight.dtype).unsqueeze(0))
+            else:
+                proj.weight.copy_(sol[:-1].T.to(proj.weight.dtype))
+                if proj.bias is not None:
+                    proj.bias.copy_(sol[-1].to(proj.bias.dtype))
+    return {"kept": kept, "why": None if kept else "held-out error did not drop",
+            "held_out_before": before, "held_out_after": after}
+
+
+def _dense_norm_inputs(layer, parts, rows, xs):
+    modules = {}
+    if parts["attn"] is not None:
+        modules["attn"] = parts["attn"].norm
+    if parts["ffn"] is not None:
+        modules["ffn"] = parts["ffn"].norm
+    outs, got = _record(layer, rows, xs, modules)
+    return outs, got
+
+
+def _logit_mse(pruned, dense, batches: list[dict]) -> float:
+    with torch.no_grad():
+        return sum(float(F.mse_loss(pruned(**_strip(b)).logits, dense(**_strip(b)).logits, reduction="sum"))
+                   for b in batches) / max(1, sum(len(b["input_ids"]) for b in batches))
+
+
+@torch.no_grad()
+def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", damping: float = DAMPING,
+                tick: Callable[[int, int], None] | None = None) -> dict:
+    """Refit `pruned` (a sliced plain HF model) in place against `dense` on calibration `batches`."""
+    summary = Summary(mode=mode, rows=sum(len(b["input_ids"]) for b in batches))
+    if mode == "off":
+        summary.applied, summary.reason = False, "reconstruct is off"
+        return summary.to_dict()
+    if mode not in MODES:
+        raise ValueError(f"reconstruct mode must be one of {MODES}, got {mode!r}")
+    if len(batches) < 2:
+        summary.applied, summary.reason = False, "fewer than 2 calibration batches: nothing to hold out"
+        return summary.to_dict()
+    pa, da = adapter_for(pruned), adapter_for(dense)
+    was_p, was_d = pruned.training, dense.training
+    pruned.eval()
+    dense.eval()
+    idx_fit, idx_held = _split(len(batches))
+    summary.fit_batches, summary.held_out_batches = len(idx_fit), len(idx_held)
+    held_batches = [batches[i] for i in idx_held]
+    before_state = copy.deepcopy(pruned.state_dict())
+    summary.logit_mse_before = round(_logit_mse(pruned, dense, held_batches), 6)
+
+    n_dense = len(da.layers(dense))
+    n_pruned = len(pa.layers(pruned))
+    mapping = list(range(n_dense)) if n_pruned == n_dense else \
+        [i for i in range(n_dense) if plan.attn_blocks[i] or plan.ffn_blocks[i]]
+    # A narrower residual stream: the dense targets are read on the kept channels (dense indices).
+    keep_idx = None
+    if pa.shape_of(pruned).hidden != da.shape_of(dense).hidden:
+        keep_idx = torch.as_tensor(plan.hidden, dtype=torch.long)
+    p_rows, d_rows = _layer0_inputs(pruned, batches), _layer0_inputs(dense, batches)
+    xp, xd = [r.x for r in p_rows], [r.x for r in d_rows]
+    k = 0
+    for i in range(n_dense):
+        d_layer = da.layers(dense)[i]
+        d_parts = {"attn": da.attention(dense, i), "ffn": da.ffn(dense, i)}
+        xd_next, d_got = _dense_norm_inputs(d_layer, d_parts, d_rows, xd)
+        if i in mapping:
+            p_layer = pa.layers(pruned)[k]
+            for part in ("attn", "ffn"):
+                pp = pa.attention(pruned, k) if part == "attn" else pa.ffn(pruned, k)
+                if pp is None or part not in d_got:
+                    continue
+                proj = pp.o if part == "attn" else pp.out
+                _, got = _record(p_layer, p_rows, xp, {"proj": proj, "norm": pp.norm})
+                unit = pa.head_dim(pp.self_attn) if part == "attn" and mode == "scales" else 1
+                res = _refit(proj, d_got[part], got, keep_idx, unit, mode, idx_fit, idx_held, damping)
+                summary.blocks.append({"layer": i, "block": part, **{k2: (round(v, 4) if isinstance(v, float) else v)
+                                                                      for k2, v in res.items()}})
+            xp = [_run_layer(p_layer, r, x).detach() for r, x in zip(p_rows, xp)]
+            k += 1
+        xd = xd_next
+        if tick is not None:
+            tick(i + 1, n_dense)
+    summary.logit_mse_after = round(_logit_mse(pruned, dense, held_batches), 6)
+    if not summary.logit_mse_after < summary.logit_mse_before or not math.isfinite(summary.logit_mse_after):
+        pruned.load_state_dict(before_state)
+        summary.applied = False
+        summary.reason = (f"held-out logit error vs the dense model rose ({summary.logit_mse_before:.4g} -> "
+                          f"{summary.logit_mse_after:.4g}): reverted")
+    elif not any(b["kept"] for b in summary.blocks):
+        summary.applied, summary.reason = False, "no block's held-out error dropped"
+    pruned.train(was_p)
+    dense.train(was_d)
+    return summary.to_dict()
