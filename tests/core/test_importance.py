@@ -44,7 +44,7 @@ def test_fisher_ranks_dead_units_last_and_leaves_weights_alone(tiny_model_dir, t
 
 
 def test_fisher_scores_divide_by_cost():
-    from tests.core.conftest import tiny_model
+    from .conftest import tiny_model
 
     pm = PrunableModel(tiny_model("bert"), structures=("hidden", "heads", "ffn"), layout="per_layer")
     ones = {k: torch.ones_like(m.mu) for k, m in pm.masks.items()}
@@ -56,7 +56,7 @@ def test_fisher_scores_divide_by_cost():
 
 
 def test_fisher_informed_init_orders_gates():
-    from tests.core.conftest import tiny_model
+    from .conftest import tiny_model
 
     pm = PrunableModel(tiny_model("bert"), structures=("heads", "ffn"), layout="per_layer")
     scores = {"heads": [[float(j) for j in range(4)] for _ in range(2)],
