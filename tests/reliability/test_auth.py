@@ -17,9 +17,10 @@ def _v1_routes(app) -> list[tuple[str, str]]:
     out = []
     for path, ops in app.openapi()["paths"].items():
         if path.startswith("/v1"):
+            name = "model/config.json" if "/artifacts/" in path else "my-model"   # artifact path or model name
             concrete = path.replace("{job_id}", "job_00000000000000000000").replace(
                 "{model_id}", "mdl_00000000000000000000").replace(
-                "{dataset_id}", "ds_00000000000000000000").replace("{name}", "model/config.json")
+                "{dataset_id}", "ds_00000000000000000000").replace("{name}", name)
             out += [(method.upper(), concrete) for method in ops]
     return out
 

@@ -17,7 +17,10 @@ def _new_job(settings, request: dict | None = None) -> str:
 
     job_id = new_id("job")
     with session_scope(settings.db_url) as s:
-        s.add(Job(id=job_id, status="queued", model="org/x", dataset="tweet-sentiment", request=request or {}))
+        # a request as POST /v1/jobs stores it (the API's Job schema types it)
+        request = request or {"model": "org/x", "dataset": "tweet-sentiment", "budget": {"kind": "flops", "target": 0.5},
+                              "method": "fast", "options": {}}
+        s.add(Job(id=job_id, status="queued", model="org/x", dataset="tweet-sentiment", request=request))
     return job_id
 
 
