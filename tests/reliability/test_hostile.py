@@ -194,7 +194,7 @@ def test_source_never_calls_pickle_or_torch_load_or_remote_code():
 
 BAD_MODEL_REFS = ["https://evil.example/org/name", "http://x/y", "file:///etc/passwd", "../../etc/passwd",
                   "/etc/passwd", "org/../name", "org/name/extra", "org/na me", "~/models/x", "C:\\models\\x",
-                  ".hidden/name", "org/" + "a" * 100, "org", "", "org/name?x=1", "org/name#frag",
+                  ".hidden/name", "org/" + "a" * 100, "", "org/name?x=1", "org/name#frag",
                   "git@github.com:org/name", "s3://bucket/model"]
 
 
@@ -203,6 +203,13 @@ def test_bad_hub_ids_and_paths_are_refused(api_settings, ref):
     with make_client(api_settings) as c:
         r = c.post("/v1/jobs", json={"model": ref, "dataset": "tweet-sentiment", "budget": {"kind": "flops", "target": 0.5}})
     assert_problem(r, 422, "model")
+
+
+def test_a_bare_word_is_a_model_name_and_unknown_names_are_404(api_settings):
+    # since issue #14 "org" is a model name (latest version of an upload named org), not a path
+    with make_client(api_settings) as c:
+        r = c.post("/v1/jobs", json={"model": "org", "dataset": "tweet-sentiment", "budget": {"kind": "flops", "target": 0.5}})
+    assert_problem(r, 404, "model")
 
 
 def test_local_paths_are_refused_even_when_they_exist(api_settings, tiny_model_dir, tiny_dataset_csv):
