@@ -148,7 +148,10 @@ def test_submit_follow_and_compare_in_chromium(browser, live_api, celery_worker,
     page.screenshot(path=str(screenshot_path("dashboard-job.png")), full_page=True)
 
     # A second job (submitted over the API) for the comparison view; then the list shows both.
-    second = http.post("/v1/jobs", json={**job["request"], "budget": {"kind": "flops", "target": 0.8, "seq_len": 16}})
+    # the echo also carries what the server resolved (model_source); a resubmit sends the request fields
+    fields = ("model", "dataset", "method", "options")
+    second = http.post("/v1/jobs", json={**{k: job["request"][k] for k in fields},
+                                         "budget": {"kind": "flops", "target": 0.8, "seq_len": 16}})
     assert second.status_code == 202, second.text
     second_id = second.json()["id"]
     page.goto(f"{live_api.url}/#/")
@@ -168,7 +171,8 @@ def test_submit_follow_and_compare_in_chromium(browser, live_api, celery_worker,
     page.screenshot(path=str(screenshot_path("dashboard-compare.png")), full_page=True)
 
     # Cancel from the job page: a long job is stopped at its next progress point.
-    long = http.post("/v1/jobs", json={**job["request"], "options": {**OPTIONS, "mask_steps": 20000}})
+    long = http.post("/v1/jobs", json={**{k: job["request"][k] for k in fields}, "budget": job["request"]["budget"],
+                                       "options": {**OPTIONS, "mask_steps": 20000}})
     assert long.status_code == 202, long.text
     long_id = long.json()["id"]
     page.goto(f"{live_api.url}/#/jobs/{long_id}")
