@@ -43,13 +43,14 @@ def minilm_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
-def setup_logging() -> logging.Logger:
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    log = logging.getLogger("bench")
+def setup_logging(name: str = "bench", log_file: Path = LOG_FILE) -> logging.Logger:
+    """A logger writing timestamped lines to `log_file` and stderr (once per name)."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log = logging.getLogger(name)
     if not log.handlers:
         log.setLevel(logging.INFO)
         fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-        for handler in (logging.FileHandler(LOG_FILE), logging.StreamHandler()):
+        for handler in (logging.FileHandler(log_file), logging.StreamHandler()):
             handler.setFormatter(fmt)
             log.addHandler(handler)
     return log

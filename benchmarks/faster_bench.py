@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (BATCH, CACHE_DIR, EVAL_ROWS, SEQ_LEN, TASK, TEACHER_DIR, TRAIN_ROWS,  # noqa: E402
-                               ensure_teacher, load_json, save_json)
+from benchmarks.common import (CACHE_DIR, EVAL_ROWS, SEQ_LEN, TASK, TEACHER_DIR, TRAIN_ROWS,  # noqa: E402
+                               ensure_teacher, load_json, save_json, setup_logging)
 
 OUT = CACHE_DIR / "faster"
 BENCH_RESULTS = Path(__file__).resolve().parent / "results"
@@ -50,15 +50,7 @@ SKIP_RANK_EVAL = False     # --skip-rank-eval: a rerun that only adds reconstruc
 
 
 def setup_log() -> logging.Logger:
-    OUT.mkdir(parents=True, exist_ok=True)
-    log = logging.getLogger("faster_bench")
-    if not log.handlers:
-        log.setLevel(logging.INFO)
-        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-        for h in (logging.FileHandler(OUT / "bench.log"), logging.StreamHandler()):
-            h.setFormatter(fmt)
-            log.addHandler(h)
-    return log
+    return setup_logging("faster_bench", OUT / "bench.log")
 
 
 class Env:
@@ -140,7 +132,7 @@ def run_peer(env: Env, target: float, log) -> dict:
     """torch-pruning Taylor, one shot, no fine-tuning (benchmarks/peer_torch_pruning.py's prune)."""
     import torch
 
-    from benchmarks.peer_torch_pruning import BISECT_ITERS, _prune_copy, _taylor_grads
+    from benchmarks.peer_torch_pruning import _taylor_grads, bisect_prune
     from vtrans_core.flops import count_flops
 
     started = time.perf_counter()
@@ -149,16 +141,7 @@ def run_peer(env: Env, target: float, log) -> dict:
     enc = env.encode(env.tok, env.train_split, SEQ_LEN)
     _taylor_grads(model, enc, env.device)
     example = {"input_ids": torch.randint(0, 1000, (1, SEQ_LEN)), "attention_mask": torch.ones(1, SEQ_LEN, dtype=torch.long)}
-    lo, hi, best = 0.0, 0.9, None
-    for _ in range(BISECT_ITERS):
-        mid = (lo + hi) / 2
-        cand = _prune_copy(model, mid, example)
-        frac = count_flops(cand, SEQ_LEN) / dense_flops
-        if frac <= target + 0.005:
-            best, hi = (mid, frac, cand), mid
-        else:
-            lo = mid
-    ratio, frac, pruned = best
+    ratio, frac, pruned = bisect_prune(model, target, example, dense_flops, log)
     secs = time.perf_counter() - started
     acc = env.accuracy(pruned.eval())
     log.info("  peer@%s one-shot Taylor: %.2f (flops %.3f)", target, acc, frac)

@@ -80,6 +80,27 @@ def _prune_copy(model, ratio: float, example):
     return pruned
 
 
+def bisect_prune(model, target: float, example: dict, dense_flops: float, log):
+    """(ratio, FLOPs fraction, pruned copy): the pruning ratio bisected until the analytic FLOPs
+    fraction (the counter vtrans is held to) is at or just below `target`. `model` carries the
+    Taylor gradients (_taylor_grads)."""
+    from vtrans_core.flops import count_flops
+
+    lo, hi, best = 0.0, 0.9, None
+    for _ in range(BISECT_ITERS):
+        mid = (lo + hi) / 2
+        candidate = _prune_copy(model, mid, example)
+        frac = count_flops(candidate, SEQ_LEN) / dense_flops
+        if frac <= target + 0.005:
+            best, hi = (mid, frac, candidate), mid
+        else:
+            lo = mid
+        log.info("  peer-%s: ratio %.4f -> flops %.4f", target, mid, frac)
+    if best is None:
+        raise RuntimeError("bisection found no ratio meeting the target")
+    return best
+
+
 def run_peer_case(case: dict, log) -> dict:
     """An issue-#2 benchmark case: the built-in task, vtrans's weight-training step budget."""
     from benchmarks.run_benchmark import FINETUNE_STEPS, MASK_STEPS, PRUNE_ROUNDS
@@ -118,19 +139,7 @@ def run_peer(teacher_dir, train, held_out, num_labels: int, target: float, steps
     dense_flops = count_flops(dense, SEQ_LEN)
     _taylor_grads(model, enc_train, device)
 
-    lo, hi, best = 0.0, 0.9, None
-    for _ in range(BISECT_ITERS):
-        mid = (lo + hi) / 2
-        candidate = _prune_copy(model, mid, example)
-        frac = count_flops(candidate, SEQ_LEN) / dense_flops
-        if frac <= target + 0.005:
-            best, hi = (mid, frac, candidate), mid
-        else:
-            lo = mid
-        log.info("  peer-%s: ratio %.4f -> flops %.4f", target, mid, frac)
-    if best is None:
-        raise RuntimeError("bisection found no ratio meeting the target")
-    ratio, frac, pruned = best
+    ratio, frac, pruned = bisect_prune(model, target, example, dense_flops, log)
     prune_seconds = time.perf_counter() - started
     one_shot = evaluate(pruned, enc_eval, num_labels, 64, device)["accuracy"] if steps else None
     eval_seconds = time.perf_counter() - started - prune_seconds
