@@ -90,15 +90,18 @@ class VTrans(Method):
 
 
 def slice_dense(ctx: Context, plan):
-    """The dense model's original weights sliced to `plan` (kept indices of the dense model)."""
-    import copy
+    """The dense model's original weights sliced to `plan` (kept indices of the dense model).
 
+    materialize() slices a copy, so the frozen teacher is wrapped directly (its hooks are
+    removed again right after): one copy of the model, not two."""
     from ..prunable import PrunableModel
 
-    dense = copy.deepcopy(ctx.dense)
-    for p in dense.parameters():
+    pm = PrunableModel(ctx.dense, structures=ctx.structures, layout=ctx.options.layout)
+    try:
+        sliced = pm.materialize(plan)   # fresh gates are mu = 1: folding them changes no weight
+    finally:
+        pm.remove_hooks()
+    model = sliced.remove_hooks()
+    for p in model.parameters():        # the teacher's copy is frozen; the student trains
         p.requires_grad_(True)
-    pm = PrunableModel(dense, structures=ctx.structures, layout=ctx.options.layout)
-    sliced = pm.materialize(plan)   # fresh gates are mu = 1: folding them changes no weight
-    pm.remove_hooks()
-    return sliced.remove_hooks()
+    return model
