@@ -35,7 +35,8 @@ class VTrans(Method):
         return [1.0 - (1.0 - target) * r / rounds for r in range(1, rounds + 1)]
 
     def finetune_steps(self, n_rows: int, options) -> int:
-        return finetune_steps(n_rows, options)
+        trained = options.prune_rounds * self.mask_steps(n_rows, options) if self.trains_weights else 0
+        return finetune_steps(n_rows, options, trained)
 
     def stage_plan(self, n_rows: int, options) -> dict[str, float]:
         plan: dict[str, float] = {}
