@@ -21,7 +21,7 @@ import torch
 from benchmarks.common import BATCH, EVAL_ROWS, LATENCY_RUNS, SEQ_LEN, TASK, TEACHER_DIR, TRAIN_ROWS
 
 TAYLOR_BATCHES = 8
-BISECT_ITERS = 7
+BISECT_ITERS = 9
 
 
 def _taylor_grads(model, enc, device) -> None:
@@ -82,8 +82,9 @@ def _prune_copy(model, ratio: float, example):
 
 def bisect_prune(model, target: float, example: dict, dense_flops: float, log):
     """(ratio, FLOPs fraction, pruned copy): the pruning ratio bisected until the analytic FLOPs
-    fraction (the counter vtrans is held to) is at or just below `target`. `model` carries the
-    Taylor gradients (_taylor_grads)."""
+    fraction (the counter vtrans is held to) is at or just below `target` — never above it, as
+    vtrans's budget is never exceeded (until session 11 the peer was allowed 0.005 over and
+    landed at 0.504 for 0.5). `model` carries the Taylor gradients (_taylor_grads)."""
     from vtrans_core.flops import count_flops
 
     lo, hi, best = 0.0, 0.9, None
@@ -91,7 +92,7 @@ def bisect_prune(model, target: float, example: dict, dense_flops: float, log):
         mid = (lo + hi) / 2
         candidate = _prune_copy(model, mid, example)
         frac = count_flops(candidate, SEQ_LEN) / dense_flops
-        if frac <= target + 0.005:
+        if frac <= target:
             best, hi = (mid, frac, candidate), mid
         else:
             lo = mid
