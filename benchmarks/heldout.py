@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 log.error("case %s failed:\n%s", case["name"], traceback.format_exc())
                 continue
             record["wall_seconds"] = round(time.perf_counter() - started, 1)
+            import torch
+            record["torch_threads"] = torch.get_num_threads()   # cases may run side by side, 1 thread each
             save_json(path, record)
             log.info("case %s: accuracy %.2f (dense %.2f) flops %.3f compression %.0fs", case["name"],
                      record["accuracy"], record["dense_accuracy"], record["flops_fraction"], record["compression_seconds"])
