@@ -24,6 +24,7 @@ METHODS = ("vtrans", "fast", "faster")
 LAYOUTS = ("uniform", "per_layer")
 FINETUNE_FROM = ("dense", "trained")
 FINETUNE_SCHEDULES = ("linear", "constant")
+MASK_WEIGHTS = ("trained", "frozen")
 
 
 @dataclass
@@ -52,9 +53,13 @@ class CompressionOptions:
     teacher_lr: float = 5e-5
 
     # --- VIB mask training and iterative pruning ---
-    mask_steps: int | None = None    # optimisation steps per pruning round (None: schedule.py, a quarter epoch, 40-2000)
+    mask_steps: int | None = None    # optimisation steps per pruning round (None: schedule.py, a tenth of an epoch, 20-2000)
     prune_rounds: int = 2            # vtrans/fast: rounds of train-then-prune to reach the target
     lr: float = 2e-5                 # model weights during mask training (vtrans/fast)
+    # vtrans/fast: "trained" = the weights train with the masks in each round (the paper's
+    # recipe); "frozen" = masks only (about half the cost a step; the rounds only rank, the
+    # final plan slices the dense weights anyway when finetune_from is "dense")
+    mask_weights: str = "trained"
     # VIB mask parameters (mu, log sigma^2) and the KL weight; null: the method's (method_defaults)
     mask_lr: float | None = None
     beta: float | None = None
@@ -62,7 +67,7 @@ class CompressionOptions:
 
     # --- recovery after pruning ---
     finetune_steps: int | None = None   # distillation fine-tuning steps (None: finetune_epochs; 0: skip)
-    finetune_epochs: float = 2.0     # ... of the method's training rows, never fewer than min_finetune_steps
+    finetune_epochs: float = 2.0     # passes over the method's rows, mask rounds included; >= min_finetune_steps
     min_finetune_steps: int = 150
     # "dense": the learned plan slices the dense model's ORIGINAL weights, which are then
     # fine-tuned; "trained": keep the weights as the mask rounds trained them (before session 11).
@@ -138,6 +143,8 @@ class CompressionOptions:
             _check_type(f.name, value, default)
         if self.finetune_from not in FINETUNE_FROM:
             raise CompressionError("options.finetune_from", f"must be one of {', '.join(FINETUNE_FROM)}, got {self.finetune_from!r}")
+        if self.mask_weights not in MASK_WEIGHTS:
+            raise CompressionError("options.mask_weights", f"must be one of {', '.join(MASK_WEIGHTS)}, got {self.mask_weights!r}")
         if self.finetune_schedule not in FINETUNE_SCHEDULES:
             raise CompressionError("options.finetune_schedule",
                                    f"must be one of {', '.join(FINETUNE_SCHEDULES)}, got {self.finetune_schedule!r}")

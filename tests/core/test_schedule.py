@@ -1,18 +1,22 @@
 """Step counts that scale with the data (vtrans_core/schedule.py)."""
 from vtrans_core.methods import get_method
 from vtrans_core.options import CompressionOptions
-from vtrans_core.schedule import MAX_MASK_STEPS, MIN_MASK_STEPS, epoch_steps
+from vtrans_core.schedule import MAX_MASK_STEPS, MIN_MASK_STEPS, epoch_steps, mask_cost_in_finetune_steps
 
 
-def test_mask_rounds_count_toward_the_finetune_epochs():
+def test_mask_rounds_cost_is_taken_from_the_finetune_epochs():
     opts = CompressionOptions.parse({}, "vtrans")
     vtrans = get_method("vtrans")
     rows = 20_000
     per_round = vtrans.mask_steps(rows, opts)
     assert MIN_MASK_STEPS < per_round < MAX_MASK_STEPS
     total = epoch_steps(rows, opts.batch_size, opts.finetune_epochs)
-    # the weights see finetune_epochs passes in all: mask rounds + fine-tuning
-    assert vtrans.finetune_steps(rows, opts) + opts.prune_rounds * per_round == total
+    spent = {f: total - vtrans.finetune_steps(rows, opts, f) for f in (0.3, 0.5, 0.8)}
+    # a mask step runs the dense-size model: it costs more fine-tuning steps of a smaller model
+    assert spent[0.3] > spent[0.5] > spent[0.8] > opts.prune_rounds * per_round
+    assert spent[0.5] == mask_cost_in_finetune_steps(opts.prune_rounds * per_round, "trained", 0.5)
+    frozen = CompressionOptions.parse({"mask_weights": "frozen"}, "vtrans")
+    assert total - vtrans.finetune_steps(rows, frozen, 0.5) < spent[0.5]    # frozen weights: cheaper rounds
 
 
 def test_small_data_keeps_the_floors_and_explicit_steps_win():

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..budget import Budget
-from ..schedule import finetune_steps
+from ..schedule import finetune_steps, mask_cost_in_finetune_steps
 from ..training import BudgetLagrangian, MaskRound, train_masks, train_supervised
 from . import Context, Method, Origin
 
@@ -34,9 +34,10 @@ class VTrans(Method):
     def round_targets(self, target: float, rounds: int) -> list[float]:
         return [1.0 - (1.0 - target) * r / rounds for r in range(1, rounds + 1)]
 
-    def finetune_steps(self, n_rows: int, options) -> int:
-        trained = options.prune_rounds * self.mask_steps(n_rows, options) if self.trains_weights else 0
-        return finetune_steps(n_rows, options, trained)
+    def finetune_steps(self, n_rows: int, options, kept_fraction: float = 0.5) -> int:
+        spent = mask_cost_in_finetune_steps(options.prune_rounds * self.mask_steps(n_rows, options),
+                                            options.mask_weights, kept_fraction)
+        return finetune_steps(n_rows, options, spent)
 
     def stage_plan(self, n_rows: int, options) -> dict[str, float]:
         plan: dict[str, float] = {}
@@ -59,7 +60,8 @@ class VTrans(Method):
             ctx.progress.start(f"masks#{r}")
             with torch.no_grad():
                 start = float(pm.expected_fraction(budget.kind, budget.seq_len))
-            rnd = MaskRound(steps, start, target, budget.kind, budget.seq_len, train_weights=self.trains_weights)
+            rnd = MaskRound(steps, start, target, budget.kind, budget.seq_len,
+                            train_weights=self.trains_weights and opts.mask_weights == "trained")
             ctx.history.extend(train_masks(pm, ctx.enc_train, rnd, opts, ctx.device, ctx.progress.update, ctx.teacher,
                                            lagrangian, step_offset=done))
             done += steps
@@ -77,7 +79,7 @@ class VTrans(Method):
         if opts.finetune_from == "dense":
             model = slice_dense(ctx, final_plan)
         ctx.progress.start("finetune")
-        ft = self.finetune_steps(len(ctx.enc_train), opts)
+        ft = self.finetune_steps(len(ctx.enc_train), opts, final_plan.fraction("flops", budget.seq_len))
         ft_history = train_supervised(model, ctx.enc_train, ft, opts.finetune_lr, opts.batch_size, ctx.device,
                                       opts.seed + 1, ctx.progress.update, teacher=ctx.teacher,
                                       temperature=opts.distill_temperature, distill_weight=opts.distill_weight,
@@ -85,6 +87,7 @@ class VTrans(Method):
                                       constant_lr=opts.finetune_schedule == "constant", augment=opts.distill_augment)
         ctx.history.extend({"step": done + h["step"], "finetune_loss": h["loss"]} for h in ft_history)
         ctx.info.update(mask_steps_per_round=steps, prune_rounds=opts.prune_rounds, finetune_steps=ft,
+                        mask_weights=opts.mask_weights,
                         finetune_from=opts.finetune_from, train_rows=len(ctx.enc_train),
                         lambda1=round(lagrangian.lambda1, 4), lambda2=round(lagrangian.lambda2, 4))
         return model, final_plan
