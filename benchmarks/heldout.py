@@ -39,6 +39,7 @@ ABLATIONS = {
     "plan-only": {"finetune_steps": 0},               # learned plan on the original weights, no training
     "1epoch": {"finetune_epochs": 1.0},               # half the recovery
     "augment": {"distill_augment": 0.15},             # distil on masked copies, teacher re-run on them
+    "frozen": {"mask_weights": "frozen"},             # mask rounds train the masks only (cheaper rounds)
 }
 
 
@@ -54,9 +55,9 @@ def cases() -> list[dict]:
                  "ablation": name, "extra": ABLATIONS[name]} for name in names]
 
     first = [c for c in main(0.5) if c["task"] == "tweets" and c["method"] != "fast"]
-    return (first + ablations("tweets", ["linear-hidden", "linear"])
+    return (first + ablations("tweets", ["frozen", "linear-hidden", "linear"])
             + [c for c in main(0.5) if c not in first] + main(0.4) + ablations("tweets", ["plan-only", "trained", "1epoch"])
-            + main(0.6) + main(0.3) + ablations("spam", list(ABLATIONS))
+            + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a != "frozen"])
             + [c for task in TASKS for c in ablations(task, ["augment"], "fast")])
 
 
