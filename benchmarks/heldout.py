@@ -40,6 +40,7 @@ ABLATIONS = {
     "1epoch": {"finetune_epochs": 1.0},               # half the recovery
     "augment": {"distill_augment": 0.15},             # distil on masked copies, teacher re-run on them
     "frozen": {"mask_weights": "frozen"},             # mask rounds train the masks only (cheaper rounds)
+    "per_layer": {"layout": "per_layer"},             # hidden width free of the heads (not a stock config)
 }
 
 
@@ -55,9 +56,9 @@ def cases() -> list[dict]:
                  "ablation": name, "extra": ABLATIONS[name]} for name in names]
 
     first = [c for c in main(0.5) if c["task"] == "tweets" and c["method"] != "fast"]
-    return (first + ablations("tweets", ["frozen", "linear-hidden", "linear"])
+    return (first + ablations("tweets", ["frozen", "per_layer", "linear-hidden", "linear"])
             + [c for c in main(0.5) if c not in first] + main(0.4) + ablations("tweets", ["plan-only", "trained", "1epoch"])
-            + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a != "frozen"])
+            + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a not in ("frozen", "per_layer")])
             + [c for task in TASKS for c in ablations(task, ["augment"], "fast")])
 
 
