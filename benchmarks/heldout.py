@@ -38,7 +38,6 @@ ABLATIONS = {
     "trained": {"finetune_from": "trained"},          # fine-tune the weights the mask rounds trained
     "plan-only": {"finetune_steps": 0},               # learned plan on the original weights, no training
     "1epoch": {"finetune_epochs": 1.0},               # half the recovery
-    "augment": {"distill_augment": 0.15},             # distil on masked copies, teacher re-run on them
     "frozen": {"mask_weights": "frozen"},             # mask rounds train the masks only (cheaper rounds)
     "per_layer": {"layout": "per_layer"},             # hidden width free of the heads (not a stock config)
 }
@@ -51,15 +50,14 @@ def cases() -> list[dict]:
         return [{"name": f"{task}-{method}-{target}", "task": task, "method": method, "target": target}
                 for task in TASKS for method in ("peer", "vtrans", "fast")]
 
-    def ablations(task, names, method="vtrans"):
-        return [{"name": f"{task}-{method}-{name}-0.5", "task": task, "method": method, "target": 0.5,
+    def ablations(task, names):
+        return [{"name": f"{task}-vtrans-{name}-0.5", "task": task, "method": "vtrans", "target": 0.5,
                  "ablation": name, "extra": ABLATIONS[name]} for name in names]
 
     first = [c for c in main(0.5) if c["task"] == "tweets" and c["method"] != "fast"]
     return (first + ablations("tweets", ["frozen", "per_layer", "linear-hidden", "linear"])
             + [c for c in main(0.5) if c not in first] + main(0.4) + ablations("tweets", ["plan-only", "trained", "1epoch"])
-            + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a not in ("frozen", "per_layer")])
-            + [c for task in TASKS for c in ablations(task, ["augment"], "fast")])
+            + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a not in ("frozen", "per_layer")]))
 
 
 def run_core_case(case: dict, data: dict, log) -> dict:

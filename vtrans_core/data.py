@@ -411,8 +411,6 @@ class Encoded:
     token_type_ids: list[list[int]] | None
     labels: list[int]
     pad_id: int
-    mask_id: int | None = None          # the tokenizer's mask token (distillation augmentation)
-    special_ids: tuple[int, ...] = ()   # never masked: [CLS], [SEP], padding, ...
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -423,8 +421,7 @@ def encode(tokenizer, split: Split, seq_len: int) -> Encoded:
     enc = tokenizer(split.texts, split.pairs, **kwargs) if split.pairs is not None else tokenizer(split.texts, **kwargs)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return Encoded(list(enc["input_ids"]), list(enc["token_type_ids"]) if "token_type_ids" in enc else None,
-                   list(split.labels), pad_id, getattr(tokenizer, "mask_token_id", None),
-                   tuple(getattr(tokenizer, "all_special_ids", ()) or ()))
+                   list(split.labels), pad_id)
 
 
 def collate(enc: Encoded, indices: list[int], device) -> dict:

@@ -78,9 +78,6 @@ class CompressionOptions:
     finetune_schedule: str = "constant"
     distill_temperature: float = 2.0
     distill_weight: float = 0.5      # share of the loss from the teacher's logits (rest: task labels)
-    # share of tokens replaced by the mask token in every fine-tuning batch, the teacher re-run on
-    # the masked copy (0: off): the teacher's answers on inputs it never memorised
-    distill_augment: float = 0.0
     # teacher hidden-state MSE on every kept layer and channel, in the mask rounds and the
     # fine-tuning (null: the method's; 0 for every method since issue #11: with the dense restart
     # the teacher's logits alone recovered better, and the hidden-state pass costs ~15% a step)
@@ -169,7 +166,7 @@ class CompressionOptions:
             raise CompressionError("options.finetune_steps", "must be 0 or more (or null for one epoch)")
         if not 0.0 < self.fast_fraction <= 1.0:
             raise CompressionError("options.fast_fraction", "must be in (0, 1]")
-        for name in ["distill_weight", "distill_augment"]:
+        for name in ["distill_weight"]:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise CompressionError(f"options.{name}", "must be between 0 and 1")
         for name in ["teacher_epochs", "finetune_epochs", "min_finetune_steps", "teacher_lr", "lr", "mask_lr", "beta", "budget_lambda_lr",

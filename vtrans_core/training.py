@@ -79,24 +79,6 @@ class Teacher:
         device = batch["input_ids"].device
         return self.cache[idx].to(device), hidden
 
-    @torch.no_grad()
-    def fresh(self, batch: dict, want_hidden: bool):
-        """Outputs for an input that is not a cached training row (an augmented copy)."""
-        out = self.model(**_strip(batch), output_hidden_states=want_hidden)
-        return out.logits.float(), (out.hidden_states if want_hidden else None)
-
-
-def masked_copy(batch: dict, enc: Encoded, share: float, gen: torch.Generator) -> dict:
-    """`batch` with `share` of its real, non-special tokens replaced by the mask token: an input
-    the teacher has not memorised, so its logits carry more than the label (TinyBERT-style
-    augmentation for distillation on few rows)."""
-    ids = batch["input_ids"]
-    can = batch["attention_mask"].bool()
-    for special in enc.special_ids:
-        can &= ids != special
-    hit = (torch.rand(ids.shape, generator=gen) < share).to(ids.device) & can
-    return {**batch, "input_ids": torch.where(hit, torch.full_like(ids, enc.mask_id), ids)}
-
 
 def distillation_loss(student_logits, teacher_logits, labels, temperature: float, weight: float):
     """(1-w)*CE(labels) + w*T^2*KL(teacher_T || student_T). Returns (total, task, distill)."""
@@ -148,11 +130,9 @@ def hidden_distillation(student_hidden, teacher_hidden, attention_mask, hidden_o
 
 def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int, device, seed: int,
                      tick: Tick, teacher: Teacher | None = None, temperature: float = 2.0,
-                     distill_weight: float = 0.0, hidden_weight: float = 0.0, constant_lr: bool = False,
-                     augment: float = 0.0) -> list[dict]:
+                     distill_weight: float = 0.0, hidden_weight: float = 0.0, constant_lr: bool = False) -> list[dict]:
     """AdamW with linear warmup/decay (or a constant rate) for `steps` batches; distils from
-    `teacher` when given. `augment` > 0: every batch is a masked copy (masked_copy) whose teacher
-    logits are computed afresh (no cache: the input is new each time).
+    `teacher` when given.
 
     Used for the dense teacher (no teacher) and for recovery fine-tuning of a pruned model.
     """
@@ -166,17 +146,10 @@ def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int
     history, running = [], 0.0
     want_hidden = teacher is not None and hidden_weight > 0
     origin = student_origin(model) if want_hidden else (None, None)
-    augment = augment if teacher is not None and enc.mask_id is not None else 0.0
-    gen = torch.Generator().manual_seed(seed)
     for step in range(1, steps + 1):
         batch = next(batches)
-        if augment > 0:
-            batch = masked_copy(batch, enc, augment, gen)
         out = model(**_strip(batch), output_hidden_states=want_hidden)
-        if augment > 0:
-            t_logits, t_hidden = teacher.fresh(batch, want_hidden)
-        else:
-            t_logits, t_hidden = teacher.outputs(batch, want_hidden) if teacher is not None else (None, None)
+        t_logits, t_hidden = teacher.outputs(batch, want_hidden) if teacher is not None else (None, None)
         loss, task, distill = distillation_loss(out.logits, t_logits, batch["labels"], temperature,
                                                 distill_weight if teacher is not None else 0.0)
         if want_hidden:

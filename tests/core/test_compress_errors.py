@@ -45,7 +45,6 @@ def test_impossible_budget(tiny_model_dir, tiny_dataset_csv, tmp_path):
     ({"options": {"no_such_option": 1}}, "options.no_such_option"),
     ({"options": {"layout": "diagonal"}}, "options.layout"),
     ({"options": {"mask_weights": "thawed"}}, "options.mask_weights"),
-    ({"options": {"distill_augment": 1.5}}, "options.distill_augment"),
     ({"budget": {"kind": "flops", "target": 1.5}}, "budget.target"),
     ({"budget": {"kind": "latency", "target": 0.5}}, "budget.kind"),
 ])

@@ -175,23 +175,3 @@ def test_teacher_stage_when_model_has_no_head(tiny_base_model_dir, tiny_dataset_
     assert m["params_fraction"] <= 0.71
     cfg = json.loads((result.output_dir / "config.json").read_text())
     assert cfg["id2label"] == {"0": "negative", "1": "positive"}
-
-
-def test_masked_copy_masks_only_real_non_special_tokens():
-    import torch
-
-    from vtrans_core.data import Encoded, collate
-    from vtrans_core.training import masked_copy
-
-    rows = [[101] + list(range(1000, 1000 + n)) + [102] for n in (40, 5, 60)]
-    enc = Encoded(rows, None, [0, 1, 0], pad_id=0, mask_id=103, special_ids=(0, 101, 102, 103))
-    batch = collate(enc, [0, 1, 2], "cpu")
-    out = masked_copy(batch, enc, 0.3, torch.Generator().manual_seed(0))
-    ids, new = batch["input_ids"], out["input_ids"]
-    changed = ids != new
-    assert bool((new[changed] == 103).all())
-    assert not bool(changed[batch["attention_mask"] == 0].any())       # padding untouched
-    assert not bool(changed[(ids == 101) | (ids == 102)].any())          # [CLS]/[SEP] untouched
-    share = changed.sum().item() / 105                                   # 105 maskable tokens
-    assert 0.15 < share < 0.45
-    assert torch.equal(out["attention_mask"], batch["attention_mask"]) and out["labels"] is batch["labels"]

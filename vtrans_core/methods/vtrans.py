@@ -84,7 +84,7 @@ class VTrans(Method):
                                       opts.seed + 1, ctx.progress.update, teacher=ctx.teacher,
                                       temperature=opts.distill_temperature, distill_weight=opts.distill_weight,
                                       hidden_weight=opts.hidden_distill_weight,
-                                      constant_lr=opts.finetune_schedule == "constant", augment=opts.distill_augment)
+                                      constant_lr=opts.finetune_schedule == "constant")
         ctx.history.extend({"step": done + h["step"], "finetune_loss": h["loss"]} for h in ft_history)
         ctx.info.update(mask_steps_per_round=steps, prune_rounds=opts.prune_rounds, finetune_steps=ft,
                         mask_weights=opts.mask_weights,
