@@ -57,7 +57,7 @@ def cases() -> list[dict]:
     first = [c for c in main(0.5) if c["task"] == "tweets" and c["method"] != "fast"]
     return (first + ablations("tweets", ["frozen", "per_layer", "linear-hidden", "linear"])
             + [c for c in main(0.5) if c not in first] + main(0.4) + ablations("tweets", ["plan-only", "trained", "1epoch"])
-            + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a not in ("frozen", "per_layer")]))
+            + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a != "per_layer"]))
 
 
 def run_core_case(case: dict, data: dict, log) -> dict:
