@@ -36,7 +36,7 @@ def test_default_slices_the_dense_weights_and_trained_does_not(tiny_model_dir, t
     torch.testing.assert_close(got, expect)     # untouched: no fine-tuning ran, the gates were never folded in
 
     out2 = tmp_path / "trained"
-    r2 = compress(str(tiny_model_dir), str(tiny_dataset_csv), BUDGET, "vtrans", {**OPTS, "finetune_from": "trained"}, out2)
+    r2 = compress(str(tiny_model_dir), str(tiny_dataset_csv), BUDGET, "vtrans", {**OPTS, "finetune_from": "trained", "mask_weights": "trained"}, out2)
     # slicing wraps the frozen teacher for a moment: it must come back untouched (same dense score)
     assert r.metrics["dense"]["accuracy"] == r2.metrics["dense"]["accuracy"]
     assert r.metrics["dense"]["train_accuracy"] == r2.metrics["dense"]["train_accuracy"]
