@@ -166,6 +166,21 @@ class Windows:
     def tokens(self) -> int:
         return len(self) * self.seq_len
 
+    # The methods treat a window as a row: sample / head / batches like data.Encoded.
+    def head(self, n: int) -> "Windows":
+        return Windows(self.ids[: max(1, min(n, len(self)))], self.seq_len, self.documents)
+
+    def sample(self, n: int, seed: int) -> "Windows":
+        if n >= len(self):
+            return self
+        import torch
+
+        keep = sorted(random.Random(seed).sample(range(len(self)), n))
+        return Windows(self.ids[torch.tensor(keep)], self.seq_len, self.documents)
+
+    def batches(self, batch_size: int, device: Any, *, shuffle: bool, rng: random.Random | None = None):
+        return window_batches(self, batch_size, device, shuffle=shuffle, rng=rng)
+
 
 def pack(tokenizer: Any, docs: list[str], seq_len: int) -> Windows:
     import torch
