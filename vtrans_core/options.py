@@ -155,6 +155,9 @@ class CompressionOptions:
             value, default = getattr(self, f.name), getattr(defaults, f.name)
             if f.name in METHOD_DEPENDENT:
                 default = METHOD_DEPENDENT[f.name]   # resolved by parse() before this check
+            if f.name in NULLABLE_SAMPLES:   # null allowed; otherwise of the sample's type
+                _check_type(f.name, value, NULLABLE_SAMPLES[f.name], nullable=True)
+                continue
             _check_type(f.name, value, default)
         if self.finetune_from not in FINETUNE_FROM:
             raise CompressionError("options.finetune_from", f"must be one of {', '.join(FINETUNE_FROM)}, got {self.finetune_from!r}")
@@ -209,6 +212,8 @@ METHOD_DEPENDENT: dict[str, Any] = {"prune_hidden": True, "prune_heads": True, "
                                     "mask_lr": 0.05, "beta": 1e-5, "importance": "vib", "gate_init": 9.0,
                                     "reconstruct": "off"}
 IMPORTANCES = ("vib", "fisher", "vib+fisher")
+# Options whose default is null and stays null unless set (value: a sample of the type).
+NULLABLE_SAMPLES: dict[str, Any] = {"task": "language-modeling", "dtype": "float32", "max_memory_gb": 1.0}
 TASK_NAMES = ("sequence-classification", "language-modeling")
 DTYPES = ("float32", "bfloat16", "float16")
 # Per-task defaults for options the user did not set. Language modelling: a row is a packed
