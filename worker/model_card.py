@@ -119,7 +119,7 @@ def _lm_card(source: Source, request: dict[str, Any], metrics: dict[str, Any], j
          _count(dense.get("flops")), _count(pruned.get("flops"))),
         (f"prefill latency (ms, batch {pre.get('batch')} x {pre.get('seq_len')})",
          _fmt(dense.get("prefill_ms"), ".1f"), _fmt(pruned.get("prefill_ms"), ".1f")),
-        ("decode (tokens/s, batch 1, greedy)", _fmt(dense.get("decode_tokens_per_s"), ".1f"),
+        (f"decode (tokens/s, batch 1, {dec.get('new_tokens')} greedy tokens)", _fmt(dense.get("decode_tokens_per_s"), ".1f"),
          _fmt(pruned.get("decode_tokens_per_s"), ".1f")),
     ]
     table = "\n".join(f"| {name} | {d} | {p} |" for name, d, p in rows)

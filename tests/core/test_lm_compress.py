@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from .decoders import decoder_config, save_tiny_lm, write_text_corpus
 from vtrans_core import compress, validate_request
