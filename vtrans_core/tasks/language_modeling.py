@@ -134,7 +134,7 @@ def _hub_documents(spec: str) -> list[str]:
         raise CompressionError("data", f"could not load {spec!r} from the hub: {type(err).__name__}: {err}") from None
     if TEXT_COLUMN not in ds.column_names:
         raise CompressionError("data", f"{spec!r}: needs a {TEXT_COLUMN!r} column, found {ds.column_names}")
-    return _txt_documents("\n".join(t if t.strip() else "" for t in ds[TEXT_COLUMN]))
+    return _txt_documents("\n".join(t.strip() for t in ds[TEXT_COLUMN]))
 
 
 def read_documents(data: Any) -> tuple[str, list[str]]:
