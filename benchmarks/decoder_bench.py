@@ -81,8 +81,9 @@ def main(argv=None) -> int:
     if args.report:
         print(report())
         return 0
-    sys.path.insert(0, str(BENCH_DIR.parent))
-    from tests.core.smollm2 import missing, smollm2_dir
+    # the GGUF -> safetensors helper the slow test uses (tests/ is not an importable package here)
+    sys.path.insert(0, str(BENCH_DIR.parent / "tests" / "core"))
+    from smollm2 import missing, smollm2_dir
 
     if missing():
         print(missing())
