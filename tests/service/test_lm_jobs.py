@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from tests.core.decoders import save_tiny_lm, write_text_corpus
+from core.decoders import save_tiny_lm, write_text_corpus   # tests/ is on sys.path (rootdir conftest)
 
 from .conftest import assert_problem, auth, tar_gz_of
 from .jobpath import wait_job
