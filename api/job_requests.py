@@ -180,6 +180,16 @@ def resolve_dataset(db: Session, tenant: str, ref: str, *, field_: str = "datase
     return core_bridge.builtin_labels(ref), False
 
 
+def dataset_kind(db: Session, tenant: str, ref: str) -> tuple[str | None, str]:
+    """("text" | "labelled" | None, a name for messages) of an already resolved dataset reference."""
+    if DATASET_ID.match(ref):
+        d = db.scalar(select(Dataset).where(Dataset.id == ref, Dataset.tenant_id == tenant))
+        if d is None:
+            return None, ref
+        return ("text" if d.format == "txt" else "labelled"), f"{d.filename} ({ref})"
+    return ("text" if ref in core_bridge.TEXT_BUILTINS else "labelled"), ref
+
+
 def check_eval_dataset(train: tuple[list[str] | None, bool], evaluation: tuple[list[str] | None, bool],
                        field_: str = "eval_dataset") -> None:
     """The evaluation set must speak the training set's labels (checked at submit, not mid-run)."""
@@ -208,10 +218,13 @@ def prepare(db: Session, tenant: str, body: JobRequest, *, prefix: str = "", onl
     if body.eval_dataset is not None:
         field_ = f"{prefix}eval_dataset"
         check_eval_dataset(train_info, resolve_dataset(db, tenant, body.eval_dataset, field_=field_), field_)
+    kind, name = dataset_kind(db, tenant, body.dataset)
     try:
-        normalized = core_bridge.validate_job(model.config, body.budget, body.method, body.options)
+        normalized = core_bridge.validate_job(model.config, body.budget, body.method, body.options, kind, name)
     except CompressionError as err:
-        raise field_problem(422, f"{prefix}{err.field}", err.message) from None
+        # the core names its data argument `data`; the API's field is `dataset`
+        field_name = "dataset" if err.field == "data" else err.field
+        raise field_problem(422, f"{prefix}{field_name}", err.message) from None
     return PreparedJob(body, model, normalized)
 
 

@@ -105,7 +105,8 @@ class ModelList(_Out):
 
 
 class Dataset(_Out):
-    """An uploaded CSV/JSONL dataset."""
+    """An uploaded dataset: CSV/JSONL labelled rows, or plain text (.txt) for a language model,
+    where rows are documents and `tokens` counts its words."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "id": _DATASET_ID, "kind": "uploaded", "filename": "reviews.csv", "format": "csv", "rows": 5000,
@@ -113,12 +114,14 @@ class Dataset(_Out):
     id: str
     kind: Literal["uploaded"] = "uploaded"
     filename: str
-    format: Literal["csv", "jsonl"]
-    rows: int
+    format: Literal["csv", "jsonl", "txt"]
+    rows: int = Field(description="labelled rows; for plain text (format txt): documents")
     labels: list[str | int]
     has_text_pair: bool
     size_bytes: int
     created_at: datetime
+    tokens: int | None = Field(None, description="plain text only, in the upload response: whitespace-separated "
+                               "words of all documents (the model's subword tokenizer gives ~1.3x as many)")
 
 
 class BuiltinDataset(_Out):

@@ -203,6 +203,7 @@ class DatasetUpload:
     rows: int
     labels: list
     has_text_pair: bool
+    tokens: int | None = None   # plain text only: whitespace-separated words of all documents
 
 
 def dataset_format(filename: str) -> str:
@@ -211,11 +212,19 @@ def dataset_format(filename: str) -> str:
         return "csv"
     if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
-    raise UploadError("the dataset file must be named *.csv or *.jsonl")
+    if name.endswith(".txt"):
+        return "txt"
+    raise UploadError("the dataset file must be named *.csv or *.jsonl (labelled rows), or *.txt (plain text "
+                      "for a language model)")
 
 
 def validate_dataset(path: Path, filename: str, min_rows: int, max_rows: int) -> DatasetUpload:
     fmt = dataset_format(filename)
+    if fmt == "txt":   # documents for a causal LM (blank-line separated, else one per line)
+        documents, tokens = core_bridge.inspect_text(path)
+        if documents > max_rows:
+            raise UploadError(f"the text has more than {max_rows} documents", status=413)
+        return DatasetUpload(format="txt", rows=documents, labels=[], has_text_pair=False, tokens=tokens)
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")

@@ -354,7 +354,9 @@ def load_task(data: "str | Path | dict | TaskData", seed: int = SPLIT_SEED) -> T
 
 def check_data_spec(data: Any, field: str = "data") -> None:
     """The cheap part of load_task for validate_request: does the source look usable at all?"""
-    if isinstance(data, TaskData) or data in BUILTIN_TASKS:
+    from .tasks.language_modeling import BUILTIN_CORPORA
+
+    if isinstance(data, TaskData) or data in BUILTIN_TASKS or data in BUILTIN_CORPORA:
         return
     if isinstance(data, str) and data.startswith("hf:"):
         return
@@ -415,6 +417,12 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def head(self, n: int) -> "Encoded":
+        """The first n rows (row numbers kept, so a teacher's logit cache stays valid)."""
+        n = min(n, len(self))
+        return Encoded(self.input_ids[:n], self.token_type_ids[:n] if self.token_type_ids is not None else None,
+                       self.labels[:n], self.pad_id)
+
 
 def encode(tokenizer, split: Split, seq_len: int) -> Encoded:
     kwargs = dict(truncation=True, max_length=seq_len, padding=False)
@@ -447,7 +455,13 @@ def collate(enc: Encoded, indices: list[int], device) -> dict:
 
 
 def iterate_batches(enc: Encoded, batch_size: int, device, *, shuffle: bool, rng: random.Random | None = None) -> Iterator[dict]:
-    """One pass over `enc`. Shuffled for training; length-sorted for evaluation (less padding)."""
+    """One pass over `enc`. Shuffled for training; length-sorted for evaluation (less padding).
+
+    Another task's encoded rows (language modelling's packed windows) batch themselves: the
+    methods and training loops stay unaware of what a row is."""
+    if not isinstance(enc, Encoded):
+        yield from enc.batches(batch_size, device, shuffle=shuffle, rng=rng)
+        return
     order = list(range(len(enc)))
     if shuffle:
         (rng or random.Random(0)).shuffle(order)

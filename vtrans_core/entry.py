@@ -49,29 +49,31 @@ def _config_dict(config: Any) -> dict | None:
     return config.to_dict()
 
 
-def _check_config(config: dict, budget: Budget, opts: CompressionOptions) -> None:
-    """Family support and the smallest size the architecture can reach, from a config alone."""
+def _check_config(config: dict, budget: Budget, opts: CompressionOptions, data: Any = None):
+    """Family support, the task (model x data x options.task) and the smallest size the
+    architecture can reach, from a config alone. Returns the task; the task's option defaults
+    are applied to `opts` (for whatever the user left unset)."""
     if config.get("auto_map"):
         raise CompressionError("model", "models with custom code (auto_map in config.json) are not supported")
     from .families import adapter_for
     from .plan import min_fraction
+    from .tasks import choose_task
 
-    adapter = adapter_for(config)  # raises CompressionError("model", ...) for an unknown family
-    if adapter.auto_class != "AutoModelForSequenceClassification":
-        # The surgery (prunable / materialize / loading) handles decoders; the pipeline has no
-        # language-modeling task yet (vtrans_core/tasks/, issue 13): refuse before any work.
-        raise CompressionError("model", f"{config.get('model_type')} is a causal language model: compress() "
-                               "does not run language-modeling jobs yet (only sequence classification)")
+    adapter_for(config)  # raises CompressionError("model", ...) for an unknown family
+    task = choose_task(config, data, opts.task)
+    opts.apply_task_defaults(task.name)
+    opts.task = task.name
     floor = min_fraction(config, budget.size_kind, budget.seq_len, structures=structures_of(opts), layout=opts.layout)
     if budget.kind == "speedup":   # FLOPs bound the speedup from above (the exact check is the latency planner's)
         if budget.size_target < floor:
             raise CompressionError("budget.target", f"a {budget.target:g}x speedup needs fewer FLOPs than the smallest "
                                    f"model these options can reach ({floor:.3f} of the dense FLOPs, at most "
                                    f"~{1 / floor:.1f}x) in layout {opts.layout!r}")
-        return
+        return task
     if budget.target < floor:
         raise CompressionError("budget.target", f"{budget.target:g} is below the smallest {budget.kind} fraction this "
                                f"architecture can reach with these options ({floor:.3f}) in layout {opts.layout!r}")
+    return task
 
 
 def _check_budget_method(budget: Budget, method: str) -> None:
@@ -93,17 +95,21 @@ def structures_of(opts: CompressionOptions) -> set[str]:
     return s
 
 
-def validate_request(model_config: dict | Any | None, budget: Any, method: Any, options: Any) -> dict:
+def validate_request(model_config: dict | Any | None, budget: Any, method: Any, options: Any,
+                     data: Any = None) -> dict:
     """Cheap checks without loading weights; returns the normalized request.
 
-    The API calls this to answer 422 before queuing a job."""
+    The API calls this to answer 422 before queuing a job. `data` (optional): a data file path,
+    a built-in name, or a `tasks.DataKind` the service knows from an upload; a model/data
+    combination no task accepts (a labelled CSV for a causal LM, plain text for a classifier) is
+    refused naming `data`."""
     method = _check_method(method)
     opts = CompressionOptions.parse(options, method)
     parsed = Budget.parse(budget)
     _check_budget_method(parsed, method)
     config = _config_dict(model_config)
     if config is not None:
-        _check_config(config, parsed, opts)
+        _check_config(config, parsed, opts, data)
     return {"method": method, "budget": parsed.to_dict(), "options": opts.to_dict()}
 
 
@@ -243,7 +249,7 @@ def compress(model: Any, data: Any, budget: Any, method: str, options: Any = Non
         check_data_spec(eval_data, "eval_data")
     kind, source, config = resolve_model_source(model)
     if config is not None:
-        _check_config(config, parsed_budget, opts)
+        _check_config(config, parsed_budget, opts, data)
 
     from .pipeline import run_pipeline  # torch-heavy: imported only once the request is sane
 

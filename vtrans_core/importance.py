@@ -36,9 +36,16 @@ def _strip(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k not in ("labels", "index")}
 
 
+def _summed_ce(logits, _teacher, batch: dict, _t: float, _w: float):
+    return (F.cross_entropy(logits.float(), batch["labels"], reduction="sum"),)
+
+
 def fisher_information(pm, enc: Encoded, device, tick: Callable[[int, int], None] | None = None,
-                       micro_batch: int = FISHER_MICRO_BATCH) -> dict[str, torch.Tensor]:
-    """Per mask key, the summed squared gradient of the task loss w.r.t. each gate at z = mu = 1."""
+                       micro_batch: int = FISHER_MICRO_BATCH, loss_fn=None) -> dict[str, torch.Tensor]:
+    """Per mask key, the summed squared gradient of the task loss w.r.t. each gate at z = mu = 1.
+
+    `loss_fn`: a Task.loss (its first output, the mean task loss, is scaled to a per-row sum);
+    default: the classification cross-entropy summed over rows."""
     model = pm.model
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in frozen:
@@ -53,7 +60,10 @@ def fisher_information(pm, enc: Encoded, device, tick: Callable[[int, int], None
     try:
         for n, batch in enumerate(batches, 1):
             logits = model(**_strip(batch)).logits
-            loss = F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+            if loss_fn is None:
+                loss = _summed_ce(logits, None, batch, 1.0, 0.0)[0]
+            else:   # the task's mean loss (no distillation: teacher None, weight 0) times the rows
+                loss = loss_fn(logits, None, batch, 1.0, 0.0)[0] * batch["input_ids"].shape[0]
             grads = torch.autograd.grad(loss, [m.mu for m in pm.masks.values()], allow_unused=True)
             for (k, m), g in zip(pm.masks.items(), grads):
                 if g is not None:

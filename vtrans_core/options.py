@@ -103,6 +103,19 @@ class CompressionOptions:
     seed: int = 0
     device: str | None = None        # None: cuda when available, else cpu
 
+    # --- task and decoders (language modelling, tasks/language_modeling.py) ---
+    # null: chosen from the model (a causal LM -> "language-modeling", an encoder -> classification)
+    task: str | None = None
+    # weights' dtype while compressing and in the saved model; null: float32 on CPU, bfloat16 on CUDA
+    dtype: str | None = None
+    prefill_batch: int = 4           # LM latency: prefill of prefill_batch x prefill_seq tokens ...
+    prefill_seq: int = 512
+    decode_tokens: int = 32          # ... and greedy decode tokens/s at batch 1 after a short prompt
+    generation_samples: int = 3      # greedy samples (held-out prompts) before/after in the metrics
+    # memory the job may use, in GB (null: what the device reports available); checked before any
+    # work against the estimate of docs/DECODERS.md
+    max_memory_gb: float | None = None
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -120,6 +133,7 @@ class CompressionOptions:
             if key not in known:
                 raise CompressionError(f"options.{key}", f"is not a known option (known: {', '.join(sorted(known))})")
         opts = cls(**value)
+        opts._explicit = set(value)   # what the user set (task defaults never override it)
         for name, sample in METHOD_DEPENDENT.items():
             _check_type(name, getattr(opts, name), sample, nullable=True)
         for name, default in method_defaults(method, opts.layout).items():
@@ -132,12 +146,24 @@ class CompressionOptions:
                     raise CompressionError(f"options.{name}", f"is a `faster` option; {method} supports only {only!r}")
         return opts
 
+    def apply_task_defaults(self, task: str) -> "CompressionOptions":
+        """Defaults of a task for every option the user left unset (TASK_DEFAULTS), re-checked."""
+        explicit = getattr(self, "_explicit", set())
+        for name, value in TASK_DEFAULTS.get(task, {}).items():
+            if name not in explicit:
+                setattr(self, name, value)
+        self._check()
+        return self
+
     def _check(self) -> None:
         defaults = CompressionOptions()
         for f in fields(self):
             value, default = getattr(self, f.name), getattr(defaults, f.name)
             if f.name in METHOD_DEPENDENT:
                 default = METHOD_DEPENDENT[f.name]   # resolved by parse() before this check
+            if f.name in NULLABLE_SAMPLES:   # null allowed; otherwise of the sample's type
+                _check_type(f.name, value, NULLABLE_SAMPLES[f.name], nullable=True)
+                continue
             _check_type(f.name, value, default)
         if self.finetune_from not in FINETUNE_FROM:
             raise CompressionError("options.finetune_from", f"must be one of {', '.join(FINETUNE_FROM)}, got {self.finetune_from!r}")
@@ -174,6 +200,17 @@ class CompressionOptions:
                      "finetune_lr", "distill_temperature", "hidden_distill_weight"]:
             if getattr(self, name) < 0:
                 raise CompressionError(f"options.{name}", "must not be negative")
+        if self.task is not None and self.task not in TASK_NAMES:
+            raise CompressionError("options.task", f"must be one of {', '.join(TASK_NAMES)}, got {self.task!r}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise CompressionError("options.dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name in ("prefill_batch", "prefill_seq", "decode_tokens"):
+            if getattr(self, name) < 1:
+                raise CompressionError(f"options.{name}", "must be at least 1")
+        if self.generation_samples < 0:
+            raise CompressionError("options.generation_samples", "must be 0 or more")
+        if self.max_memory_gb is not None and self.max_memory_gb <= 0:
+            raise CompressionError("options.max_memory_gb", "must be positive (or null: what the device has)")
         if self.device is not None and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise CompressionError("options.device", f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")
 
@@ -183,6 +220,18 @@ METHOD_DEPENDENT: dict[str, Any] = {"prune_hidden": True, "prune_heads": True, "
                                     "mask_lr": 0.05, "beta": 1e-5, "importance": "vib", "gate_init": 9.0,
                                     "reconstruct": "off"}
 IMPORTANCES = ("vib", "fisher", "vib+fisher")
+# Options whose default is null and stays null unless set (value: a sample of the type).
+NULLABLE_SAMPLES: dict[str, Any] = {"task": "language-modeling", "dtype": "float32", "max_memory_gb": 1.0}
+TASK_NAMES = ("sequence-classification", "language-modeling")
+DTYPES = ("float32", "bfloat16", "float16")
+# Per-task defaults for options the user did not set. Language modelling: a row is a packed
+# window of seq_len tokens (512: the window perplexity is usually reported at), so far fewer rows
+# and smaller batches than classification (a batch's logits are batch x seq_len x vocabulary:
+# 4 x 512 x 49k floats = 400 MB for SmolLM2, twice with the dense teacher's).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "language-modeling": {"seq_len": 512, "batch_size": 4, "fast_min_examples": 32, "calibration_rows": 64,
+                          "fisher_rows": 32, "latency_runs": 3, "min_finetune_steps": 20},
+}
 RECONSTRUCT_MODES = ("off", "scales", "weights")
 
 

@@ -37,6 +37,24 @@ TRAIN_CHECK_ROWS = 1000   # training rows the dense model is scored on (the memo
 
 def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: CompressionOptions,
                  out_dir: Path, callback, eval_data=None):
+    if config is None and kind == "hub":   # a hub model's config is known only now
+        from transformers import AutoConfig
+
+        from .entry import _check_config
+        from .entry import _hub_error
+        try:
+            config = AutoConfig.from_pretrained(source).to_dict()
+        except Exception as err:
+            raise _hub_error(str(source), err) from None
+        _check_config(config, budget, opts, data)
+    from .tasks import choose_task
+
+    task_obj = choose_task(config, data, opts.task)
+    if task_obj.name != "sequence-classification":   # a task that is its own teacher (language modelling)
+        from .pipeline_lm import run_lm_pipeline
+
+        return run_lm_pipeline(task_obj, kind, source, config, data, budget, method, opts, out_dir, callback,
+                               eval_data=eval_data)
     started = time.perf_counter()
     strategy = get_method(method)
     progress = Progress(callback, {"load": 5.0, "teacher": 1e-6, "masks#1": 50.0, "finetune": 20.0,
@@ -48,12 +66,6 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
     if eval_data is not None:
         task = with_eval_data(task, eval_data)
     tokenizer = load_tokenizer(kind, source)
-    if config is None and kind == "hub":   # a hub model's config is known only now
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(source).to_dict()
-        from .entry import _check_config
-        _check_config(config, budget, opts)
     order = head_matches(config, task.label_names)
     if order is not None:
         task = task.reorder_labels(order)

@@ -60,17 +60,23 @@ class Teacher:
     on the fly.
     """
 
-    def __init__(self, model, n_rows: int):
+    def __init__(self, model, n_rows: int, cacheable: bool = True):
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.cache = torch.zeros(n_rows, model.config.num_labels)
+        # A language model's teacher logits (windows x seq_len x vocabulary) do not fit in a
+        # cache: the task says so (Task.teacher_cacheable) and they are recomputed per batch.
+        self.cacheable = cacheable
+        self.cache = torch.zeros(n_rows, model.config.num_labels) if cacheable else None
         self.known = torch.zeros(n_rows, dtype=torch.bool)
 
     @torch.no_grad()
     def outputs(self, batch: dict, want_hidden: bool):
         idx = batch["index"]
         hidden = None
+        if not self.cacheable:
+            out = self.model(**_strip(batch), output_hidden_states=want_hidden)
+            return out.logits, (out.hidden_states if want_hidden else None)
         if want_hidden or not bool(self.known[idx].all()):
             out = self.model(**_strip(batch), output_hidden_states=want_hidden)
             self.cache[idx] = out.logits.float().cpu()
@@ -89,6 +95,11 @@ def distillation_loss(student_logits, teacher_logits, labels, temperature: float
     distill = F.kl_div(F.log_softmax(student_logits / t, -1), F.softmax(teacher_logits / t, -1),
                        reduction="batchmean") * (t * t)
     return (1 - weight) * task + weight * distill, task.detach(), distill.detach()
+
+
+def classification_loss(student_logits, teacher_logits, batch: dict, temperature: float, weight: float):
+    """The default task loss of the loops below (Task.loss signature: the whole batch)."""
+    return distillation_loss(student_logits, teacher_logits, batch["labels"], temperature, weight)
 
 
 def student_origin(model) -> tuple[torch.Tensor | None, list[int] | None]:
@@ -130,7 +141,8 @@ def hidden_distillation(student_hidden, teacher_hidden, attention_mask, hidden_o
 
 def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int, device, seed: int,
                      tick: Tick, teacher: Teacher | None = None, temperature: float = 2.0,
-                     distill_weight: float = 0.0, hidden_weight: float = 0.0, constant_lr: bool = False) -> list[dict]:
+                     distill_weight: float = 0.0, hidden_weight: float = 0.0, constant_lr: bool = False,
+                     loss_fn=classification_loss) -> list[dict]:
     """AdamW with linear warmup/decay (or a constant rate) for `steps` batches; distils from
     `teacher` when given.
 
@@ -150,8 +162,8 @@ def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int
         batch = next(batches)
         out = model(**_strip(batch), output_hidden_states=want_hidden)
         t_logits, t_hidden = teacher.outputs(batch, want_hidden) if teacher is not None else (None, None)
-        loss, task, distill = distillation_loss(out.logits, t_logits, batch["labels"], temperature,
-                                                distill_weight if teacher is not None else 0.0)
+        loss, task, distill = loss_fn(out.logits, t_logits, batch, temperature,
+                                      distill_weight if teacher is not None else 0.0)
         if want_hidden:
             loss = loss + hidden_weight * hidden_distillation(out.hidden_states, t_hidden, batch["attention_mask"], *origin)
         opt.zero_grad(set_to_none=True)
@@ -199,7 +211,8 @@ class MaskRound:
 
 
 def train_masks(pm, enc: Encoded, rnd: MaskRound, options, device, tick: Tick, teacher: Teacher | None,
-                lagrangian: BudgetLagrangian, step_offset: int = 0, fraction_scale: float = 1.0) -> list[dict]:
+                lagrangian: BudgetLagrangian, step_offset: int = 0, fraction_scale: float = 1.0,
+                loss_fn=classification_loss) -> list[dict]:
     """One round of VIB mask training (and, for vtrans/fast, weight training) toward rnd.target.
 
     The target warms up linearly from the round's starting size over the first half of the
@@ -232,8 +245,8 @@ def train_masks(pm, enc: Encoded, rnd: MaskRound, options, device, tick: Tick, t
         t_now = rnd.start_fraction + (rnd.target - rnd.start_fraction) * min(1.0, step / warm)
         out = model(**_strip(batch), output_hidden_states=want_hidden)
         t_logits, t_hidden = teacher.outputs(batch, want_hidden) if teacher is not None else (None, None)
-        loss, task, distill = distillation_loss(out.logits, t_logits, batch["labels"], options.distill_temperature,
-                                                options.distill_weight if teacher is not None else 0.0)
+        loss, task, distill = loss_fn(out.logits, t_logits, batch, options.distill_temperature,
+                                      options.distill_weight if teacher is not None else 0.0)
         if want_hidden:
             loss = loss + options.hidden_distill_weight * hidden_distillation(
                 out.hidden_states, t_hidden, batch["attention_mask"], pm.hidden_origin, pm.layer_origin)

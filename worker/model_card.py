@@ -101,9 +101,82 @@ def card_data(source: Source, metrics: dict[str, Any]):
         eval_results=results or None)
 
 
+def _lm_card(source: Source, request: dict[str, Any], metrics: dict[str, Any], job_id: str) -> str:
+    """A language model's card: perplexity (window stated), prefill / decode speed, samples."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    budget = request.get("budget") or {}
+    dense, pruned = metrics.get("dense") or {}, metrics.get("pruned") or {}
+    ev = metrics.get("evaluation") or {}
+    lat = metrics.get("latency") or {}
+    pre, dec = lat.get("prefill") or {}, lat.get("decode") or {}
+    layout = metrics.get("layout") or "uniform"
+    rows = [
+        (f"perplexity (held-out, {ev.get('window')}-token windows, stride {ev.get('stride')})",
+         _fmt(dense.get("perplexity"), ".2f"), _fmt(pruned.get("perplexity"), ".2f")),
+        ("parameters", _count(dense.get("params")), _count(pruned.get("params"))),
+        (f"FLOPs per {metrics.get('flops_seq_len', budget.get('seq_len', 128))}-token sequence",
+         _count(dense.get("flops")), _count(pruned.get("flops"))),
+        (f"prefill latency (ms, batch {pre.get('batch')} x {pre.get('seq_len')})",
+         _fmt(dense.get("prefill_ms"), ".1f"), _fmt(pruned.get("prefill_ms"), ".1f")),
+        (f"decode (tokens/s, batch 1, {dec.get('new_tokens')} greedy tokens)", _fmt(dense.get("decode_tokens_per_s"), ".1f"),
+         _fmt(pruned.get("decode_tokens_per_s"), ".1f")),
+    ]
+    table = "\n".join(f"| {name} | {d} | {p} |" for name, d, p in rows)
+    samples = metrics.get("generation_samples") or {}
+    sample_md = []
+    for i, (d, p) in enumerate(zip(samples.get("dense") or [], samples.get("pruned") or []), 1):
+        sample_md.append(f"{i}. prompt: `{d['prompt'].strip()}`\n   - dense: `{d['continuation'].strip()}`\n"
+                         f"   - pruned: `{p['continuation'].strip()}`")
+    snippet = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+               "model = AutoModelForCausalLM.from_pretrained(\"model\")\n"
+               "tokenizer = AutoTokenizer.from_pretrained(\"model\")") if layout == "uniform" else load_snippet(layout)
+    body = f"""
+# {source.model_name}, pruned with VTrans (task-agnostic, language modelling)
+
+Produced by vtrans job `{job_id}` with VTrans structured pruning (arXiv 2406.05276): next-token loss plus
+distillation from the dense model's own logits, on plain text.
+
+- **Base model:** {source.model_label} ({metrics.get('family', 'n/a')} family)
+- **Text:** {source.dataset_label}
+- **Method:** {request.get('method')} ; layout `{layout}` ; dtype `{metrics.get('dtype', 'n/a')}`
+- **Budget:** keep at most {_fmt(budget.get('target'), '.0%')} of the dense model's {budget.get('kind')}
+- **Achieved:** params {_fmt(metrics.get('params_fraction'), '.1%')}, FLOPs {_fmt(metrics.get('flops_fraction'), '.1%')} of dense; prefill speed-up {_fmt(metrics.get('speedup'), '.2f')}x (measured on `{metrics.get('device', 'n/a')}`)
+
+| | dense | pruned |
+|---|---|---|
+{table}
+
+Perplexity = exp(mean next-token loss) on {_fmt(ev.get('tokens_scored'))} held-out tokens in non-overlapping
+{ev.get('window')}-token windows; figures at other window lengths are not comparable.
+
+## Greedy samples (held-out prompts)
+
+{chr(10).join(sample_md) or 'none recorded'}
+
+## Load
+
+```python
+{snippet}
+```
+"""
+    result = []
+    if isinstance(pruned.get("perplexity"), (int, float)):
+        result = [EvalResult(task_type="text-generation", dataset_type=source.dataset_name,
+                             dataset_name=source.dataset_name, dataset_split=metrics.get("eval_split") or "held-out",
+                             metric_type="perplexity", metric_value=round(float(pruned["perplexity"]), 4),
+                             metric_name=f"perplexity ({ev.get('window')}-token windows)")]
+    data = ModelCardData(model_name=f"{source.model_name}-vtrans-pruned", base_model=source.hub_id,
+                         library_name="transformers", pipeline_tag="text-generation", tags=["vtrans", "pruned"],
+                         datasets=[source.dataset_name], eval_results=result or None)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+
+
 def model_card(source: Source, request: dict[str, Any], metrics: dict[str, Any], job_id: str) -> str:
     from huggingface_hub import ModelCard
 
+    if metrics.get("task") == "language-modeling":
+        return _lm_card(source, request, metrics, job_id)
     budget = request.get("budget") or {}
     dense, pruned = metrics.get("dense") or {}, metrics.get("pruned") or {}
     layout = metrics.get("layout") or (request.get("options") or {}).get("layout", "uniform")

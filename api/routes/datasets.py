@@ -17,14 +17,16 @@ from .uploads_common import safe_filename, save_limited, temp_workspace, upload_
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-def dataset_out(d: Dataset) -> schemas.Dataset:
+def dataset_out(d: Dataset, tokens: int | None = None) -> schemas.Dataset:
     return schemas.Dataset(id=d.id, filename=d.filename, format=d.format, rows=d.rows, labels=d.labels,
-                           has_text_pair=d.has_text_pair, size_bytes=d.size_bytes, created_at=d.created_at)
+                           has_text_pair=d.has_text_pair, size_bytes=d.size_bytes, created_at=d.created_at,
+                           tokens=tokens)
 
 
 @router.post("", status_code=201, operation_id="uploadDataset", response_model=schemas.Dataset,
              summary="Upload a dataset", responses=contract.problems(401, 411, 413, 422))
-async def upload_dataset(file: UploadFile = File(..., description="CSV or JSONL with text, optional text_pair, label"),
+async def upload_dataset(file: UploadFile = File(..., description="CSV or JSONL with text, optional text_pair, label; "
+                                                                    "or .txt plain text for a language model"),
                          settings: Settings = Depends(get_app_settings), store: ArtifactStore = Depends(get_store),
                          db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> schemas.Dataset:
     filename = safe_filename(file.filename)
@@ -46,7 +48,7 @@ async def upload_dataset(file: UploadFile = File(..., description="CSV or JSONL 
         except Exception:
             store.delete_prefix(f"uploads/datasets/{dataset_id}")
             raise
-    return dataset_out(row)
+    return dataset_out(row, info.tokens)
 
 
 @router.get("", operation_id="listDatasets", response_model=schemas.DatasetList,

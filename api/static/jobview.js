@@ -192,15 +192,26 @@ export class JobView {
     const d = m.dense || {}, p = m.pruned || {};
     // Where the quality figures come from, and anything that makes them doubtful (issue #11).
     const ev = m.evaluation || {};
-    $("j-eval-note").textContent = ev.source ? `Evaluated on ${ev.rows ?? m.eval_examples} rows: ${ev.note}` : "";
+    const lm = m.task === "language-modeling";
+    // A language model's perplexity is comparable only at one window length: always state it.
+    $("j-eval-note").textContent = lm
+      ? `Perplexity on ${ev.tokens_scored} held-out tokens, ${ev.window}-token windows, stride ${ev.stride}: ${ev.note}`
+      : ev.source ? `Evaluated on ${ev.rows ?? m.eval_examples} rows: ${ev.note}` : "";
     $("j-warnings").replaceChildren(...(m.warnings || []).map((w) => el("li", {}, `warning: ${w}`)));
-    const rows = [
+    const fix = (n) => (v) => v?.toFixed(n);
+    const rows = (lm ? [
+      [`perplexity (${ev.window}-token windows)`, d.perplexity, p.perplexity, fix(2)],
+      ["params", d.params, p.params, fmtNum],
+      ["FLOPs / sequence", d.flops, p.flops, fmtNum],
+      ["prefill (ms)", d.prefill_ms, p.prefill_ms, fix(1)],
+      ["decode (tokens/s)", d.decode_tokens_per_s, p.decode_tokens_per_s, fix(1)],
+    ] : [
       ["accuracy", d.accuracy, p.accuracy, fmtPct],
       ["F1", d.f1, p.f1, fmtPct],
       ["params", d.params, p.params, fmtNum],
       ["FLOPs / sequence", d.flops, p.flops, fmtNum],
-      ["latency (ms)", d.latency_ms, p.latency_ms, (v) => v?.toFixed(1)],
-    ].filter((r) => r[1] !== undefined || r[2] !== undefined);
+      ["latency (ms)", d.latency_ms, p.latency_ms, fix(1)],
+    ]).filter((r) => r[1] !== undefined || r[2] !== undefined);
     const ratio = (a, b) => (isFinite(a) && isFinite(b) && a ? (b / a).toFixed(3) : "-");
     $("j-final-table").replaceChildren(
       el("tr", {}, el("th", {}, ""), el("th", {}, "dense"), el("th", {}, "pruned"), el("th", {}, "pruned / dense")),
@@ -209,10 +220,12 @@ export class JobView {
       el("tr", {}, el("td", {}, "speedup"), el("td", {}, ""), el("td", { class: "speedup" },
         isFinite(m.speedup) ? `${m.speedup.toFixed(2)}x` : "-"), el("td", {}, "")));
     smallMultiples($("c-final"), [
-      { label: "accuracy %", values: [asFraction(d.accuracy) * 100, asFraction(p.accuracy) * 100], fmt: (v) => v.toFixed(1) },
+      lm ? { label: "perplexity", values: [d.perplexity, p.perplexity], fmt: (v) => v.toFixed(1) }
+        : { label: "accuracy %", values: [asFraction(d.accuracy) * 100, asFraction(p.accuracy) * 100], fmt: (v) => v.toFixed(1) },
       { label: "params", values: [d.params, p.params] },
       { label: "FLOPs", values: [d.flops, p.flops] },
-      { label: "latency ms", values: [d.latency_ms, p.latency_ms], fmt: (v) => v.toFixed(1) },
+      lm ? { label: "prefill ms", values: [d.prefill_ms, p.prefill_ms], fmt: (v) => v.toFixed(1) }
+        : { label: "latency ms", values: [d.latency_ms, p.latency_ms], fmt: (v) => v.toFixed(1) },
     ]);
     const kept = m.kept || {};
     const heads = kept.heads_per_layer || [], ffn = kept.ffn_per_layer || [];

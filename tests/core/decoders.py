@@ -64,3 +64,40 @@ def decoder_inputs(seed: int = 1, batch: int = 3, length: int = 12):
 def numel(model) -> int:
     """Parameters counted once (a tied LM head shares the embedding's)."""
     return sum(p.numel() for p in model.parameters())
+
+
+WORDS = ("the a of and to in is was he she it that for on with as his her they at by this had not but from "
+         "or have an be which one you were all we when there can been has more if will no out so said what up "
+         "its about into than them only some could new other time very").split()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over WORDS (ids < 100, the tiny decoders' vocabulary)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = WORDS + [f"w{i}" for i in range(VOCAB - 4 - len(WORDS))]     # every model id decodes
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def random_doc(seed: int, n: int = 30) -> str:
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (n,), generator=g).tolist())
+
+
+def save_tiny_lm(name: str, path, layers: int = 2, positions: int = 64):
+    """A tiny random causal LM + its word-level tokenizer saved as a stock HF folder (safetensors)."""
+    model = tiny_decoder(name, layers=layers)
+    model.save_pretrained(path, safe_serialization=True)
+    tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def write_text_corpus(path, n_docs: int = 40, words: int = 60):
+    """A .txt corpus of n_docs documents separated by blank lines."""
+    path.write_text("\n\n".join(random_doc(i, words) for i in range(n_docs)) + "\n", encoding="utf-8")
+    return path

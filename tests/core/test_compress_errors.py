@@ -81,12 +81,12 @@ def test_pickle_only_and_remote_code_models_refused(tiny_model_dir, tiny_dataset
     (t5 / "model.safetensors").write_bytes(b"")
     assert "t5" in str(_run_expect("model", tmp_path, model=t5, data=tiny_dataset_csv))
 
-    # decoders: the surgery supports them, compress() not yet (no language-modeling task wired)
+    # a decoder is compressed on plain text: labelled classification data is refused naming `data`
     gpt = tmp_path / "gpt"
     gpt.mkdir()
     (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     (gpt / "model.safetensors").write_bytes(b"")
-    assert "language model" in str(_run_expect("model", tmp_path, model=gpt, data=tiny_dataset_csv))
+    assert "causal language model" in str(_run_expect("data", tmp_path, model=gpt, data=tiny_dataset_csv))
 
 
 def test_validate_request(tiny_model_dir):

@@ -28,6 +28,13 @@ class Context:
     structures: set[str]
     history: list[dict] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)   # method-specific metrics
+    task: Any = None           # tasks.Task: owns the loss (None: sequence classification's)
+
+    @property
+    def loss_fn(self):
+        from ..training import classification_loss
+
+        return self.task.loss if self.task is not None else classification_loss
 
 
 class Origin:

@@ -63,7 +63,7 @@ class VTrans(Method):
             rnd = MaskRound(steps, start, target, budget.kind, budget.seq_len,
                             train_weights=self.trains_weights and opts.mask_weights == "trained")
             ctx.history.extend(train_masks(pm, ctx.enc_train, rnd, opts, ctx.device, ctx.progress.update, ctx.teacher,
-                                           lagrangian, step_offset=done))
+                                           lagrangian, step_offset=done, loss_fn=ctx.loss_fn))
             done += steps
             ctx.progress.start(f"prune#{r}")
             plan = pm.plan_for(Budget(budget.kind, target, budget.seq_len), opts.layout, opts.round_to)
@@ -84,7 +84,7 @@ class VTrans(Method):
                                       opts.seed + 1, ctx.progress.update, teacher=ctx.teacher,
                                       temperature=opts.distill_temperature, distill_weight=opts.distill_weight,
                                       hidden_weight=opts.hidden_distill_weight,
-                                      constant_lr=opts.finetune_schedule == "constant")
+                                      constant_lr=opts.finetune_schedule == "constant", loss_fn=ctx.loss_fn)
         ctx.history.extend({"step": done + h["step"], "finetune_loss": h["loss"]} for h in ft_history)
         ctx.info.update(mask_steps_per_round=steps, prune_rounds=opts.prune_rounds, finetune_steps=ft,
                         mask_weights=opts.mask_weights,

@@ -11,12 +11,13 @@ A new task is one more file here and one more entry in TASKS.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import CompressionError
 from .base import Task, TaskSplits
-from .language_modeling import LanguageModeling
+from .language_modeling import BUILTIN_CORPORA, LanguageModeling
 from .sequence_classification import SequenceClassification
 
 TASKS: dict[str, Task] = {t.name: t for t in (SequenceClassification(), LanguageModeling())}
@@ -38,8 +39,26 @@ def choose_task(model_config: dict | None, data: Any = None, explicit: str | Non
     return task
 
 
+@dataclass(frozen=True)
+class DataKind:
+    """What a caller that holds no file (the API, from an upload's record) knows of the data:
+    `kind` "text" (plain documents) or "labelled" (text + label rows), and a name for messages."""
+    kind: str
+    name: str = "the dataset"
+
+
 def _check_data_fits(task: Task, data: Any) -> None:
     """The cheap header-level check (the full read happens in task.load_data)."""
+    if isinstance(data, str) and data in BUILTIN_CORPORA:
+        data = DataKind("text", data)
+    if isinstance(data, DataKind):
+        if task.name == "sequence-classification" and data.kind == "text":
+            raise CompressionError("data", f"{data.name} is plain text without labels, but this model is a classifier "
+                                   "(sequence classification needs 'text' and 'label' columns)")
+        if task.name == "language-modeling" and data.kind == "labelled":
+            raise CompressionError("data", f"{data.name} is labelled classification data, but this model is a causal "
+                                   "language model, compressed on plain text (.txt, or a text column only)")
+        return
     if not isinstance(data, (str, Path)) or not Path(data).is_file():
         return
     path = Path(data)
@@ -55,4 +74,4 @@ def _check_data_fits(task: Task, data: Any) -> None:
                                    "model is a causal language model, compressed on plain text")
 
 
-__all__ = ["TASKS", "Task", "TaskSplits", "choose_task"]
+__all__ = ["TASKS", "DataKind", "Task", "TaskSplits", "choose_task"]

@@ -117,10 +117,35 @@ def _bible_documents() -> list[str]:
     return [" ".join(verses) for verses in chapters.values()]
 
 
+def _hub_documents(spec: str) -> list[str]:
+    """`hf:<name>[:<config>]` (e.g. hf:wikitext:wikitext-2-raw-v1): the train split's `text`
+    column; rows are joined and re-split at blank lines (WikiText stores one line per row, with
+    empty rows between paragraphs). Needs the `datasets` package and a reachable hub."""
+    parts = spec[3:].split(":")
+    if not parts[0] or len(parts) > 2:
+        raise CompressionError("data", f"{spec!r}: expected hf:<name> or hf:<name>:<config>")
+    if importlib.util.find_spec("datasets") is None:
+        raise CompressionError("data", f"{spec!r} needs the `datasets` package (pip install 'vtrans[hub]')")
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(parts[0], parts[1] if len(parts) > 1 else None, split="train")
+    except Exception as err:   # offline, unknown name, ...
+        raise CompressionError("data", f"could not load {spec!r} from the hub: {type(err).__name__}: {err}") from None
+    if TEXT_COLUMN not in ds.column_names:
+        raise CompressionError("data", f"{spec!r}: needs a {TEXT_COLUMN!r} column, found {ds.column_names}")
+    return _txt_documents("\n".join(t.strip() for t in ds[TEXT_COLUMN]))
+
+
 def read_documents(data: Any) -> tuple[str, list[str]]:
     """(name, documents) of a text source; CompressionError("data") for anything unusable."""
     if isinstance(data, str) and data in BUILTIN_CORPORA:
         return data, _bible_documents()
+    if isinstance(data, str) and data.startswith("hf:"):
+        docs = _hub_documents(data)
+        if len(docs) < 2:
+            raise CompressionError("data", f"{data} has {len(docs)} document(s); at least 2 are needed")
+        return data, docs
     path = Path(data)
     if not path.is_file():
         raise CompressionError("data", f"{data} is neither a file nor a built-in corpus ({', '.join(BUILTIN_CORPORA)})")
@@ -165,6 +190,21 @@ class Windows:
     @property
     def tokens(self) -> int:
         return len(self) * self.seq_len
+
+    # The methods treat a window as a row: sample / head / batches like data.Encoded.
+    def head(self, n: int) -> "Windows":
+        return Windows(self.ids[: max(1, min(n, len(self)))], self.seq_len, self.documents)
+
+    def sample(self, n: int, seed: int) -> "Windows":
+        if n >= len(self):
+            return self
+        import torch
+
+        keep = sorted(random.Random(seed).sample(range(len(self)), n))
+        return Windows(self.ids[torch.tensor(keep)], self.seq_len, self.documents)
+
+    def batches(self, batch_size: int, device: Any, *, shuffle: bool, rng: random.Random | None = None):
+        return window_batches(self, batch_size, device, shuffle=shuffle, rng=rng)
 
 
 def pack(tokenizer: Any, docs: list[str], seq_len: int) -> Windows:

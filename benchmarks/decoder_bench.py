@@ -1,0 +1,107 @@
+"""Decoder benchmark (issue 13): SmolLM2-135M on a built-in text corpus (the King James Bible),
+params targets 0.8 / 0.7 / 0.5, methods `faster` (weights frozen) and `fast`, through compress().
+
+Resumable: each finished case is cached as JSON under benchmarks/cache/decoders/ and skipped on
+the next run; `--report` prints the table from the cache. Perplexity is per token over
+non-overlapping 512-token windows of held-out chapters (stated in every row). The weights are
+SmolLM2-135M-Instruct after 4-bit (Q4_1) quantization (the only decoder installable here).
+
+    nice -n 19 python -m benchmarks.decoder_bench [--cases faster@0.8,fast@0.8] [--report]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BENCH_DIR = Path(__file__).resolve().parent
+CACHE = BENCH_DIR / "cache" / "decoders"
+TARGETS = (0.8, 0.7, 0.5)
+METHODS = ("faster", "fast")
+WINDOW = 512
+# CPU budget (2 shared cores): 300 chapters of calibration text, 16 held-out windows (8k tokens).
+DOCS = 300
+OPTIONS = {"seq_len": WINDOW, "batch_size": 4, "max_train_examples": 128, "max_eval_examples": 16,
+           "prefill_batch": 4, "prefill_seq": 512, "decode_tokens": 32, "latency_runs": 3, "generation_samples": 3}
+FAST_OPTIONS = {"mask_steps": 32, "prune_rounds": 1, "finetune_steps": 32}
+
+
+def corpus() -> Path:
+    from vtrans_core.tasks.language_modeling import read_documents
+
+    path = CACHE / f"bible-{DOCS}.txt"
+    if not path.is_file():
+        _name, docs = read_documents("bible-kjv")
+        path.write_text("\n\n".join(docs[:DOCS]), encoding="utf-8")
+    return path
+
+
+def run_case(method: str, target: float, model_dir: Path) -> dict:
+    from vtrans_core import compress
+
+    out = CACHE / f"out-{method}-{target}"
+    opts = {**OPTIONS, **(FAST_OPTIONS if method == "fast" else {})}
+    started = time.perf_counter()
+    result = compress(str(model_dir), str(corpus()), {"kind": "params", "target": target, "seq_len": WINDOW}, method,
+                      opts, output_dir=out)
+    m = result.metrics
+    return {"method": method, "target": target, "window": m["evaluation"]["window"],
+            "stride": m["evaluation"]["stride"], "tokens_scored": m["evaluation"]["tokens_scored"],
+            "dense_ppl": m["dense"]["perplexity"], "pruned_ppl": m["pruned"]["perplexity"],
+            "ppl_ratio": m["perplexity_ratio"], "params_fraction": m["params_fraction"],
+            "flops_fraction": m["flops_fraction"], "prefill_speedup": m["speedup"],
+            "decode_tps": [m["dense"]["decode_tokens_per_s"], m["pruned"]["decode_tokens_per_s"]],
+            "seconds": round(time.perf_counter() - started, 1), "stage_seconds": m["stage_seconds"],
+            "memory": m["memory"], "samples": m["generation_samples"], "options": opts}
+
+
+def report() -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))]
+    lines = ["| method | params target | params kept | FLOPs kept | ppl dense | ppl pruned (x) | prefill speedup | "
+             "decode tok/s dense->pruned | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['target']} | {r['params_fraction']:.3f} | {r['flops_fraction']:.3f} | "
+                     f"{r['dense_ppl']:.2f} | {r['pruned_ppl']:.2f} ({r['ppl_ratio']:.2f}x) | {r['prefill_speedup']} | "
+                     f"{r['decode_tps'][0]} -> {r['decode_tps'][1]} | {r['seconds']} |")
+    return f"perplexity: held-out Bible chapters, {WINDOW}-token windows, stride {WINDOW}\n" + "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", default=",".join(f"{m}@{t}" for m in METHODS for t in TARGETS))
+    ap.add_argument("--report", action="store_true")
+    args = ap.parse_args(argv)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        print(report())
+        return 0
+    # the GGUF -> safetensors helper the slow test uses (tests/ is not an importable package here)
+    sys.path.insert(0, str(BENCH_DIR.parent / "tests" / "core"))
+    from smollm2 import missing, smollm2_dir
+
+    if missing():
+        print(missing())
+        return 2
+    model_dir = smollm2_dir(CACHE / "smollm2-135m")
+    for case in args.cases.split(","):
+        method, target = case.split("@")
+        path = CACHE / f"case-{method}-{target}.json"
+        if path.is_file():
+            print(f"{case}: cached")
+            continue
+        row = run_case(method, float(target), model_dir)
+        path.write_text(json.dumps(row, indent=1))
+        print(f"{case}: {json.dumps({k: row[k] for k in ('dense_ppl', 'pruned_ppl', 'params_fraction', 'seconds')})}",
+              flush=True)
+    print(report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""compress() on causal LMs (task-agnostic language modelling) end to end, on tiny random decoders
+and a word-level tokenizer built in the test: budget met, the output loads with plain
+AutoModelForCausalLM and generates, perplexity reported with its window; the model/data/task
+refusals; the memory estimate and its check."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from .decoders import decoder_config, save_tiny_lm, write_text_corpus
+from vtrans_core import compress, validate_request
+from vtrans_core.errors import CompressionError
+from vtrans_core.lm_runtime import estimate_peak_bytes
+
+SEQ = 16
+# Small enough for seconds on a 2-core CPU; every stage still runs.
+OPTIONS = {"seq_len": SEQ, "prefill_batch": 2, "prefill_seq": 32, "decode_tokens": 4, "latency_runs": 1,
+           "generation_samples": 2, "round_to": 1}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_text_corpus(tmp_path_factory.mktemp("lm-text") / "corpus.txt", n_docs=40, words=60)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return save_tiny_lm("llama-gqa", tmp_path_factory.mktemp("tiny-llama") / "model")
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    return save_tiny_lm("gpt2", tmp_path_factory.mktemp("tiny-gpt2") / "model")
+
+
+def _check_output(result, budget: dict, out):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = result.metrics
+    assert m["task"] == "language-modeling" and m["teacher"]["fine_tuned"] is False
+    assert m[f"{budget['kind']}_fraction"] <= budget["target"] + 0.01
+    assert m["pruned"]["params"] < m["dense"]["params"]
+    # perplexity is stated with its window and stride, and is a real number on both models
+    assert m["evaluation"]["window"] == SEQ and m["evaluation"]["stride"] == SEQ
+    assert m["evaluation"]["tokens_scored"] == m["eval_examples"] * (SEQ - 1) > 0
+    for side in ("dense", "pruned"):
+        assert math.isfinite(m[side]["perplexity"]) and m[side]["perplexity"] > 1.0
+        assert m[side]["prefill_ms"] > 0 and m[side]["decode_tokens_per_s"] > 0
+        assert len(m["generation_samples"][side]) == 2
+    assert m["latency"]["prefill"]["batch"] == 2 and m["flops_seq_len"] == budget["seq_len"]
+    assert m["memory"]["estimate_bytes"] > 0 and m["dtype"] == "float32"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["pruned"]["perplexity"] == m["pruned"]["perplexity"]
+
+    model = AutoModelForCausalLM.from_pretrained(out)      # stock transformers, no vtrans code
+    tok = AutoTokenizer.from_pretrained(out)
+    assert sum(p.numel() for p in model.parameters()) == m["pruned"]["params"] or m["layout"] != "uniform"
+    x = tok(["the a of and to in"], return_tensors="pt")
+    y = model.generate(**x, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert y.shape == (1, x["input_ids"].shape[1] + 5)
+    return m
+
+
+def test_faster_on_tiny_llama_meets_params_budget_and_loads(llama_dir, corpus, tmp_path):
+    budget = {"kind": "params", "target": 0.8, "seq_len": SEQ}
+    out = tmp_path / "out"
+    result = compress(str(llama_dir), str(corpus), budget, "faster", OPTIONS, output_dir=out)
+    m = _check_output(result, budget, out)
+    assert m["method_info"]["importance"] == "fisher"
+    assert m["method_info"]["reconstruct"]["applied"] is False   # not supported for decoders: said so
+
+
+def test_faster_vib_masks_and_explicit_task_on_gpt2(gpt2_dir, corpus, tmp_path):
+    budget = {"kind": "flops", "target": 0.7, "seq_len": SEQ}
+    out = tmp_path / "out"
+    opts = {**OPTIONS, "task": "language-modeling", "importance": "vib", "mask_steps": 4}
+    result = compress(str(gpt2_dir), str(corpus), budget, "faster", opts, output_dir=out)
+    m = _check_output(result, budget, out)
+    assert m["method_info"]["mask_steps"] == 4 and m["family"] == "gpt2"
+
+
+@pytest.mark.parametrize("method", ["fast", "vtrans"])
+def test_weight_training_methods_on_tiny_llama(method, llama_dir, corpus, tmp_path):
+    budget = {"kind": "params", "target": 0.7, "seq_len": SEQ}
+    out = tmp_path / "out"
+    opts = {**OPTIONS, "mask_steps": 3, "prune_rounds": 1, "finetune_steps": 2}
+    result = compress(str(llama_dir), str(corpus), budget, method, opts, output_dir=out)
+    m = _check_output(result, budget, out)
+    assert m["method_info"]["finetune_steps"] == 2
+
+
+def test_jsonl_text_column_and_separate_eval_text(llama_dir, corpus, tmp_path):
+    docs = corpus.read_text().split("\n\n")
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps({"text": d}) for d in docs[:30]))
+    held = tmp_path / "held.txt"
+    held.write_text("\n\n".join(docs[30:]))
+    result = compress(str(llama_dir), str(train), {"kind": "params", "target": 0.85, "seq_len": SEQ}, "faster",
+                      OPTIONS, output_dir=tmp_path / "out", eval_data=str(held))
+    assert result.metrics["data"]["eval_source"] == "eval_data" and result.metrics["data"]["eval_documents"] == 10
+
+
+def test_task_defaults_apply_only_to_unset_options():
+    req = validate_request(decoder_config("llama-gqa").to_dict(), {"kind": "params", "target": 0.8}, "faster",
+                           {"batch_size": 2})
+    opts = req["options"]
+    assert opts["task"] == "language-modeling" and opts["batch_size"] == 2 and opts["seq_len"] == 512
+    cls = validate_request(None, {"kind": "params", "target": 0.8}, "faster", None)["options"]
+    assert cls["seq_len"] == 128 and cls["batch_size"] == 32
+
+
+def test_model_data_task_mismatches_name_the_field(llama_dir, tmp_path, tiny_model_dir):
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("text,label\nthe a of,0\nto in is,1\n")
+    with pytest.raises(CompressionError) as e:
+        compress(str(llama_dir), str(labelled), {"kind": "params", "target": 0.8}, "faster", OPTIONS,
+                 output_dir=tmp_path / "o1")
+    assert e.value.field == "data" and "causal language model" in e.value.message
+    text = tmp_path / "plain.txt"
+    text.write_text("one document\n\nanother one\n")
+    with pytest.raises(CompressionError) as e:
+        compress(str(tiny_model_dir), str(text), {"kind": "params", "target": 0.8}, "faster", None,
+                 output_dir=tmp_path / "o2")
+    assert e.value.field == "data" and "without labels" in e.value.message
+    with pytest.raises(CompressionError) as e:
+        validate_request(json.loads((tiny_model_dir / "config.json").read_text()), {"kind": "params", "target": 0.8},
+                         "faster", {"task": "language-modeling"})
+    assert e.value.field == "options.task"
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_memory_estimate_formula_and_refusal_before_any_work(llama_dir, corpus, tmp_path):
+    cfg = decoder_config("llama-gqa")
+    P = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_config(cfg).parameters())
+    est = estimate_peak_bytes(cfg.to_dict(), "float32", 4, 512, trains_weights=False)
+    assert est["params"] == P
+    act = 4 * 512 * 2 * (16 * 48 + 4 * 64) * 4
+    assert est["parts"] == {"weights": 2 * P * 4, "training_state": 0, "activations": act,
+                            "logits": 5 * 4 * 512 * 100 * 4}
+    assert est["total_bytes"] == int((2 * P * 4 + act + 5 * 4 * 512 * 100 * 4) * 1.2)
+    trained = estimate_peak_bytes(cfg.to_dict(), "bfloat16", 4, 512, trains_weights=True)
+    assert trained["parts"]["training_state"] == P * (2 + 8) and trained["parts"]["weights"] == 2 * P * 2
+    with pytest.raises(CompressionError) as e:
+        compress(str(llama_dir), str(corpus), {"kind": "params", "target": 0.8}, "faster",
+                 {**OPTIONS, "max_memory_gb": 1e-6}, output_dir=tmp_path / "out")
+    assert e.value.field == "options.batch_size"
+    assert "GB" in e.value.message and "available" in e.value.message
+    assert not (tmp_path / "out").exists()
+
+
+def test_dtype_option_is_checked():
+    with pytest.raises(CompressionError) as e:
+        validate_request(None, {"kind": "params", "target": 0.8}, "faster", {"dtype": "int8"})
+    assert e.value.field == "options.dtype"

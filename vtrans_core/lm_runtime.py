@@ -1,0 +1,136 @@
+"""Decoder runtime figures: dtype choice, the peak-memory estimate checked before a job starts,
+prefill latency and decode tokens/s (docs/DECODERS.md states the formula and how it compares
+with measured peaks).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from .errors import CompressionError
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+OVERHEAD = 1.2             # allocator slack, tokenizer, Python objects: measured peaks sit under this
+ACT_PER_TOKEN_LAYER = 16   # hidden-sized tensors kept for backward per token and layer (q,k,v,o, norms,
+ACT_FFN_PER_TOKEN = 4      # residuals, ...) and FFN-sized ones (gate, up, activation, product)
+
+
+def pick_dtype(requested: str | None, device: Any) -> str:
+    """float32 on CPU (bf16 matmuls are slow on most CPUs), bfloat16 on CUDA, unless asked."""
+    if requested:
+        return requested
+    return "bfloat16" if torch.device(device).type == "cuda" else "float32"
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, trains_weights: bool) -> dict:
+    """Peak memory of a compression job, from the config alone (docs/DECODERS.md, "Memory").
+
+    weights:     2 * P * b          the student (with masks) and the frozen dense teacher
+    + training:  P * (b + 8)        only when weights train (vtrans/fast): gradients + Adam's two fp32 moments
+    + activations: B * T * L * (16 * H + 4 * F) * b   kept for the backward pass (no checkpointing)
+    + logits:    5 * B * T * V * 4  student logits, their log-softmax and gradient, the teacher's (fp32 in the loss)
+    all times 1.2 (allocator slack and the rest of the process).
+    """
+    from .families import adapter_for
+    from .flops import shape_size
+
+    shape = adapter_for(config).shape_from_config(config)
+    P = shape_size(shape, "params")
+    b = DTYPE_BYTES[dtype]
+    H, F, L, V = shape.hidden, max(shape.ffn, default=0), shape.n_layers, shape.vocab
+    parts = {
+        "weights": 2 * P * b,
+        "training_state": P * (b + 8) if trains_weights else 0,
+        "activations": batch * seq_len * L * (ACT_PER_TOKEN_LAYER * H + ACT_FFN_PER_TOKEN * F) * b,
+        "logits": 5 * batch * seq_len * V * 4,
+    }
+    total = int(sum(parts.values()) * OVERHEAD)
+    return {"total_bytes": total, "parts": parts, "params": P, "dtype": dtype, "batch": batch, "seq_len": seq_len}
+
+
+def available_bytes(device: Any, max_memory_gb: float | None) -> int:
+    if max_memory_gb is not None:
+        return int(max_memory_gb * 1e9)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(dev)
+        return int(free)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:   # Linux without psutil
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_memory(config: Any, dtype: str, batch: int, seq_len: int, trains_weights: bool, device: Any,
+                 max_memory_gb: float | None) -> dict:
+    """The estimate, or CompressionError naming needed and available memory (never an OOM mid-run)."""
+    est = estimate_peak_bytes(config, dtype, batch, seq_len, trains_weights)
+    have = available_bytes(device, max_memory_gb)
+    est["available_bytes"] = have
+    if est["total_bytes"] > have:
+        raise CompressionError("options.batch_size", f"this job needs about {est['total_bytes'] / 1e9:.1f} GB "
+                               f"({est['params'] / 1e6:.0f}M params in {dtype}, batch {batch} x {seq_len} tokens) but "
+                               f"only {have / 1e9:.1f} GB is available on {device}; lower batch_size or seq_len, use "
+                               "dtype bfloat16, or method 'faster' (no weight gradients)")
+    return est
+
+
+def peak_memory_bytes(device: Any) -> int | None:
+    """Measured peak so far: CUDA allocator peak, or the process's max RSS on CPU (Linux: KiB)."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.max_memory_allocated(torch.device(device)))
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except (ImportError, OSError):
+        return None
+
+
+def _sync(device: Any):
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+
+@torch.no_grad()
+def prefill_ms(models: list, device: Any, runs: int, batch: int, seq: int) -> list[float]:
+    """Median ms of one forward over batch x seq random tokens per model, timed in alternation."""
+    from .evaluate import measure_latency_ms
+
+    return measure_latency_ms(models, device, runs, batch=batch, seq=seq)
+
+
+@torch.no_grad()
+def decode_tokens_per_s(models: list, device: Any, runs: int, new_tokens: int, prompt: int = 16) -> list[float]:
+    """Greedy decode speed at batch 1 (new tokens / s after a `prompt`-token prefill, KV cache on):
+    median over `runs` generations per model, in alternation after one warm-up each."""
+    sync = _sync(device)
+    gen = torch.Generator().manual_seed(0)
+    times: list[list[float]] = [[] for _ in models]
+    inputs = []
+    for m in models:
+        m.eval()
+        limit = int(getattr(m.config, "max_position_embeddings", prompt + new_tokens))
+        n_new = max(1, min(new_tokens, limit - prompt))
+        x = torch.randint(3, int(m.config.vocab_size), (1, prompt), generator=gen).to(device)
+        kw = dict(attention_mask=torch.ones_like(x), max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                  pad_token_id=0)
+        m.generate(x, **kw)    # warm-up
+        inputs.append((x, kw, n_new))
+    for _ in range(runs):
+        for k, (m, (x, kw, n_new)) in enumerate(zip(models, inputs)):
+            sync()
+            start = time.perf_counter()
+            m.generate(x, **kw)
+            sync()
+            times[k].append(n_new / (time.perf_counter() - start))
+    return [round(statistics.median(t), 2) for t in times]
