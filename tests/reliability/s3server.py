@@ -21,7 +21,7 @@ class S3Server:
         self.env = {**CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
         self.proc = None
 
-    def start(self, timeout: float = 300) -> None:
+    def start(self, timeout: float = 900) -> None:   # moto imports slowly on a loaded machine
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
