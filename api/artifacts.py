@@ -7,6 +7,7 @@ POSIX paths; a key that could escape the store root is refused.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import re
 import shutil
@@ -16,6 +17,8 @@ from typing import IO, Iterator
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+REMOTE_BLOCK = 8 * 1024 * 1024
+PUT_PART = 64 * 1024 * 1024
 _SEGMENT = re.compile(r"^[A-Za-z0-9._+@=-][A-Za-z0-9._+@= -]*$")
 
 
@@ -36,7 +39,7 @@ def check_key(key: str) -> str:
 class ArtifactStore:
     def __init__(self, url: str):
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url)
+        self.fs, root = fsspec.core.url_to_fs(url, **_storage_options(url))
         self.root = root.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
         if self.is_local:
@@ -56,8 +59,8 @@ class ArtifactStore:
             tmp = Path(dest + ".partial")
             shutil.copyfile(local, tmp)
             tmp.replace(dest)   # readers never see a half-copied file
-        else:
-            self.fs.put_file(str(local), dest)
+        else:  # streamed from disk; multipart above PUT_PART bytes (S3's parts are 5 MiB .. 5 GiB)
+            self.fs.put_file(str(local), dest, chunksize=PUT_PART)
 
     def put_dir(self, local_dir: Path, prefix: str) -> list[tuple[str, int]]:
         """Upload every file below local_dir; returns [(relative name, size)]."""
@@ -96,7 +99,10 @@ class ArtifactStore:
         return int(self.fs.size(self._path(key)))
 
     def open(self, key: str) -> IO[bytes]:
-        return self.fs.open(self._path(key), "rb")
+        if self.is_local:
+            return self.fs.open(self._path(key), "rb")
+        # Remote: ranged GETs of REMOTE_BLOCK bytes, so serving a multi-GB file holds one block, not the file.
+        return self.fs.open(self._path(key), "rb", block_size=REMOTE_BLOCK)
 
     def iter_bytes(self, key: str, chunk: int = 1 << 20) -> Iterator[bytes]:
         with self.open(key) as fh:
@@ -115,6 +121,15 @@ class ArtifactStore:
         path = self._path(prefix)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+
+def _storage_options(url: str) -> dict:
+    """s3:// takes its endpoint from the standard AWS_ENDPOINT_URL(_S3) variable (MinIO, Ceph, moto);
+    recent botocore reads it too, older ones need it passed. Credentials: the usual AWS_* chain."""
+    if not url.startswith(("s3://", "s3a://")):
+        return {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

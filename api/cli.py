@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+from . import routing
 from .settings import Settings
 
 
@@ -24,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--pool", choices=["prefork", "solo"], default="prefork",
                    help="prefork (default): each job in a child process; solo: in this process")
     w.add_argument("--loglevel", default="INFO")
+    w.add_argument("--queues", help="comma-separated queues to consume, e.g. gpu,cpu (default "
+                   "VTRANS_WORKER_QUEUES, else VTRANS_QUEUE); see api/routing.py for which job goes where")
     sc = sub.add_parser("scheduler", help="fire due schedules and deliver webhooks (production; any number "
                         "of them may run: each firing happens once)")
     sc.add_argument("--once", action="store_true", help="one pass, then exit")
@@ -171,7 +174,8 @@ def _worker(settings: Settings, args) -> int:
         return 1
     from worker.celery_app import app
 
-    app.worker_main(["worker", "-Q", settings.queue, "--loglevel", args.loglevel, "--concurrency", "1",
+    queues = [q.strip() for q in (args.queues or settings.worker_queues or settings.queue).split(",") if q.strip()]
+    app.worker_main(["worker", "-Q", ",".join(queues), "--loglevel", args.loglevel, "--concurrency", "1",
                      "--pool", args.pool, "-n", f"vtrans-{os.getpid()}@%h"])
     return 0
 
@@ -199,7 +203,8 @@ def _serve(settings: Settings, args) -> int:
     # The SQLite broker (kombu's SQLAlchemy transport) works with the solo pool.
     children = [subprocess.Popen([sys.executable, "-m", "api.cli", command, *extra], env=env,
                                  preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-                for command, *extra in (("worker", "--pool", "solo"), ("scheduler",))]
+                for command, *extra in (("worker", "--pool", "solo", "--queues", ",".join(routing.all_queues(settings))),
+                                        ("scheduler",))]
     try:
         _run_uvicorn(settings, args.host or settings.host, args.port or settings.port)
     finally:

@@ -243,7 +243,8 @@ def parse_template(template: Any, prefix: str = "template.") -> JobRequest:
                       title="Invalid request", errors=errors) from None
 
 
-def insert_job(db: Session, tenant: str, prepared: PreparedJob, *, message: str = "job created") -> tuple[Job, dict]:
+def insert_job(db: Session, tenant: str, prepared: PreparedJob, *, message: str = "job created",
+               queue: str | None = None) -> tuple[Job, dict]:
     """Add the queued job row and its first event to the session (the caller commits, then
     enqueues: the row must exist before a worker hears of it)."""
     now = utcnow()
@@ -252,7 +253,7 @@ def insert_job(db: Session, tenant: str, prepared: PreparedJob, *, message: str 
                **({"eval_dataset": body.eval_dataset} if body.eval_dataset else {}), **prepared.normalized,
                "model_source": prepared.model.record()}
     job = Job(id=new_id("job"), tenant_id=tenant, status="queued", model=prepared.model.target,
-              dataset=body.dataset, request=request, created_at=now, updated_at=now)
+              dataset=body.dataset, request=request, queue=queue, created_at=now, updated_at=now)
     db.add(job)
     db.flush()
     ev = jobstore.add_event(db, job.id, tenant, "status", status="queued", message=message)

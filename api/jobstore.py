@@ -106,6 +106,17 @@ def report_progress(db_url: str, claim_: Claim, stage: str, fraction: float, met
     return True, bool(row[0])
 
 
+def renew_lease(db_url: str, claim_: Claim, lease_seconds: float) -> bool:
+    """Extend the lease of an attempt that is alive but has nothing to report (the worker's
+    heartbeat thread). No event is written. False when the attempt no longer owns the job."""
+    now = utcnow()
+    with session_scope(db_url) as s:
+        row = s.execute(update(Job).where(_owned(claim_))
+                        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+                        .returning(Job.id).execution_options(synchronize_session=False)).first()
+    return row is not None
+
+
 def finish(db_url: str, claim_: Claim, status: str, *, metrics: dict | None = None, error: dict | None = None,
            artifacts: list[dict[str, Any]] | None = None, message: str | None = None) -> bool:
     """End an attempt: succeeded (artifact rows become final here, in the same transaction),

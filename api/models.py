@@ -96,6 +96,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_status_queue", "status", "queue"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
@@ -103,6 +104,7 @@ class Job(Base):
     model: Mapped[str] = mapped_column(String(128))     # uploaded model id or hub ID
     dataset: Mapped[str] = mapped_column(String(128))   # uploaded dataset id or built-in name
     request: Mapped[dict[str, Any]] = mapped_column(default=dict)  # normalized request
+    queue: Mapped[str | None] = mapped_column(String(64), default=None)  # Celery queue (api/routing.py)
     stage: Mapped[str | None] = mapped_column(String(32), default=None)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(default=None)
@@ -117,6 +119,17 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Worker(Base):
+    """A live worker process and the queues it consumes, upserted by its reaper loop (issue #16)."""
+
+    __tablename__ = "workers"
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    queues: Mapped[list] = mapped_column(JSON, default=list)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow, index=False)
+    last_seen: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class JobEvent(Base):

@@ -16,7 +16,7 @@ from croniter import croniter
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import job_requests, limits, webhooks
+from . import job_requests, limits, routing, webhooks
 from .models import Job, Schedule, ScheduleRun, new_id, utcnow
 from .problems import Problem, field_problem
 from .settings import Settings
@@ -118,7 +118,8 @@ def fire(db: Session, settings: Settings, sch: Schedule, due_at: datetime, trigg
     run.reason, prepared = _skip_reason(db, settings, sch, run, online)
     if prepared is not None:
         job, ev = job_requests.insert_job(db, sch.tenant_id, prepared,
-                                          message=f"created by schedule {sch.id} ({trigger} firing)")
+                                          message=f"created by schedule {sch.id} ({trigger} firing)",
+                                          queue=routing.queue_for(settings, sch.tenant_id, prepared))
         run.outcome, run.job_id, run.source = "job_created", job.id, prepared.model.source
         job_id, events = job.id, [ev]
     db.flush()

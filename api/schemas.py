@@ -198,6 +198,10 @@ class Job(_Out):
     error: JobError | None = None
     attempts: int
     cancel_requested: bool
+    queue: str | None = Field(None, description="the worker queue the job was routed to (e.g. gpu, cpu); "
+                                                "null for jobs from before routing")
+    waiting_reason: str | None = Field(None, description="set while a queued job cannot start because no "
+                                                         "live worker consumes its queue (getJob and listJobs)")
     artifacts: list[Artifact] | None = Field(None, description="GET /v1/jobs/{id} only: the result files "
                                                                "(empty until the job succeeded); null in lists")
 

@@ -21,6 +21,15 @@ class Settings(BaseSettings):
     broker_url: str | None = None        # default: sqla+sqlite:///<data_dir>/broker.db
     artifact_url: str | None = None      # default: file://<data_dir>/artifacts
     queue: str = "vtrans"                # Celery queue name (tests use a unique one per run)
+    # Routing by resource (issue #16, api/routing.py). Both empty: every job goes to `queue`.
+    gpu_queue: str = ""                  # decoders and models of >= gpu_min_params parameters
+    cpu_queue: str = ""                  # everything else
+    gpu_min_params: int = 300_000_000
+    worker_queues: str = ""              # `vtrans worker` default for --queues (comma-separated)
+    # Operator overrides, first match wins: {"tenant:acme": "gpu", "org/big-*": "gpu", "mdl_123": "cpu"}.
+    queue_overrides: dict[str, str] = Field(default_factory=dict)
+    # A worker not seen for this long no longer counts as serving its queues (0: 3 x reaper interval).
+    worker_stale_seconds: float = 0.0
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None           # accepted as a key of tenant "default" (scripts, tests)
@@ -50,6 +59,9 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     reaper_interval_seconds: float = Field(default=0.0, description="0: lease_seconds / 4")
     cancel_check_seconds: float = 1.0
+    # A thread renews the lease this often whatever the job is doing (a long model load or
+    # download reports no progress). 0: lease_seconds / 3, so two beats can be missed; < 0: off.
+    heartbeat_seconds: float = 0.0
     # The broker must not hand a running job out again before it can finish (Redis visibility timeout).
     max_job_seconds: int = 48 * 3600
     worker_max_tasks_per_child: int = 1  # fresh process per job: frees (GPU) memory between jobs
@@ -92,6 +104,16 @@ class Settings(BaseSettings):
     @property
     def reaper_interval(self) -> float:
         return self.reaper_interval_seconds or max(1.0, self.lease_seconds / 4)
+
+    @property
+    def worker_stale_after(self) -> float:
+        return self.worker_stale_seconds or 3 * self.reaper_interval
+
+    @property
+    def heartbeat_interval(self) -> float:
+        if self.heartbeat_seconds < 0:
+            return 0.0
+        return self.heartbeat_seconds or max(0.5, self.lease_seconds / 3)
 
     @property
     def tmp_dir(self) -> Path:

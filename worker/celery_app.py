@@ -47,8 +47,21 @@ def _app_for(settings_json: str) -> Celery:
     return make_celery(Settings.model_validate_json(settings_json))
 
 
-def send_job(settings: Settings, job_id: str) -> None:
-    _app_for(settings.model_dump_json()).send_task(TASK_NAME, args=[job_id], queue=settings.queue)
+def job_queue(settings: Settings, job_id: str) -> str:
+    """The queue the job was routed to when it was created (api/routing.py); rows from before
+    routing existed have none and go to the default queue."""
+    from api.db import session_scope
+    from api.models import Job
+    from sqlalchemy import select
+
+    with session_scope(settings.db_url) as s:
+        queue = s.execute(select(Job.queue).where(Job.id == job_id)).scalar()
+    return queue or settings.queue
+
+
+def send_job(settings: Settings, job_id: str, queue: str | None = None) -> None:
+    _app_for(settings.model_dump_json()).send_task(TASK_NAME, args=[job_id],
+                                                   queue=queue or job_queue(settings, job_id))
 
 
 # `celery -A worker.celery_app worker` and `vtrans worker` use this instance (env configuration).

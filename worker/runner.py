@@ -19,6 +19,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from vtrans_core.errors import CompressionCancelled, CompressionError
 
+from .heartbeat import Heartbeat
 from .model_card import HUB_ID, Source, model_card, model_name_for_upload
 
 log = logging.getLogger("vtrans.worker")
@@ -35,10 +36,13 @@ class Progress:
     """The progress callback handed to vtrans_core.compress: records an event per report, renews
     the lease at most every cancel_check_seconds, and stops the run when a cancel was requested."""
 
-    def __init__(self, settings: Settings, claim: jobstore.Claim):
+    def __init__(self, settings: Settings, claim: jobstore.Claim, heartbeat: Heartbeat | None = None):
         self.settings, self.claim, self._last_renew = settings, claim, 0.0
+        self.heartbeat = heartbeat
 
     def __call__(self, stage: str, fraction: float, metrics: dict | None = None) -> None:
+        if self.heartbeat is not None and self.heartbeat.lost.is_set():
+            raise LeaseLost(f"job {self.claim.job_id}: attempt {self.claim.attempt} no longer owns the job")
         now = time.monotonic()
         renew = now - self._last_renew >= self.settings.cancel_check_seconds
         try:
@@ -167,7 +171,8 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
     for old in work.parent.glob("attempt-*"):
         shutil.rmtree(old, ignore_errors=True)
     work.mkdir(parents=True)
-    progress = Progress(settings, claim)
+    heartbeat = Heartbeat(settings, claim).start()  # renews the lease from now until the attempt ends
+    progress = Progress(settings, claim, heartbeat)
     try:
         with session_scope(settings.db_url) as s:
             job = s.get(Job, job_id)
@@ -178,31 +183,37 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
                           eval_data=eval_arg)
         progress("save", 1.0, {})  # last chance to honour a cancel before the result is published
         artifacts = _package(settings, store, job, result, work, prefix)
+        heartbeat.stop()
         if not _finish(settings, claim, "succeeded", metrics=_jsonable(result.metrics),
                                artifacts=artifacts, message="compressed model ready"):
             store.delete_prefix(prefix)
             return "lost"
         return "succeeded"
     except LeaseLost:
+        heartbeat.stop()
         store.delete_prefix(prefix)
         log.warning("job %s attempt %d lost its lease; another attempt owns it", job_id, claim.attempt)
         return "lost"
     except CompressionCancelled:
         store.delete_prefix(prefix)
+        heartbeat.stop()
         _finish(settings, claim, "cancelled", message="cancelled while running; partial files removed")
         return "cancelled"
     except CompressionError as err:
         store.delete_prefix(prefix)
+        heartbeat.stop()
         _finish(settings, claim, "failed",
                         error={"type": "CompressionError", "field": err.field, "message": err.message})
         return "failed"
     except Exception as err:  # a bug or a resource problem: the user sees the type and message
         log.exception("job %s failed", job_id)
         store.delete_prefix(prefix)
+        heartbeat.stop()
         _finish(settings, claim, "failed",
                         error={"type": type(err).__name__, "message": str(err)[:2000] or type(err).__name__})
         return "failed"
     finally:
+        heartbeat.stop()
         shutil.rmtree(work, ignore_errors=True)  # local scratch only; the results are in the store
         try:
             work.parent.rmdir()  # only if no other attempt of this job is using it

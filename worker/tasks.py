@@ -9,7 +9,7 @@ import uuid
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from api import jobstore
+from api import jobstore, worker_registry
 from api.artifacts import ArtifactStore
 from api.settings import get_settings
 
@@ -68,9 +68,14 @@ def _stale_queued(settings) -> list[str]:
             .values(updated_at=now).returning(Job.id).execution_options(synchronize_session=False)).first()]
 
 
-def _reaper_loop() -> None:
-    interval = get_settings().reaper_interval
+def _reaper_loop(queues: list[str]) -> None:
+    settings = get_settings()
+    interval = settings.reaper_interval
     while not _stop.is_set():
+        try:  # "this worker is alive and consumes these queues" (api/worker_registry.py)
+            worker_registry.beat(settings.db_url, worker_id(), socket.gethostname(), queues)
+        except Exception:
+            log.exception("worker presence not recorded; retrying in %.0fs", interval)
         try:
             reap_once()
         except Exception:
@@ -78,10 +83,20 @@ def _reaper_loop() -> None:
         _stop.wait(interval)
 
 
+def consumed_queues(sender) -> list[str]:
+    """The queues this worker consumes (what -Q / --queues selected)."""
+    try:
+        return sorted(sender.app.amqp.queues.consume_from)
+    except Exception:
+        return [get_settings().queue]
+
+
 @worker_ready.connect
-def _start_reaper(**_kwargs) -> None:
+def _start_reaper(sender=None, **_kwargs) -> None:
     # Runs in the worker's main process (no beat needed): once at start-up, then periodically.
-    threading.Thread(target=_reaper_loop, name="vtrans-reaper", daemon=True).start()
+    queues = consumed_queues(sender)
+    log.info("worker %s consumes queues %s", worker_id(), ",".join(queues))
+    threading.Thread(target=_reaper_loop, args=(queues,), name="vtrans-reaper", daemon=True).start()
 
 
 @worker_process_init.connect
@@ -98,3 +113,7 @@ def _fresh_db_pool(**_kwargs) -> None:
 @worker_shutdown.connect
 def _stop_reaper(**_kwargs) -> None:
     _stop.set()
+    try:
+        worker_registry.forget(get_settings().db_url, worker_id())
+    except Exception:  # the row goes stale on its own
+        log.warning("could not remove this worker's presence row")

@@ -18,7 +18,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from .. import contract, idempotency, job_requests, jobstore, limits, schemas, webhooks
+from .. import contract, idempotency, job_requests, jobstore, limits, routing, schemas, webhooks, worker_registry
 from ..artifacts import ArtifactStore
 from ..deps import get_app_settings, get_db, get_store, owned_or_404
 from ..job_requests import JobRequest
@@ -30,9 +30,9 @@ from ..tenancy import get_tenant
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def job_out(job: Job, artifacts: list[Artifact] | None = None) -> schemas.Job:
+def job_out(job: Job, artifacts: list[Artifact] | None = None, waiting: str | None = None) -> schemas.Job:
     """The one serializer of a job (GET, lists, cancel, the SSE `end` event)."""
-    return schemas.Job(
+    return schemas.Job(queue=job.queue, waiting_reason=waiting,
         id=job.id, status=job.status, stage=job.stage, progress=job.progress, created_at=job.created_at,
         updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
         request=schemas.JobRequestEcho.model_validate(job.request), metrics=job.metrics,
@@ -71,7 +71,7 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
         return _replayed(earlier)
     limits.check_active_jobs(db, settings, tenant)
     prepared = job_requests.prepare(db, tenant, body)
-    job, ev = job_requests.insert_job(db, tenant, prepared)
+    job, ev = job_requests.insert_job(db, tenant, prepared, queue=routing.queue_for(settings, tenant, prepared))
     if idem:
         try:
             idempotency.record(db, tenant, idem, body_hash, job.id)
@@ -116,7 +116,7 @@ def list_jobs(status: str | None = Query(None, description="comma-separated stat
               model: str | None = None, created_after: datetime | None = None,
               created_before: datetime | None = None, limit: int = Query(20, ge=1, le=100),
               cursor: str | None = None, db: Session = Depends(get_db),
-              tenant: str = Depends(get_tenant)) -> schemas.JobList:
+              tenant: str = Depends(get_tenant), settings: Settings = Depends(get_app_settings)) -> schemas.JobList:
     q = select(Job).where(Job.tenant_id == tenant)
     if status:
         wanted = [s.strip() for s in status.split(",") if s.strip()]
@@ -135,7 +135,8 @@ def list_jobs(status: str | None = Query(None, description="comma-separated stat
         q = q.where(or_(Job.created_at < c_created, and_(Job.created_at == c_created, Job.id < c_id)))
     rows = db.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
     page = rows[:limit]
-    return schemas.JobList(data=[job_out(j) for j in page],
+    live = _live_queues(db, settings, page)
+    return schemas.JobList(data=[job_out(j, waiting=_waiting(settings, j, live)) for j in page],
                            next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None)
 
 
@@ -150,9 +151,22 @@ def _final_artifacts(db: Session, job: Job) -> list[Artifact]:
 
 @router.get("/{job_id}", operation_id="getJob", response_model=schemas.Job, summary="Get a job",
             responses=contract.problems(401, 404))
-def get_job(job_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> schemas.Job:
+def get_job(job_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant),
+            settings: Settings = Depends(get_app_settings)) -> schemas.Job:
     job = _get_job(db, tenant, job_id)
-    return job_out(job, _final_artifacts(db, job) if job.status == "succeeded" else [])
+    waiting = _waiting(settings, job, _live_queues(db, settings, [job]))
+    return job_out(job, _final_artifacts(db, job) if job.status == "succeeded" else [], waiting)
+
+
+def _live_queues(db: Session, settings: Settings, jobs: list[Job]) -> dict[str, int] | None:
+    # Only queued jobs can be waiting for a worker: no query for a page without any.
+    if not any(j.status == "queued" for j in jobs):
+        return None
+    return worker_registry.live_queues(db, settings.worker_stale_after)
+
+
+def _waiting(settings: Settings, job: Job, live: dict[str, int] | None) -> str | None:
+    return worker_registry.waiting_reason(job.status, job.queue, settings.queue, live)
 
 
 @router.post("/{job_id}/cancel", status_code=202, operation_id="cancelJob", response_model=schemas.Job,

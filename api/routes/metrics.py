@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import func, select
 
+from .. import worker_registry
 from ..db import session_scope
 from ..models import JOB_STATUSES, Job, JobEvent, utcnow
 
@@ -34,8 +35,8 @@ def _aware(dt):
 class JobsCollector:
     """Reads the jobs and job_events tables on every scrape."""
 
-    def __init__(self, db_url: str):
-        self.db_url = db_url
+    def __init__(self, db_url: str, default_queue: str = "vtrans", stale_after: float = 150.0):
+        self.db_url, self.default_queue, self.stale_after = db_url, default_queue, stale_after
 
     def collect(self) -> Iterable:
         up = GaugeMetricFamily("vtrans_metrics_db_up", "1 when the database answered this scrape")
@@ -61,6 +62,9 @@ class JobsCollector:
             running = s.execute(select(Job.worker_id, func.max(Job.updated_at))
                                 .where(Job.status == "running").group_by(Job.worker_id)).all()
             oldest_queued = s.scalar(select(func.min(Job.created_at)).where(Job.status == "queued"))
+            per_queue = s.execute(select(Job.queue, func.count()).where(Job.status == "queued")
+                                  .group_by(Job.queue)).all()
+            live = worker_registry.live_queues(s, self.stale_after)
 
         jobs = GaugeMetricFamily("vtrans_jobs", "Jobs by status", labels=["status"])
         for status in JOB_STATUSES:
@@ -92,7 +96,18 @@ class JobsCollector:
         for worker, last in running:
             if worker and last:
                 beat.add_metric([worker], max(0.0, (now - _aware(last)).total_seconds()))
-        return [jobs, queue, wait, emitted, hist, beat]
+        depth = GaugeMetricFamily("vtrans_queue_depth_per_queue", "Queued jobs by the worker queue they were "
+                                  "routed to (issue #16)", labels=["queue"])
+        counts: dict[str, int] = {}
+        for name, n in per_queue:  # rows from before routing have no queue: they went to the default
+            counts[name or self.default_queue] = counts.get(name or self.default_queue, 0) + n
+        for name in sorted(set(counts) | set(live)):
+            depth.add_metric([name], counts.get(name, 0))
+        workers = GaugeMetricFamily("vtrans_queue_live_workers", "Live worker processes consuming each queue",
+                                    labels=["queue"])
+        for name in sorted(set(counts) | set(live)):
+            workers.add_metric([name], live.get(name, 0))
+        return [jobs, queue, wait, emitted, hist, beat, depth, workers]
 
 
 def registry_for(app: FastAPI) -> CollectorRegistry:
@@ -101,7 +116,8 @@ def registry_for(app: FastAPI) -> CollectorRegistry:
     reg = getattr(app.state, "metrics_registry", None)
     if reg is None:
         reg = CollectorRegistry(auto_describe=True)
-        reg.register(JobsCollector(app.state.settings.db_url))
+        st = app.state.settings
+        reg.register(JobsCollector(st.db_url, st.queue, st.worker_stale_after))
         from ..automation_metrics import AutomationCollector  # schedules and webhooks (issue #14)
 
         reg.register(AutomationCollector(app.state.settings.db_url))

@@ -111,7 +111,8 @@ export class JobsView {
         el("td", { class: "model", title: String(field(job, "model") ?? "") }, String(field(job, "model") ?? "-")),
         el("td", {}, String(field(job, "method") ?? "-")),
         el("td", {}, budgetText(job)),
-        el("td", {}, el("span", { class: `badge ${job.status}` }, job.status)),
+        el("td", {}, el("span", { class: `badge ${job.status}`, title: job.waiting_reason || "" },
+          job.waiting_reason ? `${job.status} (no worker)` : job.status)),
         el("td", {}, el("div", { class: "pcell" }, progressBar(pct, job.status),
           el("span", { class: "muted" }, `${Math.round(pct * 100)}%`)))));
     }

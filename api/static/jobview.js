@@ -68,11 +68,15 @@ export class JobView {
     const req = { model: field(job, "model"), dataset: field(job, "dataset"),
       "evaluated on": (job.request || {}).eval_dataset || (job.metrics?.evaluation?.source === "training data split"
         ? "a split of the dataset" : undefined), method: field(job, "method"),
-      budget: budgetText(job), layout: (field(job, "options") || {}).layout, created: job.created_at };
+      budget: budgetText(job), layout: (field(job, "options") || {}).layout, queue: job.queue,
+      created: job.created_at };
     $("j-request").replaceChildren(...Object.entries(req).filter(([, v]) => v !== undefined && v !== null)
       .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
     this.setStatus(job.status);
     this.setProgress(job.progress ?? 0, job.stage ?? "-", undefined);
+    // A queued job whose queue no live worker consumes says so instead of waiting silently (issue #16).
+    $("j-waiting").textContent = job.waiting_reason || "";
+    $("j-waiting").classList.toggle("hidden", !job.waiting_reason);
     if (TERMINAL.has(job.status)) this.finish(job);
   }
 

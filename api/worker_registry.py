@@ -1,0 +1,51 @@
+"""Which queues live workers consume (issue #16). Each worker process upserts one row in `workers`
+from its reaper loop; the API reads the rows seen recently to tell a job that waits its turn
+from one that waits for a kind of worker nobody runs (e.g. a gpu job with only cpu workers up)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from .db import session_scope
+from .models import Worker, utcnow
+
+FORGET_AFTER = timedelta(days=1)   # rows of workers gone this long are deleted by any live worker
+
+
+def beat(db_url: str, worker_id: str, hostname: str, queues: list[str]) -> None:
+    now = utcnow()
+    with session_scope(db_url) as s:
+        found = s.execute(update(Worker).where(Worker.id == worker_id).values(last_seen=now, queues=queues)
+                          .returning(Worker.id).execution_options(synchronize_session=False)).first()
+        if found is None:  # the id is unique to this process, so no one else inserts it
+            s.add(Worker(id=worker_id, hostname=hostname, queues=queues, started_at=now, last_seen=now))
+        s.execute(delete(Worker).where(Worker.last_seen < now - FORGET_AFTER)
+                  .execution_options(synchronize_session=False))
+
+
+def forget(db_url: str, worker_id: str) -> None:
+    """A worker shutting down cleanly says so at once instead of going stale."""
+    with session_scope(db_url) as s:
+        s.execute(delete(Worker).where(Worker.id == worker_id).execution_options(synchronize_session=False))
+
+
+def live_queues(db: Session, stale_after: float) -> dict[str, int]:
+    """{queue: number of workers seen within stale_after seconds that consume it}."""
+    cutoff = utcnow() - timedelta(seconds=stale_after)
+    counts: dict[str, int] = {}
+    for queues in db.scalars(select(Worker.queues).where(Worker.last_seen >= cutoff)):
+        for q in queues or []:
+            counts[q] = counts.get(q, 0) + 1
+    return counts
+
+
+def waiting_reason(status: str, queue: str | None, default_queue: str, live: dict[str, int] | None) -> str | None:
+    """Why a queued job is not starting, when the reason is that no live worker serves its queue."""
+    if status != "queued" or live is None:
+        return None
+    q = queue or default_queue
+    if live.get(q):
+        return None
+    return f"waiting for a worker on queue '{q}': no live worker consumes it (start one with `vtrans worker --queues {q}`)"
