@@ -13,12 +13,13 @@ BUILTIN_DATASETS = {
 }
 
 
-def validate_job(model_config: dict | None, budget: Any, method: Any, options: Any) -> dict[str, Any]:
-    """Normalized {"budget", "method", "options"} (method-dependent option defaults resolved);
-    raises CompressionError(field, message)."""
+def validate_job(model_config: dict | None, budget: Any, method: Any, options: Any,
+                 export: Any = None) -> dict[str, Any]:
+    """Normalized {"budget", "method", "options"[, "export"]} (method-dependent option defaults
+    resolved); raises CompressionError(field, message)."""
     from vtrans_core import validate_request
 
-    return validate_request(model_config, budget, method, options)
+    return validate_request(model_config, budget, method, options, export)
 
 
 def unsupported_config(config: dict) -> str | None:

@@ -13,9 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from sqlalchemy import select
@@ -209,7 +207,7 @@ def prepare(db: Session, tenant: str, body: JobRequest, *, prefix: str = "", onl
         field_ = f"{prefix}eval_dataset"
         check_eval_dataset(train_info, resolve_dataset(db, tenant, body.eval_dataset, field_=field_), field_)
     try:
-        normalized = core_bridge.validate_job(model.config, body.budget, body.method, body.options)
+        normalized = core_bridge.validate_job(model.config, body.budget, body.method, body.options, body.export)
     except CompressionError as err:
         raise field_problem(422, f"{prefix}{err.field}", err.message) from None
     return PreparedJob(body, model, normalized)
