@@ -59,21 +59,20 @@ def onnx_available() -> str | None:
     return ", ".join(missing) or None
 
 
-class _LogitsOnly:
-    """Wraps a classifier so the graph has named tensor inputs and one output, `logits`."""
+def _logits_only(model):
+    """The classifier with named tensor inputs and one output, `logits` (the graph's interface)."""
+    import torch
 
-    def __new__(cls, model, names: Sequence[str]):
-        import torch
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class Wrapper(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
-            def forward(self, *tensors):
-                return self.model(**dict(zip(names, tensors))).logits
-
-        return Wrapper()
+    return LogitsOnly()
 
 
 def _inputs_of(batch: dict) -> dict:
@@ -103,13 +102,13 @@ def export_onnx(model, out_dir: str | Path, batches: list[dict], *, latency_runs
     target = Path(out_dir) / "onnx" / "model.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    wrapper = _LogitsOnly(model, names)
-    dims = {name: {0: "batch", 1: "sequence"} for name in names}
+    wrapper = _logits_only(model)
+    dims = {name: {0: "batch", 1: "sequence"} for name in names}   # named dynamic dimensions
     started = time.perf_counter()
     try:
         with torch.no_grad():
             torch.onnx.export(wrapper, tuple(batches[0][n] for n in names), str(target), input_names=names,
-                              output_names=["logits"], dynamic_shapes=tuple(dims[n] for n in names),
+                              output_names=["logits"], dynamic_shapes=dims,
                               opset_version=opset, dynamo=True, external_data=n_bytes > MAX_INLINE_BYTES,
                               verbose=False)
     except Exception as err:  # the exporter's errors are long; the first line says what failed
