@@ -115,7 +115,7 @@ def test_schedules_page_in_chromium(browser, live_api, tiny_model_dir, tiny_data
     page.wait_for_function("document.getElementById('sd-state').textContent === 'active'")
     assert http.get(f"/v1/schedules/{sch_id}").json()["paused"] is False
 
-    # A cron schedule from the blank form: a bad expression is refused naming the field, a
+    # A cron-only schedule from the form (still holding the last values): a bad expression is refused naming the field, a
     # good one in a time zone is listed with its next due time.
     page.goto(f"{live_api.url}/#/schedules")
     page.wait_for_selector(f'#sch-body tr[data-schedule-id="{sch_id}"]')
@@ -124,6 +124,7 @@ def test_schedules_page_in_chromium(browser, live_api, tiny_model_dir, tiny_data
     page.fill("#s-dataset", "tweet-sentiment")
     page.fill("#s-cron", "61 * * * *")
     page.fill("#s-timezone", "Europe/Berlin")
+    page.uncheck("#s-on-new-version")
     page.click("#s-submit")
     page.wait_for_selector("#banner:not(.hidden)")
     assert "cron" in page.inner_text("#banner")
@@ -139,6 +140,7 @@ def test_schedules_page_in_chromium(browser, live_api, tiny_model_dir, tiny_data
     assert "cron 0 3 * * 1 (Europe/Berlin)" in row.inner_text()
     cron = http.get(f"/v1/schedules/{cron_id}").json()
     assert cron["cron"] == "0 3 * * 1" and cron["timezone"] == "Europe/Berlin" and cron["next_due_at"]
+    assert cron["on_new_version"] is False and cron["name"] == "weekly"
     page.screenshot(path=str(screenshot_path("dashboard-schedules.png")), full_page=True)
 
     # Delete from the list (confirmed): gone from the page and from the API; the other stays.
