@@ -61,6 +61,10 @@ class JobRequest(BaseModel):
         "training dataset's label set. The job then trains on every row of `dataset` and reports quality on rows it "
         "never trained on; without it, evaluation runs on a split of `dataset`, which a model fine-tuned on that "
         "file has already seen"))
+    export: list[Literal["onnx"]] | None = Field(None, max_length=4, description=(
+        "optional deployable formats besides the safetensors model: [\"onnx\"] also exports the pruned model to "
+        "ONNX (artifact onnx/model.onnx), checked in the job with onnxruntime against the PyTorch model on "
+        "held-out rows and timed (metrics.export.onnx)"))
 
 
 def check_model_name(name: str) -> str:
