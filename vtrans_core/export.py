@@ -72,7 +72,7 @@ def _logits_only(model):
             extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
-    return LogitsOnly()
+    return LogitsOnly().eval()   # a fresh Module is in training mode; the exporter traces what it is given
 
 
 def _inputs_of(batch: dict) -> dict:
