@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     clock.add_argument("--now", help="pretend the time is this ISO 8601 instant (tests, dry runs)")
     clock.add_argument("--clock-file", help="read the current time (ISO 8601) from this file on every pass (tests)")
     sub.add_parser("migrate", help="create or upgrade the database schema (Alembic)")
+    sub.add_parser("encrypt-webhook-secrets", help="encrypt webhook secrets stored before VTRANS_SECRET_KEY was set")
     k = sub.add_parser("keys", help="API keys: create, revoke, list (issue #5)")
     ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     kc = ksub.add_parser("create", help="create a key for a tenant and print it (shown only once)")
@@ -73,7 +74,21 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < args.port < 65536:
             parser.error(f"--port must be between 1 and 65535, got {args.port}")
     return {"serve": _serve, "api": _api, "worker": _worker, "migrate": _migrate,
-            "keys": _keys, "scheduler": _scheduler}[args.command](settings, args)
+            "keys": _keys, "scheduler": _scheduler, "encrypt-webhook-secrets": _seal_secrets}[args.command](settings, args)
+
+
+def _seal_secrets(settings: Settings, args) -> int:
+    from .webhook_delivery import seal_plain_secrets
+
+    if not settings.secret_key_value:
+        print("vtrans: set VTRANS_SECRET_KEY first (the same value on every API and scheduler process)",
+              file=sys.stderr)
+        return 2
+    if not _checked(settings):
+        return 1
+    print(f"vtrans: encrypted {seal_plain_secrets(settings.db_url, settings.secret_key_value)} webhook secret(s)",
+          file=sys.stderr)
+    return 0
 
 
 def _scheduler(settings: Settings, args) -> int:

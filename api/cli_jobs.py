@@ -54,6 +54,8 @@ def add_parser(sub) -> None:
     s.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a compression option (repeatable); VALUE is read as JSON when it parses, e.g. "
                         "--option layout=per_layer --option mask_steps=200")
+    s.add_argument("--export", action="append", choices=["onnx"], metavar="FORMAT",
+                   help="also deliver the pruned model as onnx (artifact onnx/model.onnx, checked with onnxruntime)")
     s.add_argument("--idempotency-key", help="retrying with the same key returns the same job, never a second one")
     s.add_argument("--wait", action="store_true", help="follow the job until it ends (exit code by its status)")
     s.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds (exit 4)")
@@ -74,7 +76,7 @@ def add_parser(sub) -> None:
     d.add_argument("job")
     d.add_argument("dir")
     d.add_argument("--name", action="append", help="one artifact (repeatable); default: model.tar.gz, metrics.json, "
-                                                   "plan.json, README.md")
+                                                   "plan.json, README.md and onnx/model.onnx when exported")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,7 +162,8 @@ def _submit(client: vc.Client, args) -> int:
     budget = vc.parse_budget(args.budget, args.seq_len)
     options = _options(args.option)
     job = client.submit(_model_ref(client, args.model), _dataset_ref(client, args.dataset), budget, args.method,
-                        options, idempotency_key=args.idempotency_key)
+                        options, idempotency_key=args.idempotency_key,
+                        **({"export": args.export} if args.export else {}))
     print(f"vtrans: submitted {job.id}", file=sys.stderr)
     if not args.wait:
         _emit(args, job.model_dump(mode="json"), job.id)

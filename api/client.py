@@ -309,11 +309,11 @@ class Client:
     def download(self, job: str | schemas.Job, directory: str | os.PathLike, names: list[str] | None = None,
                  *, attempts: int = 5) -> list[Path]:
         """Download the job's artifacts (default: the top-level ones — model.tar.gz, metrics.json,
-        plan.json, README.md) into `directory`. An interrupted download resumes from its .part
+        plan.json, README.md — and the deployable exports, onnx/model.onnx) into `directory`. An interrupted download resumes from its .part
         file; every file's size and sha256 are checked before it gets its final name."""
         job_id = self._job_id(job)
         listed = {a.name: a for a in self.artifacts(job_id)}
-        wanted = names if names is not None else [n for n in listed if "/" not in n]
+        wanted = names if names is not None else [n for n in listed if "/" not in n or n.startswith("onnx/")]
         missing = [n for n in wanted if n not in listed]
         if missing:
             raise NotFound(404, {"title": "Not Found", "detail": f"job {job_id} has no artifact {missing[0]!r}"})

@@ -17,10 +17,10 @@ TEXT_BUILTINS = ("bible-kjv",)
 
 
 def validate_job(model_config: dict | None, budget: Any, method: Any, options: Any,
-                 data_kind: str | None = None, data_name: str = "the dataset") -> dict[str, Any]:
-    """Normalized {"budget", "method", "options"} (method-dependent and task defaults resolved);
-    raises CompressionError(field, message). data_kind: "text" | "labelled" (None: unknown), so
-    that a model/data combination no task accepts is refused before queuing."""
+                 data_kind: str | None = None, data_name: str = "the dataset", export: Any = None) -> dict[str, Any]:
+    """Normalized {"budget", "method", "options"[, "export"]} (method-dependent and task defaults
+    resolved); raises CompressionError(field, message). data_kind: "text" | "labelled" (None:
+    unknown), so that a model/data combination no task accepts is refused before queuing."""
     from vtrans_core import validate_request
 
     data = None
@@ -28,7 +28,7 @@ def validate_job(model_config: dict | None, budget: Any, method: Any, options: A
         from vtrans_core.tasks import DataKind
 
         data = DataKind(data_kind, data_name)
-    return validate_request(model_config, budget, method, options, data=data)
+    return validate_request(model_config, budget, method, options, export=export, data=data)
 
 
 def inspect_text(path) -> tuple[int, int]:

@@ -13,9 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from sqlalchemy import select
@@ -63,6 +61,10 @@ class JobRequest(BaseModel):
         "training dataset's label set. The job then trains on every row of `dataset` and reports quality on rows it "
         "never trained on; without it, evaluation runs on a split of `dataset`, which a model fine-tuned on that "
         "file has already seen"))
+    export: list[Literal["onnx"]] | None = Field(None, max_length=4, description=(
+        "optional deployable formats besides the safetensors model: [\"onnx\"] also exports the pruned model to "
+        "ONNX (artifact onnx/model.onnx), checked in the job with onnxruntime against the PyTorch model on "
+        "held-out rows and timed (metrics.export.onnx)"))
 
 
 def check_model_name(name: str) -> str:
@@ -220,7 +222,8 @@ def prepare(db: Session, tenant: str, body: JobRequest, *, prefix: str = "", onl
         check_eval_dataset(train_info, resolve_dataset(db, tenant, body.eval_dataset, field_=field_), field_)
     kind, name = dataset_kind(db, tenant, body.dataset)
     try:
-        normalized = core_bridge.validate_job(model.config, body.budget, body.method, body.options, kind, name)
+        normalized = core_bridge.validate_job(model.config, body.budget, body.method, body.options, kind, name,
+                                              export=body.export)
     except CompressionError as err:
         # the core names its data argument `data`; the API's field is `dataset`
         field_name = "dataset" if err.field == "data" else err.field

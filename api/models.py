@@ -220,7 +220,8 @@ class ScheduleRun(Base):
 
 
 class WebhookEndpoint(Base):
-    """Issue #14. The secret is stored as is: it is needed to sign every delivery."""
+    """Issue #14. The secret is needed to sign every delivery, so it is stored encrypted
+    (api/secretbox.py, with VTRANS_SECRET_KEY), not hashed; in plain text without a key."""
 
     __tablename__ = "webhook_endpoints"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

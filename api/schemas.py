@@ -155,6 +155,7 @@ class JobRequestEcho(_Out):
     method: str
     options: dict[str, Any]
     eval_dataset: str | None = Field(None, description="the separate evaluation dataset, when one was given")
+    export: list[str] | None = Field(None, description="deployable formats asked for (onnx), when any")
 
 
 class JobError(_Out):
@@ -165,7 +166,7 @@ class JobError(_Out):
 
 
 class Artifact(_Out):
-    name: str = Field(description="e.g. model.tar.gz, metrics.json, model/config.json")
+    name: str = Field(description="e.g. model.tar.gz, metrics.json, model/config.json, onnx/model.onnx")
     size: int = Field(description="bytes")
     sha256: str | None = Field(None, description="hex digest of the file (null only for jobs finished before "
                                                  "checksums were recorded)")

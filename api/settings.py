@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # single-machine set-ups with a local receiver set this to true.
     webhook_allow_private: bool = False
     webhook_timeout_seconds: float = 10.0     # connect and read, per attempt
+    # Encrypts webhook signing secrets at rest (api/secretbox.py); the same value on every API
+    # and scheduler process. Unset: secrets are stored in plain text, as before.
+    secret_key: SecretStr | None = None
     # Wait before attempt 2, 3, ...: exponential, about 15 hours in all; then the message is failed
     # (it can still be redelivered by hand).
     webhook_retry_delays: list[float] = Field(default_factory=lambda: [5, 30, 120, 600, 1800, 3600, 7200,
@@ -92,6 +95,10 @@ class Settings(BaseSettings):
             # libpq's default is to wait forever for an unreachable server: bound it.
             url += ("&" if "?" in url else "?") + f"connect_timeout={self.db_connect_timeout}"
         return url
+
+    @property
+    def secret_key_value(self) -> str | None:
+        return self.secret_key.get_secret_value() if self.secret_key else None
 
     @property
     def broker(self) -> str:

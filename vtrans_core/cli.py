@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="tweet-sentiment, a .csv/.tsv/.jsonl file (text[,text_pair],label) or hf:<name>[:<config>]")
     p.add_argument("--eval-data", default=None, help="optional separate evaluation set (same forms and labels as "
                    "--data): trains on every row of --data and reports quality on rows it never trained on")
+    p.add_argument("--export", action="append", default=None, metavar="FORMAT",
+                   help="also export the pruned model (onnx: OUTPUT/onnx/model.onnx, checked with onnxruntime)")
     p.add_argument("--budget", required=True, help="KIND:TARGET, e.g. flops:0.5 or params:0.4 (fraction that remains) or speedup:2 (faster)")
     p.add_argument("--method", default="vtrans", help="vtrans (default), fast or faster")
     p.add_argument("--output", required=True, help="directory for the compressed model")
@@ -105,6 +107,11 @@ def summary(metrics: dict, output_dir) -> str:
         f"  teacher   {'fine-tuned first' if metrics['teacher']['fine_tuned'] else 'model already had a head'};"
         f" total {metrics['total_seconds']:.0f}s",
     ]
+    onnx = (metrics.get("export") or {}).get("onnx")
+    if onnx:
+        lat = onnx["latency_ms"]
+        lines.append(f"  onnx      {onnx['file']}: max |diff| {onnx['check']['max_abs_diff']:.2g} on {onnx['check']['rows']} "
+                     f"held-out rows; {lat['pytorch']:.1f} ms (PyTorch) -> {lat['onnxruntime']:.1f} ms (onnxruntime)")
     lines += [f"  WARNING   {w}" for w in metrics.get("warnings", [])]
     return "\n".join(lines)
 
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         from .entry import compress
 
         result = compress(args.model, args.data, budget, args.method, options, args.output, _Printer(args.quiet),
-                          eval_data=args.eval_data)
+                          eval_data=args.eval_data, export=args.export)
     except CompressionError as err:
         print(f"vtrans compress: error: {err}", file=sys.stderr)
         return USAGE_ERROR

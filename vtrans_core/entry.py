@@ -95,9 +95,28 @@ def structures_of(opts: CompressionOptions) -> set[str]:
     return s
 
 
+def _check_export(export: Any) -> list[str]:
+    from .export import check_export, onnx_available
+
+    formats = check_export(export)
+    if "onnx" in formats:
+        missing = onnx_available()
+        if missing:   # refuse before any training, not after hours of it
+            raise CompressionError("export", f"ONNX export needs the packages {missing} on the worker "
+                                   "(pip install 'vtrans[onnx]')")
+    return formats
+
+
+def _check_export_task(formats: list[str], opts: CompressionOptions) -> None:
+    if formats and opts.task == "language-modeling":
+        raise CompressionError("export", "ONNX export covers classification models; causal language models "
+                               "are not exported yet (leave export out)")
+
+
 def validate_request(model_config: dict | Any | None, budget: Any, method: Any, options: Any,
-                     data: Any = None) -> dict:
-    """Cheap checks without loading weights; returns the normalized request.
+                     export: Any = None, data: Any = None) -> dict:
+    """Cheap checks without loading weights; returns the normalized request (with `export`
+    only when formats were asked for, so requests without it read as before).
 
     The API calls this to answer 422 before queuing a job. `data` (optional): a data file path,
     a built-in name, or a `tasks.DataKind` the service knows from an upload; a model/data
@@ -107,10 +126,13 @@ def validate_request(model_config: dict | Any | None, budget: Any, method: Any, 
     opts = CompressionOptions.parse(options, method)
     parsed = Budget.parse(budget)
     _check_budget_method(parsed, method)
+    formats = _check_export(export)
     config = _config_dict(model_config)
     if config is not None:
         _check_config(config, parsed, opts, data)
-    return {"method": method, "budget": parsed.to_dict(), "options": opts.to_dict()}
+        _check_export_task(formats, opts)
+    return {"method": method, "budget": parsed.to_dict(), "options": opts.to_dict(),
+            **({"export": formats} if formats else {})}
 
 
 # ----------------------------------------------------------------------------- model loading
@@ -230,17 +252,21 @@ def _publish(tmp: Path, output_dir: Path) -> None:
 # ----------------------------------------------------------------------------- entry point
 
 def compress(model: Any, data: Any, budget: Any, method: str, options: Any = None,
-             output_dir: str | Path = "vtrans-out", progress=None, eval_data: Any = None) -> CompressionResult:
+             output_dir: str | Path = "vtrans-out", progress=None, eval_data: Any = None,
+             export: Any = None) -> CompressionResult:
     """Compress `model` on `data` to `budget` with `method`; see docs/CONTRACTS.md §1.
 
     `eval_data` (same forms as `data`, same labels): a separate evaluation set; the job then
-    trains on every row of `data` and reports quality on rows it never trained on."""
+    trains on every row of `data` and reports quality on rows it never trained on.
+    `export` (e.g. ["onnx"]): also write `onnx/model.onnx` into output_dir, checked against the
+    PyTorch model on held-out rows (vtrans_core/export.py); metrics["export"] says how it did."""
     from .data import check_data_spec
 
     method = _check_method(method)
     opts = CompressionOptions.parse(options, method)
     parsed_budget = Budget.parse(budget)
     _check_budget_method(parsed_budget, method)
+    formats = _check_export(export)
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise CompressionError("output_dir", f"{output_dir} exists and is not a directory")
@@ -250,13 +276,14 @@ def compress(model: Any, data: Any, budget: Any, method: str, options: Any = Non
     kind, source, config = resolve_model_source(model)
     if config is not None:
         _check_config(config, parsed_budget, opts, data)
+        _check_export_task(formats, opts)
 
     from .pipeline import run_pipeline  # torch-heavy: imported only once the request is sane
 
     tmp = _temp_sibling(output_dir)
     try:
         plan, metrics = run_pipeline(kind, source, config, data, parsed_budget, method, opts, tmp, progress,
-                                     eval_data=eval_data)
+                                     eval_data=eval_data, export=formats)
         _publish(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -36,7 +36,7 @@ TRAIN_CHECK_ROWS = 1000   # training rows the dense model is scored on (the memo
 
 
 def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: CompressionOptions,
-                 out_dir: Path, callback, eval_data=None):
+                 out_dir: Path, callback, eval_data=None, export: list[str] | None = None):
     if config is None and kind == "hub":   # a hub model's config is known only now
         from transformers import AutoConfig
 
@@ -51,7 +51,10 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
 
     task_obj = choose_task(config, data, opts.task)
     if task_obj.name != "sequence-classification":   # a task that is its own teacher (language modelling)
+        from .entry import _check_export_task
         from .pipeline_lm import run_lm_pipeline
+
+        _check_export_task(export or [], opts)   # a hub model's config (and task) is known only now
 
         return run_lm_pipeline(task_obj, kind, source, config, data, budget, method, opts, out_dir, callback,
                                eval_data=eval_data)
@@ -85,7 +88,9 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
 
     teacher_steps = 0 if order is not None else epoch_steps(len(train_split), opts.batch_size, opts.teacher_epochs)
     plan = {"teacher": teacher_steps * TEACHER_STEP_COST, **strategy.stage_plan(len(method_rows), opts),
-            "evaluate": _eval_cost(len(eval_split), opts), "save": 2.0}
+            "evaluate": _eval_cost(len(eval_split), opts), "save": 2.0,
+            # tracing + checking costs roughly a few dozen forwards of the model
+            **({"export": 10.0 + 2 * opts.latency_runs} if export else {})}
     for key in ("teacher", "finetune"):
         plan.setdefault(key, 1e-6)
     progress.plan = {"load": progress.plan["load"], **plan}
@@ -162,6 +167,12 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
                               text_overlap(train_split.texts, eval_split.texts)),
         "history": ctx.history, "options": opts.to_dict(),
     }
+    if export:
+        from .export import export_onnx, held_out_batches
+
+        progress.start("export")
+        metrics["export"] = {"onnx": export_onnx(pruned, out_dir, held_out_batches(enc_eval), tick=progress.update,
+                                                 latency_runs=opts.latency_runs)}
     progress._finish_current()
     metrics["stage_seconds"] = {k: round(v, 2) for k, v in progress.stage_seconds.items()}
     metrics["total_seconds"] = round(time.perf_counter() - started, 2)

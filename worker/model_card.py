@@ -83,6 +83,38 @@ def load_snippet(layout: str) -> str:
             "tokenizer = AutoTokenizer.from_pretrained(\"model\")")
 
 
+def onnx_section(metrics: dict[str, Any]) -> str:
+    """The ONNX export's check and timing, when the job asked for it (empty otherwise)."""
+    onnx = (metrics.get("export") or {}).get("onnx")
+    if not onnx:
+        return ""
+    check, lat = onnx["check"], onnx["latency_ms"]
+    return f"""
+## ONNX
+
+`onnx/model.onnx` (a separate artifact of the job: download it next to `model/`; opset {onnx['opset']}, inputs {', '.join(f'`{n}`' for n in onnx['inputs'])},
+output `logits`, batch and sequence length dynamic) was exported with {onnx['exporter']} and checked
+with onnxruntime {onnx['onnxruntime']} on {check['rows']} held-out rows: largest difference from the
+PyTorch model's logits {check['max_abs_diff']:.2g} (tolerance {check['atol']:g} + {check['rtol']:g} x |logit|),
+same prediction on {check['prediction_agreement']:.0%} of the rows.
+
+| latency, batch {lat['batch']} x {lat['seq']} tokens, {lat['threads']} CPU threads | ms |
+|---|---|
+| pruned model, PyTorch | {_fmt(lat['pytorch'], '.1f')} |
+| pruned model, onnxruntime | {_fmt(lat['onnxruntime'], '.1f')} |
+
+```python
+import numpy as np, onnxruntime as ort
+from transformers import AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("model")
+session = ort.InferenceSession("onnx/model.onnx")
+enc = tokenizer(["an example"], return_tensors="np")
+logits = session.run(["logits"], {{n: enc[n].astype(np.int64) for n in {onnx['inputs']!r}}})[0]
+```
+"""
+
+
 def card_data(source: Source, metrics: dict[str, Any]):
     from huggingface_hub import EvalResult, ModelCardData
 
@@ -215,6 +247,7 @@ In the folder `model.tar.gz` unpacks into (it holds `model/`):
 {load_snippet(layout)}
 ```
 
+{onnx_section(metrics)}
 `plan.json` lists the kept hidden channels, heads and FFN neurons per layer; `metrics.json`
 holds every figure above and the training history.
 """

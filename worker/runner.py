@@ -25,7 +25,7 @@ from .model_card import HUB_ID, Source, model_card, model_name_for_upload
 log = logging.getLogger("vtrans.worker")
 DB_DOWN = (OperationalError, InterfaceError)  # connection refused / dropped: transient, not the job's fault
 MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown", ".gz": "application/gzip",
-               ".txt": "text/plain", ".safetensors": "application/octet-stream"}
+               ".txt": "text/plain", ".safetensors": "application/octet-stream", ".onnx": "application/octet-stream"}
 
 
 class LeaseLost(CompressionCancelled):
@@ -142,6 +142,10 @@ def _package(settings: Settings, store: ArtifactStore, job: Job, result: Any, wo
     (extras / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     (extras / "plan.json").write_text(_plan_json(result, out), encoding="utf-8")
     shutil.copyfile(out / "README.md", extras / "README.md")
+    if (out / "onnx").is_dir():
+        # A deployable of its own (artifact onnx/model.onnx), not part of the transformers
+        # folder in model.tar.gz: whoever serves with onnxruntime downloads one file.
+        shutil.move(str(out / "onnx"), str(extras / "onnx"))
     with tarfile.open(extras / "model.tar.gz", "w:gz") as tar:
         tar.add(out, arcname="model")
     rows = []
@@ -180,7 +184,7 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
         req = job.request
         result = compress(model=model_arg, data=data_arg, budget=req["budget"], method=req["method"],
                           options=req.get("options"), output_dir=str(work / "out"), progress=progress,
-                          eval_data=eval_arg)
+                          eval_data=eval_arg, export=req.get("export"))
         progress("save", 1.0, {})  # last chance to honour a cancel before the result is published
         artifacts = _package(settings, store, job, result, work, prefix)
         heartbeat.stop()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .. import contract, webhook_delivery, webhooks
+from .. import contract, secretbox, webhook_delivery, webhooks
 from ..automation_schemas import (WebhookCreate, WebhookCreated, WebhookDeliveryList, WebhookDeliveryOut, WebhookList,
                                   WebhookOut)
 from ..deps import get_app_settings, get_db, owned_or_404
@@ -47,11 +47,13 @@ def create_webhook(body: WebhookCreate, db: Session = Depends(get_db), tenant: s
     if count >= MAX_ENDPOINTS:
         raise Problem(409, f"this tenant already has {count} webhook endpoints (limit {MAX_ENDPOINTS})",
                       slug="too-many-webhooks")
-    ep = WebhookEndpoint(id=new_id("wh"), tenant_id=tenant, url=url, events=sorted(set(body.events)),
-                         secret=webhooks.new_secret(), description=body.description, created_at=utcnow())
+    secret, ep_id = webhooks.new_secret(), new_id("wh")
+    ep = WebhookEndpoint(id=ep_id, tenant_id=tenant, url=url, events=sorted(set(body.events)),
+                         secret=secretbox.seal(secret, ep_id, settings.secret_key_value),
+                         description=body.description, created_at=utcnow())
     db.add(ep)
     db.commit()
-    return {**_out(ep), "secret": ep.secret}
+    return {**_out(ep), "secret": secret}
 
 
 @router.get("", response_model=WebhookList, operation_id="listWebhooks", responses=contract.problems(401))

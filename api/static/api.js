@@ -74,6 +74,16 @@ export const api = {
   listArtifacts: (id) => request("GET", `/v1/jobs/${encodeURIComponent(id)}/artifacts`),
   listModels: () => request("GET", "/v1/models"),
   listDatasets: () => request("GET", "/v1/datasets"),
+  listJobsOfModel: (modelId, limit = 20) =>
+    request("GET", `/v1/jobs?limit=${limit}&model=${encodeURIComponent(modelId)}`),
+  listModelVersions: (name) => request("GET", `/v1/models/${encodeURIComponent(name)}/versions`),
+  listSchedules: () => request("GET", "/v1/schedules"),
+  getSchedule: (id) => request("GET", `/v1/schedules/${encodeURIComponent(id)}`),
+  createSchedule: (payload) => request("POST", "/v1/schedules", { json: payload }),
+  pauseSchedule: (id) => request("POST", `/v1/schedules/${encodeURIComponent(id)}/pause`),
+  resumeSchedule: (id) => request("POST", `/v1/schedules/${encodeURIComponent(id)}/resume`),
+  deleteSchedule: (id) => request("DELETE", `/v1/schedules/${encodeURIComponent(id)}`),
+  listScheduleRuns: (id, limit = 50) => request("GET", `/v1/schedules/${encodeURIComponent(id)}/runs?limit=${limit}`),
   uploadModel: (file) => upload("/v1/models", file),
   uploadDataset: (file) => upload("/v1/datasets", file),
   artifactUrl: (id, name) =>

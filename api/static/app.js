@@ -1,8 +1,10 @@
-// Hash router tying the three views together: #/ (jobs + form), #/jobs/<id>, #/compare.
+// Hash router tying the views together: #/ (jobs + form), #/jobs/<id>, #/compare,
+// #/schedules (list + form; ?from=<job id> prefills it), #/schedules/<id> (runs, versions).
 import { getApiKey, setApiKey } from "./api.js";
 import { CompareView } from "./compare.js";
 import { JobView } from "./jobview.js";
 import { JobsView } from "./jobs.js";
+import { SchedulesView } from "./schedules.js";
 
 const banner = document.getElementById("banner");
 let bannerTimer = null;
@@ -19,6 +21,7 @@ const views = {
   job: new JobView(showError),
   compare: new CompareView(showError, selected),
 };
+views.schedules = new SchedulesView(showError, () => views.jobs.loadChoices());
 
 function route() {
   const hash = location.hash || "#/";
@@ -28,6 +31,9 @@ function route() {
   else if ((m = hash.match(/^#\/compare(?:\?ids=(.*))?/))) {
     name = "compare";
     arg = m[1] ? decodeURIComponent(m[1]).split(",").filter(Boolean) : [];
+  } else if ((m = hash.match(/^#\/schedules(?:\/([^/?]+))?(?:\?from=([^&]+))?/))) {
+    name = "schedules";
+    arg = { id: m[1] ? decodeURIComponent(m[1]) : null, from: m[2] ? decodeURIComponent(m[2]) : null };
   }
   for (const [k, v] of Object.entries(views)) {
     document.getElementById(`view-${k}`).classList.toggle("hidden", k !== name);

@@ -174,6 +174,7 @@ export class JobsView {
       const payload = {
         model, dataset, options,
         ...(evalDataset ? { eval_dataset: evalDataset } : {}),
+        ...(document.getElementById("f-export-onnx").checked ? { export: ["onnx"] } : {}),
         method: document.getElementById("f-method").value,
         budget: { kind: document.getElementById("f-budget-kind").value,
                   target: parseFloat(document.getElementById("f-budget-target").value),

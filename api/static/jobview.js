@@ -38,6 +38,7 @@ export class JobView {
     const gen = (this.gen = (this.gen || 0) + 1);
     this.reset(id);
     $("j-id").textContent = id;
+    $("j-schedule").href = `#/schedules?from=${encodeURIComponent(id)}`;
     $("j-final").classList.add("hidden");
     $("j-error").classList.add("hidden");
     $("j-artifacts").replaceChildren(el("li", { class: "muted" }, "available when the job has succeeded"));

@@ -167,6 +167,8 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
 def settings_env(settings) -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     for key, value in settings.model_dump().items():
+        if hasattr(value, "get_secret_value"):  # SecretStr (secret_key): the value, not its mask
+            value = value.get_secret_value()
         if value is not None:  # complex values (tenant_limits) are JSON, as pydantic-settings reads them
             env[f"VTRANS_{key.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
     return env
