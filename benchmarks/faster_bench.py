@@ -28,10 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import (CACHE_DIR, EVAL_ROWS, SEQ_LEN, TASK, TEACHER_DIR, TRAIN_ROWS,  # noqa: E402
-                               ensure_teacher, load_json, save_json, setup_logging)
+                               load_json, save_json, setup_logging)
 
-OUT = CACHE_DIR / "faster"
+OUT_ROOT = CACHE_DIR / "faster"
+OUT = OUT_ROOT                 # tweets cases at the root (as before), other tasks in OUT_ROOT/<task>
 BENCH_RESULTS = Path(__file__).resolve().parent / "results"
+PLOTS = BENCH_RESULTS / "faster"
+TASKS = ("tweets", "spam")
 TARGETS = (0.5, 0.4, 0.6, 0.3)
 # name -> option overrides on top of faster's library defaults (uniform layout unless stated)
 VARIANTS = {
@@ -40,6 +43,7 @@ VARIANTS = {
     "fisher-perlayer": {"importance": "fisher", "layout": "per_layer"},
     "fisher-all": {"importance": "fisher", "prune_hidden": True, "prune_heads": True},
     "fisher-perlayer-all": {"importance": "fisher", "layout": "per_layer", "prune_hidden": True},
+    "fisher-perlayer-noheads": {"importance": "fisher", "layout": "per_layer", "prune_heads": False},
     "vib+fisher": {"importance": "vib+fisher"},
     "vib-init3": {"importance": "vib", "gate_init": 3.0},
     "vib-perlayer": {"importance": "vib", "layout": "per_layer"},
@@ -53,23 +57,60 @@ def setup_log() -> logging.Logger:
     return setup_logging("faster_bench", OUT / "bench.log")
 
 
-class Env:
-    """Teacher, tokenizer and encoded rows, loaded once per process."""
+def task_paths(task: str) -> tuple[Path, Path | None]:
+    """(teacher dir, held-out task dir) of a benchmark task; the teachers are never trained here
+    (benchmarks/heldout_tasks.py builds them: `make bench-heldout`)."""
+    if task == "tweets":
+        return TEACHER_DIR, None
+    d = CACHE_DIR / "heldout" / task
+    return d / "teacher", d
 
-    def __init__(self):
+
+class Env:
+    """Teacher, tokenizer and encoded rows of one task, loaded once per process.
+
+    tweets: the issue-#2 teacher, its 6,000 training rows, the first 2,000 test tweets (= the
+    held-out benchmark's tweets files). spam: the held-out benchmark's teacher, every row of its
+    train.csv, its heldout.csv (labels renumbered to the teacher head's order)."""
+
+    def __init__(self, task: str = "tweets"):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         from vtrans_core.data import encode, load_task
+        from vtrans_core.entry import head_matches
 
+        teacher_dir, task_dir = task_paths(task)
+        if not (teacher_dir / "model.safetensors").exists():
+            raise SystemExit(f"no teacher at {teacher_dir}: build it first (make bench-heldout)")
+        self.name = task
         self.torch = torch
         self.device = torch.device("cpu")
-        self.task = load_task(TASK)
-        self.tok = AutoTokenizer.from_pretrained(TEACHER_DIR)
-        self.load = lambda: AutoModelForSequenceClassification.from_pretrained(TEACHER_DIR, use_safetensors=True).eval()
-        self.train_split = self.task.train.sample(TRAIN_ROWS, seed=0)
-        self.enc_eval = encode(self.tok, self.task.test.subset(list(range(EVAL_ROWS))), SEQ_LEN)
+        self.tok = AutoTokenizer.from_pretrained(teacher_dir)
+        self.load = lambda: AutoModelForSequenceClassification.from_pretrained(teacher_dir, use_safetensors=True).eval()
+        if task_dir is None:
+            self.task = load_task(TASK)
+            self.train_split = self.task.train.sample(TRAIN_ROWS, seed=0)
+            eval_split = self.task.test.subset(list(range(EVAL_ROWS)))
+        else:
+            self.task = load_task({"train": str(task_dir / "train.csv"), "validation": str(task_dir / "heldout.csv")})
+            order = head_matches(AutoConfig.from_pretrained(teacher_dir).to_dict(), self.task.label_names)
+            if order is not None:
+                self.task = self.task.reorder_labels(order)
+            self.train_split, eval_split = self.task.train, self.task.validation
+        self.enc_eval = encode(self.tok, eval_split, SEQ_LEN)
         self.encode = encode
+
+    def dense_accuracy(self) -> float:
+        """The teacher's held-out accuracy as its builder measured it on these very rows (no extra
+        evaluation on a starved CPU), else measured once here."""
+        path = OUT / "dense.json"
+        teacher_dir, task_dir = task_paths(self.name)
+        info = load_json(path) or load_json(CACHE_DIR / "teacher.json" if task_dir is None else task_dir / "teacher.json")
+        if not info:
+            info = {"accuracy": self.accuracy(self.load()), "eval_rows": len(self.enc_eval)}
+            save_json(path, info)
+        return info["accuracy"]
 
     def accuracy(self, model) -> float:
         from vtrans_core.evaluate import evaluate
@@ -107,7 +148,7 @@ def run_case(env: Env, variant: str, target: float, log) -> dict:
     rank_seconds = time.perf_counter() - started
     rank_cpu = time.process_time() - cpu0     # CPU seconds: meaningful even when the machine is shared
     flops = count_flops(pruned, SEQ_LEN) / count_flops(dense, SEQ_LEN)
-    result = {"variant": variant, "target": target, "options": VARIANTS[variant], "flops_fraction": round(flops, 4),
+    result = {"task": env.name, "variant": variant, "target": target, "options": VARIANTS[variant], "flops_fraction": round(flops, 4),
               "kept": plan.kept_summary(), "rank_seconds": round(rank_seconds, 1),
               "rank_cpu_seconds": round(rank_cpu, 1), "info": ctx.info,
               "history": ctx.history, "train_rows": len(enc)}
@@ -145,7 +186,7 @@ def run_peer(env: Env, target: float, log) -> dict:
     secs = time.perf_counter() - started
     acc = env.accuracy(pruned.eval())
     log.info("  peer@%s one-shot Taylor: %.2f (flops %.3f)", target, acc, frac)
-    return {"variant": "peer-taylor-oneshot", "target": target, "accuracy_rank": acc, "flops_fraction": round(frac, 4),
+    return {"task": env.name, "variant": "peer-taylor-oneshot", "target": target, "accuracy_rank": acc, "flops_fraction": round(frac, 4),
             "rank_seconds": round(secs, 1), "ratio": round(ratio, 4)}
 
 
@@ -155,9 +196,8 @@ def all_cases(variants) -> list[tuple[str, float]]:
 
 
 def report() -> str:
-    teacher = load_json(CACHE_DIR / "teacher.json") or {}
-    dense = teacher.get("accuracy")
-    lines = [f"Dense teacher: {dense} on {EVAL_ROWS} held-out test tweets. Cells: accuracy (drop).", "",
+    dense = (load_json(OUT / "dense.json") or load_json(CACHE_DIR / "teacher.json") or {}).get("accuracy")
+    lines = [f"Dense teacher: {dense} on the held-out rows ({OUT}). Cells: accuracy (drop).", "",
              "| variant | FLOPs target | FLOPs | ranking alone | + scales | + weights | rank s | scales s | weights s |",
              "|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda a: "—" if a is None else (f"{a:.2f} ({dense - a:.2f})" if dense else f"{a:.2f}")  # noqa: E731
@@ -170,41 +210,68 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def plot_gates(case: str, out: Path) -> None:
-    """Expected kept fraction and log-alpha quantiles of each mask over the mask-only steps of a vib case."""
+def plot_gates(r: dict, out: Path) -> None:
+    """Gate trace of a vib / vib+fisher case (method_info.gate_trace): the expected kept FLOPs
+    against the target, then per mask key the log-alpha quantiles and the distribution of log
+    alpha (share of live units per bin, darker = more) over the mask-only steps."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    r = json.loads((OUT / f"{case}.json").read_text())
+    from vtrans_core.methods.faster import GATE_HIST_EDGES
+
     trace = r["info"].get("gate_trace")
     if not trace:
-        raise SystemExit(f"{case} has no gate trace (a vib / vib+fisher case run with the current code)")
+        raise SystemExit(f"{r['variant']}@{r['target']} has no gate trace (a vib / vib+fisher case)")
     steps = [t["step"] for t in trace]
     keys = [k for k in trace[0] if isinstance(trace[0][k], dict)]
-    fig, axes = plt.subplots(1, 1 + len(keys), figsize=(4 * (1 + len(keys)), 3.2))
-    axes[0].plot(steps, [t["expected"] for t in trace], marker="o", label="expected kept")
-    axes[0].axhline(r["target"], color="k", ls="--", label="target")
-    axes[0].set_title(f"{case}: expected FLOPs kept")
-    axes[0].set_xlabel("mask step")
-    axes[0].legend()
-    for ax, key in zip(axes[1:], keys):
+    fig, axes = plt.subplots(2, 1 + len(keys), figsize=(3.6 * (1 + len(keys)), 6.4), squeeze=False)
+    ax = axes[0][0]
+    ax.plot(steps, [t["expected"] for t in trace], marker="o", label="expected kept (soft)")
+    lag = [h for h in r.get("history", []) if "target" in h]
+    if lag:
+        ax.plot([h["step"] for h in lag], [h["target"] for h in lag], color="grey", label="Lagrangian target (warm-up)")
+    ax.axhline(r["target"], color="k", ls="--", label="budget")
+    ax.axhline(r["flops_fraction"], color="tab:red", ls=":", label="after the hard cut")
+    ax.set_title(f"{r.get('task', 'tweets')} {r['variant']}@{r['target']}: FLOPs kept", fontsize=9)
+    ax.set_xlabel("mask step")
+    ax.legend(fontsize=7)
+    axes[1][0].axis("off")
+    axes[1][0].text(0, 0.5, f"accuracy: ranking alone {r.get('accuracy_rank')}\n"
+                    f"+ weights {r.get('accuracy_weights')}", fontsize=9)
+    for col, key in enumerate(keys, 1):
+        ax = axes[0][col]
         q = [t[key]["log_alpha_q"] for t in trace]
         for i, name in enumerate(("min", "10%", "median", "90%", "max")):
             ax.plot(steps, [v[i] for v in q], label=name)
         ax.axhline(0, color="k", ls="--")
-        ax.set_title(f"{key}: log alpha ({trace[-1][key]['below_zero']:.0%} below 0 at the end)")
+        ax.set_title(f"{key}: log alpha ({trace[-1][key]['below_zero']:.0%} < 0 at the end)", fontsize=9)
         ax.set_xlabel("mask step")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
+        ax = axes[1][col]
+        if "hist" in trace[0][key]:
+            import numpy as np
+            grid = np.array([t[key]["hist"] for t in trace]).T      # [bins, steps]
+            labels = ["<%g" % GATE_HIST_EDGES[0]] + [f"{a:g}..{b:g}" for a, b in zip(GATE_HIST_EDGES, GATE_HIST_EDGES[1:])] \
+                + [">=%g" % GATE_HIST_EDGES[-1]]
+            ax.imshow(grid, aspect="auto", origin="lower", cmap="Greys", vmin=0, vmax=1)
+            ax.set_yticks(range(len(labels)), labels, fontsize=6)
+            ax.set_xticks(range(len(steps)), steps, fontsize=6)
+            ax.set_title(f"{key}: log alpha distribution", fontsize=9)
+            ax.set_xlabel("mask step")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
 
 
 def main() -> None:
-    global TARGETS, MODES, SKIP_RANK_EVAL
+    global TARGETS, MODES, SKIP_RANK_EVAL, OUT
     ap = argparse.ArgumentParser()
+    ap.add_argument("--task", default="tweets", choices=TASKS)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--targets", default=None)
+    ap.add_argument("--cases", default=None, help="variant@target,... in this order (instead of variants x targets)")
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--modes", default=",".join(MODES), help="reconstruction modes measured per case")
@@ -212,29 +279,35 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the case files (a partial rerun next to a full case)")
     ap.add_argument("--plot", default=None, help="case name (e.g. vib-0.5): plot its gate trace")
     args = ap.parse_args()
+    OUT = OUT_ROOT if args.task == "tweets" else OUT_ROOT / args.task
     if args.plot:
-        plot_gates(args.plot, BENCH_RESULTS / f"faster_gates_{args.plot}.png")
+        plot_gates(json.loads((OUT / f"{args.plot}.json").read_text()), PLOTS / f"gates_{args.task}_{args.plot}.png")
         return
     if args.report:
         print(report())
         return
     log = setup_log()
-    ensure_teacher(log)
-    env = Env()
+    env = Env(args.task)
+    log.info("task %s: dense %.2f on %d held-out rows", args.task, env.dense_accuracy(), len(env.enc_eval))
     MODES = tuple(args.modes.split(",")) if args.modes else ()
     SKIP_RANK_EVAL = args.skip_rank_eval
     if args.targets:
         TARGETS = tuple(float(t) for t in args.targets.split(","))
-    for variant, target in all_cases(args.variants.split(",")):
+    todo = all_cases(args.variants.split(","))
+    if args.cases:
+        todo = [(c.split("@")[0], float(c.split("@")[1])) for c in args.cases.split(",")]
+    for variant, target in todo:
         if variant == "peer" and args.no_peer:
             continue
         path = OUT / f"{variant}-{target}{args.tag}.json"
         if path.exists():
             continue
-        log.info("case %s @ %s", variant, target)
+        log.info("case %s %s @ %s", args.task, variant, target)
         try:
             res = run_peer(env, target, log) if variant == "peer" else run_case(env, variant, target, log)
             save_json(path, res)
+            if res.get("info", {}).get("gate_trace"):    # vib rankings: the gate-trace plot (issue #12)
+                plot_gates(res, PLOTS / f"gates_{args.task}_{variant}-{target}{args.tag}.png")
         except Exception:
             log.error("case %s @ %s failed:\n%s", variant, target, traceback.format_exc())
     log.info("done\n%s", report())

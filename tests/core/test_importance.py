@@ -8,6 +8,7 @@ import torch
 
 from vtrans_core.data import encode, load_task
 from vtrans_core.errors import CompressionError
+from vtrans_core.methods.faster import GATE_HIST_EDGES
 from vtrans_core.importance import fisher_information, fisher_scores, init_gates_from_fisher, set_gate_init
 from vtrans_core.options import CompressionOptions
 from vtrans_core.plan import make_plan
@@ -110,6 +111,15 @@ def test_faster_end_to_end_with_each_ranking(tiny_model_dir, tiny_dataset_csv, t
     assert ("fisher_rows" in info) is (importance != "vib")
     trace = info["gate_trace"]
     assert trace[0]["step"] == 0 and trace[-1]["step"] == 6 and "heads" in trace[-1]
+    # the gate distribution over the steps (what the benchmark's gate-trace plot draws)
+    for point in trace:
+        for key in ("heads", "ffn"):
+            assert sum(point[key]["hist"]) == pytest.approx(1.0, abs=1e-3)
+            assert len(point[key]["hist"]) == len(GATE_HIST_EDGES) + 1
+    if importance == "vib":    # every gate starts at log alpha 9: all in the top bin, none below 0
+        assert trace[0]["ffn"]["hist"][-1] == 1.0 and trace[0]["ffn"]["below_zero"] == 0.0
+    else:                      # Fisher-informed start spreads the gates over log alpha 1..6
+        assert trace[0]["ffn"]["hist"][-1] == 0.0 and max(trace[0]["ffn"]["hist"][3:7]) > 0
     assert info["reconstruct"]["mode"] == mode
     if mode == "off":
         assert info["reconstruct"]["applied"] is False

@@ -162,11 +162,18 @@ def _reconstruct_mode(options) -> str:
     return "scales" if mode == "off" and options.rescale else mode
 
 
+# log alpha bins of the gate distribution in the trace (first bin: below -4, last: 8 and above,
+# where the default start, 9, sits: a gate that never moved stays in the last bin)
+GATE_HIST_EDGES = (-4.0, -2.0, 0.0, 2.0, 4.0, 6.0, 8.0)
+
+
 @torch.no_grad()
 def gate_summary(pm) -> dict:
-    """Where the gates ended: share of live units in the decision region (|log alpha| < 2), below
-    alpha = 1, and quantiles of log alpha, per mask key (the benchmark plots them)."""
+    """Where the gates are: share of live units in the decision region (|log alpha| < 2), below
+    alpha = 1, quantiles of log alpha and its distribution over GATE_HIST_EDGES, per mask key
+    (method_info.gate_trace; the benchmark plots them)."""
     out = {}
+    edges = torch.tensor(GATE_HIST_EDGES)
     for key, m in pm.masks.items():
         la = m.log_alpha()[~m.pruned].float().cpu()
         if la.numel() == 0:
@@ -174,5 +181,8 @@ def gate_summary(pm) -> dict:
         q = torch.quantile(la, torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])).tolist()
         out[key] = {"units": la.numel(), "below_zero": round(float((la < 0).float().mean()), 4),
                     "decision_region": round(float((la.abs() < 2).float().mean()), 4),
-                    "log_alpha_q": [round(v, 3) for v in q]}
+                    "log_alpha_q": [round(v, 3) for v in q],
+                    "hist": [round(float(c) / la.numel(), 4)
+                             for c in torch.bincount(torch.bucketize(la, edges, right=True),
+                                                     minlength=len(GATE_HIST_EDGES) + 1)]}
     return out

@@ -1,0 +1,125 @@
+"""Delivered speedup of the `speedup` budget (issue #12): faster at 1.5x / 2x / 3x, timed in a fresh process.
+
+Phase 1 (`compress`): for each case, `vtrans_core.compress()` on the tweets teacher with budget
+{"kind": "speedup", "target": t}, method `faster`, the library defaults (uniform layout, Fisher
+ranking, reconstruct "weights") except the few options a case changes (round_to), and eval_data =
+the held-out tweets (capped at EVAL_CAP rows: accuracy is a side figure here). The latency table
+is measured once and cached under benchmarks/cache/speedup/latency (VTRANS_CACHE_DIR).
+Phase 2 (`time`, started as a NEW python process by phase 1, or alone with --time-only): loads
+the teacher and every delivered model from disk and times them in alternation (dense, pruned,
+dense, ...) at batch 32 x 128 with RUNS forwards each (median), i.e. nothing left over from the
+compression (allocator state, warmed caches, the latency-table measurement) is in the timing.
+
+    nice -n 19 .venv/bin/python -m benchmarks.speedup_check            # both phases
+    .venv/bin/python -m benchmarks.speedup_check --time-only            # re-time saved models
+
+Output: benchmarks/cache/speedup/<case>/ (models + metrics.json) and
+benchmarks/results/faster/speedup.json (target, predicted, in-job measured, fresh-process measured).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import CACHE_DIR, RESULTS_DIR, TEACHER_DIR, load_json, save_json, setup_logging  # noqa: E402
+
+OUT = CACHE_DIR / "speedup"
+RESULT = RESULTS_DIR / "faster" / "speedup.json"
+TWEETS = CACHE_DIR / "heldout" / "tweets"
+EVAL_CAP = 500
+RUNS = 20
+# name -> (target speedup, option overrides)
+CASES = {
+    "x1.5": (1.5, {}),
+    "x2": (2.0, {}),
+    "x3": (3.0, {}),
+    "x2-round1": (2.0, {"round_to": 1}),
+    "x2-round32": (2.0, {"round_to": 32}),
+}
+
+
+def compress_case(name: str, log) -> dict:
+    from vtrans_core import compress
+
+    target, extra = CASES[name]
+    out = OUT / name
+    opts = {"max_eval_examples": EVAL_CAP, "latency_runs": 10, **extra}
+    started, cpu0 = time.perf_counter(), time.process_time()
+    result = compress(str(TEACHER_DIR), str(TWEETS / "train.csv"), {"kind": "speedup", "target": target}, "faster",
+                      opts, out, eval_data=str(TWEETS / "heldout.csv"))
+    m = result.metrics
+    row = {"case": name, "target": target, "options": extra, "speedup_predicted": m.get("speedup_predicted"),
+           "speedup_in_job": m["speedup"], "flops_fraction": m["flops_fraction"], "kept": m["kept"],
+           "accuracy": m["pruned"]["accuracy"], "dense_accuracy": m["dense"]["accuracy"],
+           "eval_rows": m["eval_examples"], "seconds": round(time.perf_counter() - started, 1),
+           "cpu_seconds": round(time.process_time() - cpu0, 1), "stage_seconds": m["stage_seconds"],
+           "latency_table": m["method_info"].get("latency_table")}
+    log.info("  %s: predicted %s, in-job %s, flops %.3f, acc %.2f", name, row["speedup_predicted"],
+             row["speedup_in_job"], row["flops_fraction"], row["accuracy"])
+    return row
+
+
+def time_models(names: list[str], log) -> dict[str, dict]:
+    """Phase 2, meant to run in a fresh process: dense vs each delivered model, alternating."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from vtrans_core.evaluate import measure_latency_ms
+    from vtrans_core.loading import load_pruned
+
+    dense = AutoModelForSequenceClassification.from_pretrained(TEACHER_DIR, use_safetensors=True).eval()
+    out = {}
+    with torch.inference_mode():
+        for name in names:
+            pruned = load_pruned(OUT / name).eval()
+            dense_ms, pruned_ms = measure_latency_ms([dense, pruned], "cpu", RUNS)
+            out[name] = {"dense_ms": dense_ms, "pruned_ms": pruned_ms, "speedup_fresh": round(dense_ms / pruned_ms, 3),
+                         "threads": torch.get_num_threads(), "runs": RUNS}
+            log.info("  %s fresh process: dense %.1f ms, pruned %.1f ms -> x%.3f", name, dense_ms, pruned_ms,
+                     dense_ms / pruned_ms)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--time-only", action="store_true", help="phase 2 only, on the saved models")
+    args = ap.parse_args()
+    os.environ.setdefault("VTRANS_CACHE_DIR", str(OUT / "vtrans-cache"))
+    log = setup_logging("speedup", OUT / "speedup.log")
+    names = args.cases.split(",")
+    rows_path = OUT / "rows.json"
+    rows = load_json(rows_path) or {}
+    if args.time_only:
+        fresh = time_models([n for n in names if (OUT / n / "metrics.json").exists()], log)
+        save_json(OUT / "fresh.json", fresh)
+        return
+    for name in names:
+        if name not in rows:
+            log.info("case %s", name)
+            rows[name] = compress_case(name, log)
+            save_json(rows_path, rows)
+    # phase 2 in a NEW interpreter: nothing of the compressions' process state in the timing
+    subprocess.run([sys.executable, "-m", "benchmarks.speedup_check", "--time-only", "--cases", ",".join(names)],
+                   check=True, cwd=Path(__file__).resolve().parent.parent)
+    fresh = load_json(OUT / "fresh.json") or {}
+    table = []
+    for name in names:
+        r = {**rows[name], **fresh.get(name, {})}
+        if "speedup_fresh" in r:
+            r["within_10pct"] = abs(r["speedup_fresh"] / r["target"] - 1) <= 0.10
+        table.append(r)
+    save_json(RESULT, {"conditions": "2-core CPU shared with other timed benchmarks; this script ran under nice -n 19",
+                       "batch": 32, "seq": 128, "cases": table})
+    log.info("wrote %s", RESULT)
+
+
+if __name__ == "__main__":
+    main()
