@@ -59,7 +59,7 @@ class ArtifactStore:
             tmp = Path(dest + ".partial")
             shutil.copyfile(local, tmp)
             tmp.replace(dest)   # readers never see a half-copied file
-        else:  # streamed from disk; multipart above PUT_PART bytes (S3's parts are 5 MiB .. 5 GiB)
+        else:  # streamed from disk; s3fs goes multipart from 2 x PUT_PART bytes (S3's parts: 5 MiB .. 5 GiB)
             self.fs.put_file(str(local), dest, chunksize=PUT_PART)
 
     def put_dir(self, local_dir: Path, prefix: str) -> list[tuple[str, int]]:

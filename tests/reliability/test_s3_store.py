@@ -40,12 +40,12 @@ def test_store_round_trip_and_ranged_reads_on_s3(s3_env, tmp_path, monkeypatch):
     import api.artifacts
     from api.artifacts import ArtifactStore
 
-    monkeypatch.setattr(api.artifacts, "PUT_PART", 5 * 1024 * 1024)   # S3's smallest part: 2 parts below
+    monkeypatch.setattr(api.artifacts, "PUT_PART", 5 * 1024 * 1024)   # S3's smallest part
 
     bucket = s3_env.new_bucket()
     store = ArtifactStore(f"s3://{bucket}/root")
     assert not store.is_local and store.local_path("x/y") is None
-    payload = os.urandom(6 * 1024 * 1024 + 123)     # above s3fs's 5 MiB part size
+    payload = os.urandom(11 * 1024 * 1024 + 123)    # s3fs goes multipart from 2 parts' worth: 3 parts
     (tmp_path / "big.bin").write_bytes(payload)
     (tmp_path / "d" / "sub").mkdir(parents=True)
     (tmp_path / "d" / "a.txt").write_text("a")
