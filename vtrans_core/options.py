@@ -1,9 +1,10 @@
 """Every knob of a compression, with its default, in one place.
 
 Defaults follow the benchmarks (benchmarks/README.md: MiniLM-L6 teachers on tweets and on
-SpamAssassin emails, evaluated on held-out rows; 2-core CPU). Two train-then-prune rounds rank
-the units (`prune_rounds` 2); the learned plan then slices the dense model's original weights
-(`finetune_from` "dense"), which are distilled for `finetune_epochs` 2 at a constant rate
+SpamAssassin emails, evaluated on held-out rows; 2-core CPU). Two rounds of mask training with
+the weights frozen rank the units (`prune_rounds` 2, `mask_weights` "frozen"); the learned plan
+then slices the dense model's original weights (`finetune_from` "dense"), which are distilled
+for `finetune_epochs` 2, less what the rounds cost (schedule.py), at a constant rate
 (`finetune_schedule` "constant") from the teacher's logits only: on held-out tweets at 0.5
 FLOPs that recipe lost 0.2 points where the session-8 recipe (warmup/decay, hidden-state
 distillation, fine-tuning the weights the rounds trained) lost 0.9 on the same plan. Step counts
@@ -53,7 +54,7 @@ class CompressionOptions:
     teacher_lr: float = 5e-5
 
     # --- VIB mask training and iterative pruning ---
-    mask_steps: int | None = None    # optimisation steps per pruning round (None: schedule.py, a tenth of an epoch, 20-2000)
+    mask_steps: int | None = None    # optimisation steps per pruning round (None: schedule.py, a tenth of an epoch, 40-2000)
     prune_rounds: int = 2            # vtrans/fast: rounds of train-then-prune to reach the target
     lr: float = 2e-5                 # model weights during mask training (vtrans/fast)
     # vtrans/fast: "frozen" = the rounds train the masks only (0.7x the cost a step: the rounds
