@@ -1,8 +1,9 @@
 """`vtrans` (full VTrans): iterative train-then-prune with distillation, then fine-tuning.
 
-Each of `prune_rounds` rounds trains the VIB masks AND the weights on the training rows (task
-CE + distillation from the dense teacher + beta*KL + the budget Lagrangian toward that round's
-target), then slices the model to the round's target. Round targets step linearly from 1.0 to
+Each of `prune_rounds` rounds trains the VIB masks (and, with `mask_weights: "trained"`, the
+weights; by default they stay frozen, which costs ~0.7x a step and ranked as well at equal time)
+on the training rows (task CE + distillation from the dense teacher + beta*KL + the budget
+Lagrangian toward that round's target), then slices the model to the round's target. Round targets step linearly from 1.0 to
 the final budget, so the last round meets it exactly.
 
 The rounds decide WHAT to keep. By default (`finetune_from: "dense"`) the final plan then slices
@@ -11,7 +12,7 @@ on held-out data (issue #11), the same plan on the untouched teacher weights rec
 a point of the dense model, while the weights trained under the gates (noise in every unit, the
 budget pulling on them, the gates folded in at each cut) stayed several points behind, even
 before any fine-tuning (4.3 vs 5.95 points lost at 0.5 FLOPs). The step counts scale with the
-data (schedule.py).
+data, and the rounds' cost is taken from the fine-tuning budget (schedule.py).
 """
 from __future__ import annotations
 
