@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (CACHE_DIR, EVAL_ROWS, LATENCY_RUNS, METHODS, TARGETS, TASK, TEACHER_DIR, TRAIN_ROWS,  # noqa: E402
+from benchmarks.common import (CACHE_DIR, EVAL_ROWS, LATENCY_RUNS, TARGETS, TASK, TEACHER_DIR, TRAIN_ROWS,  # noqa: E402
                                ensure_teacher, load_json, save_json, setup_logging)
 
 # Per-method option overrides for the benchmark (CPU budget: 2 cores shared with other jobs);

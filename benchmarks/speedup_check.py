@@ -19,7 +19,6 @@ benchmarks/results/faster/speedup.json (target, predicted, in-job measured, fres
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

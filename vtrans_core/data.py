@@ -287,16 +287,23 @@ def _load_tweet_sentiment(seed: int) -> TaskData:
     return task
 
 
-def _load_hf(spec: str) -> TaskData:
+def hf_dataset_spec(spec: str) -> tuple[str, str | None]:
+    """`hf:<name>[:<config>]` -> (name, config), once the optional `datasets` package is known
+    to be installed; a CompressionError naming `data` otherwise."""
     parts = spec[3:].split(":")
     if not parts[0] or len(parts) > 2:
         raise CompressionError("data", f"{spec!r}: expected hf:<name> or hf:<name>:<config>")
     if importlib.util.find_spec("datasets") is None:
         raise CompressionError("data", f"{spec!r} needs the `datasets` package (pip install 'vtrans[hub]'), which is not installed")
+    return parts[0], (parts[1] if len(parts) > 1 else None)
+
+
+def _load_hf(spec: str) -> TaskData:
+    name, config = hf_dataset_spec(spec)
     import datasets  # optional dependency
 
     try:
-        ds = datasets.load_dataset(parts[0], parts[1] if len(parts) > 1 else None)
+        ds = datasets.load_dataset(name, config)
     except Exception as err:  # offline, unknown name, ...: the caller only needs a clear sentence
         raise CompressionError("data", f"could not load {spec!r} from the hub: {type(err).__name__}: {err}") from None
     if "train" not in ds:

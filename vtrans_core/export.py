@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import CompressionError
 

@@ -9,12 +9,10 @@ import json
 import time
 from pathlib import Path
 
-import torch
 
 from .budget import BUDGET_TOLERANCE, Budget
 from .entry import dense_copy, head_matches, load_classifier, load_tokenizer, structures_of
 from .data import encode, load_task, with_eval_data
-from .errors import CompressionError
 from .evaluate import evaluate, evaluation_warnings, measure_latency_ms, quality_warnings, text_overlap
 from .families import adapter_for
 from .flops import count_flops, count_params
@@ -173,12 +171,17 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
         progress.start("export")
         metrics["export"] = {"onnx": export_onnx(pruned, out_dir, held_out_batches(enc_eval), tick=progress.update,
                                                  latency_runs=opts.latency_runs)}
+    write_metrics(metrics, progress, started, out_dir)
+    return final_plan, metrics
+
+
+def write_metrics(metrics: dict, progress: Progress, started: float, out_dir: Path) -> None:
+    """Close the last stage, add stage and total times, write metrics.json, report done."""
     progress._finish_current()
     metrics["stage_seconds"] = {k: round(v, 2) for k, v in progress.stage_seconds.items()}
     metrics["total_seconds"] = round(time.perf_counter() - started, 2)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     progress.finish(total_seconds=metrics["total_seconds"])
-    return final_plan, metrics
 
 
 def _acc(m: dict) -> dict:

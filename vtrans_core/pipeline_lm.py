@@ -143,11 +143,9 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
         "warnings": task.quality_warnings(dense_eval, pruned_eval, enc_eval),
         "history": ctx.history, "options": opts.to_dict(),
     }
-    progress._finish_current()
-    metrics["stage_seconds"] = {k: round(v, 2) for k, v in progress.stage_seconds.items()}
-    metrics["total_seconds"] = round(time.perf_counter() - started, 2)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    progress.finish(total_seconds=metrics["total_seconds"])
+    from .pipeline import write_metrics   # lazy: pipeline imports this module lazily too
+
+    write_metrics(metrics, progress, started, out_dir)
     return final_plan, metrics
 
 

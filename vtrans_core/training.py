@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from .data import Encoded, endless_batches
-from .evaluate import forward_logits
 from .schedule import epoch_steps  # noqa: F401  (re-exported: pipeline, benchmarks)
 
 Tick = Callable[..., None]  # tick(done, total, **metrics) -> progress within the current stage

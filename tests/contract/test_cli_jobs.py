@@ -14,7 +14,6 @@ import pytest
 from live.conftest import FakeRun
 from service.jobpath import FAST_OPTIONS
 
-from .conftest import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from vtrans_core import validate_request
 from vtrans_core.budget import Budget
 from vtrans_core.errors import CompressionError
 from vtrans_core.flops import ModelShape
-from vtrans_core.latency import LatencyTable, latency_fraction, latency_table, measure_table
+from vtrans_core.latency import latency_fraction, latency_table, measure_table
 from vtrans_core.plan import make_plan, neutral_scores
 
 from .conftest import tiny_config, tiny_model

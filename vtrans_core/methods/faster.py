@@ -16,7 +16,6 @@ import time
 
 import torch
 
-from ..budget import Budget
 from ..data import Encoded, Split, iterate_batches
 from ..training import BudgetLagrangian, MaskRound, epoch_steps, train_masks
 from . import Context, Method, Origin

@@ -121,15 +121,13 @@ def _hub_documents(spec: str) -> list[str]:
     """`hf:<name>[:<config>]` (e.g. hf:wikitext:wikitext-2-raw-v1): the train split's `text`
     column; rows are joined and re-split at blank lines (WikiText stores one line per row, with
     empty rows between paragraphs). Needs the `datasets` package and a reachable hub."""
-    parts = spec[3:].split(":")
-    if not parts[0] or len(parts) > 2:
-        raise CompressionError("data", f"{spec!r}: expected hf:<name> or hf:<name>:<config>")
-    if importlib.util.find_spec("datasets") is None:
-        raise CompressionError("data", f"{spec!r} needs the `datasets` package (pip install 'vtrans[hub]')")
+    from ..data import hf_dataset_spec
+
+    name, config = hf_dataset_spec(spec)
     import datasets
 
     try:
-        ds = datasets.load_dataset(parts[0], parts[1] if len(parts) > 1 else None, split="train")
+        ds = datasets.load_dataset(name, config, split="train")
     except Exception as err:   # offline, unknown name, ...
         raise CompressionError("data", f"could not load {spec!r} from the hub: {type(err).__name__}: {err}") from None
     if TEXT_COLUMN not in ds.column_names:
