@@ -126,7 +126,9 @@ def test_schedules_page_in_chromium(browser, live_api, tiny_model_dir, tiny_data
     page.fill("#s-timezone", "Europe/Berlin")
     page.uncheck("#s-on-new-version")
     page.click("#s-submit")
-    page.wait_for_selector("#banner:not(.hidden)")
+    # the banner may still show an earlier message (the key was saved): wait for the refusal's text
+    page.wait_for_function("!document.getElementById('banner').classList.contains('hidden') && "
+                           "document.getElementById('banner').textContent.includes('cron')")
     assert "cron" in page.inner_text("#banner")
     assert failed and failed[-1].startswith("422 POST") and "/v1/schedules" in failed[-1]
     failed.clear()

@@ -32,7 +32,11 @@ def slow_load(monkeypatch):
         time.sleep(SLOW_LOAD_SECONDS)
         return real(*args, **kwargs)
 
+    import vtrans_core.pipeline as pipeline
+
+    # the pipeline holds its own reference (imported at module load): patch it where it is called
     monkeypatch.setattr(entry, "load_classifier", sleepy_loader)
+    monkeypatch.setattr(pipeline, "load_classifier", sleepy_loader)
     return calls
 
 

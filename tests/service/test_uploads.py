@@ -238,7 +238,7 @@ GOOD_ROWS = [f"sentence {i},{'pos' if i % 2 else 'neg'}" for i in range(10)]
 
 
 @pytest.mark.parametrize("filename,content,status,expect", [
-    ("data.txt", _csv(["text,label"] + GOOD_ROWS), 422, "*.csv or *.jsonl"),
+    ("data.xml", _csv(["text,label"] + GOOD_ROWS), 422, "*.csv or *.jsonl"),   # .txt is plain text (issue #13)
     ("data.csv", "text,label\ncaf\xe9,pos\n".encode("latin-1") * 1, 422, "UTF-8"),
     ("data.csv", _csv(["sentence,label"] + GOOD_ROWS), 422, "'text'"),
     ("data.csv", _csv(["text,target"] + GOOD_ROWS), 422, "'label'"),
