@@ -44,10 +44,13 @@ class Task:
     # Teacher outputs small enough to cache per training row (class logits: yes; a vocabulary's
     # logits for every token of every window: no, they are recomputed per batch).
     teacher_cacheable: bool = True
+    auto_class: str = ""         # the transformers Auto class of the models this task takes
 
     # ---- models ----
     def accepts(self, config: dict) -> bool:
-        raise NotImplementedError
+        from ..families import adapter_for
+
+        return adapter_for(config).auto_class == self.auto_class
 
     def load_model(self, kind: str, source: Any, splits: TaskSplits) -> Any:
         raise NotImplementedError

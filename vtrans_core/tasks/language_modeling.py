@@ -299,11 +299,7 @@ class LanguageModeling(Task):
     primary_metric = "perplexity"
     higher_is_better = False
     teacher_cacheable = False
-
-    def accepts(self, config: dict) -> bool:
-        from ..families import adapter_for
-
-        return adapter_for(config).auto_class == "AutoModelForCausalLM"
+    auto_class = "AutoModelForCausalLM"
 
     def load_model(self, kind: str, source: Any, splits: TaskSplits) -> Any:
         from transformers import AutoModelForCausalLM

@@ -24,11 +24,7 @@ class SequenceClassification(Task):
     primary_metric = "accuracy"
     higher_is_better = True
     teacher_cacheable = True
-
-    def accepts(self, config: dict) -> bool:
-        from ..families import adapter_for
-
-        return adapter_for(config).auto_class == "AutoModelForSequenceClassification"
+    auto_class = "AutoModelForSequenceClassification"
 
     def load_data(self, data: Any, seed: int) -> TaskSplits:
         from ..data import load_task
