@@ -40,6 +40,10 @@ ABLATIONS = {
     "1epoch": {"finetune_epochs": 1.0},               # half the recovery
     "frozen": {"mask_weights": "frozen"},             # mask rounds train the masks only (cheaper rounds)
     "per_layer": {"layout": "per_layer"},             # hidden width free of the heads (not a stock config)
+    # least-squares refit of the sliced dense weights toward the dense outputs before distillation
+    "recon-scales": {"reconstruct": "scales"},
+    "recon-weights": {"reconstruct": "weights"},
+    "plan-only-recon": {"finetune_steps": 0, "reconstruct": "weights"},
 }
 
 
@@ -50,14 +54,15 @@ def cases() -> list[dict]:
         return [{"name": f"{task}-{method}-{target}", "task": task, "method": method, "target": target}
                 for task in TASKS for method in ("peer", "vtrans", "fast")]
 
-    def ablations(task, names):
-        return [{"name": f"{task}-vtrans-{name}-0.5", "task": task, "method": "vtrans", "target": 0.5,
+    def ablations(task, names, target=0.5):
+        return [{"name": f"{task}-vtrans-{name}-{target}", "task": task, "method": "vtrans", "target": target,
                  "ablation": name, "extra": ABLATIONS[name]} for name in names]
 
     first = [c for c in main(0.5) if c["task"] == "tweets" and c["method"] != "fast"]
     return (first + ablations("tweets", ["frozen", "per_layer", "linear-hidden", "linear"])
             + [c for c in main(0.5) if c not in first] + main(0.4) + ablations("tweets", ["plan-only", "trained", "1epoch"])
-            + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a != "per_layer"]))
+            + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a != "per_layer"])
+            + ablations("tweets", ["plan-only", "plan-only-recon", "recon-weights", "recon-scales", "per_layer"], 0.4))
 
 
 def run_core_case(case: dict, data: dict, log) -> dict:

@@ -141,10 +141,11 @@ class CompressionOptions:
             if getattr(opts, name) is None:
                 setattr(opts, name, default)
         opts._check()
-        if method != "faster":   # the weights-frozen path's knobs; vtrans/fast train weights instead
-            for name, only in (("importance", "vib"), ("reconstruct", "off")):
-                if getattr(opts, name) != only:
-                    raise CompressionError(f"options.{name}", f"is a `faster` option; {method} supports only {only!r}")
+        if method != "faster" and opts.importance != "vib":   # vtrans/fast rank by their VIB mask rounds
+            raise CompressionError("options.importance", f"is a `faster` option; {method} supports only 'vib'")
+        if method != "faster" and opts.reconstruct != "off" and opts.finetune_from != "dense":
+            # the refit targets the dense model's outputs from the dense model's sliced weights
+            raise CompressionError("options.reconstruct", f"{method} reconstructs only with finetune_from 'dense'")
         return opts
 
     def apply_task_defaults(self, task: str) -> "CompressionOptions":

@@ -43,3 +43,44 @@ def test_default_slices_the_dense_weights_and_trained_does_not(tiny_model_dir, t
     plan2 = PruningPlan.from_json((out2 / "plan.json").read_text())
     got2, expect2 = _kept_weights(out2, plan2, dense)
     assert not torch.allclose(got2, expect2)    # the mask rounds trained these weights (lr 1e-3)
+
+
+def test_reconstruct_refits_the_sliced_dense_weights_before_finetuning(tiny_model_dir, tiny_dataset_csv, tmp_path):
+    """vtrans + reconstruct "weights": the output projections are refitted toward the dense outputs
+    (or left as they were, with the reason), the input projections stay the dense slice."""
+    dense = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    out = tmp_path / "recon"
+    opts = {**OPTS, "reconstruct": "weights", "calibration_rows": 48, "batch_size": 8}
+    r = compress(str(tiny_model_dir), str(tiny_dataset_csv), BUDGET, "vtrans", opts, out)
+    info = r.metrics["method_info"]["reconstruct"]
+    assert info["mode"] == "weights" and info["rows"] == 48
+    assert "refine" in r.metrics["stage_seconds"]
+    plan = PruningPlan.from_json((out / "plan.json").read_text())
+    got, expect = _kept_weights(out, plan, dense)
+    torch.testing.assert_close(got, expect)     # not an output projection: untouched
+    from vtrans_core import load_pruned
+
+    pruned = load_pruned(out)
+    layer = next(i for i, f in enumerate(plan.ffn_blocks) if f)
+    out_w = pruned.bert.encoder.layer[layer].output.dense.weight
+    dense_out = dense.bert.encoder.layer[layer].output.dense.weight[plan.hidden][:, plan.ffn[layer]]
+    if info["applied"]:
+        assert info["blocks_refit"] > 0
+        assert any(not torch.allclose(pruned.bert.encoder.layer[i].output.dense.weight,
+                                      dense.bert.encoder.layer[i].output.dense.weight[plan.hidden][:, plan.ffn[i]])
+                   for i, f in enumerate(plan.ffn_blocks) if f)
+    else:
+        assert info["reason"]
+        torch.testing.assert_close(out_w, dense_out)
+
+
+def test_reconstruct_needs_the_dense_weights(tiny_model_dir, tiny_dataset_csv, tmp_path):
+    import pytest
+
+    from vtrans_core.errors import CompressionError
+    from vtrans_core.options import CompressionOptions
+
+    assert CompressionOptions.parse({"reconstruct": "scales"}, "vtrans").reconstruct == "scales"
+    with pytest.raises(CompressionError) as err:
+        CompressionOptions.parse({"reconstruct": "scales", "finetune_from": "trained"}, "vtrans")
+    assert err.value.field == "options.reconstruct"

@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from ..data import Encoded, Split, iterate_batches
+from ..data import Encoded, Split
 from ..training import BudgetLagrangian, MaskRound, epoch_steps, train_masks
-from . import Context, Method, Origin
+from . import Context, Method, Origin, reconstruct_cut
 from .fast import subset_size
 
 # At least two passes over the subset (512 rows: 16 steps an epoch); 30 steps at mask_lr 0.1 did
@@ -59,7 +59,6 @@ class FasterVTrans(Method):
         from ..importance import fisher_information, fisher_scores, init_gates_from_fisher, set_gate_init
         from ..plan import make_plan
         from ..prunable import PrunableModel
-        from ..reconstruct import reconstruct
 
         opts, budget = ctx.options, ctx.budget
         pm = PrunableModel(ctx.model, structures=ctx.structures, layout=opts.layout)
@@ -111,22 +110,8 @@ class FasterVTrans(Method):
         ctx.history.append({"step": ctx.info.get("mask_steps", 0), "round": 1,
                             "kept_params": round(plan.fraction("params", budget.seq_len), 4),
                             "kept_flops": round(plan.fraction("flops", budget.seq_len), 4)})
-        mode = _reconstruct_mode(opts)
-        if mode != "off" and _is_decoder(model):
-            # reconstruct.py refits post-LN encoder layers (BERT's norm placement); a pre-LN
-            # decoder's layers are not supported yet: skipped, and the metrics say so.
-            ctx.info["reconstruct"] = {"mode": mode, "applied": False,
-                                       "reason": "not supported for decoder (causal LM) families yet"}
-        elif mode != "off":
-            ctx.progress.start("refine")
-            # length-sorted batches: ~40% less padding on tweets (reconstruct holds out every 5th batch)
-            batches = list(iterate_batches(_head(enc, opts.calibration_rows), opts.batch_size, ctx.device,
-                                           shuffle=False))
-            # `plan` (not full_plan): its indices refer to ctx.dense, the model this run started from
-            ctx.info["reconstruct"] = reconstruct(model, ctx.dense, plan, batches, mode,
-                                                  tick=lambda d, t: ctx.progress.update(d, t))
-        else:
-            ctx.info["reconstruct"] = {"mode": "off", "applied": False, "reason": "reconstruct is off"}
+        # `plan` (not full_plan): its indices refer to ctx.dense, the model this run started from
+        ctx.info["reconstruct"] = reconstruct_cut(ctx, model, plan, enc, _reconstruct_mode(opts))
         for p in model.parameters():
             p.requires_grad_(True)
         return model, full_plan
@@ -148,12 +133,6 @@ def _head(enc: Encoded, n: int) -> Encoded:
     the teacher's logit cache stays valid). Any task's encoded rows (data.Encoded, packed LM
     windows) implement head()."""
     return enc.head(n)
-
-
-def _is_decoder(model) -> bool:
-    from ..families import adapter_for
-
-    return adapter_for(model).auto_class == "AutoModelForCausalLM"
 
 
 def _reconstruct_mode(options) -> str:

@@ -21,11 +21,12 @@ import torch
 from ..budget import Budget
 from ..schedule import finetune_steps, mask_cost_in_finetune_steps
 from ..training import BudgetLagrangian, MaskRound, train_masks, train_supervised
-from . import Context, Method, Origin
+from . import Context, Method, Origin, reconstruct_cut
 
 # Relative cost of one step, in forward+backward batches of the dense model (for the ETA).
 MASK_STEP_COST = 1.3     # gates, KL and expected-size terms, teacher logits on first sight
 FINETUNE_STEP_COST = 0.7  # the pruned model is smaller
+RECONSTRUCT_COST = 0.9    # per calibration batch (faster.py)
 
 
 class VTrans(Method):
@@ -45,6 +46,8 @@ class VTrans(Method):
         for r in range(1, options.prune_rounds + 1):
             plan[f"masks#{r}"] = self.mask_steps(n_rows, options) * MASK_STEP_COST
             plan[f"prune#{r}"] = 1.0
+        if options.reconstruct != "off" and options.finetune_from == "dense":
+            plan["refine"] = min(n_rows, options.calibration_rows) / options.batch_size * RECONSTRUCT_COST
         plan["finetune"] = self.finetune_steps(n_rows, options) * FINETUNE_STEP_COST
         return plan
 
@@ -79,6 +82,11 @@ class VTrans(Method):
         final_plan = origin.plan(opts.layout, {"budget": budget.to_dict(), "round_to": opts.round_to, "method": self.name})
         if opts.finetune_from == "dense":
             model = slice_dense(ctx, final_plan)
+            if opts.reconstruct != "off":
+                # least-squares refit toward the dense outputs before distillation: a closer start
+                ctx.info["reconstruct"] = reconstruct_cut(ctx, model, final_plan, ctx.enc_train, opts.reconstruct)
+                for p in model.parameters():
+                    p.requires_grad_(True)
         ctx.progress.start("finetune")
         ft = self.finetune_steps(len(ctx.enc_train), opts, final_plan.fraction("flops", budget.seq_len))
         ft_history = train_supervised(model, ctx.enc_train, ft, opts.finetune_lr, opts.batch_size, ctx.device,
