@@ -44,6 +44,8 @@ ABLATIONS = {
     "recon-scales": {"reconstruct": "scales"},
     "recon-weights": {"reconstruct": "weights"},
     "plan-only-recon": {"finetune_steps": 0, "reconstruct": "weights"},
+    "lr1e-4": {"finetune_lr": 1e-4},                  # twice the peer's distillation rate
+    "norecon": {"reconstruct": "off"},                # distil the sliced dense weights without the refit
 }
 
 
@@ -62,7 +64,8 @@ def cases() -> list[dict]:
     return (first + ablations("tweets", ["frozen", "per_layer", "linear-hidden", "linear"])
             + [c for c in main(0.5) if c not in first] + main(0.4) + ablations("tweets", ["plan-only", "trained", "1epoch"])
             + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a != "per_layer"])
-            + ablations("tweets", ["plan-only", "plan-only-recon", "recon-weights", "recon-scales", "per_layer"], 0.4))
+            + ablations("tweets", ["plan-only", "plan-only-recon", "norecon", "recon-scales", "per_layer", "lr1e-4"], 0.4)
+            + ablations("tweets", ["norecon"], 0.3))
 
 
 def run_core_case(case: dict, data: dict, log) -> dict:

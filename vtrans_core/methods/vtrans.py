@@ -16,10 +16,12 @@ data, and the rounds' cost is taken from the fine-tuning budget (schedule.py).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..budget import Budget
-from ..schedule import finetune_steps, mask_cost_in_finetune_steps
+from ..schedule import finetune_steps, mask_cost_in_finetune_steps, reconstruct_cost_in_finetune_steps
 from ..training import BudgetLagrangian, MaskRound, train_masks, train_supervised
 from . import Context, Method, Origin, reconstruct_cut
 
@@ -39,6 +41,9 @@ class VTrans(Method):
     def finetune_steps(self, n_rows: int, options, kept_fraction: float = 0.5) -> int:
         spent = mask_cost_in_finetune_steps(options.prune_rounds * self.mask_steps(n_rows, options),
                                             options.mask_weights, kept_fraction)
+        if options.reconstruct != "off" and options.finetune_from == "dense":
+            batches = math.ceil(min(n_rows, options.calibration_rows) / options.batch_size)
+            spent += reconstruct_cost_in_finetune_steps(batches, kept_fraction)
         return finetune_steps(n_rows, options, spent)
 
     def stage_plan(self, n_rows: int, options) -> dict[str, float]:
