@@ -81,6 +81,9 @@ def test_reconstruct_needs_the_dense_weights(tiny_model_dir, tiny_dataset_csv, t
     from vtrans_core.options import CompressionOptions
 
     assert CompressionOptions.parse({"reconstruct": "scales"}, "vtrans").reconstruct == "scales"
+    assert CompressionOptions.parse(None, "vtrans").reconstruct == "weights"      # the default refit
+    # fine-tuning the rounds' weights: nothing dense-matching to refit, so the default is off there
+    assert CompressionOptions.parse({"finetune_from": "trained"}, "vtrans").reconstruct == "off"
     with pytest.raises(CompressionError) as err:
         CompressionOptions.parse({"reconstruct": "scales", "finetune_from": "trained"}, "vtrans")
     assert err.value.field == "options.reconstruct"

@@ -1,7 +1,8 @@
 """Step counts that scale with the data (vtrans_core/schedule.py)."""
 from vtrans_core.methods import get_method
 from vtrans_core.options import CompressionOptions
-from vtrans_core.schedule import MAX_MASK_STEPS, MIN_MASK_STEPS, epoch_steps, mask_cost_in_finetune_steps
+from vtrans_core.schedule import (MAX_MASK_STEPS, MIN_MASK_STEPS, epoch_steps, mask_cost_in_finetune_steps,
+                                  reconstruct_cost_in_finetune_steps)
 
 
 def test_mask_rounds_cost_is_taken_from_the_finetune_epochs():
@@ -14,7 +15,11 @@ def test_mask_rounds_cost_is_taken_from_the_finetune_epochs():
     spent = {f: total - vtrans.finetune_steps(rows, opts, f) for f in (0.3, 0.5, 0.8)}
     # a mask step runs the dense-size model: it costs more fine-tuning steps of a smaller model
     assert spent[0.3] > spent[0.5] > spent[0.8] > 0
-    assert spent[0.5] == mask_cost_in_finetune_steps(opts.prune_rounds * per_round, opts.mask_weights, 0.5)
+    refit = reconstruct_cost_in_finetune_steps(opts.calibration_rows // opts.batch_size, 0.5)
+    assert opts.reconstruct == "weights" and refit > 0     # the default least-squares refit is paid for too
+    assert spent[0.5] == mask_cost_in_finetune_steps(opts.prune_rounds * per_round, opts.mask_weights, 0.5) + refit
+    no_refit = CompressionOptions.parse({"reconstruct": "off"}, "vtrans")
+    assert total - vtrans.finetune_steps(rows, no_refit, 0.5) == spent[0.5] - refit
     trained = CompressionOptions.parse({"mask_weights": "trained"}, "vtrans")
     assert total - vtrans.finetune_steps(rows, trained, 0.5) > spent[0.5]    # training weights too: dearer rounds
 
