@@ -187,7 +187,7 @@ class Job(_Out):
         "metrics": None, "error": None, "attempts": 1, "cancel_requested": False, "artifacts": None}]})
     id: str
     status: JobStatus
-    stage: str | None = Field(None, description="load, teacher, masks, prune, finetune, refine, evaluate, save; "
+    stage: str | None = Field(None, description="load, teacher, masks, prune, refine, finetune, evaluate, save; "
                                                 "done when succeeded")
     progress: float = Field(description="fraction of the whole run, 0..1, never decreasing")
     created_at: datetime

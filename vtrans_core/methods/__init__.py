@@ -2,7 +2,7 @@
 
 A method is a small strategy over the shared pieces (training.train_masks, the surgery's
 plan_for/materialize, training.train_supervised): it picks its training rows, plans its own
-stages for the progress bar, and runs masks -> prune (-> finetune | refine).
+stages for the progress bar, and runs masks -> prune -> refine (-> finetune).
 """
 from __future__ import annotations
 
