@@ -93,6 +93,15 @@ class Method:
         raise NotImplementedError
 
 
+# Progress weight of one calibration batch of the refit: ~3 passes of the pruned model + 1 of the dense
+RECONSTRUCT_BATCH_WEIGHT = 0.9
+
+
+def refine_weight(n_rows: int, options: CompressionOptions) -> float:
+    """Progress-plan weight of the "refine" stage (reconstruct_cut on up to calibration_rows rows)."""
+    return min(n_rows, options.calibration_rows) / options.batch_size * RECONSTRUCT_BATCH_WEIGHT
+
+
 def reconstruct_cut(ctx: Context, model, plan, enc, mode: str) -> dict:
     """Least-squares refit of the sliced `model` against ctx.dense on the first calibration_rows
     of `enc` (reconstruct.py); `plan` holds indices of ctx.dense. Returns the summary for
@@ -124,4 +133,4 @@ def get_method(name: str) -> Method:
     return registry[name]()
 
 
-__all__ = ["Context", "Method", "Origin", "get_method", "reconstruct_cut"]
+__all__ = ["Context", "Method", "Origin", "get_method", "reconstruct_cut", "refine_weight"]

@@ -18,7 +18,7 @@ import torch
 
 from ..data import Encoded, Split
 from ..training import BudgetLagrangian, MaskRound, epoch_steps, train_masks
-from . import Context, Method, Origin, reconstruct_cut
+from . import Context, Method, Origin, reconstruct_cut, refine_weight
 from .fast import subset_size
 
 # At least two passes over the subset (512 rows: 16 steps an epoch); 30 steps at mask_lr 0.1 did
@@ -26,7 +26,6 @@ from .fast import subset_size
 MIN_MASK_STEPS = 32
 MASK_STEP_COST = 0.9        # backward through frozen weights, no weight update
 FISHER_COST = 0.25          # per micro-batch of 4 rows (forward + backward)
-RECONSTRUCT_COST = 0.9      # per calibration batch: ~3 passes of the pruned model + 1 of the dense
 
 
 class FasterVTrans(Method):
@@ -52,7 +51,7 @@ class FasterVTrans(Method):
             plan["masks#1"] = self.mask_steps(n_rows, options) * MASK_STEP_COST
         plan["prune#1"] = 1.0
         if _reconstruct_mode(options) != "off":
-            plan["refine"] = min(n_rows, options.calibration_rows) / options.batch_size * RECONSTRUCT_COST
+            plan["refine"] = refine_weight(n_rows, options)
         return plan
 
     def run(self, ctx: Context):

@@ -28,12 +28,11 @@ import torch
 from ..budget import Budget
 from ..schedule import finetune_steps, mask_cost_in_finetune_steps, reconstruct_cost_in_finetune_steps
 from ..training import BudgetLagrangian, MaskRound, train_masks, train_supervised
-from . import Context, Method, Origin, reconstruct_cut
+from . import Context, Method, Origin, reconstruct_cut, refine_weight
 
 # Relative cost of one step, in forward+backward batches of the dense model (for the ETA).
 MASK_STEP_COST = 1.3     # gates, KL and expected-size terms, teacher logits on first sight
 FINETUNE_STEP_COST = 0.7  # the pruned model is smaller
-RECONSTRUCT_COST = 0.9    # per calibration batch (faster.py)
 
 
 class VTrans(Method):
@@ -46,7 +45,7 @@ class VTrans(Method):
     def finetune_steps(self, n_rows: int, options, kept_fraction: float = 0.5) -> int:
         spent = mask_cost_in_finetune_steps(options.prune_rounds * self.mask_steps(n_rows, options),
                                             options.mask_weights, kept_fraction)
-        if options.reconstruct != "off" and options.finetune_from == "dense":
+        if options.reconstruct != "off":
             batches = math.ceil(min(n_rows, options.calibration_rows) / options.batch_size)
             spent += reconstruct_cost_in_finetune_steps(batches, kept_fraction)
         return finetune_steps(n_rows, options, spent)
@@ -56,8 +55,8 @@ class VTrans(Method):
         for r in range(1, options.prune_rounds + 1):
             plan[f"masks#{r}"] = self.mask_steps(n_rows, options) * MASK_STEP_COST
             plan[f"prune#{r}"] = 1.0
-        if options.reconstruct != "off" and options.finetune_from == "dense":
-            plan["refine"] = min(n_rows, options.calibration_rows) / options.batch_size * RECONSTRUCT_COST
+        if options.reconstruct != "off":   # parse() allows it only with finetune_from "dense"
+            plan["refine"] = refine_weight(n_rows, options)
         plan["finetune"] = self.finetune_steps(n_rows, options) * FINETUNE_STEP_COST
         return plan
 
@@ -95,8 +94,6 @@ class VTrans(Method):
             if opts.reconstruct != "off":
                 # least-squares refit toward the dense outputs before distillation: a closer start
                 ctx.info["reconstruct"] = reconstruct_cut(ctx, model, final_plan, ctx.enc_train, opts.reconstruct)
-                for p in model.parameters():
-                    p.requires_grad_(True)
         ctx.progress.start("finetune")
         ft = self.finetune_steps(len(ctx.enc_train), opts, final_plan.fraction("flops", budget.seq_len))
         ft_history = train_supervised(model, ctx.enc_train, ft, opts.finetune_lr, opts.batch_size, ctx.device,
