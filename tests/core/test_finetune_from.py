@@ -74,6 +74,27 @@ def test_reconstruct_refits_the_sliced_dense_weights_before_finetuning(tiny_mode
         torch.testing.assert_close(out_w, dense_out)
 
 
+def test_refit_rows_stop_at_the_token_cap(tiny_model_dir, tiny_dataset_csv, tmp_path):
+    """The refit takes calibration_rows rows, fewer when they hold more than calibration_tokens
+    real tokens (long emails); what it used is in the metrics and the fine-tuning pays only for it."""
+    from vtrans_core.data import Encoded
+    from vtrans_core.methods import refit_rows
+    from vtrans_core.options import CompressionOptions
+
+    enc = Encoded([[1] * 10] * 50, None, [0] * 50, 0)
+    opts = CompressionOptions.parse({"calibration_rows": 40, "calibration_tokens": 95}, "vtrans")
+    assert refit_rows(enc, opts) == 9                      # 9 x 10 tokens fit under 95, the 10th does not
+    assert refit_rows(enc, CompressionOptions.parse({"calibration_rows": 40}, "vtrans")) == 40   # 128k: rows decide
+    assert refit_rows(Encoded([[1] * 500] * 5, None, [0] * 5, 0), opts) == 1   # never zero rows
+    assert CompressionOptions.parse(None, "faster").calibration_tokens > CompressionOptions.parse(None, "vtrans").calibration_tokens
+
+    out = tmp_path / "capped"
+    opts = {**OPTS, "reconstruct": "weights", "calibration_rows": 48, "calibration_tokens": 60, "batch_size": 8}
+    r = compress(str(tiny_model_dir), str(tiny_dataset_csv), BUDGET, "vtrans", opts, out)
+    info = r.metrics["method_info"]["reconstruct"]
+    assert 0 < info["rows"] < 48 and info["tokens"] <= 60
+
+
 def test_reconstruct_needs_the_dense_weights(tiny_model_dir, tiny_dataset_csv, tmp_path):
     import pytest
 

@@ -102,8 +102,21 @@ def refine_weight(n_rows: int, options: CompressionOptions) -> float:
     return min(n_rows, options.calibration_rows) / options.batch_size * RECONSTRUCT_BATCH_WEIGHT
 
 
+def refit_rows(enc, options: CompressionOptions) -> int:
+    """How many of `enc`'s first rows the refit uses: up to calibration_rows, stopping before the
+    real tokens exceed calibration_tokens (the least-squares statistics cost per token)."""
+    lengths = [len(ids) for ids in getattr(enc, "input_ids", [])[:options.calibration_rows]]
+    n, tokens = 0, 0
+    for length in lengths:
+        tokens += length
+        if n and tokens > options.calibration_tokens:
+            break
+        n += 1
+    return n
+
+
 def reconstruct_cut(ctx: Context, model, plan, enc, mode: str) -> dict:
-    """Least-squares refit of the sliced `model` against ctx.dense on the first calibration_rows
+    """Least-squares refit of the sliced `model` against ctx.dense on the first refit_rows() rows
     of `enc` (reconstruct.py); `plan` holds indices of ctx.dense. Returns the summary for
     method_info["reconstruct"]."""
     from ..data import iterate_batches
@@ -119,9 +132,10 @@ def reconstruct_cut(ctx: Context, model, plan, enc, mode: str) -> dict:
     ctx.progress.start("refine")
     # length-sorted batches: ~40% less padding on tweets (reconstruct holds out every 5th batch);
     # head(): row numbers are kept, so the teacher's logit cache stays valid
-    batches = list(iterate_batches(enc.head(ctx.options.calibration_rows), ctx.options.batch_size, ctx.device,
-                                   shuffle=False))
-    return reconstruct(model, ctx.dense, plan, batches, mode, tick=lambda d, t: ctx.progress.update(d, t))
+    rows = refit_rows(enc, ctx.options)
+    batches = list(iterate_batches(enc.head(rows), ctx.options.batch_size, ctx.device, shuffle=False))
+    summary = reconstruct(model, ctx.dense, plan, batches, mode, tick=lambda d, t: ctx.progress.update(d, t))
+    return {**summary, "tokens": sum(len(ids) for ids in enc.input_ids[:rows])}
 
 
 def get_method(name: str) -> Method:
@@ -133,4 +147,4 @@ def get_method(name: str) -> Method:
     return registry[name]()
 
 
-__all__ = ["Context", "Method", "Origin", "get_method", "reconstruct_cut", "refine_weight"]
+__all__ = ["Context", "Method", "Origin", "get_method", "reconstruct_cut", "refine_weight", "refit_rows"]

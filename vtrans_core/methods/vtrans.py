@@ -42,11 +42,13 @@ class VTrans(Method):
     def round_targets(self, target: float, rounds: int) -> list[float]:
         return [1.0 - (1.0 - target) * r / rounds for r in range(1, rounds + 1)]
 
-    def finetune_steps(self, n_rows: int, options, kept_fraction: float = 0.5) -> int:
+    def finetune_steps(self, n_rows: int, options, kept_fraction: float = 0.5, refit: int | None = None) -> int:
+        """`refit`: rows the refit really used (refit_rows); before the run, calibration_rows."""
         spent = mask_cost_in_finetune_steps(options.prune_rounds * self.mask_steps(n_rows, options),
                                             options.mask_weights, kept_fraction)
         if options.reconstruct != "off":
-            batches = math.ceil(min(n_rows, options.calibration_rows) / options.batch_size)
+            rows = min(n_rows, options.calibration_rows) if refit is None else refit
+            batches = math.ceil(rows / options.batch_size)
             spent += reconstruct_cost_in_finetune_steps(batches, kept_fraction)
         return finetune_steps(n_rows, options, spent)
 
@@ -95,7 +97,8 @@ class VTrans(Method):
                 # least-squares refit toward the dense outputs before distillation: a closer start
                 ctx.info["reconstruct"] = reconstruct_cut(ctx, model, final_plan, ctx.enc_train, opts.reconstruct)
         ctx.progress.start("finetune")
-        ft = self.finetune_steps(len(ctx.enc_train), opts, final_plan.fraction("flops", budget.seq_len))
+        refit = ctx.info.get("reconstruct", {}).get("rows", 0)
+        ft = self.finetune_steps(len(ctx.enc_train), opts, final_plan.fraction("flops", budget.seq_len), refit)
         ft_history = train_supervised(model, ctx.enc_train, ft, opts.finetune_lr, opts.batch_size, ctx.device,
                                       opts.seed + 1, ctx.progress.update, teacher=ctx.teacher,
                                       temperature=opts.distill_temperature, distill_weight=opts.distill_weight,
