@@ -46,6 +46,8 @@ ABLATIONS = {
     "plan-only-recon": {"finetune_steps": 0, "reconstruct": "weights"},
     "lr1e-4": {"finetune_lr": 1e-4},                  # twice the peer's distillation rate
     "norecon": {"reconstruct": "off"},                # distil the sliced dense weights without the refit
+    # the refit on all 2,048 rows (before the 128k-token cap: 247k tokens of emails, 67k of tweets)
+    "refit-all": {"calibration_tokens": 2048 * 128},
 }
 
 
@@ -65,7 +67,8 @@ def cases() -> list[dict]:
             + [c for c in main(0.5) if c not in first] + main(0.4) + ablations("tweets", ["plan-only", "trained", "1epoch"])
             + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a != "per_layer"])
             + ablations("tweets", ["plan-only", "plan-only-recon", "norecon", "recon-scales", "per_layer", "lr1e-4"], 0.4)
-            + ablations("tweets", ["norecon"], 0.3))
+            + ablations("tweets", ["norecon"], 0.3)
+            + [c for t in (0.3, 0.4) for c in ablations("spam", ["refit-all"], t)])
 
 
 def run_core_case(case: dict, data: dict, log) -> dict:
