@@ -116,10 +116,12 @@ def run_peer_case(case: dict, log) -> dict:
 
 
 def run_peer(teacher_dir, train, held_out, num_labels: int, target: float, steps: int, log, *,
-             layer_distill: bool = False, constant_lr: bool = False, distill_weight: float = 0.5) -> dict:
+             layer_distill: bool = False, constant_lr: bool = False, distill_weight: float = 0.5,
+             seed: int = 0) -> dict:
     """Taylor-prune the teacher to `target` FLOPs, distil for `steps` batches of `train`, and
     evaluate on `held_out` (all in memory). `constant_lr` + `steps` = 2 epochs is the recipe its
-    users run (issue #11: AdamW 5e-5 constant, CE + T^2 KL at T = 2, the whole training file)."""
+    users run (issue #11: AdamW 5e-5 constant, CE + T^2 KL at T = 2, the whole training file).
+    `seed` changes the distillation's batch order (the Taylor prune itself is deterministic)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from vtrans_core.data import encode
@@ -127,7 +129,7 @@ def run_peer(teacher_dir, train, held_out, num_labels: int, target: float, steps
     from vtrans_core.flops import count_flops, count_params
     from vtrans_core.training import Teacher, seed_everything, train_supervised
 
-    seed_everything(0)
+    seed_everything(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(teacher_dir)
@@ -156,7 +158,7 @@ def run_peer(teacher_dir, train, held_out, num_labels: int, target: float, steps
         pruned.config.vtrans_hidden_origin = kept_hidden_channels(dense, pruned)   # read by train_supervised
         hidden_weight = 1.0
     ft_started = time.perf_counter()
-    train_supervised(pruned, enc_train, steps, 5e-5, BATCH, device, seed=1, tick=tick,
+    train_supervised(pruned, enc_train, steps, 5e-5, BATCH, device, seed=1 + seed, tick=tick,
                      teacher=Teacher(dense, len(enc_train)), temperature=2.0, distill_weight=distill_weight,
                      hidden_weight=hidden_weight, constant_lr=constant_lr)
     ft_seconds = time.perf_counter() - ft_started

@@ -1,7 +1,8 @@
 """`fast` (Fast-VTrans): the full VTrans pipeline on a small random subset of the training data.
 
 The paper reports that ~3% of the data keeps quality close to full VTrans; the subset is
-max(fast_fraction * N, fast_min_examples) rows, drawn with options.seed.
+max(fast_fraction * N, fast_min_examples) rows (default floor 1,024: see options.py), drawn with
+options.seed.
 """
 from __future__ import annotations
 
