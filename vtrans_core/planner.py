@@ -25,7 +25,8 @@ fraction <= target) as closely as it can, removing the least informative units f
 Greedy: units sorted by score (units below alpha = 1 naturally come first); remove until the
 fraction is <= target. If the last removal overshoots by more than CLOSE_TOL, it is undone and
 the following (smaller) units are tried instead; the overshooting unit is used only if they
-cannot reach the target.
+cannot reach the target. A plan still more than CLOSE_TOL below the target then gets fine units
+back (planner_refill.py).
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ from .plan import STRUCTURES, PruningPlan, mask_keys
 from .planner_gqa import gqa_removed_heads as _gqa_removed_heads
 from .planner_gqa import query_rank_scores as _query_rank_scores
 from .planner_gqa import uniform_head_units as _uniform_head_units
+from .planner_refill import CLOSE_TOL
+from .planner_refill import refill as _refill
 
-CLOSE_TOL = 0.005
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +300,8 @@ def make_plan(shape: ModelShape, reference: ModelShape, scores: dict[str, Any], 
             st = trial
             removed.append(units[i])
         i += 1
+    if target > 0 and frac(st) < target - CLOSE_TOL:
+        st, removed = _refill(st, removed, frac, target)
     if layout == "uniform" and shape.hidden_divisible_by_heads:
         st, removed = _divisible_hidden(st, removed, live, layout, blocks, round_to)
     if target > 0 and frac(st) > target + 1e-12:

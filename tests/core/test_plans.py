@@ -148,3 +148,22 @@ def test_block_removal_needs_its_block_mask():
     assert sum(plan.attn_blocks) == 1  # at least one attention block always stays
     pm.apply_plan(plan)                 # consistent with the masks that exist
     pm.remove_hooks()
+
+
+def test_fine_units_come_back_after_a_coarse_unit_overshoots():
+    """FFN neurons ranked below every layer: the greedy pass spends the FFN down to its minimum,
+    then has to drop whole layers and lands far below the target; the refill gives the most
+    informative FFN groups back until the plan sits just under the target."""
+    from vtrans_core.planner import make_plan, neutral_scores
+
+    shape = PrunableModel(tiny_model("bert", hidden=128, layers=6, heads=8, ffn=512, vocab=500), layout="uniform").shape
+    scores = neutral_scores(shape, {"ffn", "attn_block", "ffn_block"}, "uniform")
+    scores["ffn"] = [[-1.0 - 0.001 * j for j in range(512)] for _ in range(6)]   # neuron 0 the most informative
+    scores["layer"] = [5.0 + l for l in range(6)]
+    for target in (0.4, 0.3):
+        plan = make_plan(shape, shape, scores, "flops", target, 128, "uniform", 8)
+        s = plan.result_shape()
+        assert target - 0.01 <= plan.fraction("flops", 128) <= target, target
+        kept = [f for f in s.ffn if f]
+        assert len(set(kept)) == 1 and kept[0] > 8 and kept[0] % 8 == 0      # more than the minimum, uniform
+        assert all(sorted(ks)[: len(ks)] == list(range(len(ks))) for ks in plan.ffn if ks)   # the best neurons
