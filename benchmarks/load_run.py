@@ -183,6 +183,65 @@ def upload_model(url: str, key: str, workdir: Path) -> str:
     return r.json()["id"]
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+
+
+def cpu_probe(stack: Stack, key: str, model: str, n: int) -> dict:
+    """API CPU per request, one request at a time: milliseconds of the API processes' CPU (user +
+    system) per request of each kind. Unlike latency this hardly depends on what else the machine
+    runs, so a shakedown on a busy machine still says what 2 cores can serve: 1000 / cpu_ms
+    requests/s per core."""
+    pids = [p.pid for p, _ in stack.procs]
+    headers = {"Authorization": f"Bearer {key}"}
+    clients = [httpx.Client(base_url=u, headers=headers, timeout=120) for u in stack.urls]
+    ids = [j["id"] for j in clients[0].get("/v1/jobs", params={"limit": 100}).json()["data"]]
+    body = {"model": model, "dataset": DATASET, "method": "fast",
+            "budget": {"kind": "flops", "target": 0.5, "seq_len": 128}}
+    calls = {"submit": lambda c, i: c.post("/v1/jobs", json=body),
+             "get": lambda c, i: c.get(f"/v1/jobs/{ids[i % len(ids)]}"),
+             "list": lambda c, i: c.get("/v1/jobs", params={"status": "queued", "limit": 20}),
+             "metrics": lambda c, i: c.get("/metrics")}
+    out = {}
+    for kind, call in calls.items():
+        count = max(5, n // 10) if kind == "metrics" else n
+        before = sum(_cpu_seconds(pid) for pid in pids)
+        codes = [call(clients[i % len(clients)], i).status_code for i in range(count)]
+        cpu_ms = (sum(_cpu_seconds(pid) for pid in pids) - before) * 1000 / count
+        out[kind] = {"n": count, "cpu_ms_per_request": round(cpu_ms, 2), "errors": sum(c >= 400 for c in codes)}
+    for c in clients:
+        c.close()
+    return out
+
+
+def explain_list(db_url: str) -> dict:
+    """The filtered first-page list and the per-submit active count, as Postgres plans them."""
+    from sqlalchemy import text
+
+    from api.db import get_engine
+
+    queries = {"list": "SELECT * FROM jobs WHERE tenant_id = :t AND status IN ('queued') "
+                       "ORDER BY created_at DESC, id DESC LIMIT 21",
+               "active_count": "SELECT count(*) FROM jobs WHERE tenant_id = :t AND status IN ('queued', 'running')"}
+    out = {}
+    with get_engine(db_url).connect() as conn:
+        conn.execute(text("ANALYZE jobs"))
+        for name, sql in queries.items():
+            plan = conn.execute(text("EXPLAIN (ANALYZE, FORMAT JSON) " + sql), {"t": TENANT}).scalar_one()[0]
+            indexes: list[str] = []
+
+            def walk(node):
+                if "Index Name" in node:
+                    indexes.append(node["Index Name"])
+                for child in node.get("Plans", []):
+                    walk(child)
+
+            walk(plan["Plan"])
+            out[name] = {"indexes": indexes, "execution_ms": round(plan["Execution Time"], 3)}
+    return out
+
+
 def _rates(args) -> dict[str, float]:
     return {k: (getattr(args, k) if getattr(args, k) is not None else v * args.scale) for k, v in TARGETS.items()}
 
@@ -198,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-rate", type=float, default=0.2, help="/metrics scrapes/s (a Prometheus every 5 s)")
     p.add_argument("--seed-jobs", type=int, default=10_000)
     p.add_argument("--api-procs", type=int, default=2)
+    p.add_argument("--cpu-probe", type=int, default=200, help="after the load: this many sequential requests of "
+                   "each kind, reporting the API's CPU ms per request (0: skip)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "load_api.json"))
     p.add_argument("--keep-logs", action="store_true", help="keep the API logs' directory (path printed)")
     args = p.parse_args(argv)
@@ -219,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             list_rate=rates["list_rate"], sse=int(rates["sse"]), seed_jobs=args.seed_jobs, db_url=stack.db_url,
             metrics_rate=args.metrics_rate)
         report = asyncio.run(load_api.run(load_args))
+        report["query_plans"] = explain_list(stack.db_url)
+        if args.cpu_probe:
+            report["cpu_probe"] = cpu_probe(stack, key, model, args.cpu_probe)
         report["setup"] = {"api_processes": args.api_procs, "scale": args.scale, "rates": rates,
                            "cpu_count": os.cpu_count(), "load_average_before": load_before}
         text = json.dumps(report, indent=2)
