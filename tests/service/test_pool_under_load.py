@@ -113,3 +113,34 @@ def test_sse_followers_hold_no_connection_between_polls(service_settings, start_
         stop.set()
         proc.stop()
     assert "QueuePool limit" not in proc.output()
+
+
+def test_sse_stream_closes_cleanly_when_the_database_fails_mid_stream(service_settings, monkeypatch):
+    """A poll that cannot get a connection (pool timeout, outage) after the 200 was sent ends the
+    stream, for the client to reconnect with Last-Event-ID, instead of an ASGI error (raised by
+    the TestClient) and a torn chunked response."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from api import event_bus
+    from api.app import create_app
+    from api.routes import events
+
+    job_id = _queued_jobs(service_settings, 1)[0]
+    calls = {"n": 0}
+    real = events._events_since
+
+    def failing_after_first(*args):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise PoolTimeout("QueuePool limit of size 2 overflow 0 reached")
+        return real(*args)
+
+    monkeypatch.setattr(events, "_events_since", failing_after_first)
+    monkeypatch.setattr(event_bus, "SAFETY_POLL_SECONDS", 0.1)
+    monkeypatch.setattr(event_bus, "POLL_SECONDS", 0.1)
+    with TestClient(create_app(service_settings, enqueue=Recorder()), headers=auth(service_settings)) as c:
+        r = c.get(f"/v1/jobs/{job_id}/events", headers={"Accept": "text/event-stream"})
+    assert r.status_code == 200
+    assert r.text.startswith("retry: ") and "event: end" not in r.text
+    assert calls["n"] == 2
