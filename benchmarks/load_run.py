@@ -196,6 +196,7 @@ def cpu_probe(stack: Stack, key: str, model: str, n: int) -> dict:
     pids = [p.pid for p, _ in stack.procs]
     headers = {"Authorization": f"Bearer {key}"}
     clients = [httpx.Client(base_url=u, headers=headers, timeout=120) for u in stack.urls]
+    _drain(clients)
     ids = [j["id"] for j in clients[0].get("/v1/jobs", params={"limit": 100}).json()["data"]]
     body = {"model": model, "dataset": DATASET, "method": "fast",
             "budget": {"kind": "flops", "target": 0.5, "seq_len": 128}}
@@ -213,6 +214,20 @@ def cpu_probe(stack: Stack, key: str, model: str, n: int) -> dict:
     for c in clients:
         c.close()
     return out
+
+
+def _drain(clients: list[httpx.Client], limit: float = 900) -> None:
+    """Wait until every API answers a list within 2 s: requests the load generator gave up on are
+    still being served after it stopped, and would be counted against the probe."""
+    end = time.monotonic() + limit
+    for c in clients:
+        while time.monotonic() < end:
+            try:
+                if c.get("/v1/jobs", params={"limit": 1}, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
 
 
 def explain_list(db_url: str) -> dict:
@@ -280,9 +295,13 @@ def main(argv: list[str] | None = None) -> int:
             list_rate=rates["list_rate"], sse=int(rates["sse"]), seed_jobs=args.seed_jobs, db_url=stack.db_url,
             metrics_rate=args.metrics_rate)
         report = asyncio.run(load_api.run(load_args))
-        report["query_plans"] = explain_list(stack.db_url)
-        if args.cpu_probe:
-            report["cpu_probe"] = cpu_probe(stack, key, model, args.cpu_probe)
+        for name, step in (("query_plans", lambda: explain_list(stack.db_url)),
+                           ("cpu_probe", lambda: cpu_probe(stack, key, model, args.cpu_probe) if args.cpu_probe
+                            else None)):
+            try:
+                report[name] = step()
+            except Exception as exc:   # the load figures are still worth writing
+                report[name] = {"error": f"{type(exc).__name__}: {exc}"}
         report["setup"] = {"api_processes": args.api_procs, "scale": args.scale, "rates": rates,
                            "cpu_count": os.cpu_count(), "load_average_before": load_before}
         text = json.dumps(report, indent=2)
