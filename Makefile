@@ -2,13 +2,15 @@
 # `make test`:  set up .venv (once) and run the test suite (needs Postgres and Redis; see README).
 # `make bench`: install the benchmark extra and run benchmarks/ in the background (resumable; log below).
 # `make bench-heldout`: the held-out quality benchmark of issue #11 (two tasks, strong peer), likewise.
+# `make bench-load`: the API load benchmark of issue #16 (own Postgres DB, Redis DB, 2 API processes;
+#                    foreground, ~2 min; LOAD_ARGS="--scale 0.1 --seconds 20" for a light run).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Re-install only when pyproject.toml changes (the stamp records the last successful install).
 STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml 2>/dev/null | cut -c1-12)
 
-.PHONY: serve test setup migrate bench bench-heldout clean-stamp
+.PHONY: serve test setup migrate bench bench-heldout bench-load clean-stamp
 
 setup: $(STAMP)
 
@@ -42,6 +44,9 @@ bench-heldout: setup
 	mkdir -p benchmarks/cache
 	nohup $(BIN)/python -m benchmarks.heldout > benchmarks/cache/heldout.out 2>&1 &
 	@echo "held-out benchmark running in the background: tail -f benchmarks/cache/benchmark.log"
+
+bench-load: setup
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.load_run $(LOAD_ARGS)
 
 clean-stamp:
 	rm -f $(VENV)/.installed-*

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 
 from . import contract, limits, outage, problems
 from .artifacts import ArtifactStore
-from .db import check_migrated
+from .db import check_migrated, configure_pool
 from .settings import Settings, get_settings
 
 log = logging.getLogger("vtrans.api")
@@ -45,6 +45,7 @@ PROBLEM_RESPONSES = contract.APP_RESPONSES
 
 def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_pool(settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

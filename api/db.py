@@ -40,6 +40,25 @@ def _ensure_sqlite_dir(url: str) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+# Pool options for Postgres engines made from now on (configure_pool; defaults as in Settings).
+_POOL = {"pool_size": 20, "max_overflow": 20, "pool_timeout": 30.0}
+
+
+def configure_pool(pool_size: int, max_overflow: int, pool_timeout: float) -> None:
+    """Set the pool options of this process's engines (the API calls it with its settings before
+    serving). Engines already made with other options are dropped and made again on next use."""
+    wanted = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
+    if wanted != _POOL:
+        _POOL.update(wanted)
+        while _made:
+            _made.pop().dispose()
+        get_engine.cache_clear()
+        _sessionmaker.cache_clear()
+
+
+_made: set[Engine] = set()   # Postgres engines of this process, for configure_pool
+
+
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     _ensure_sqlite_dir(url)
@@ -56,7 +75,9 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    engine = create_engine(url, pool_pre_ping=True, **_POOL)
+    _made.add(engine)
+    return engine
 
 
 @lru_cache(maxsize=8)

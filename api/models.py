@@ -95,6 +95,8 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        # Filtered lists (GET /v1/jobs?status=) and the active-jobs count per submit (migration 0006).
+        Index("ix_jobs_tenant_status_created", "tenant_id", "status", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_status_queue", "status", "queue"),
     )

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     tenant_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
     retry_after_seconds: int = 5         # Retry-After on 503 (database/broker down) answers
     db_connect_timeout: int = 5          # seconds; an outage answers 503 quickly instead of hanging
+    # Connection pool per process (Postgres). The API runs sync routes and SSE polls on up to 40
+    # threads (anyio's default); 5 + 5 connections under those answered 503 after 30 s in the
+    # issue #16 load shakedown. Mind Postgres' max_connections: processes x (size + overflow).
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+    db_pool_timeout: float = Field(default=30.0, gt=0)
     # A job still queued this long after its last change may have lost its broker message (a
     # Redis restart without persistence, a failed re-send): the reaper sends it again. Duplicate
     # messages are harmless (the claim is a conditional UPDATE).

@@ -34,7 +34,10 @@ import httpx
 TARGETS_MS = {"submit": 100.0, "get": 50.0, "list": 100.0}   # p99 targets from issue #16
 
 
-def seed_jobs(db_url: str, tenant: str, n: int, model: str, dataset: str) -> list[str]:
+def seed_jobs(db_url: str, tenant: str, n: int, model: str, dataset: str) -> dict[str, list[str]]:
+    """n job rows, a third each queued / succeeded / failed, newest first; finished ones carry
+    start and end times (so /metrics has durations to aggregate, as in a real table).
+    Returns {status: [ids]}."""
     from datetime import timedelta
 
     from sqlalchemy import insert
@@ -43,26 +46,39 @@ def seed_jobs(db_url: str, tenant: str, n: int, model: str, dataset: str) -> lis
     from api.models import Job, new_id, utcnow
 
     now = utcnow()
-    request = {"model": model, "dataset": dataset, "method": "fast", "budget": {"kind": "flops", "target": 0.5,
-                                                                                 "seq_len": 128}, "options": {}}
-    rows = [{"id": new_id("job"), "tenant_id": tenant, "status": random.choice(["queued", "succeeded", "failed"]),
-             "model": model, "dataset": dataset, "request": request, "progress": 0.0, "attempts": 0,
-             "event_seq": 0, "cancel_requested": False,
-             "created_at": now - timedelta(seconds=i), "updated_at": now} for i in range(n)]
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        status = ("queued", "succeeded", "failed")[i % 3]
+        created = now - timedelta(seconds=i)
+        finished = status != "queued"
+        request = {"model": model, "dataset": dataset, "method": rng.choice(("fast", "vtrans")),
+                   "budget": {"kind": "flops", "target": 0.5, "seq_len": 128}, "options": {}}
+        rows.append({"id": new_id("job"), "tenant_id": tenant, "status": status, "model": model, "dataset": dataset,
+                     "request": request, "progress": 1.0 if finished else 0.0, "attempts": int(finished),
+                     "event_seq": 0, "cancel_requested": False, "created_at": created, "updated_at": created,
+                     "started_at": created if finished else None,
+                     "finished_at": created + timedelta(seconds=rng.uniform(5, 3600)) if finished else None})
     with get_engine(db_url).begin() as conn:
         for chunk in range(0, n, 1000):
             conn.execute(insert(Job), rows[chunk:chunk + 1000])
-    return [r["id"] for r in rows]
+    by_status: dict[str, list[str]] = {}
+    for r in rows:
+        by_status.setdefault(r["status"], []).append(r["id"])
+    return by_status
 
 
 async def _timed(results: dict, kind: str, call) -> None:
     t0 = time.perf_counter()
     try:
         r = await call()
-        ok = r.status_code < 400
-    except Exception:
-        ok = False
+        ok, code = r.status_code < 400, str(r.status_code)
+    except Exception as exc:
+        ok, code = False, type(exc).__name__
     results[kind].append(((time.perf_counter() - t0) * 1000, ok))
+    if not ok:
+        results.setdefault(f"{kind}_errors_by_code", {}).setdefault(code, 0)
+        results[f"{kind}_errors_by_code"][code] += 1
 
 
 async def _open_loop(rate: float, seconds: float, make_call, results: dict, kind: str) -> None:
@@ -82,12 +98,13 @@ async def _follow(client: httpx.AsyncClient, job_id: str, seconds: float, result
     t0 = time.perf_counter()
     try:
         async with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=seconds + 30) as r:
-            first = None
+            # Time to the first line (the `retry:` preamble, sent once the route has read the job).
+            first = (time.perf_counter() - t0) * 1000
             async for _ in r.aiter_lines():
-                first = first or (time.perf_counter() - t0) * 1000
                 if time.perf_counter() - t0 > seconds:
                     break
-            results["sse_connect"].append((first or (time.perf_counter() - t0) * 1000, r.status_code == 200))
+            results["sse_connect"].append((first, r.status_code == 200))
+            results["sse_held"].append(((time.perf_counter() - t0) * 1000, r.status_code == 200))
     except Exception:
         results["sse_connect"].append(((time.perf_counter() - t0) * 1000, False))
 
@@ -115,13 +132,18 @@ async def run(args) -> dict[str, Any]:
     clients = [httpx.AsyncClient(base_url=u, headers=headers, timeout=30,
                                  limits=httpx.Limits(max_connections=400)) for u in args.url]
     pick = itertools.cycle(clients)
-    ids = seed_jobs(args.db_url, args.tenant, args.seed_jobs, args.model, args.dataset) if args.seed_jobs else []
+    by_status = seed_jobs(args.db_url, args.tenant, args.seed_jobs, args.model, args.dataset) if args.seed_jobs else {}
+    ids = [i for group in by_status.values() for i in group]
     if not ids:
         r = await clients[0].get("/v1/jobs", params={"limit": 100})
-        ids = [j["id"] for j in r.json()["data"]]
+        for j in r.json()["data"]:
+            by_status.setdefault(j["status"], []).append(j["id"])
+            ids.append(j["id"])
+    # Followers of queued jobs stay connected for the whole run (a finished job's stream ends at once).
+    follow_ids = by_status.get("queued") or ids
     body = {"model": args.model, "dataset": args.dataset, "method": "fast",
             "budget": {"kind": "flops", "target": 0.5, "seq_len": 128}}
-    results: dict[str, list] = {k: [] for k in ("submit", "get", "list", "sse_connect")}
+    results: dict[str, Any] = {k: [] for k in ("submit", "get", "list", "metrics", "sse_connect", "sse_held")}
     peak: dict[str, int] = {}
     s = args.seconds
     await asyncio.gather(
@@ -129,12 +151,16 @@ async def run(args) -> dict[str, Any]:
         _open_loop(args.get_rate, s, lambda: next(pick).get(f"/v1/jobs/{random.choice(ids)}"), results, "get"),
         _open_loop(args.list_rate, s, lambda: next(pick).get("/v1/jobs", params={"status": "queued", "limit": 20}),
                    results, "list"),
-        *[_follow(next(pick), random.choice(ids), s, results) for _ in range(args.sse)],
+        _open_loop(getattr(args, "metrics_rate", 0.0), s, lambda: next(pick).get("/metrics"), results, "metrics"),
+        *[_follow(next(pick), random.choice(follow_ids), s, results) for _ in range(args.sse)],
         _db_sampler(args.db_url, s, peak))
     for c in clients:
         await c.aclose()
     report: dict[str, Any] = {"seconds": s, "api_processes": len(args.url), "seeded_jobs": len(ids)}
     for kind, values in results.items():
+        if not isinstance(values, list):   # errors by status code
+            report[kind] = values
+            continue
         ms = sorted(v for v, _ in values)
         if not ms:
             continue
@@ -158,6 +184,7 @@ def main() -> None:
     p.add_argument("--get-rate", type=float, default=200)
     p.add_argument("--list-rate", type=float, default=200)
     p.add_argument("--sse", type=int, default=100)
+    p.add_argument("--metrics-rate", type=float, default=0.2, help="GET /metrics per second")
     p.add_argument("--seed-jobs", type=int, default=0)
     p.add_argument("--db-url", help="the API's database (seeding and connection sampling)")
     p.add_argument("--out", help="write the report as JSON here too")
