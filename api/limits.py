@@ -1,7 +1,9 @@
 """Per-tenant limits: active (queued + running) jobs -> 429, upload size -> 413 (issue #5).
 
-Defaults come from settings (max_active_jobs, max_model_upload_bytes, max_dataset_upload_bytes);
-settings.tenant_limits overrides any of them for one tenant.
+Defaults come from settings (max_active_jobs, max_model_upload_bytes, max_model_unpacked_bytes,
+max_dataset_upload_bytes); settings.tenant_limits overrides any of them for one tenant. Upload
+sizes are checked twice: from Content-Length before the body is read (refuse_upload), and on the
+bytes really received and unpacked (the routes), so a lying header gains nothing.
 """
 from __future__ import annotations
 
@@ -25,6 +27,24 @@ JOB_RETRY_AFTER = 30          # seconds: a compression job rarely ends sooner
 def tenant_limit(settings: Settings, tenant: str | None, name: str) -> int:
     override = settings.tenant_limits.get(tenant or "", {}) if tenant else {}
     return int(override.get(name, getattr(settings, name)))
+
+
+def human_bytes(n: int) -> str:
+    """'6 GiB (6442450944 bytes)': readable, and exact for scripts comparing sizes."""
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.4g} {unit} ({n} bytes)"
+    return f"{n} bytes"
+
+
+def too_large(limit: int, filename: str | None = None, what: str = "upload") -> problems.Problem:
+    """413 naming the form field `file`, the file when known, and the tenant's limit."""
+    name = f"{filename!r} " if filename else "the upload "
+    verb = "unpacks to more than" if what == "unpacked" else "is larger than"
+    setting = {"upload": "upload", "unpacked": "unpacked-size"}.get(what, what)
+    message = f"{name}{verb} this tenant's {setting} limit of {human_bytes(limit)}"
+    return problems.Problem(413, f"file: {message}", slug="upload-too-large", title="Upload too large",
+                            errors=[{"field": "file", "message": message}])
 
 
 def check_active_jobs(db: Session, settings: Settings, tenant: str) -> None:
@@ -72,7 +92,8 @@ async def refuse_upload(request: Request, settings: Settings) -> JSONResponse | 
         return problems.problem_response(request, 411, "uploads must send a Content-Length header",
                                          slug="length-required")
     if int(length) > limit + MULTIPART_SLACK:
-        return problems.problem_response(
-            request, 413, f"file: the upload is larger than the limit of {limit} bytes",
-            slug="upload-too-large", errors=[{"field": "file", "message": f"larger than {limit} bytes"}])
+        # The file's name is inside the multipart body, which is deliberately never read here.
+        exc = too_large(limit)
+        return problems.problem_response(request, 413, exc.detail, slug=exc.slug, title=exc.title,
+                                         errors=exc.errors)
     return None

@@ -34,8 +34,9 @@ class Settings(BaseSettings):
     port: int = 8000
     api_key: str | None = None           # accepted as a key of tenant "default" (scripts, tests)
 
-    # Per-tenant limits (issue #5). tenant_limits overrides them per tenant, e.g.
-    # VTRANS_TENANT_LIMITS='{"acme": {"max_active_jobs": 20, "max_model_upload_bytes": 8000000000}}'.
+    # Per-tenant limits (issue #5). tenant_limits overrides them per tenant (an API key acts for its
+    # tenant), e.g. VTRANS_TENANT_LIMITS='{"acme": {"max_active_jobs": 20, "max_model_upload_bytes":
+    # 16000000000, "max_model_unpacked_bytes": 20000000000}}'; the keys are the setting names below.
     max_active_jobs: int = 8             # queued + running jobs per tenant; more -> 429
     tenant_limits: dict[str, dict[str, int]] = Field(default_factory=dict)
     retry_after_seconds: int = 5         # Retry-After on 503 (database/broker down) answers
@@ -51,9 +52,13 @@ class Settings(BaseSettings):
     # messages are harmless (the claim is a conditional UPDATE).
     resend_queued_after_seconds: float = 900.0
 
-    # Upload limits. Archives are checked both on the compressed size and on what they unpack to.
-    max_model_upload_bytes: int = 2 * 1024**3
-    max_model_unpacked_bytes: int = 4 * 1024**3
+    # Upload limits, per tenant (tenant_limits overrides each one). Archives are checked both on
+    # the compressed size and on what they unpack to. Sized for real decoders: a 1-2B model in
+    # bf16 is 2-4 GB of safetensors, which gzip barely shrinks, plus tokenizer files; 6 GiB / 8 GiB
+    # leave room for a 3B model in bf16 or a 1.5B one in float32. Uploads are streamed to disk
+    # in 1 MiB blocks and counted as they arrive (api/routes/uploads_common.py), never held in memory.
+    max_model_upload_bytes: int = 6 * 1024**3
+    max_model_unpacked_bytes: int = 8 * 1024**3
     max_archive_members: int = 2000
     max_dataset_upload_bytes: int = 200 * 1024**2
     max_dataset_rows: int = 2_000_000

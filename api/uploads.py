@@ -25,11 +25,12 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", 
 
 
 class UploadError(ValueError):
-    """`status` is 422 (bad content) or 413 (too large); `field` names the form field."""
+    """`status` is 422 (bad content) or 413 (too large); `field` names the form field; `unpacked`:
+    the archive unpacks past its size limit (the route names the tenant's limit)."""
 
-    def __init__(self, message: str, field: str = "file", status: int = 422):
+    def __init__(self, message: str, field: str = "file", status: int = 422, unpacked: bool = False):
         super().__init__(message)
-        self.message, self.field, self.status = message, field, status
+        self.message, self.field, self.status, self.unpacked = message, field, status, unpacked
 
 
 @dataclass
@@ -72,7 +73,7 @@ class _Budget:
             while block := src.read(1 << 20):
                 self.bytes += len(block)
                 if self.bytes > self.max_bytes:
-                    raise UploadError(f"archive unpacks to more than {self.max_bytes} bytes", status=413)
+                    raise UploadError(f"archive unpacks to more than {self.max_bytes} bytes", status=413, unpacked=True)
                 out.write(block)
 
 
@@ -119,7 +120,8 @@ def _extract_zip(archive: Path, dest: Path, budget: _Budget) -> None:
         if len(infos) > budget.max_members:
             raise UploadError(f"archive has more than {budget.max_members} members", status=413)
         if sum(i.file_size for i in infos) > budget.max_bytes:
-            raise UploadError(f"archive unpacks to more than {budget.max_bytes} bytes", status=413)
+            raise UploadError(f"archive unpacks to more than {budget.max_bytes} bytes", status=413,
+                              unpacked=True)
         for info in infos:
             budget.member()
             mode = info.external_attr >> 16

@@ -59,11 +59,12 @@ def _check_config(config: dict, budget: Budget, opts: CompressionOptions, data: 
     from .plan import min_fraction
     from .tasks import choose_task
 
-    adapter_for(config)  # raises CompressionError("model", ...) for an unknown family
+    adapter = adapter_for(config)  # raises CompressionError("model", ...) for an unknown family
     task = choose_task(config, data, opts.task)
-    opts.apply_task_defaults(task.name)
+    opts.apply_task_defaults(task.name, _prunable_widths(adapter.shape_from_config(config), opts))
     opts.task = task.name
-    floor = min_fraction(config, budget.size_kind, budget.seq_len, structures=structures_of(opts), layout=opts.layout)
+    floor = min_fraction(config, budget.size_kind, budget.seq_len, structures=structures_of(opts), layout=opts.layout,
+                         round_to=opts.round_to)
     if budget.kind == "speedup":   # FLOPs bound the speedup from above (the exact check is the latency planner's)
         if budget.size_target < floor:
             raise CompressionError("budget.target", f"a {budget.target:g}x speedup needs fewer FLOPs than the smallest "
@@ -74,6 +75,11 @@ def _check_config(config: dict, budget: Budget, opts: CompressionOptions, data: 
         raise CompressionError("budget.target", f"{budget.target:g} is below the smallest {budget.kind} fraction this "
                                f"architecture can reach with these options ({floor:.3f}) in layout {opts.layout!r}")
     return task
+
+
+def _prunable_widths(shape, opts: CompressionOptions) -> list[int]:
+    """The widths round_to groups: the hidden dimension when it is pruned, every FFN when it is."""
+    return ([shape.hidden] if opts.prune_hidden else []) + (list(shape.ffn) if opts.prune_ffn else [])
 
 
 def _check_budget_method(budget: Budget, method: str) -> None:

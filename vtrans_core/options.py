@@ -12,7 +12,9 @@ scale with the data (schedule.py). `faster` ranks by Fisher information by defau
 benchmarks/README.md: Fisher alone beat the VIB mask-only ranking at 0.5 FLOPs).
 A null default is resolved per method by `parse` (`method_defaults`: what `faster` prunes and
 distils differs); methods may also pick their own data (e.g. `fast` samples 3% of the training
-data). An explicit user value always wins.
+data). Tasks have their own defaults too (TASK_DEFAULTS): decoders round kept widths to 64
+(`round_to`, halved for a small model by fit_round_to; docs/DECODERS.md). An explicit user
+value always wins.
 """
 from __future__ import annotations
 
@@ -39,7 +41,10 @@ class CompressionOptions:
     prune_heads: bool | None = None
     prune_ffn: bool = True
     prune_blocks: bool = True        # whole attention / FFN blocks (whole layers in `uniform`)
-    round_to: int = 8                # kept hidden/FFN widths rounded to a multiple of this (speed)
+    # kept hidden/FFN widths rounded to a multiple of this (speed); decoders default to 64, halved
+    # for a small model (TASK_DEFAULTS, fit_round_to). Head counts are not rounded by it: GQA
+    # prunes whole key/value groups or one query head per group (planner.py), which stays valid.
+    round_to: int = 8
 
     # --- data ---
     seq_len: int = 128               # max tokens per example for training and evaluation
@@ -156,12 +161,17 @@ class CompressionOptions:
             raise CompressionError("options.reconstruct", f"{method} reconstructs only with finetune_from 'dense'")
         return opts
 
-    def apply_task_defaults(self, task: str) -> "CompressionOptions":
-        """Defaults of a task for every option the user left unset (TASK_DEFAULTS), re-checked."""
+    def apply_task_defaults(self, task: str, widths: list[int] | None = None) -> "CompressionOptions":
+        """Defaults of a task for every option the user left unset (TASK_DEFAULTS), re-checked.
+        `widths`: the prunable hidden/FFN widths of the model, when known: a task's default
+        round_to is then fitted to them (fit_round_to); a user's round_to is never changed."""
         explicit = getattr(self, "_explicit", set())
-        for name, value in TASK_DEFAULTS.get(task, {}).items():
+        defaults = TASK_DEFAULTS.get(task, {})
+        for name, value in defaults.items():
             if name not in explicit:
                 setattr(self, name, value)
+        if "round_to" in defaults and "round_to" not in explicit and widths:
+            self.round_to = fit_round_to(defaults["round_to"], widths)
         self._check()
         return self
 
@@ -239,10 +249,26 @@ DTYPES = ("float32", "bfloat16", "float16")
 # and smaller batches than classification (a batch's logits are batch x seq_len x vocabulary:
 # 4 x 512 x 49k floats = 400 MB for SmolLM2, twice with the dense teacher's). The least-squares
 # refit (reconstruct.py) fits post-LN encoder layers only: off for language models.
+# round_to 64: decoders are judged by measured speed, and CPU/GPU matmul kernels tile widths in
+# multiples of 32-128, so a kept FFN width of 1,000 runs no faster than 1,024 would; 64 keeps the
+# speedup following the FLOPs cut. A small model gets it halved (fit_round_to).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "language-modeling": {"reconstruct": "off", "seq_len": 512, "batch_size": 4, "fast_min_examples": 32, "calibration_rows": 64,
-                          "fisher_rows": 32, "latency_runs": 3, "min_finetune_steps": 20},
+                          "fisher_rows": 32, "latency_runs": 3, "min_finetune_steps": 20, "round_to": 64},
 }
+# A default round_to leaves at least this many groups in the narrowest prunable width: with
+# fewer, the planner's steps are too coarse to land near a budget (a 64-wide FFN would be one
+# group of 64, the last one, which is never removed, so a tiny test model would not prune at all).
+MIN_ROUND_GROUPS = 8
+
+
+def fit_round_to(round_to: int, widths: list[int], min_groups: int = MIN_ROUND_GROUPS) -> int:
+    """`round_to` halved while the narrowest nonzero width holds fewer than `min_groups` of it
+    (64 for SmolLM2's hidden 576 / FFN 1,536; 8 for a 64-wide test FFN; never below 1)."""
+    narrowest = min((w for w in widths if w > 0), default=None)
+    while narrowest is not None and round_to > 1 and narrowest // round_to < min_groups:
+        round_to //= 2
+    return round_to
 RECONSTRUCT_MODES = ("off", "scales", "weights")
 
 

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from .. import contract, core_bridge, schemas
 from ..artifacts import ArtifactStore
 from ..deps import get_app_settings, get_db, get_store, owned_or_404
+from ..limits import tenant_limit
 from ..models import Dataset, new_id
 from ..settings import Settings
 from ..tenancy import get_tenant
@@ -33,7 +34,7 @@ async def upload_dataset(file: UploadFile = File(..., description="CSV or JSONL 
     with temp_workspace(settings.tmp_dir) as work:
         try:
             path = work / f"data.{dataset_format(filename)}"
-            size = await save_limited(file, path, settings.max_dataset_upload_bytes)
+            size = await save_limited(file, path, tenant_limit(settings, tenant, "max_dataset_upload_bytes"))
             info = validate_dataset(path, filename, settings.min_dataset_rows, settings.max_dataset_rows)
         except UploadError as err:
             raise upload_problem(err) from None

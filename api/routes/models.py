@@ -16,6 +16,7 @@ from .. import contract, schemas
 from ..artifacts import ArtifactStore
 from ..deps import get_app_settings, get_db, get_store, owned_or_404
 from ..job_requests import check_model_name
+from ..limits import tenant_limit
 from ..models import Model, new_id
 from ..problems import Problem
 from ..settings import Settings
@@ -61,14 +62,15 @@ async def upload_model(request: Request,
                        db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> schemas.Model:
     if name is not None:
         check_model_name(name)
+    unpacked_limit = tenant_limit(settings, tenant, "max_model_unpacked_bytes")
     with temp_workspace(settings.tmp_dir) as work:
         archive = work / "upload"
-        await save_limited(file, archive, settings.max_model_upload_bytes)
+        await save_limited(file, archive, tenant_limit(settings, tenant, "max_model_upload_bytes"))
         try:
-            extract_archive(archive, work / "x", settings.max_model_unpacked_bytes, settings.max_archive_members)
+            extract_archive(archive, work / "x", unpacked_limit, settings.max_archive_members)
             upload = validate_model_dir(work / "x")
         except UploadError as err:
-            raise upload_problem(err) from None
+            raise upload_problem(err, safe_filename(file.filename), unpacked_limit) from None
         model_id = new_id("mdl")
         key = f"uploads/models/{model_id}"
         # Files first, row last: a crash in between leaves unreferenced files, never a row

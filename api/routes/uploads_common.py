@@ -10,6 +10,7 @@ from typing import Iterator
 
 from fastapi import UploadFile
 
+from ..limits import too_large
 from ..problems import Problem, field_problem
 from ..uploads import UploadError
 
@@ -24,25 +25,27 @@ def temp_workspace(base: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+BLOCK = 1 << 20   # bytes in memory at a time, whatever the file's size
+
+
 async def save_limited(upload: UploadFile, dest: Path, limit: int) -> int:
+    """Copy the upload to `dest` block by block, counting the bytes really received (the
+    Content-Length check before the body was read can be lied to): 413 past `limit`."""
     size = 0
     with dest.open("wb") as out:
-        while block := await upload.read(1 << 20):
+        while block := await upload.read(BLOCK):
             size += len(block)
             if size > limit:
-                raise too_large(limit)
+                raise too_large(limit, safe_filename(upload.filename))
             out.write(block)
     if size == 0:
         raise field_problem(422, "file", "the uploaded file is empty", slug="invalid-upload")
     return size
 
 
-def too_large(limit: int) -> Problem:
-    return Problem(413, f"file: the upload is larger than the limit of {limit} bytes", slug="upload-too-large",
-                   errors=[{"field": "file", "message": f"larger than the limit of {limit} bytes"}])
-
-
-def upload_problem(err: UploadError) -> Problem:
+def upload_problem(err: UploadError, filename: str | None = None, unpacked_limit: int | None = None) -> Problem:
+    if err.unpacked and unpacked_limit is not None:
+        return too_large(unpacked_limit, filename, "unpacked")
     slug = "upload-too-large" if err.status == 413 else "invalid-upload"
     return Problem(err.status, f"{err.field}: {err.message}", slug=slug, title="Invalid upload",
                    errors=[{"field": err.field, "message": err.message}])
