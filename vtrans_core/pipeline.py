@@ -107,6 +107,8 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
 
         load_module(model, session.carry["dense"], "the teacher's weights")
         teacher_info = dict(session.carry_state["teacher_info"])
+        keys = list(progress.plan)
+        progress.skip_to(keys[keys.index("teacher") + 1])
         if session.resumes_at("teacher"):
             session.restore_rng(session.loaded)
     elif order is None:

@@ -71,9 +71,13 @@ class Session:
         except CheckpointInvalid as err:
             self.discard(str(err))
         if self.loaded is not None:
-            self.carry_state = dict(self.loaded.state.get("carry", {}))
-            for group in self.loaded.state.get("carry_groups", []):
-                self.carry[group] = self.loaded.tensors(group)
+            try:
+                self.carry_state = dict(self.loaded.state.get("carry", {}))
+                for group in self.loaded.state.get("carry_groups", []):
+                    self.carry[group] = self.loaded.tensors(group)
+            except CheckpointInvalid as err:
+                self.discard(str(err))
+                return self
             self.target.resumed(self.loaded.stage, self.loaded.step)
         return self
 
@@ -98,8 +102,12 @@ class Session:
         tensors = {**self.carry, **tensors, "rng": rng_tensors()}
         full = {**state, "carry": self.carry_state, "carry_groups": sorted(self.carry), "rng": rng_state()}
         fraction = self.progress.fraction if self.progress is not None else 0.0
-        manifest = save_checkpoint(self.target.directory, self.fingerprint, stage, step, fraction, full, tensors)
         self.last_save = time.monotonic()
+        try:
+            manifest = save_checkpoint(self.target.directory, self.fingerprint, stage, step, fraction, full, tensors)
+        except OSError as err:   # a full disk costs the ability to resume, not the job
+            log.warning("checkpoint at %s step %d not saved: %s", stage, step, err)
+            return
         self.saves += 1
         self.target.saved(manifest)
 

@@ -124,7 +124,24 @@ def test_resume_after_a_mask_round_gives_the_same_model(inputs, reference, tmp_p
     assert "teacher" not in [s for s, _ in seen] and not list(ck_dir.iterdir())   # removed on success
 
 
-def test_resume_mid_finetune_gives_the_same_model(inputs, reference, tmp_path):
+def test_resume_after_the_teacher_stage_gives_the_same_model(inputs, reference, tmp_path):
+    model, data = inputs
+    ck_dir = tmp_path / "ck"
+    with pytest.raises(CompressionCancelled):   # stopped in round 1: the teacher's checkpoint is the latest
+        compress(model, data, BUDGET, "vtrans", OPTS, tmp_path / "out", StopAt(lambda s, m, e: s == "masks"),
+                 checkpoint=ck_dir)
+    assert json.loads((ck_dir / "manifest.json").read_text())["stage"] == "teacher"
+    stages = []
+    result = compress(model, data, BUDGET, "vtrans", OPTS, tmp_path / "out", lambda s, f, m: stages.append(s),
+                      checkpoint=ck_dir)
+    assert "teacher" not in stages and result.metrics["teacher"] == reference.metrics["teacher"]
+    assert _max_diff(_weights(reference.output_dir), _weights(result.output_dir)) == 0.0
+
+
+def test_resume_mid_finetune_gives_the_same_model(inputs, reference, tmp_path, monkeypatch):
+    import vtrans_core.progress
+
+    monkeypatch.setattr(vtrans_core.progress, "MIN_INTERVAL_SECONDS", 0.0)   # every step reported: stop at 5
     model, data = inputs
     ck_dir = tmp_path / "ck"
     stop = StopAt(lambda s, m, e: s == "finetune" and m.get("step") == 5)
