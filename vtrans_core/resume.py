@@ -65,7 +65,7 @@ class Session:
         self.last_save = time.monotonic()
         self.saves = 0
 
-    def open(self) -> "Session":
+    def open(self) -> Session:
         try:
             self.loaded = load_checkpoint(self.target.directory, self.fingerprint)
         except CheckpointInvalid as err:
