@@ -117,10 +117,29 @@ class ArtifactStore:
                 length -= len(block)
                 yield block
 
+    def keys(self, prefix: str) -> list[str]:
+        """Keys of the files below `prefix` (relative to the store root), sorted."""
+        base = self._path(prefix)
+        if not self.fs.exists(base):
+            return []
+        root = self.root + "/"
+        return sorted(p[len(root):] if p.startswith(root) else posixpath.relpath(p, self.root)
+                      for p in (self.fs.find(base) or []) if not p.endswith(".partial"))
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        if self.fs.exists(path):
+            self.fs.rm(path)
+
     def delete_prefix(self, prefix: str) -> None:
         path = self._path(prefix)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+
+def checkpoint_prefix(job_id: str) -> str:
+    """Where a running job keeps its (latest) checkpoint (worker/checkpoints.py); removed when it ends."""
+    return f"jobs/{job_id}/checkpoint"
 
 
 def _storage_options(url: str) -> dict:

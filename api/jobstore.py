@@ -106,6 +106,19 @@ def report_progress(db_url: str, claim_: Claim, stage: str, fraction: float, met
     return True, bool(row[0])
 
 
+def note(db_url: str, claim_: Claim, message: str) -> bool:
+    """A status message of the running attempt (e.g. "resumed from checkpoint: ..."), if it still
+    owns the job. False otherwise."""
+    with session_scope(db_url) as s:
+        owned = s.execute(select(Job.id).where(_owned(claim_))).first()
+        if owned is None:
+            return False
+        ev = add_event(s, claim_.job_id, claim_.tenant_id, "status", status="running", message=message,
+                       attempt=claim_.attempt)
+    publish(claim_.job_id, [ev])
+    return True
+
+
 def renew_lease(db_url: str, claim_: Claim, lease_seconds: float) -> bool:
     """Extend the lease of an attempt that is alive but has nothing to report (the worker's
     heartbeat thread). No event is written. False when the attempt no longer owns the job."""
@@ -169,7 +182,8 @@ def request_cancel(db_url: str, job_id: str, tenant_id: str) -> str | None:
 def reap(db_url: str, max_attempts: int, on_reaped=None) -> list[str]:
     """Jobs whose worker stopped renewing its lease: requeue them, or end them after max_attempts
     (or as cancelled when a cancel was requested). Returns the ids to enqueue again.
-    `on_reaped(job_id, attempt)` is called after commit for each dead attempt (to clean its files)."""
+    `on_reaped(job_id, attempt, status)` is called after commit for each dead attempt (to clean its
+    files); `status` is the job's new one (queued again, or failed / cancelled: the job ended)."""
     now = utcnow()
     requeue, events = [], []
     with session_scope(db_url) as s:
@@ -198,5 +212,5 @@ def reap(db_url: str, max_attempts: int, on_reaped=None) -> list[str]:
     for job_id, ev in events:
         publish(job_id, [ev])
         if on_reaped is not None:
-            on_reaped(job_id, ev["attempt"])
+            on_reaped(job_id, ev["attempt"], ev["status"])
     return requeue

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     # The broker must not hand a running job out again before it can finish (Redis visibility timeout).
     max_job_seconds: int = 48 * 3600
     worker_max_tasks_per_child: int = 1  # fresh process per job: frees (GPU) memory between jobs
+    # Resumable jobs: a running job saves a checkpoint to the artifact store (jobs/<id>/checkpoint/)
+    # after each stage and every this many seconds of fine-tuning; a new attempt continues from it.
+    # < 0: no checkpoints (a new attempt starts over).
+    checkpoint_seconds: float = 300.0
 
     # Schedules and webhooks (issue #14), run by `vtrans scheduler` (and by `vtrans serve`).
     scheduler_interval_seconds: float = 5.0   # how often due schedules are looked for

@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of vtrans_core.options.CompressionOptions (repeatable), e.g. layout=per_layer")
     p.add_argument("--seq-len", type=int, default=None, help="sequence length the FLOPs budget is counted at (default 128)")
+    p.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="save checkpoints in DIR and resume from the one there (an interrupted run goes on)")
     p.add_argument("--json", action="store_true", help="print the full metrics as JSON at the end")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     return p
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         _parser().print_help()
         return 0
+    args = None
     try:
         args = _parser().parse_args(argv)
         budget = parse_budget(args.budget, args.seq_len)
@@ -130,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         from .entry import compress
 
         result = compress(args.model, args.data, budget, args.method, options, args.output, _Printer(args.quiet),
-                          eval_data=args.eval_data, export=args.export)
+                          eval_data=args.eval_data, export=args.export, checkpoint=args.checkpoint)
     except CompressionError as err:
         print(f"vtrans compress: error: {err}", file=sys.stderr)
         return USAGE_ERROR
     except KeyboardInterrupt:
-        print("vtrans compress: interrupted, nothing written", file=sys.stderr)
+        print("vtrans compress: interrupted, nothing written"
+              + (f" (run it again to resume from {args.checkpoint})" if args and args.checkpoint else ""),
+              file=sys.stderr)
         return 130
     except Exception as err:  # a failure while working: still one clear line, no traceback
         print(f"vtrans compress: failed: {type(err).__name__}: {err}", file=sys.stderr)

@@ -259,13 +259,17 @@ def _publish(tmp: Path, output_dir: Path) -> None:
 
 def compress(model: Any, data: Any, budget: Any, method: str, options: Any = None,
              output_dir: str | Path = "vtrans-out", progress=None, eval_data: Any = None,
-             export: Any = None) -> CompressionResult:
+             export: Any = None, checkpoint: Any = None, checkpoint_seconds: float = 300.0) -> CompressionResult:
     """Compress `model` on `data` to `budget` with `method`; see docs/CONTRACTS.md §1.
 
     `eval_data` (same forms as `data`, same labels): a separate evaluation set; the job then
     trains on every row of `data` and reports quality on rows it never trained on.
     `export` (e.g. ["onnx"]): also write `onnx/model.onnx` into output_dir, checked against the
-    PyTorch model on held-out rows (vtrans_core/export.py); metrics["export"] says how it did."""
+    PyTorch model on held-out rows (vtrans_core/export.py); metrics["export"] says how it did.
+    `checkpoint` (a folder, or a resume.CheckpointTarget): save checkpoints there at the stage
+    boundaries and every `checkpoint_seconds` of fine-tuning, and continue from the one found
+    there (resume.py); an unusable one is discarded with a warning. Removed on success.
+    Language-modelling jobs do not checkpoint yet (the folder is left alone)."""
     from .data import check_data_spec
 
     method = _check_method(method)
@@ -286,14 +290,33 @@ def compress(model: Any, data: Any, budget: Any, method: str, options: Any = Non
 
     from .pipeline import run_pipeline  # torch-heavy: imported only once the request is sane
 
+    from .checkpoint import CheckpointInvalid, clear_checkpoint
+    from .resume import Session, as_target, request_fingerprint
+
+    target = as_target(checkpoint)
+    session = None
+    if target is not None:
+        session = Session(target, request_fingerprint(kind, source, config, data, eval_data, parsed_budget, method,
+                                                      opts, formats), checkpoint_seconds).open()
     tmp = _temp_sibling(output_dir)
     try:
-        plan, metrics = run_pipeline(kind, source, config, data, parsed_budget, method, opts, tmp, progress,
-                                     eval_data=eval_data, export=formats)
+        try:
+            plan, metrics = run_pipeline(kind, source, config, data, parsed_budget, method, opts, tmp, progress,
+                                         eval_data=eval_data, export=formats, session=session)
+        except CheckpointInvalid as err:
+            # found unusable only while restoring (shapes, rows): start over once, without it
+            session.discard(str(err))
+            session = Session(target, session.fingerprint, checkpoint_seconds)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = _temp_sibling(output_dir)
+            plan, metrics = run_pipeline(kind, source, config, data, parsed_budget, method, opts, tmp, progress,
+                                         eval_data=eval_data, export=formats, session=session)
         _publish(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if target is not None:
+        clear_checkpoint(target.directory)   # the result is out: nothing left to resume
     return CompressionResult(output_dir=output_dir, metrics=metrics, plan=plan)
 
 

@@ -34,7 +34,8 @@ TRAIN_CHECK_ROWS = 1000   # training rows the dense model is scored on (the memo
 
 
 def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: CompressionOptions,
-                 out_dir: Path, callback, eval_data=None, export: list[str] | None = None):
+                 out_dir: Path, callback, eval_data=None, export: list[str] | None = None, session=None):
+    """`session`: resume.Session (checkpoints; None: none are saved or read)."""
     if config is None and kind == "hub":   # a hub model's config is known only now
         from transformers import AutoConfig
 
@@ -59,7 +60,8 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
     started = time.perf_counter()
     strategy = get_method(method)
     progress = Progress(callback, {"load": 5.0, "teacher": 1e-6, "masks#1": 50.0, "finetune": 20.0,
-                                   "evaluate": 10.0, "save": 2.0})
+                                   "evaluate": 10.0, "save": 2.0},
+                        floor=session.fraction if session is not None else 0.0)   # a resumed run reports on from there
     progress.start("load")
     seed_everything(opts.seed)
     device = pick_device(opts.device)
@@ -97,7 +99,19 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
 
     model.to(device)
     teacher_info = {"fine_tuned": False, "epochs": 0, "accuracy": None}
-    if order is None:
+    if session is not None:
+        session.progress = progress
+        _check_rows(session, len(enc_train))
+    if session is not None and "dense" in session.carry:   # the teacher stage was done by an earlier attempt
+        from .checkpoint import load_module
+
+        load_module(model, session.carry["dense"], "the teacher's weights")
+        teacher_info = dict(session.carry_state["teacher_info"])
+        keys = list(progress.plan)
+        progress.skip_to(keys[keys.index("teacher") + 1])
+        if session.resumes_at("teacher"):
+            session.restore_rng(session.loaded)
+    elif order is None:
         # No head for these labels: fine-tune a dense teacher first (issue #2, item 8).
         progress.start("teacher")
         enc_teacher = encode(tokenizer, train_split, opts.seq_len)
@@ -109,8 +123,14 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
                         "accuracy": val["accuracy"], "split": "validation", "train_rows": len(train_split)}
 
     dense = dense_copy(model)
+    if session is not None and teacher_info["fine_tuned"] and "dense" not in session.carry:
+        # every later checkpoint repeats the teacher's weights (the frozen copy: never trained further)
+        session.carry["dense"] = dense.state_dict()
+        session.carry_state["teacher_info"] = teacher_info
+        session.save("teacher", teacher_steps, {}, {})
     ctx = Context(model=model, dense=dense, teacher=Teacher(dense, len(enc_train)), enc_train=enc_train,
-                  options=opts, budget=budget, device=device, progress=progress, structures=structures_of(opts))
+                  options=opts, budget=budget, device=device, progress=progress, structures=structures_of(opts),
+                  checkpoint=session)
     pruned, final_plan = strategy.run(ctx)
     pruned.eval()
 
@@ -164,6 +184,7 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
         + evaluation_warnings(eval_data is None, dense_eval["accuracy"], dense_train_acc,
                               text_overlap(train_split.texts, eval_split.texts)),
         "history": ctx.history, "options": opts.to_dict(),
+        **({"checkpoint": session.info()} if session is not None else {}),
     }
     if export:
         from .export import export_onnx, held_out_batches
@@ -173,6 +194,16 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
                                                  latency_runs=opts.latency_runs)}
     write_metrics(metrics, progress, started, out_dir)
     return final_plan, metrics
+
+
+def _check_rows(session, rows: int) -> None:
+    """The checkpoint's training rows must be this run's (the fingerprint covers the inputs; this
+    catches a change in how they are read)."""
+    from .checkpoint import CheckpointInvalid
+
+    if session.loaded is not None and session.carry_state.get("rows") != rows:
+        raise CheckpointInvalid(f"it was made on {session.carry_state.get('rows')} training rows, this run has {rows}")
+    session.carry_state["rows"] = rows
 
 
 def write_metrics(metrics: dict, progress: Progress, started: float, out_dir: Path) -> None:

@@ -15,11 +15,12 @@ MIN_INTERVAL_SECONDS = 0.5
 
 
 class Progress:
-    def __init__(self, callback: ProgressFn | None, plan: dict[str, float]):
+    def __init__(self, callback: ProgressFn | None, plan: dict[str, float], floor: float = 0.0):
         """`plan`: stage key -> relative weight, in execution order.
 
         A stage that runs several times (masks/prune per round) gets one key per run,
-        "masks#1", "masks#2", ...; the part before '#' is the stage name reported."""
+        "masks#1", "masks#2", ...; the part before '#' is the stage name reported.
+        `floor`: a run resumed from a checkpoint reports no less than where the checkpoint was."""
         self.callback = callback
         self.plan = {k: max(float(v), 1e-6) for k, v in plan.items()}
         self.total = sum(self.plan.values())
@@ -28,7 +29,7 @@ class Progress:
         self.stage_started = 0.0
         self.stage_seconds: dict[str, float] = {}
         self.started = time.perf_counter()
-        self.fraction = 0.0
+        self.fraction = self.origin = float(floor)
         self.last_report = 0.0
 
     def replan(self, stage: str, weight: float) -> None:
@@ -36,6 +37,13 @@ class Progress:
         if stage in self.plan and stage != self.stage_name:
             self.total += max(weight, 1e-6) - self.plan[stage]
             self.plan[stage] = max(weight, 1e-6)
+
+    def skip_to(self, stage: str) -> None:
+        """A resumed run: every stage planned before `stage` counts as done (none is reported)."""
+        self._finish_current()
+        keys = list(self.plan)
+        if stage in keys:
+            self.done_weight = sum(self.plan[k] for k in keys[:keys.index(stage)])
 
     def start(self, stage: str, **metrics: Any) -> None:
         self._finish_current()
@@ -76,7 +84,8 @@ class Progress:
             return
         self.last_report = now
         elapsed = now - self.started
-        eta = elapsed * (1.0 - self.fraction) / self.fraction if self.fraction > 0.01 else None
+        run = self.fraction - self.origin   # this run's share (a resumed run started at origin)
+        eta = elapsed * (1.0 - self.fraction) / run if run > 0.01 else None
         payload = {k: _jsonable(v) for k, v in metrics.items()}
         if eta is not None:
             payload["eta_seconds"] = round(eta, 1)

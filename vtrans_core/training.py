@@ -141,23 +141,42 @@ def hidden_distillation(student_hidden, teacher_hidden, attention_mask, hidden_o
 def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int, device, seed: int,
                      tick: Tick, teacher: Teacher | None = None, temperature: float = 2.0,
                      distill_weight: float = 0.0, hidden_weight: float = 0.0, constant_lr: bool = False,
-                     loss_fn=classification_loss) -> list[dict]:
+                     loss_fn=classification_loss, resume: dict | None = None, on_step=None) -> list[dict]:
     """AdamW with linear warmup/decay (or a constant rate) for `steps` batches; distils from
     `teacher` when given.
 
     Used for the dense teacher (no teacher) and for recovery fine-tuning of a pruned model.
+    Checkpoints (resume.py): `on_step(step, snapshot)` is called after every step, `snapshot()`
+    giving the loop's state (JSON, tensors); `resume` is such a snapshot to continue from (the
+    model's weights and the RNG states are the caller's to restore).
     """
+    from .checkpoint import load_optimizer, optimizer_tensors
+    from .resume import BatchStream
+
     params = [p for p in model.parameters() if p.requires_grad]
     if steps <= 0 or not params:
         return []
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = None if constant_lr else _linear_warmup_decay(opt, steps)
-    batches = endless_batches(enc, batch_size, device, random.Random(seed))
+    batches = BatchStream(enc, batch_size, device, random.Random(seed))   # = endless_batches, resumable
     model.train()
-    history, running = [], 0.0
+    history, running, first = [], 0.0, 1
+    if resume is not None:
+        loop = resume["state"]
+        load_optimizer(opt, resume["tensors"], loop["optim"])
+        if sched is not None:
+            sched.load_state_dict(loop["sched"])
+        batches.load_state(loop["stream"])
+        history, running, first = list(loop["history"]), float(loop["running"]), int(loop["step"]) + 1
+
+    def snapshot(step: int):
+        flat, meta = optimizer_tensors(opt)
+        return ({"step": step, "running": running, "history": list(history), "optim": meta,
+                 "sched": sched.state_dict() if sched is not None else None, "stream": batches.state()}, flat)
+
     want_hidden = teacher is not None and hidden_weight > 0
     origin = student_origin(model) if want_hidden else (None, None)
-    for step in range(1, steps + 1):
+    for step in range(first, steps + 1):
         batch = next(batches)
         out = model(**_strip(batch), output_hidden_states=want_hidden)
         t_logits, t_hidden = teacher.outputs(batch, want_hidden) if teacher is not None else (None, None)
@@ -174,6 +193,8 @@ def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int
         running = loss.item() if step == 1 else 0.9 * running + 0.1 * loss.item()
         if step % 10 == 0 or step == steps:
             history.append({"step": step, "loss": round(running, 5)})
+        if on_step is not None and step < steps:
+            on_step(step, lambda: snapshot(step))
         tick(step, steps, step=step, total_steps=steps, loss=running, task_loss=task.item(), distill_loss=distill.item())
     model.eval()
     return history

@@ -19,6 +19,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from vtrans_core.errors import CompressionCancelled, CompressionError
 
+from .checkpoints import StoreCheckpoint
 from .heartbeat import Heartbeat
 from .model_card import HUB_ID, Source, model_card, model_name_for_upload
 
@@ -158,6 +159,11 @@ def _package(settings: Settings, store: ArtifactStore, job: Job, result: Any, wo
     return rows
 
 
+def _ended(checkpoint: StoreCheckpoint | None) -> None:
+    if checkpoint is not None:
+        checkpoint.remove()
+
+
 def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStore | None = None) -> str:
     """Returns what happened: skipped (not ours to run), succeeded, failed, cancelled or lost."""
     # Import torch & co. before claiming, so the lease clock does not run during a slow import.
@@ -177,14 +183,18 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
     work.mkdir(parents=True)
     heartbeat = Heartbeat(settings, claim).start()  # renews the lease from now until the attempt ends
     progress = Progress(settings, claim, heartbeat)
+    checkpoint = StoreCheckpoint(store, settings.db_url, claim, work) if settings.checkpoint_seconds >= 0 else None
     try:
         with session_scope(settings.db_url) as s:
             job = s.get(Job, job_id)
         model_arg, data_arg, eval_arg = _inputs(settings, store, job, work)
         req = job.request
+        if checkpoint is not None:
+            checkpoint.download()   # an earlier attempt's, if any: compress() resumes from it
         result = compress(model=model_arg, data=data_arg, budget=req["budget"], method=req["method"],
                           options=req.get("options"), output_dir=str(work / "out"), progress=progress,
-                          eval_data=eval_arg, export=req.get("export"))
+                          eval_data=eval_arg, export=req.get("export"), checkpoint=checkpoint,
+                          checkpoint_seconds=max(settings.checkpoint_seconds, 0.0))
         progress("save", 1.0, {})  # last chance to honour a cancel before the result is published
         artifacts = _package(settings, store, job, result, work, prefix)
         heartbeat.stop()
@@ -192,8 +202,9 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
                                artifacts=artifacts, message="compressed model ready"):
             store.delete_prefix(prefix)
             return "lost"
+        _ended(checkpoint)
         return "succeeded"
-    except LeaseLost:
+    except LeaseLost:   # the checkpoint stays: the attempt that owns the job now may be using it
         heartbeat.stop()
         store.delete_prefix(prefix)
         log.warning("job %s attempt %d lost its lease; another attempt owns it", job_id, claim.attempt)
@@ -201,20 +212,23 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
     except CompressionCancelled:
         store.delete_prefix(prefix)
         heartbeat.stop()
-        _finish(settings, claim, "cancelled", message="cancelled while running; partial files removed")
+        if _finish(settings, claim, "cancelled", message="cancelled while running; partial files removed"):
+            _ended(checkpoint)   # (not when another attempt owns the job now: it may be using it)
         return "cancelled"
     except CompressionError as err:
         store.delete_prefix(prefix)
         heartbeat.stop()
-        _finish(settings, claim, "failed",
-                        error={"type": "CompressionError", "field": err.field, "message": err.message})
+        if _finish(settings, claim, "failed",
+                   error={"type": "CompressionError", "field": err.field, "message": err.message}):
+            _ended(checkpoint)
         return "failed"
     except Exception as err:  # a bug or a resource problem: the user sees the type and message
         log.exception("job %s failed", job_id)
         store.delete_prefix(prefix)
         heartbeat.stop()
-        _finish(settings, claim, "failed",
-                        error={"type": type(err).__name__, "message": str(err)[:2000] or type(err).__name__})
+        if _finish(settings, claim, "failed",
+                   error={"type": type(err).__name__, "message": str(err)[:2000] or type(err).__name__}):
+            _ended(checkpoint)
         return "failed"
     finally:
         heartbeat.stop()

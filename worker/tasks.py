@@ -10,7 +10,7 @@ import uuid
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from api import jobstore, worker_registry
-from api.artifacts import ArtifactStore
+from api.artifacts import ArtifactStore, checkpoint_prefix
 from api.settings import get_settings
 
 from .celery_app import TASK_NAME, app, send_job
@@ -34,9 +34,11 @@ def reap_once() -> list[str]:
     settings = get_settings()
     store = ArtifactStore(settings.artifacts)
 
-    def forget_attempt(job_id: str, attempt: int) -> None:
+    def forget_attempt(job_id: str, attempt: int, status: str) -> None:
         # A worker that died while uploading leaves files no row points at: remove them.
         store.delete_prefix(f"jobs/{job_id}/attempt-{attempt}")
+        if status != "queued":   # the job ended (gave up, or cancelled): its checkpoint has no use
+            store.delete_prefix(checkpoint_prefix(job_id))
 
     requeued = jobstore.reap(settings.db_url, settings.max_attempts, on_reaped=forget_attempt)
     for job_id in requeued:  # the rows are committed as queued: now tell a worker

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .. import contract, idempotency, job_requests, jobstore, limits, routing, schemas, webhooks, worker_registry
-from ..artifacts import ArtifactStore
+from ..artifacts import ArtifactStore, checkpoint_prefix
 from ..deps import get_app_settings, get_db, get_store, owned_or_404
 from ..job_requests import JobRequest
 from ..models import JOB_STATUSES, Artifact, Job, utcnow
@@ -173,11 +173,13 @@ def _waiting(settings: Settings, job: Job, live: dict[str, int] | None) -> str |
              summary="Cancel a job", response_description="the job: cancelled at once when queued, "
              "cancel_requested while its worker stops", responses=contract.problems(401, 404, 409))
 def cancel_job(job_id: str, settings: Settings = Depends(get_app_settings), db: Session = Depends(get_db),
-               tenant: str = Depends(get_tenant)) -> schemas.Job:
+               store: ArtifactStore = Depends(get_store), tenant: str = Depends(get_tenant)) -> schemas.Job:
     job = _get_job(db, tenant, job_id)
     if job.status in ("succeeded", "failed"):
         raise Problem(409, f"job {job_id} already {job.status}; nothing to cancel", slug="job-finished")
-    jobstore.request_cancel(settings.db_url, job_id, tenant)
+    if jobstore.request_cancel(settings.db_url, job_id, tenant) == "cancelled" and job.attempts:
+        # requeued after a lost worker, cancelled before a new attempt: no worker will remove it
+        store.delete_prefix(checkpoint_prefix(job_id))
     db.expire_all()
     return job_out(_get_job(db, tenant, job_id))
 

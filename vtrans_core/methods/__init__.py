@@ -29,6 +29,7 @@ class Context:
     history: list[dict] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)   # method-specific metrics
     task: Any = None           # tasks.Task: owns the loss (None: sequence classification's)
+    checkpoint: Any = None     # resume.Session: saves at the method's boundaries (None: no checkpoints)
 
     @property
     def loss_fn(self):
@@ -138,6 +139,24 @@ def reconstruct_cut(ctx: Context, model, plan, enc, mode: str) -> dict:
     return {**summary, "tokens": sum(len(ids) for ids in enc.input_ids[:rows])}
 
 
+def teacher_tensors(ctx: Context) -> dict:
+    """The teacher's cached logits for a checkpoint: recomputed in another batch they could
+    differ in the last bits (padding), and a resumed run must see the same ones."""
+    t = ctx.teacher
+    return {"teacher": {"cache": t.cache, "known": t.known}} if getattr(t, "cacheable", False) else {}
+
+
+def restore_teacher(ctx: Context, checkpoint) -> None:
+    if getattr(ctx.teacher, "cacheable", False) and checkpoint.has("teacher"):
+        saved = checkpoint.tensors("teacher")
+        if saved["cache"].shape != ctx.teacher.cache.shape:
+            from ..checkpoint import CheckpointInvalid
+
+            raise CheckpointInvalid("the teacher's cached logits have another shape")
+        ctx.teacher.cache.copy_(saved["cache"])
+        ctx.teacher.known.copy_(saved["known"])
+
+
 def get_method(name: str) -> Method:
     from .fast import FastVTrans
     from .faster import FasterVTrans
@@ -147,4 +166,5 @@ def get_method(name: str) -> Method:
     return registry[name]()
 
 
-__all__ = ["Context", "Method", "Origin", "get_method", "reconstruct_cut", "refine_weight", "refit_rows"]
+__all__ = ["Context", "Method", "Origin", "get_method", "reconstruct_cut", "refine_weight", "refit_rows",
+           "restore_teacher", "teacher_tensors"]

@@ -18,7 +18,7 @@ import torch
 
 from ..data import Encoded, Split
 from ..training import BudgetLagrangian, MaskRound, epoch_steps, train_masks
-from . import Context, Method, Origin, reconstruct_cut, refine_weight
+from . import Context, Method, Origin, reconstruct_cut, refine_weight, restore_teacher, teacher_tensors
 from .fast import subset_size
 
 # At least 32 steps (one pass over the default 1,024-row subset, two over the 512 rows it was
@@ -59,20 +59,23 @@ class FasterVTrans(Method):
         from ..plan import make_plan
         from ..prunable import PrunableModel
 
-        opts, budget = ctx.options, ctx.budget
+        opts, budget, session = ctx.options, ctx.budget, ctx.checkpoint
         pm = PrunableModel(ctx.model, structures=ctx.structures, layout=opts.layout)
         origin = Origin(pm.reference)
         enc = ctx.enc_train
         ctx.info.update(importance=opts.importance, train_rows=len(enc))
         scores = None
-        if opts.importance != "vib":
+        ranked = session.resumes_at("masks") if session is not None else None
+        if ranked is not None:   # an earlier attempt ranked the units: its gates (or Fisher scores)
+            scores = self._resume(ctx, pm, ranked)
+        elif opts.importance != "vib":
             ctx.progress.start("masks#fisher")   # reported as the `masks` stage (contract)
             rows = _head(enc, opts.fisher_rows)
             info = fisher_information(pm, rows, ctx.device, lambda d, t: ctx.progress.update(d, t),
                                       loss_fn=ctx.loss_fn)
             scores = fisher_scores(pm, info, budget.kind, budget.seq_len)
             ctx.info["fisher_rows"] = len(rows)
-        if opts.importance != "fisher":
+        if opts.importance != "fisher" and ranked is None:
             if opts.importance == "vib+fisher":
                 init_gates_from_fisher(pm, scores)
             else:
@@ -94,6 +97,12 @@ class FasterVTrans(Method):
                                            BudgetLagrangian(opts.budget_lambda_lr), loss_fn=ctx.loss_fn))
             ctx.info.update(mask_steps=steps, mask_rows=len(mask_rows), gate_trace=trace)
             scores = pm.log_alphas()
+        if session is not None and ranked is None:
+            gates = {"masks": pm.masks.state_dict()} if opts.importance != "fisher" else {}
+            session.save("masks", ctx.info.get("mask_steps", 0),
+                         {"method": {"info": dict(ctx.info), "history": list(ctx.history),
+                                     "scores": scores if opts.importance == "fisher" else None}},
+                         {**gates, **teacher_tensors(ctx)})
         ctx.progress.start("prune#1")
         size_fraction = self._latency_fraction(ctx, pm) if budget.kind == "speedup" else None
         plan = make_plan(pm.shape, pm.reference, scores, budget.size_kind, budget.size_target, budget.seq_len,
@@ -114,6 +123,22 @@ class FasterVTrans(Method):
         for p in model.parameters():
             p.requires_grad_(True)
         return model, full_plan
+
+    def _resume(self, ctx: Context, pm, ck):
+        """State after the ranking stage from checkpoint `ck`; returns the scores for the cut."""
+        from ..checkpoint import load_module
+
+        saved = ck.state["method"]
+        ctx.info, ctx.history[:] = dict(saved["info"]), list(saved["history"])
+        restore_teacher(ctx, ck)
+        if ctx.options.importance == "fisher":
+            scores = saved["scores"]
+        else:
+            load_module(pm.masks, ck.tensors("masks"), "the masks")
+            scores = pm.log_alphas()
+        ctx.checkpoint.restore_rng(ck)
+        ctx.progress.skip_to("prune#1")
+        return scores
 
     def _latency_fraction(self, ctx: Context, pm):
         """Predicted time / dense time from the cached latency table of this shape and device."""

@@ -28,7 +28,7 @@ import torch
 from ..budget import Budget
 from ..schedule import finetune_steps, mask_cost_in_finetune_steps, reconstruct_cost_in_finetune_steps
 from ..training import BudgetLagrangian, MaskRound, train_masks, train_supervised
-from . import Context, Method, Origin, reconstruct_cut, refine_weight
+from . import Context, Method, Origin, reconstruct_cut, refine_weight, restore_teacher, teacher_tensors
 
 # Relative cost of one step, in forward+backward batches of the dense model (for the ETA).
 MASK_STEP_COST = 1.3     # gates, KL and expected-size terms, teacher logits on first sight
@@ -63,15 +63,39 @@ class VTrans(Method):
         return plan
 
     def run(self, ctx: Context):
+        from ..checkpoint import load_module
+        from ..plan import PruningPlan
         from ..prunable import PrunableModel
 
-        opts, budget = ctx.options, ctx.budget
+        opts, budget, session = ctx.options, ctx.budget, ctx.checkpoint
         pm = PrunableModel(ctx.model, structures=ctx.structures, layout=opts.layout)
         origin = Origin(pm.reference)
         lagrangian = BudgetLagrangian(opts.budget_lambda_lr)
         steps = self.mask_steps(len(ctx.enc_train), opts)
-        done = 0
+        done, plans, first = 0, [], 1
+        # a checkpoint of an earlier attempt: after a round's cut, or after the refit / during fine-tuning
+        at_round = session.resumes_at("round") if session is not None else None
+        late = session.resumes_at("refine", "finetune") if session is not None else None
+        if at_round is not None or late is not None:
+            saved = (at_round or late).state["method"]
+            done, plans, first = saved["done"], list(saved["plans"]), saved["round"] + 1
+            lagrangian.lambda1, lagrangian.lambda2 = saved["lambdas"]
+            ctx.history[:], ctx.info = list(saved["history"]), dict(saved["info"])
+            restore_teacher(ctx, at_round or late)
+            for d in plans:   # the rounds' cuts again (shapes and origins); the weights come next
+                plan = PruningPlan.from_dict(d)
+                origin.apply(plan)
+                pm = pm.materialize(plan)
+                origin.follow(pm.shape.n_layers, plan)
+            if at_round is not None:
+                load_module(pm.model, at_round.tensors("model"), "the model")
+                load_module(pm.masks, at_round.tensors("masks"), "the masks")
+                session.restore_rng(at_round)
+                ctx.progress.skip_to(f"masks#{first}" if first <= opts.prune_rounds else
+                                     ("refine" if opts.reconstruct != "off" else "finetune"))
         for r, target in enumerate(self.round_targets(budget.target, opts.prune_rounds), start=1):
+            if r < first:
+                continue
             ctx.progress.start(f"masks#{r}")
             with torch.no_grad():
                 start = float(pm.expected_fraction(budget.kind, budget.seq_len))
@@ -88,14 +112,35 @@ class VTrans(Method):
             kept = {k: round(plan.fraction(k, budget.seq_len), 4) for k in ("params", "flops")}
             ctx.history.append({"step": done, "round": r, "pruned_to": target,
                                 "kept_params": kept["params"], "kept_flops": kept["flops"]})
+            plans.append(plan.to_dict())
+            if session is not None:
+                session.save(f"round#{r}", done, {"method": _state(r, done, plans, lagrangian, ctx)},
+                             {"model": pm.model.state_dict(), "masks": pm.masks.state_dict(), **teacher_tensors(ctx)})
             ctx.progress.update(1, 1, step=done, kept_flops=kept["flops"], kept_params=kept["params"])
         model = pm.remove_hooks()
         final_plan = origin.plan(opts.layout, {"budget": budget.to_dict(), "round_to": opts.round_to, "method": self.name})
         if opts.finetune_from == "dense":
             model = slice_dense(ctx, final_plan)
-            if opts.reconstruct != "off":
+            if opts.reconstruct != "off" and late is None:
                 # least-squares refit toward the dense outputs before distillation: a closer start
                 ctx.info["reconstruct"] = reconstruct_cut(ctx, model, final_plan, ctx.enc_train, opts.reconstruct)
+        state = _state(opts.prune_rounds, done, plans, lagrangian, ctx)
+        loop = None
+        if late is not None:
+            load_module(model, late.tensors("model"), "the model")
+            session.restore_rng(late)
+            ctx.progress.skip_to("finetune")
+            if late.stage == "finetune":
+                loop = {"state": late.state["loop"], "tensors": late.tensors("optim")}
+        elif session is not None:
+            session.save("refine", done, {"method": state}, {"model": model.state_dict(), **teacher_tensors(ctx)})
+
+        def on_step(step, snapshot):   # every checkpoint_seconds of fine-tuning
+            if session.due():
+                loop_state, optim = snapshot()
+                session.save("finetune", step, {"method": state, "loop": loop_state},
+                             {"model": model.state_dict(), "optim": optim, **teacher_tensors(ctx)})
+
         ctx.progress.start("finetune")
         refit = ctx.info.get("reconstruct", {}).get("rows", 0)
         ft = self.finetune_steps(len(ctx.enc_train), opts, final_plan.fraction("flops", budget.seq_len), refit)
@@ -103,13 +148,20 @@ class VTrans(Method):
                                       opts.seed + 1, ctx.progress.update, teacher=ctx.teacher,
                                       temperature=opts.distill_temperature, distill_weight=opts.distill_weight,
                                       hidden_weight=opts.hidden_distill_weight,
-                                      constant_lr=opts.finetune_schedule == "constant", loss_fn=ctx.loss_fn)
+                                      constant_lr=opts.finetune_schedule == "constant", loss_fn=ctx.loss_fn,
+                                      resume=loop, on_step=on_step if session is not None else None)
         ctx.history.extend({"step": done + h["step"], "finetune_loss": h["loss"]} for h in ft_history)
         ctx.info.update(mask_steps_per_round=steps, prune_rounds=opts.prune_rounds, finetune_steps=ft,
                         mask_weights=opts.mask_weights,
                         finetune_from=opts.finetune_from, train_rows=len(ctx.enc_train),
                         lambda1=round(lagrangian.lambda1, 4), lambda2=round(lagrangian.lambda2, 4))
         return model, final_plan
+
+
+def _state(r: int, done: int, plans: list, lagrangian: BudgetLagrangian, ctx: Context) -> dict:
+    """What a checkpoint of this method holds besides tensors (JSON)."""
+    return {"round": r, "done": done, "plans": list(plans), "lambdas": [lagrangian.lambda1, lagrangian.lambda2],
+            "history": list(ctx.history), "info": dict(ctx.info)}
 
 
 def slice_dense(ctx: Context, plan):
