@@ -106,10 +106,12 @@ def test_per_layer_layout_export_matches_the_saved_model(tiny_model_dir, tiny_da
                       "fast", opts, output_dir=out, export=["onnx"])
     onnx = result.metrics["export"]["onnx"]
     assert result.metrics["layout"] == "per_layer" and onnx["check"]["passed"]
-    assert onnx["check"]["rows"] == 32 + 32 and "export" in result.metrics["stage_seconds"]
+    # every held-out row is compared (the tiny CSV's split holds fewer than CHECK_ROWS)
+    assert onnx["check"]["rows"] == result.metrics["eval_examples"] > 0
+    assert "export" in result.metrics["stage_seconds"]
     kept = result.plan.kept_summary()
     # per_layer: the layers really differ (else this is the uniform test again)
-    assert len(set(kept["heads"])) > 1 or len(set(kept["ffn"])) > 1, kept
+    assert len(set(kept["heads_per_layer"])) > 1 or len(set(kept["ffn_per_layer"])) > 1, kept
 
     model = load_pruned(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
