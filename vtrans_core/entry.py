@@ -113,12 +113,6 @@ def _check_export(export: Any) -> list[str]:
     return formats
 
 
-def _check_export_task(formats: list[str], opts: CompressionOptions) -> None:
-    if formats and opts.task == "language-modeling":
-        raise CompressionError("export", "ONNX export covers classification models; causal language models "
-                               "are not exported yet (leave export out)")
-
-
 def validate_request(model_config: dict | Any | None, budget: Any, method: Any, options: Any,
                      export: Any = None, data: Any = None) -> dict:
     """Cheap checks without loading weights; returns the normalized request (with `export`
@@ -136,7 +130,6 @@ def validate_request(model_config: dict | Any | None, budget: Any, method: Any, 
     config = _config_dict(model_config)
     if config is not None:
         _check_config(config, parsed, opts, data)
-        _check_export_task(formats, opts)
     return {"method": method, "budget": parsed.to_dict(), "options": opts.to_dict(),
             **({"export": formats} if formats else {})}
 
@@ -286,7 +279,6 @@ def compress(model: Any, data: Any, budget: Any, method: str, options: Any = Non
     kind, source, config = resolve_model_source(model)
     if config is not None:
         _check_config(config, parsed_budget, opts, data)
-        _check_export_task(formats, opts)
 
     from .pipeline import run_pipeline  # torch-heavy: imported only once the request is sane
 

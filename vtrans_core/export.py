@@ -12,8 +12,13 @@ named onnx/model.onnx is a promise that it computes the same function.
 Both runtimes are then timed on the same held-out batch (alternating, median), so the metrics
 say what serving the pruned model through onnxruntime gains or costs on the worker's CPU.
 
-Only the encoder families (sequence classification) reach this code today; compress() refuses
-decoders before any work (entry._check_config).
+Causal LMs (`causal_lm=True`, the llama and gpt2 families) export the same way: inputs
+input_ids / attention_mask, output `logits` [batch, sequence, vocab], computed without a KV cache
+(use_cache=False: a prefill / scoring graph, not an incremental decoder). They are checked on
+held-out LM windows of real text (`lm_held_out_batches`: full windows, shorter prefixes and a
+right-padded batch of mixed lengths) at every real token position; the tolerance alone decides
+there, since a top-1 flip between two next tokens whose logits agree within it is a tie, not a
+different function (the agreement is still reported).
 """
 from __future__ import annotations
 
@@ -59,8 +64,10 @@ def onnx_available() -> str | None:
     return ", ".join(missing) or None
 
 
-def _logits_only(model):
-    """The classifier with named tensor inputs and one output, `logits` (the graph's interface)."""
+def _logits_only(model, causal_lm: bool = False):
+    """The model with named tensor inputs and one output, `logits` (the graph's interface).
+    A causal LM runs without its KV cache: a cache would add past_key_values outputs whose
+    shapes depend on the layer sizes pruning left, and scoring/prefill does not need them."""
     import torch
 
     class LogitsOnly(torch.nn.Module):
@@ -70,6 +77,8 @@ def _logits_only(model):
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
             extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            if causal_lm:
+                extra["use_cache"] = False
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
     return LogitsOnly().eval()   # a fresh Module is in training mode; the exporter traces what it is given
@@ -80,29 +89,33 @@ def _inputs_of(batch: dict) -> dict:
 
 
 def export_onnx(model, out_dir: str | Path, batches: list[dict], *, latency_runs: int = 10,
-                opset: int = ONNX_OPSET, tick=None) -> dict[str, Any]:
-    """Export `model` (a classifier in eval mode) to out_dir/onnx/model.onnx and check it.
+                opset: int = ONNX_OPSET, tick=None, causal_lm: bool = False) -> dict[str, Any]:
+    """Export `model` (a classifier, or a causal LM with `causal_lm`, in eval mode) to
+    out_dir/onnx/model.onnx and check it.
 
-    `batches`: held-out batches as `data.collate` builds them (input_ids, attention_mask and,
-    for families that have them, token_type_ids; other keys are ignored); the first is the
-    trace example, all are compared, the largest is timed. Returns the `export.onnx` metrics."""
+    `batches`: held-out batches as `data.collate` (classifiers) or `lm_held_out_batches` (LMs)
+    build them (input_ids, attention_mask and, for families that have them, token_type_ids;
+    other keys are ignored); the first is the trace example, all are compared, the largest is
+    timed. Returns the `export.onnx` metrics."""
     missing = onnx_available()
     if missing:
         raise CompressionError("export", f"ONNX export needs the packages {missing} (pip install 'vtrans[onnx]')")
     if not batches:
         raise CompressionError("export", "no held-out rows to check the exported model on")
-    import numpy as np
     import onnxruntime as ort
     import torch
 
     tick = tick or (lambda done, total: None)
-    model = model.to("cpu").eval()
+    # onnxruntime's CPU kernels are float32; a model trained in bfloat16/float16 (an LM job on a
+    # GPU) is exported in float32 and checked as such. In place: callers export after saving.
+    trained_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    model = model.to("cpu", torch.float32).eval()
     batches = [{k: v.to("cpu") for k, v in _inputs_of(b).items()} for b in batches]
     names = list(batches[0])
     target = Path(out_dir) / "onnx" / "model.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    wrapper = _logits_only(model)
+    wrapper = _logits_only(model, causal_lm)
     dims = {name: {0: "batch", 1: "sequence"} for name in names}   # named dynamic dimensions
     started = time.perf_counter()
     try:
@@ -122,28 +135,15 @@ def export_onnx(model, out_dir: str | Path, batches: list[dict], *, latency_runs
     so.intra_op_num_threads = threads   # the same cores PyTorch uses: a fair latency comparison
     so.inter_op_num_threads = 1
     session = ort.InferenceSession(str(target), so, providers=["CPUExecutionProvider"])
-    feeds = lambda b: {n: b[n].numpy() for n in names}
 
-    worst, worst_excess, rows, agree = 0.0, -1.0, 0, 0
-    for b in batches:
-        with torch.no_grad():
-            ref = wrapper(*(b[n] for n in names)).numpy()
-        got = session.run(["logits"], feeds(b))[0]
-        if got.shape != ref.shape:
-            raise CompressionError("export", f"the ONNX graph answered shape {got.shape} where PyTorch gives "
-                                   f"{ref.shape} (batch x labels)")
-        diff = np.abs(got - ref)
-        worst = max(worst, float(diff.max()))
-        worst_excess = max(worst_excess, float((diff - (ONNX_ATOL + ONNX_RTOL * np.abs(ref))).max()))
-        agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
-        rows += ref.shape[0]
+    check = _compare(wrapper, session, batches, names, causal_lm)
     tick(2, 3)
-    check = {"rows": rows, "batches": len(batches), "max_abs_diff": worst, "atol": ONNX_ATOL, "rtol": ONNX_RTOL,
-             "prediction_agreement": agree / rows, "passed": worst_excess <= 0 and agree == rows}
     if not check["passed"]:
+        worst, rows, agree = check["max_abs_diff"], check["rows"], check["prediction_agreement"]
+        changed = (f" or change {rows - round(agree * rows)} of {rows} predictions" if not causal_lm else "")
         raise CompressionError("export", f"the ONNX model's logits differ from PyTorch's by up to {worst:.3g} "
-                               f"(tolerance {ONNX_ATOL:g} + {ONNX_RTOL:g} x |logit|) or change {rows - agree} of "
-                               f"{rows} predictions on held-out rows; not delivered")
+                               f"(tolerance {ONNX_ATOL:g} + {ONNX_RTOL:g} x |logit|){changed} on held-out "
+                               f"{'windows' if causal_lm else 'rows'}; not delivered")
 
     timed = max(batches, key=lambda b: b[names[0]].numel())
     torch_ms, onnx_ms = _time_both(wrapper, session, timed, names, latency_runs)
@@ -151,11 +151,45 @@ def export_onnx(model, out_dir: str | Path, batches: list[dict], *, latency_runs
     files = sorted(p.relative_to(out_dir).as_posix() for p in target.parent.iterdir() if p.is_file())
     return {"file": "onnx/model.onnx", "files": files, "opset": opset, "inputs": names, "outputs": ["logits"],
             "dynamic_axes": {"batch": 0, "sequence": 1}, "exporter": f"torch.onnx (dynamo) {torch.__version__}",
+            **({"task": "language-modeling", "logits_shape": ["batch", "sequence", "vocab"], "kv_cache": False}
+               if causal_lm else {}),
+            "dtype": "float32", **({"exported_from_dtype": trained_dtype} if trained_dtype != "float32" else {}),
             "onnxruntime": ort.__version__, "export_seconds": round(export_seconds, 2), "check": check,
             "latency_ms": {"pytorch": torch_ms, "onnxruntime": onnx_ms,
                            "speedup": round(torch_ms / onnx_ms, 3) if onnx_ms > 0 else None,
                            "batch": int(timed[names[0]].shape[0]), "seq": int(timed[names[0]].shape[1]),
                            "threads": threads, "device": "cpu", "runs": latency_runs}}
+
+
+def _compare(wrapper, session, batches: list[dict], names: list[str], causal_lm: bool) -> dict[str, Any]:
+    """Both runtimes on every batch: the largest excess over the tolerance decides. An LM is
+    compared at the positions that hold a real token (attention_mask 1), padding is not output."""
+    import numpy as np
+    import torch
+
+    worst, worst_excess, rows, agree, positions = 0.0, -1.0, 0, 0, 0
+    for b in batches:
+        with torch.no_grad():
+            ref = wrapper(*(b[n] for n in names)).numpy()
+        got = session.run(["logits"], {n: b[n].numpy() for n in names})[0]
+        if got.shape != ref.shape:
+            raise CompressionError("export", f"the ONNX graph answered shape {got.shape} where PyTorch gives "
+                                   f"{ref.shape} ({'batch x sequence x vocab' if causal_lm else 'batch x labels'})")
+        if causal_lm:
+            real = b["attention_mask"].numpy().astype(bool)
+            got, ref = got[real], ref[real]          # [real tokens, vocab]
+        diff = np.abs(got - ref)
+        worst = max(worst, float(diff.max()))
+        worst_excess = max(worst_excess, float((diff - (ONNX_ATOL + ONNX_RTOL * np.abs(ref))).max()))
+        agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
+        positions += ref.shape[0]
+        rows += int(b[names[0]].shape[0])
+    passed = worst_excess <= 0 and (causal_lm or agree == positions)
+    out = {"rows": rows, "batches": len(batches), "max_abs_diff": worst, "atol": ONNX_ATOL, "rtol": ONNX_RTOL,
+           "prediction_agreement": agree / positions, "passed": passed}
+    if causal_lm:
+        out["tokens"] = positions     # token positions compared (each a full vocabulary of logits)
+    return out
 
 
 def _time_both(wrapper, session, batch: dict, names: list[str], runs: int) -> tuple[float, float]:
@@ -191,4 +225,37 @@ def held_out_batches(enc, device="cpu", rows: int = CHECK_ROWS, batch: int = CHE
     out = [collate(enc, c, device) for c in chunks]
     if n >= LATENCY_BATCH:
         out.append(collate(enc, order[:LATENCY_BATCH], device))
+    return out
+
+
+LM_CHECK_WINDOWS = 8   # an LM's logits are [tokens x vocab]: a few windows already compare millions
+
+
+def lm_held_out_batches(windows, rows: int = LM_CHECK_WINDOWS, pad_id: int = 0) -> list[dict]:
+    """Batches of held-out LM windows (tasks.language_modeling.Windows, real tokens) that vary
+    batch size and sequence length: 2 full windows (the trace example), 2 cut to 3/4, one
+    alone at half length, and the rest right-padded to mixed lengths in one batch (the mask
+    path). A window shorter than 8 tokens is used whole."""
+    import torch
+
+    ids = windows.ids[: max(1, rows)].to("cpu")
+    if ids.shape[0] < 2:   # a trace example of batch 1 would fix the batch size in the graph
+        ids = ids.repeat(2, 1)
+    n, length = ids.shape
+
+    def batch(x, mask=None):
+        return {"input_ids": x.contiguous(), "attention_mask": torch.ones_like(x) if mask is None else mask}
+
+    out = [batch(ids[:2])]
+    if length >= 8 and n >= 4:
+        out.append(batch(ids[2:4, : length * 3 // 4]))
+        out.append(batch(ids[4:5, : length // 2]))
+        rest = ids[5:]
+        if len(rest):
+            mask = torch.ones_like(rest)
+            for i in range(len(rest)):       # lengths L, L/2, L/3, ...: padding on the right
+                mask[i, max(2, length // (i + 1)):] = 0
+            out.append(batch(rest.masked_fill(mask == 0, pad_id), mask))
+    elif n > 2:
+        out.append(batch(ids[2:]))
     return out

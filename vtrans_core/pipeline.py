@@ -50,13 +50,10 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
 
     task_obj = choose_task(config, data, opts.task)
     if task_obj.name != "sequence-classification":   # a task that is its own teacher (language modelling)
-        from .entry import _check_export_task
         from .pipeline_lm import run_lm_pipeline
 
-        _check_export_task(export or [], opts)   # a hub model's config (and task) is known only now
-
         return run_lm_pipeline(task_obj, kind, source, config, data, budget, method, opts, out_dir, callback,
-                               eval_data=eval_data)
+                               eval_data=eval_data, export=export)
     started = time.perf_counter()
     strategy = get_method(method)
     progress = Progress(callback, {"load": 5.0, "teacher": 1e-6, "masks#1": 50.0, "finetune": 20.0,

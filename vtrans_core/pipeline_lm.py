@@ -39,7 +39,7 @@ def _load_model(kind, source, dtype: str):
 
 
 def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, method: str, opts: CompressionOptions,
-                    out_dir: Path, callback, eval_data=None):
+                    out_dir: Path, callback, eval_data=None, export: list[str] | None = None):
     from .tasks.language_modeling import generation_samples, read_documents
 
     started = time.perf_counter()
@@ -72,7 +72,9 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
         enc_eval = enc_eval.head(opts.max_eval_examples)
 
     plan = {**strategy.stage_plan(len(enc_train), opts), "evaluate": 2 * len(enc_eval) / EVAL_BATCH + 4.0,
-            "save": 2.0}
+            "save": 2.0,
+            # tracing + checking costs roughly a few dozen forwards of the model
+            **({"export": 10.0 + 2 * opts.latency_runs} if export else {})}
     plan.setdefault("finetune", 1e-6)
     progress.plan = {"load": progress.plan["load"], **plan}
     progress.total = sum(progress.plan.values())
@@ -143,6 +145,14 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
         "warnings": task.quality_warnings(dense_eval, pruned_eval, enc_eval),
         "history": ctx.history, "options": opts.to_dict(),
     }
+    if export:   # after save: the export runs the model in float32 on the CPU (in place)
+        from .export import export_onnx, lm_held_out_batches
+
+        progress.start("export")
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        metrics["export"] = {"onnx": export_onnx(pruned, out_dir, lm_held_out_batches(enc_eval, pad_id=pad_id),
+                                                 tick=progress.update, latency_runs=opts.latency_runs,
+                                                 causal_lm=True)}
     from .pipeline import write_metrics   # lazy: pipeline imports this module lazily too
 
     write_metrics(metrics, progress, started, out_dir)

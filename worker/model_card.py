@@ -88,6 +88,8 @@ def onnx_section(metrics: dict[str, Any]) -> str:
     onnx = (metrics.get("export") or {}).get("onnx")
     if not onnx:
         return ""
+    if onnx.get("task") == "language-modeling":
+        return _lm_onnx_section(onnx)
     check, lat = onnx["check"], onnx["latency_ms"]
     return f"""
 ## ONNX
@@ -111,6 +113,41 @@ tokenizer = AutoTokenizer.from_pretrained("model")
 session = ort.InferenceSession("onnx/model.onnx")
 enc = tokenizer(["an example"], return_tensors="np")
 logits = session.run(["logits"], {{n: enc[n].astype(np.int64) for n in {onnx['inputs']!r}}})[0]
+```
+"""
+
+
+def _lm_onnx_section(onnx: dict[str, Any]) -> str:
+    """A causal LM's graph: logits for every position, no KV cache; the snippet decodes greedily
+    by re-running the whole sequence (what a graph without a cache means for generation)."""
+    check, lat = onnx["check"], onnx["latency_ms"]
+    return f"""
+## ONNX
+
+`onnx/model.onnx` (a separate artifact of the job: download it next to `model/`; opset {onnx['opset']}, inputs
+{', '.join(f'`{n}`' for n in onnx['inputs'])}, output `logits` [batch, sequence, vocab], batch and sequence length
+dynamic) was exported with {onnx['exporter']} without a KV cache: it scores or pre-fills whole sequences,
+and generating with it re-runs the sequence for every new token. It was checked with onnxruntime
+{onnx['onnxruntime']} on {check['rows']} held-out text windows ({check.get('tokens', 'n/a')} token positions): largest
+difference from the PyTorch model's logits {check['max_abs_diff']:.2g} (tolerance {check['atol']:g} + {check['rtol']:g} x
+|logit|), same next token at {check['prediction_agreement']:.0%} of the positions.
+
+| latency, batch {lat['batch']} x {lat['seq']} tokens, {lat['threads']} CPU threads | ms |
+|---|---|
+| pruned model, PyTorch | {_fmt(lat['pytorch'], '.1f')} |
+| pruned model, onnxruntime | {_fmt(lat['onnxruntime'], '.1f')} |
+
+```python
+import numpy as np, onnxruntime as ort
+from transformers import AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("model")
+session = ort.InferenceSession("onnx/model.onnx")
+ids = tokenizer(["the first words of a text"], return_tensors="np")["input_ids"].astype(np.int64)
+for _ in range(8):  # greedy decoding; no KV cache, so each step runs the whole sequence
+    logits = session.run(["logits"], {{"input_ids": ids, "attention_mask": np.ones_like(ids)}})[0]
+    ids = np.concatenate([ids, logits[:, -1:].argmax(-1)], axis=1)
+print(tokenizer.decode(ids[0]))
 ```
 """
 
@@ -191,7 +228,7 @@ Perplexity = exp(mean next-token loss) on {_fmt(ev.get('tokens_scored'))} held-o
 ```python
 {snippet}
 ```
-"""
+{onnx_section(metrics)}"""
     result = []
     if isinstance(pruned.get("perplexity"), (int, float)):
         result = [EvalResult(task_type="text-generation", dataset_type=source.dataset_name,

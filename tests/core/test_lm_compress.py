@@ -154,3 +154,34 @@ def test_dtype_option_is_checked():
     with pytest.raises(CompressionError) as e:
         validate_request(None, {"kind": "params", "target": 0.8}, "faster", {"dtype": "int8"})
     assert e.value.field == "options.dtype"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_export_onnx_of_a_pruned_lm_matches_the_delivered_model(family, llama_dir, gpt2_dir, corpus, tmp_path):
+    """export: ["onnx"] on an LM job: stage `export` after save, checked on held-out windows, timed,
+    and the file computes what the saved model computes (loaded with stock transformers)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = llama_dir if family == "llama" else gpt2_dir
+    out = tmp_path / "out"
+    result = compress(str(model_dir), str(corpus), {"kind": "params", "target": 0.8, "seq_len": SEQ}, "faster",
+                      OPTIONS, output_dir=out, export=["onnx"])
+    m = result.metrics
+    onnx = m["export"]["onnx"]
+    assert onnx["check"]["passed"] and onnx["check"]["tokens"] > 0 and onnx["kv_cache"] is False
+    assert onnx["check"]["max_abs_diff"] <= onnx["check"]["atol"] == 1e-4 and onnx["check"]["rtol"] == 1e-3
+    assert onnx["latency_ms"]["pytorch"] > 0 and onnx["latency_ms"]["onnxruntime"] > 0
+    assert "export" in m["stage_seconds"] and json.loads((out / "metrics.json").read_text())["export"] == m["export"]
+    assert (out / "onnx" / "model.onnx").is_file()
+
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok(["she was not in the time of his new one and they said"], return_tensors="pt")["input_ids"]
+    session = ort.InferenceSession(str(out / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy())})[0]
+    with torch.no_grad():
+        ref = model(input_ids=ids, use_cache=False).logits.numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)

@@ -60,3 +60,45 @@ def test_load_snippet_runs_as_written(layout, tiny_model_dir, tmp_path):
     finally:
         os.chdir(cwd)
     assert scope["model"].config.num_labels == 2 and scope["tokenizer"]("great day")["input_ids"]
+
+
+def test_lm_card_onnx_section_and_its_snippet_run_as_written(tmp_path):
+    """An LM job with export: ["onnx"]: the card's ONNX section, and its greedy-decoding snippet
+    run unchanged next to model/ and onnx/, giving the PyTorch model's logits."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+
+    from core.decoders import random_doc, save_tiny_lm, tiny_tokenizer   # tests/ is on sys.path
+    from vtrans_core import export as ex
+    from vtrans_core.tasks.language_modeling import pack
+
+    save_tiny_lm("llama-gqa", tmp_path / "model")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model").eval()
+    windows = pack(tiny_tokenizer(), [random_doc(i, 40) for i in range(8)], 16)
+    info = ex.export_onnx(model, tmp_path, ex.lm_held_out_batches(windows), latency_runs=1, causal_lm=True)
+    metrics = {"task": "language-modeling", "family": "llama", "layout": "uniform", "dtype": "float32",
+               "evaluation": {"window": 16, "stride": 16, "tokens_scored": 100},
+               "dense": {"perplexity": 90.0}, "pruned": {"perplexity": 95.0}, "export": {"onnx": info}}
+    source = Source(model_name="tiny-llama", model_label="tiny-llama", hub_id=None, dataset_name="corpus.txt",
+                    dataset_label="corpus.txt")
+    card = ModelCard(model_card(source, {"method": "faster", "budget": {"kind": "params", "target": 0.8}},
+                                metrics, "job_lm"))
+    assert card.data.to_dict()["pipeline_tag"] == "text-generation"
+    section = card.text[card.text.index("## ONNX"):]
+    assert "without a KV cache" in section and f"{info['check']['tokens']} token positions" in section
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        scope: dict = {}
+        exec(compile(snippet, "README.md", "exec"), scope)  # the card's own code, unchanged
+    finally:
+        os.chdir(cwd)
+    ids = scope["ids"]
+    assert ids.shape[1] == scope["tokenizer"](["the first words of a text"], return_tensors="np")["input_ids"].shape[1] + 8
+    with torch.no_grad():   # the snippet's last step ran the sequence without its final token
+        ref = model(input_ids=torch.from_numpy(ids[:, :-1]), use_cache=False).logits.numpy()
+    np.testing.assert_allclose(scope["logits"], ref, atol=ex.ONNX_ATOL, rtol=ex.ONNX_RTOL)

@@ -74,3 +74,23 @@ def test_worker_delivers_a_checked_onnx_artifact(service_settings, celery_worker
         with torch.no_grad():
             ref = model.eval()(**feeds).logits.numpy()
         np.testing.assert_allclose(got, ref, atol=onnx["check"]["atol"], rtol=onnx["check"]["rtol"])
+
+
+def test_language_model_jobs_may_ask_for_onnx(client, enqueued, tmp_path):
+    """No longer refused: an LM job with export: ["onnx"] is queued with it (the worker exports
+    logits without a KV cache; tests/core/test_lm_compress.py runs that path)."""
+    from core.decoders import save_tiny_lm, write_text_corpus   # tests/ is on sys.path
+
+    from .conftest import tar_gz_of
+
+    model_dir = save_tiny_lm("gpt2", tmp_path / "model")
+    corpus = write_text_corpus(tmp_path / "corpus.txt", n_docs=20, words=40)
+    m = client.post("/v1/models", files={"file": ("tiny-gpt2.tar.gz", tar_gz_of(model_dir), "application/gzip")})
+    d = client.post("/v1/datasets", files={"file": ("corpus.txt", corpus.read_bytes(), "text/plain")})
+    assert m.status_code == 201 and d.status_code == 201, (m.text, d.text)
+    r = client.post("/v1/jobs", json={"model": m.json()["id"], "dataset": d.json()["id"], "method": "faster",
+                                      "budget": {"kind": "params", "target": 0.8, "seq_len": 16}, "export": ["onnx"]})
+    assert r.status_code == 202, r.text
+    req = r.json()["request"]
+    assert req["export"] == ["onnx"] and req["options"]["task"] == "language-modeling"
+    assert enqueued == [r.json()["id"]]
