@@ -61,7 +61,8 @@ def _check_config(config: dict, budget: Budget, opts: CompressionOptions, data: 
 
     adapter = adapter_for(config)  # raises CompressionError("model", ...) for an unknown family
     task = choose_task(config, data, opts.task)
-    opts.apply_task_defaults(task.name, _prunable_widths(adapter.shape_from_config(config), opts))
+    shape = adapter.shape_from_config(config)
+    opts.apply_task_defaults(task.name, lambda o: _prunable_widths(shape, o))
     opts.task = task.name
     floor = min_fraction(config, budget.size_kind, budget.seq_len, structures=structures_of(opts), layout=opts.layout,
                          round_to=opts.round_to)

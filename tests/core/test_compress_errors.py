@@ -110,12 +110,12 @@ def test_method_dependent_defaults_are_resolved_and_explicit_values_win(tiny_mod
     picked = lambda o: tuple(o[k] for k in keys)  # noqa: E731
     assert picked(validate_request(cfg, budget, "vtrans", None)["options"]) == (True, True, 0.0, 0.05, 1e-5)
     assert picked(validate_request(cfg, budget, "fast", {})["options"]) == (True, True, 0.0, 0.05, 1e-5)
-    # faster keeps the residual width (and, in uniform, the heads tied to it), skips the hidden-state
-    # pass and ranks its masks in a short schedule (higher mask rate and KL weight)
-    assert picked(validate_request(cfg, budget, "faster", None)["options"]) == (False, False, 0.0, 0.1, 1e-4)
-    assert picked(validate_request(cfg, budget, "faster", {"layout": "per_layer"})["options"])[:2] == (False, True)
-    explicit = {"prune_hidden": True, "prune_heads": True, "hidden_distill_weight": 0.5, "mask_lr": 0.01, "beta": 0}
-    assert picked(validate_request(cfg, budget, "faster", explicit)["options"]) == (True, True, 0.5, 0.01, 0)
+    # faster prunes every structure too, skips the hidden-state pass and ranks its masks in a short
+    # schedule (higher mask rate and KL weight)
+    assert picked(validate_request(cfg, budget, "faster", None)["options"]) == (True, True, 0.0, 0.1, 1e-4)
+    assert picked(validate_request(cfg, budget, "faster", {"layout": "per_layer"})["options"])[:2] == (True, True)
+    explicit = {"prune_hidden": False, "prune_heads": False, "hidden_distill_weight": 0.5, "mask_lr": 0.01, "beta": 0}
+    assert picked(validate_request(cfg, budget, "faster", explicit)["options"]) == (False, False, 0.5, 0.01, 0)
     assert picked(validate_request(cfg, budget, "vtrans", {"prune_hidden": None})["options"])[0] is True
     for bad, field in (({"prune_hidden": "yes"}, "options.prune_hidden"),
                        ({"hidden_distill_weight": -1}, "options.hidden_distill_weight"),

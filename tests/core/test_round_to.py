@@ -71,3 +71,13 @@ def test_tiny_llama_without_round_to_prunes_in_whole_groups(tmp_path):
     assert ffn < 64 and ffn % 8 == 0, ffn
     assert json.loads((out / "metrics.json").read_text())["options"]["round_to"] == 8
 
+
+
+def test_faster_keeps_a_decoders_hidden_width_unless_asked():
+    """faster prunes the hidden width of encoders (its least-squares refit makes that work with
+    frozen weights) but not of language models, which have no refit; an explicit value wins."""
+    config = _llama(hidden_size=576, intermediate_size=1536)
+    opts = lambda method, o=None: validate_request(config, BUDGET, method, o)["options"]  # noqa: E731
+    assert opts("faster")["prune_hidden"] is False
+    assert opts("faster", {"prune_hidden": True})["prune_hidden"] is True
+    assert opts("vtrans")["prune_hidden"] is True
