@@ -303,15 +303,17 @@ def method_defaults(method: str, layout: str) -> dict[str, Any]:
     importance "fisher" and reconstruct "weights" (each refit is kept only where it lowers the
     held-out error); "vib" / "vib+fisher" and "scales" stay selectable (mask_lr, beta and gate_init
     apply to the vib rankings).
-    calibration_tokens: `faster` has no training after its refit, so it gets Kwon et al.'s full
-    2,048 x 128 tokens; vtrans/fast distil afterwards and need only a close start: half of that
-    (all 2,048 rows of tweets at ~33 tokens, ~1,090 rows of emails at ~121, which halves the spam
-    refit's time).
+    calibration_tokens: the refit's cost grows with the real tokens it reads. `faster` reads 64k
+    (~2,000 tweets, ~540 emails): on held-out spam at 0.5 FLOPs all 2,048 emails (247k tokens,
+    Kwon et al.'s 2,048 x 128) scored 96.80 and 64k tokens 96.67 (dense 97.40; 0.13 = two
+    emails) with a 5.8x shorter refit, which keeps `faster` near its 2-minute budget on CPU.
+    vtrans/fast distil afterwards: 128k (all 2,048 tweets, ~1,090 emails; on spam the refit on
+    all rows scored higher at 0.5/0.4 but took 1.6-2x the time, see benchmarks/README.md).
     """
     if method == "faster":
         return {"prune_hidden": True, "prune_heads": True, "hidden_distill_weight": 0.0,
                 "mask_lr": 0.1, "beta": 1e-4, "importance": "fisher", "gate_init": 9.0, "reconstruct": "weights",
-                "calibration_tokens": 2048 * 128}
+                "calibration_tokens": 64 * 1024}
     # vtrans/fast: the sliced dense weights are refitted ("weights") before distillation (issue #11,
     # held-out tweets at 0.4 FLOPs: the learned plan on the dense weights scored 48.30 untrained,
     # 74.50 after the refit, still untrained; dense 76.25). Fine-tuning the weights the rounds
