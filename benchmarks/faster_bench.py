@@ -200,7 +200,9 @@ def all_cases(variants) -> list[tuple[str, float]]:
 
 
 def report() -> str:
-    dense = (load_json(OUT / "dense.json") or load_json(CACHE_DIR / "teacher.json") or {}).get("accuracy")
+    task_dir = task_paths(OUT.name if OUT != OUT_ROOT else "tweets")[1]    # each task's own teacher
+    dense = (load_json(OUT / "dense.json") or load_json(CACHE_DIR / "teacher.json" if task_dir is None
+                                                        else task_dir / "teacher.json") or {}).get("accuracy")
     lines = [f"Dense teacher: {dense} on the held-out rows ({OUT}). Cells: accuracy (drop).", "",
              "| variant | FLOPs target | FLOPs | ranking alone | + scales | + weights | rank s | scales s | weights s |",
              "|---|---|---|---|---|---|---|---|---|"]
