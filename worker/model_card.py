@@ -100,10 +100,7 @@ with onnxruntime {onnx['onnxruntime']} on {check['rows']} held-out rows: largest
 PyTorch model's logits {check['max_abs_diff']:.2g} (tolerance {check['atol']:g} + {check['rtol']:g} x |logit|),
 same prediction on {check['prediction_agreement']:.0%} of the rows.
 
-| latency, batch {lat['batch']} x {lat['seq']} tokens, {lat['threads']} CPU threads | ms |
-|---|---|
-| pruned model, PyTorch | {_fmt(lat['pytorch'], '.1f')} |
-| pruned model, onnxruntime | {_fmt(lat['onnxruntime'], '.1f')} |
+{_onnx_latency(lat)}
 
 ```python
 import numpy as np, onnxruntime as ort
@@ -115,6 +112,12 @@ enc = tokenizer(["an example"], return_tensors="np")
 logits = session.run(["logits"], {{n: enc[n].astype(np.int64) for n in {onnx['inputs']!r}}})[0]
 ```
 """
+
+
+def _onnx_latency(lat: dict[str, Any]) -> str:
+    return (f"| latency, batch {lat['batch']} x {lat['seq']} tokens, {lat['threads']} CPU threads | ms |\n"
+            f"|---|---|\n| pruned model, PyTorch | {_fmt(lat['pytorch'], '.1f')} |\n"
+            f"| pruned model, onnxruntime | {_fmt(lat['onnxruntime'], '.1f')} |")
 
 
 def _lm_onnx_section(onnx: dict[str, Any]) -> str:
@@ -132,10 +135,7 @@ and generating with it re-runs the sequence for every new token. It was checked 
 difference from the PyTorch model's logits {check['max_abs_diff']:.2g} (tolerance {check['atol']:g} + {check['rtol']:g} x
 |logit|), same next token at {check['prediction_agreement']:.0%} of the positions.
 
-| latency, batch {lat['batch']} x {lat['seq']} tokens, {lat['threads']} CPU threads | ms |
-|---|---|
-| pruned model, PyTorch | {_fmt(lat['pytorch'], '.1f')} |
-| pruned model, onnxruntime | {_fmt(lat['onnxruntime'], '.1f')} |
+{_onnx_latency(lat)}
 
 ```python
 import numpy as np, onnxruntime as ort
