@@ -61,6 +61,20 @@ def make_client(settings, headers: dict[str, str] | None = None, enqueue=None):
                       headers=headers if headers is not None else auth(settings))
 
 
+def submit_job(settings, inputs, options: dict, method: str = "fast") -> str:
+    """Submit a job through the API with the real enqueue (Celery) and return its id."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    model_id, ds_id = inputs
+    with TestClient(create_app(settings), headers=auth(settings)) as c:
+        r = c.post("/v1/jobs", json={"model": model_id, "dataset": ds_id, "budget": BUDGET, "method": method,
+                                     "options": options})
+        assert r.status_code == 202, r.text
+        return r.json()["id"]
+
+
 @pytest.fixture
 def api_settings(service_settings):
     """service_settings with a generous job quota (limits are tested with their own copies)."""

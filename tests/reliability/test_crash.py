@@ -10,8 +10,8 @@ import signal
 import pytest
 from sqlalchemy import select
 
-from .conftest import (BUDGET, SLOW, artifact_rows, job_row, running_with_progress, start_worker,
-                       stored_files, wait_status)
+from .conftest import (SLOW, artifact_rows, job_row, running_with_progress, start_worker,
+                       stored_files, submit_job, wait_status)
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +26,7 @@ def crash_settings(service_settings, tmp_path):
 
 
 def _submit(settings, inputs) -> str:
-    from fastapi.testclient import TestClient
-
-    from api.app import create_app
-
-    from .conftest import auth
-
-    model_id, ds_id = inputs
-    with TestClient(create_app(settings), headers=auth(settings)) as c:  # the real enqueue (Celery)
-        r = c.post("/v1/jobs", json={"model": model_id, "dataset": ds_id, "budget": BUDGET, "method": "fast",
-                                     "options": SLOW})
-        assert r.status_code == 202, r.text
-        return r.json()["id"]
+    return submit_job(settings, inputs, SLOW)
 
 
 def _kill9(proc) -> None:

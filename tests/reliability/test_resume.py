@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from .conftest import BUDGET, SLOW, artifact_rows, job_row, start_worker, stored_files, wait_for, wait_status
+from .conftest import BUDGET, SLOW, submit_job, artifact_rows, job_row, start_worker, stored_files, wait_for, wait_status
 from .test_s3_store import s3, s3_env  # noqa: F401  (fixtures: a moto server process)
 
 pytestmark = pytest.mark.slow
@@ -31,18 +31,7 @@ def resume_settings(service_settings, tmp_path):
 
 
 def _submit(settings, inputs) -> str:
-    from fastapi.testclient import TestClient
-
-    from api.app import create_app
-
-    from .conftest import auth
-
-    model_id, ds_id = inputs
-    with TestClient(create_app(settings), headers=auth(settings)) as c:  # the real enqueue (Celery)
-        r = c.post("/v1/jobs", json={"model": model_id, "dataset": ds_id, "budget": BUDGET, "method": "fast",
-                                     "options": OPTIONS})
-        assert r.status_code == 202, r.text
-        return r.json()["id"]
+    return submit_job(settings, inputs, OPTIONS)
 
 
 def _store_root(settings) -> Path:
