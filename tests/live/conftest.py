@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -20,46 +18,11 @@ import httpx
 import pytest
 
 from service.conftest import (  # noqa: F401  (fixtures re-exported for tests/live)
-    auth, celery_worker, pg_url, redis_broker, service_settings, settings_env, start_proc, wait_for)
+    Server, auth, celery_worker, free_port, pg_url, redis_broker, service_settings, settings_env, start_api,
+    start_proc, wait_for)
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, proc, url: str, settings):
-        self.proc, self.url, self.settings = proc, url, settings
-
-    def client(self, authorized: bool = True, **kw) -> httpx.Client:
-        headers = auth(self.settings) if authorized and self.settings.api_key else {}
-        return httpx.Client(base_url=self.url, timeout=httpx.Timeout(20.0), headers=headers, **kw)
-
-
-def start_api(start_proc, settings, name: str, extra_env: dict[str, str]) -> Server:
-    port = free_port()
-    env = settings_env(settings)
-    env.update(extra_env)
-    proc = start_proc([sys.executable, "-m", "api.cli", "api", "--port", str(port)], env, name)
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        if proc.p.poll() is not None:
-            return True
-        try:
-            return httpx.get(url + "/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    # 60 s is plenty on an idle machine; a machine busy with benchmarks can set more.
-    wait_for(up, float(os.environ.get("VTRANS_TEST_START_SECONDS", "60")), 0.3, what=f"{name} answering")
-    assert proc.p.poll() is None, proc.output()
-    return Server(proc, url, settings)
 
 
 @pytest.fixture

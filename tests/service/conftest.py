@@ -7,12 +7,14 @@ import io
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -218,3 +220,41 @@ def celery_worker(service_settings, start_proc):
     wait_for(lambda: "ready." in proc.output() or proc.p.poll() is not None, 90, what="worker ready")
     assert proc.p.poll() is None, proc.output()
     return proc
+
+
+# ------------------------------------------------------------------ an API process (real HTTP)
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, proc, url: str, settings):
+        self.proc, self.url, self.settings = proc, url, settings
+
+    def client(self, authorized: bool = True, **kw) -> httpx.Client:
+        headers = auth(self.settings) if authorized and self.settings.api_key else {}
+        return httpx.Client(base_url=self.url, timeout=httpx.Timeout(20.0), headers=headers, **kw)
+
+
+def start_api(start_proc, settings, name: str, extra_env: dict[str, str]) -> Server:
+    port = free_port()
+    env = settings_env(settings)
+    env.update(extra_env)
+    proc = start_proc([sys.executable, "-m", "api.cli", "api", "--port", str(port)], env, name)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        if proc.p.poll() is not None:
+            return True
+        try:
+            return httpx.get(url + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # 60 s is plenty on an idle machine; a machine busy with benchmarks can set more.
+    wait_for(up, float(os.environ.get("VTRANS_TEST_START_SECONDS", "60")), 0.3, what=f"{name} answering")
+    assert proc.p.poll() is None, proc.output()
+    return Server(proc, url, settings)

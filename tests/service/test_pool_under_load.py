@@ -2,21 +2,13 @@
 and SSE followers do not hold a connection between their polls (a small pool makes it visible)."""
 from __future__ import annotations
 
-import socket
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 
-from .conftest import Recorder, auth, settings_env, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import Recorder, auth, start_api, wait_for
 
 
 def _queued_jobs(settings, n: int) -> list[str]:
@@ -57,24 +49,10 @@ def test_sse_followers_hold_no_connection_between_polls(service_settings, start_
     followers polling the database every 0.2 s: if a follower kept its connection between polls,
     the pool would be gone and the followers' polls and a plain GET would fail."""
     ids = _queued_jobs(service_settings, 8)
-    port = free_port()
-    env = settings_env(service_settings)
-    env.update({"VTRANS_DB_POOL_SIZE": "2", "VTRANS_DB_MAX_OVERFLOW": "0", "VTRANS_DB_POOL_TIMEOUT": "2",
-                "VTRANS_EVENT_SAFETY_POLL_SECONDS": "0.2", "VTRANS_EVENT_POLL_SECONDS": "0.2",
-                "VTRANS_EVENT_PING_SECONDS": "0.5"})
-    proc = start_proc([sys.executable, "-m", "api.cli", "api", "--port", str(port)], env, "api-small-pool")
-    url = f"http://127.0.0.1:{port}"
-
-    def up():
-        if proc.p.poll() is not None:
-            return True
-        try:
-            return httpx.get(url + "/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 90, 0.3, what="api answering")
-    assert proc.p.poll() is None, proc.output()
+    server = start_api(start_proc, service_settings, "api-small-pool", {
+        "VTRANS_DB_POOL_SIZE": "2", "VTRANS_DB_MAX_OVERFLOW": "0", "VTRANS_DB_POOL_TIMEOUT": "2",
+        "VTRANS_EVENT_SAFETY_POLL_SECONDS": "0.2", "VTRANS_EVENT_POLL_SECONDS": "0.2", "VTRANS_EVENT_PING_SECONDS": "0.5"})
+    proc, url = server.proc, server.url
     pings: dict[str, int] = {}
     failures: list[str] = []
     stop = threading.Event()
