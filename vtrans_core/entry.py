@@ -262,8 +262,7 @@ def compress(model: Any, data: Any, budget: Any, method: str, options: Any = Non
     PyTorch model on held-out rows (vtrans_core/export.py); metrics["export"] says how it did.
     `checkpoint` (a folder, or a resume.CheckpointTarget): save checkpoints there at the stage
     boundaries and every `checkpoint_seconds` of fine-tuning, and continue from the one found
-    there (resume.py); an unusable one is discarded with a warning. Removed on success.
-    Language-modelling jobs do not checkpoint yet (the folder is left alone)."""
+    there (resume.py); an unusable one is discarded with a warning. Removed on success."""
     from .data import check_data_spec
 
     method = _check_method(method)

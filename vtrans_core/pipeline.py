@@ -53,7 +53,7 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
         from .pipeline_lm import run_lm_pipeline
 
         return run_lm_pipeline(task_obj, kind, source, config, data, budget, method, opts, out_dir, callback,
-                               eval_data=eval_data, export=export)
+                               eval_data=eval_data, export=export, session=session)
     started = time.perf_counter()
     strategy = get_method(method)
     progress = Progress(callback, {"load": 5.0, "teacher": 1e-6, "masks#1": 50.0, "finetune": 20.0,

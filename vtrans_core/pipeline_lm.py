@@ -39,12 +39,18 @@ def _load_model(kind, source, dtype: str):
 
 
 def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, method: str, opts: CompressionOptions,
-                    out_dir: Path, callback, eval_data=None, export: list[str] | None = None):
+                    out_dir: Path, callback, eval_data=None, export: list[str] | None = None, session=None):
+    """`session`: resume.Session, as in pipeline.run_pipeline. There is no teacher stage to carry:
+    the dense model is re-read from its source on every attempt, so a checkpoint holds only what
+    the method saves (masks, plans, the pruned weights and optimiser state), never a second copy
+    of a multi-GB dense model."""
+    from .pipeline import _check_rows   # lazy: pipeline imports this module lazily too
     from .tasks.language_modeling import generation_samples, read_documents
 
     started = time.perf_counter()
     strategy = get_method(method)
-    progress = Progress(callback, {"load": 5.0, "masks#1": 50.0, "finetune": 20.0, "evaluate": 10.0, "save": 2.0})
+    progress = Progress(callback, {"load": 5.0, "masks#1": 50.0, "finetune": 20.0, "evaluate": 10.0, "save": 2.0},
+                        floor=session.fraction if session is not None else 0.0)   # a resumed run reports on from there
     progress.start("load")
     seed_everything(opts.seed)
     device = pick_device(opts.device)
@@ -81,10 +87,13 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
     progress.update(1, 1, examples=len(enc_train))
 
     model.to(device)
+    if session is not None:
+        session.progress = progress
+        _check_rows(session, len(enc_train))
     dense = dense_copy(model)
     ctx = Context(model=model, dense=dense, teacher=Teacher(dense, len(enc_train), cacheable=task.teacher_cacheable),
                   enc_train=enc_train, options=opts, budget=budget, device=device, progress=progress,
-                  structures=structures_of(opts), task=task)
+                  structures=structures_of(opts), task=task, checkpoint=session)
     pruned, final_plan = strategy.run(ctx)
     pruned.eval()
 
@@ -144,6 +153,7 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
         "kept": final_plan.kept_summary(), "method_info": _jsonable_info(ctx.info),
         "warnings": task.quality_warnings(dense_eval, pruned_eval, enc_eval),
         "history": ctx.history, "options": opts.to_dict(),
+        **({"checkpoint": session.info()} if session is not None else {}),
     }
     if export:   # after save: the export runs the model in float32 on the CPU (in place)
         from .export import export_onnx, lm_held_out_batches

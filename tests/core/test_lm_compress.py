@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from .decoders import decoder_config, save_tiny_lm, write_text_corpus
 from vtrans_core import compress, validate_request
@@ -185,3 +186,33 @@ def test_export_onnx_of_a_pruned_lm_matches_the_delivered_model(family, llama_di
     with torch.no_grad():
         ref = model(input_ids=ids, use_cache=False).logits.numpy()
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
+
+
+def test_a_stopped_lm_run_resumes_from_its_checkpoint_with_the_same_model(llama_dir, corpus, tmp_path):
+    """Decoders are the multi-hour jobs (issue #16, item 2): a `fast` run stopped after its
+    first mask round continues from the checkpoint and ends with the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    from vtrans_core import CompressionCancelled
+
+    budget = {"kind": "params", "target": 0.7, "seq_len": SEQ}
+    opts = {**OPTIONS, "mask_steps": 3, "prune_rounds": 2, "finetune_steps": 2}
+    ref = compress(str(llama_dir), str(corpus), budget, "fast", opts, output_dir=tmp_path / "ref")
+    ck_dir, seen = tmp_path / "ck", []
+
+    def stop_after_round_1(stage, fraction, metrics):
+        seen.append(stage)
+        if stage == "masks" and "prune" in seen[:-1]:
+            raise CompressionCancelled("stopped by the test")
+
+    with pytest.raises(CompressionCancelled):
+        compress(str(llama_dir), str(corpus), budget, "fast", opts, tmp_path / "out", stop_after_round_1,
+                 checkpoint=ck_dir)
+    manifest = json.loads((ck_dir / "manifest.json").read_text())
+    assert manifest["stage"] == "round#1" and manifest["fraction"] > 0
+    result = compress(str(llama_dir), str(corpus), budget, "fast", opts, tmp_path / "out", checkpoint=ck_dir)
+    assert result.metrics["checkpoint"]["resumed_from"] == {"stage": "round#1", "step": 3}
+    a, b = load_file(str(ref.output_dir / "model.safetensors")), load_file(str(result.output_dir / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert result.metrics["pruned"]["perplexity"] == ref.metrics["pruned"]["perplexity"]
+    assert not list(ck_dir.iterdir())   # removed on success
