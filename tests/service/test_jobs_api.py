@@ -46,9 +46,10 @@ def test_method_dependent_defaults_are_stored_resolved(client, uploaded, enqueue
     model_id, ds_id = uploaded
     base = {"model": model_id, "dataset": ds_id, "budget": {"kind": "flops", "target": 0.6}, "method": "faster"}
     opts = client.post("/v1/jobs", json={**base, "options": {}}).json()["request"]["options"]
-    assert (opts["prune_hidden"], opts["prune_heads"], opts["beta"], opts["mask_lr"]) == (False, False, 1e-4, 0.1)
-    opts = client.post("/v1/jobs", json={**base, "options": {"prune_hidden": True}}).json()["request"]["options"]
-    assert opts["prune_hidden"] is True and opts["prune_heads"] is False
+    # faster prunes every structure of a classifier by default (options.method_defaults), with its own mask schedule
+    assert (opts["prune_hidden"], opts["prune_heads"], opts["beta"], opts["mask_lr"]) == (True, True, 1e-4, 0.1)
+    opts = client.post("/v1/jobs", json={**base, "options": {"prune_hidden": False}}).json()["request"]["options"]
+    assert opts["prune_hidden"] is False and opts["prune_heads"] is True
     r = client.post("/v1/jobs", json={**base, "options": {"beta": "lots"}})
     assert r.status_code == 422 and "options.beta" in r.text
 
