@@ -46,19 +46,25 @@ def test_uploaded_model_has_no_base_model_and_is_titled_with_its_name():
     assert _card(hub_id=None).text.lstrip().startswith("# my-bert, pruned with VTrans")
 
 
+def _run_snippet(snippet: str, folder) -> dict:
+    """The card's own code, unchanged, run in `folder` (where model/ and onnx/ lie); its globals."""
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        scope: dict = {}
+        exec(compile(snippet, "README.md", "exec"), scope)
+    finally:
+        os.chdir(cwd)
+    return scope
+
+
 @pytest.mark.parametrize("layout", ["uniform", "per_layer"])
 def test_load_snippet_runs_as_written(layout, tiny_model_dir, tmp_path):
     snippet = re.search(r"```python\n(.*?)```", _card(layout).text, re.S).group(1)
     if layout == "per_layer":
         assert "from vtrans_core import load_pruned" in snippet
     shutil.copytree(tiny_model_dir, tmp_path / "model")
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        scope: dict = {}
-        exec(compile(snippet, "README.md", "exec"), scope)  # the card's own code, unchanged
-    finally:
-        os.chdir(cwd)
+    scope = _run_snippet(snippet, tmp_path)
     assert scope["model"].config.num_labels == 2 and scope["tokenizer"]("great day")["input_ids"]
 
 
@@ -90,13 +96,7 @@ def test_lm_card_onnx_section_and_its_snippet_run_as_written(tmp_path):
     section = card.text[card.text.index("## ONNX"):]
     assert "without a KV cache" in section and f"{info['check']['tokens']} token positions" in section
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        scope: dict = {}
-        exec(compile(snippet, "README.md", "exec"), scope)  # the card's own code, unchanged
-    finally:
-        os.chdir(cwd)
+    scope = _run_snippet(snippet, tmp_path)
     ids = scope["ids"]
     assert ids.shape[1] == scope["tokenizer"](["the first words of a text"], return_tensors="np")["input_ids"].shape[1] + 8
     with torch.no_grad():   # the snippet's last step ran the sequence without its final token
