@@ -18,9 +18,10 @@ from pathlib import Path
 from vtrans_core.errors import CompressionError
 
 # Top-level files from_pretrained reads for a safetensors model and its tokenizer. A sentencepiece
-# `.model` is a protobuf and a vocab/merges `.txt` is text: neither can run code when loaded.
+# `.model` is a protobuf, vocab/merges `.txt` and `.tiktoken` are text, a chat template `.jinja`
+# is rendered in transformers' sandbox: none of them can run code when loaded.
 ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.txt", "tokenizer.model", "spiece.model",
-                  "sentencepiece.bpe.model", "*.tiktoken"]
+                  "sentencepiece.bpe.model", "*.tiktoken", "*.jinja"]
 # from_pretrained on a folder reads only its top level: sub-folders (onnx/, original/, other
 # precisions) would be downloaded for nothing.
 IGNORE_PATTERNS = ["*/*"]
