@@ -50,11 +50,11 @@ def download_revision(repo_id: str, revision: str, dest: Path, *, endpoint: str 
     snapshot of that commit when the hub cannot be used. Raises CompressionError("model", ...) with
     a message for the job's user when neither works (the runner reports it as the job's error)."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     where = f"{repo_id!r} at revision {revision}"
     unreachable: BaseException | None = None
-    if constants.is_offline_mode():
+    if constants.HF_HUB_OFFLINE:   # set from HF_HUB_OFFLINE when huggingface_hub is imported
         unreachable = RuntimeError("HF_HUB_OFFLINE is set")
     else:
         try:
