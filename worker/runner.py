@@ -21,6 +21,7 @@ from vtrans_core.errors import CompressionCancelled, CompressionError
 
 from .checkpoints import StoreCheckpoint
 from .heartbeat import Heartbeat
+from .hub_download import download_revision
 from .model_card import HUB_ID, Source, model_card, model_name_for_upload
 
 log = logging.getLogger("vtrans.worker")
@@ -77,11 +78,26 @@ def _finish(settings: Settings, claim: jobstore.Claim, status: str, **kw: Any) -
             time.sleep(2)
 
 
+def _note(settings: Settings, claim: jobstore.Claim, message: str) -> None:
+    try:
+        jobstore.note(settings.db_url, claim, message)
+    except Exception as err:   # an event is information, not a reason to stop the job
+        log.warning("job %s: %s (event not recorded: %s)", claim.job_id, message, err)
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def _inputs(settings: Settings, store: ArtifactStore, job: Job, work: Path) -> tuple[str, str, str | None]:
+def hub_revision_of(job: Job) -> str | None:
+    """The hub commit sha the job recorded for its hub model (None: not a hub job, or unknown)."""
+    if not HUB_ID.match(job.model):
+        return None
+    return ((job.request or {}).get("model_source") or {}).get("revision") or None
+
+
+def _inputs(settings: Settings, store: ArtifactStore, job: Job, work: Path,
+            note=lambda message: None) -> tuple[str, str, str | None]:
     """Local paths (or hub ID / built-in name) for compress()'s model, data and eval_data."""
     eval_ref = (job.request or {}).get("eval_dataset")
     with session_scope(settings.db_url) as s:
@@ -92,6 +108,10 @@ def _inputs(settings: Settings, store: ArtifactStore, job: Job, work: Path) -> t
     if model is not None:
         local = store.local_path(model.storage_key)
         model_arg = str(local if local is not None else store.get_dir(model.storage_key, work / "input-model"))
+    elif (revision := hub_revision_of(job)) is not None:
+        # The recorded commit, not the hub's `main` of today: the job record names these bytes.
+        note(f"downloading {job.model} at revision {revision} from the Hugging Face hub")
+        model_arg = str(download_revision(job.model, revision, work / "hub-model"))
 
     def data_path(ds: Dataset | None, ref: str | None, folder: str) -> str | None:
         if ds is None:
@@ -116,7 +136,11 @@ def _plan_json(result: Any, out: Path) -> str:
 def _source(db_url: str, job: Job) -> Source:
     """Names for the model card: the model's own name and the uploads' file names, not only our ids."""
     hub = bool(HUB_ID.match(job.model))
-    source = Source(model_name=job.model, model_label=job.model, hub_id=job.model if hub else None,
+    revision = hub_revision_of(job)
+    # A hub model keeps its hub ID as name and base_model (not the scratch folder it was
+    # downloaded to); the label adds the commit the job compressed.
+    label = f"{job.model} (hub revision `{revision}`)" if revision else job.model
+    source = Source(model_name=job.model, model_label=label, hub_id=job.model if hub else None,
                     dataset_name=job.dataset, dataset_label=job.dataset)
     try:
         with session_scope(db_url) as s:
@@ -187,7 +211,7 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
     try:
         with session_scope(settings.db_url) as s:
             job = s.get(Job, job_id)
-        model_arg, data_arg, eval_arg = _inputs(settings, store, job, work)
+        model_arg, data_arg, eval_arg = _inputs(settings, store, job, work, lambda m: _note(settings, claim, m))
         req = job.request
         if checkpoint is not None:
             checkpoint.download()   # an earlier attempt's, if any: compress() resumes from it

@@ -1,26 +1,49 @@
 """A stand-in for the Hugging Face hub API, as a real HTTP server process on 127.0.0.1.
 
-It answers the one call the service makes to learn a hub model's current revision,
-`HfApi().model_info(repo_id)` (GET /api/models/{org}/{name}, also .../revision/{rev}), the way
-the hub does: JSON with `id` and `sha` (the commit), or 404 with X-Error-Code RepoNotFound. A
-process pointed at it with HF_ENDPOINT=http://127.0.0.1:PORT (and HF_HUB_OFFLINE=0) resolves
-revisions against it through huggingface_hub's own client code.
+It answers, the way the hub does, the calls the service makes through huggingface_hub's own
+client code (a process pointed at it with HF_ENDPOINT=http://127.0.0.1:PORT and HF_HUB_OFFLINE=0):
 
-The test moves a repo to a new commit with PUT /_fake/repos/{org}/{name} {"sha": ...} and reads
-what was asked with GET /_fake/requests. Run: python tests/service/fake_hub.py PORT [org/name=sha ...]
+- `HfApi().model_info(repo_id[, revision])`: GET /api/models/{org}/{name}[/revision/{rev}] ->
+  JSON with `id`, `sha` (the commit) and `siblings` (the files of that commit);
+- `snapshot_download(repo_id, revision=sha)`: GET /api/models/{org}/{name}/tree/{rev} (the file
+  listing: type, path, size, oid), then per file HEAD + GET /{org}/{name}/resolve/{rev}/{file}
+  with the headers huggingface_hub checks (X-Repo-Commit, ETag, Content-Length).
+
+Errors carry the hub's X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound), which
+huggingface_hub turns into its typed exceptions.
+
+A commit's files are the files under a local folder given with it. The test moves a repo's main
+to a new commit with PUT /_fake/repos/{org}/{name} {"sha": ..., "dir": "/path/to/files"} (older
+commits stay resolvable by sha) and reads what was asked with GET /_fake/requests.
+Run: python tests/service/fake_hub.py PORT [org/name=sha[=DIR] ...]
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 LOCK = threading.Lock()
 REPOS: dict[str, str] = {}         # repo id -> current sha of main
 HISTORY: dict[str, list[str]] = {}  # repo id -> every sha main has pointed at (older revisions stay resolvable)
+FILES: dict[tuple[str, str], str] = {}  # (repo id, sha) -> folder holding that commit's files
 REQUESTS: list[dict] = []
+
+
+def _files(folder: str | None) -> dict[str, Path]:
+    if not folder:
+        return {}
+    root = Path(folder)
+    return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _git_oid(data: bytes) -> str:
+    """A git blob id, what the hub reports as a (non-LFS) file's oid and ETag."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -37,32 +60,86 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def _commit(self, repo: str, rev: str) -> tuple[str | None, dict | None]:
+        """(sha, None) for a known repo and revision, else (None, the error to send)."""
+        with LOCK:
+            sha, known = REPOS.get(repo), HISTORY.get(repo, [])
+        if sha is None:
+            return None, {"status": 404, "body": {"error": "Repository not found"},
+                          "headers": {"X-Error-Code": "RepoNotFound"}}
+        if rev != "main":
+            if rev not in known:
+                return None, {"status": 404, "body": {"error": f"Invalid rev id: {rev}"},
+                              "headers": {"X-Error-Code": "RevisionNotFound"}}
+            sha = rev
+        return sha, None
+
+    def _record(self, path: str, repo: str, rev: str, **extra) -> None:
+        with LOCK:
+            REQUESTS.append({"method": self.command, "path": path, "repo": repo, "revision": rev, **extra})
+
+    def do_HEAD(self):  # noqa: N802 (http.server's naming)
+        self.do_GET()
+
+    def do_GET(self):  # noqa: N802
         path = unquote(urlsplit(self.path).path)
         if path == "/_fake/requests":
             with LOCK:
                 return self._send(200, list(REQUESTS))
         parts = path.strip("/").split("/")
-        # /api/models/{org}/{name}[/revision/{rev}]
-        if len(parts) in (4, 6) and parts[:2] == ["api", "models"] and (len(parts) == 4 or parts[4] == "revision"):
-            repo = f"{parts[2]}/{parts[3]}"
-            rev = parts[5] if len(parts) == 6 else "main"
-            with LOCK:
-                REQUESTS.append({"method": "GET", "path": path, "repo": repo, "revision": rev})
-                sha = REPOS.get(repo)
-                known = HISTORY.get(repo, [])
-            if sha is None:
-                return self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
-            if rev != "main":
-                if rev not in known:
-                    return self._send(404, {"error": f"Invalid rev id: {rev}"}, {"X-Error-Code": "RevisionNotFound"})
-                sha = rev
-            return self._send(200, {"_id": repo, "id": repo, "modelId": repo, "sha": sha, "private": False,
-                                    "disabled": False, "gated": False, "tags": ["transformers"],
-                                    "siblings": [{"rfilename": "config.json"}, {"rfilename": "model.safetensors"}]})
+        if len(parts) >= 4 and parts[:2] == ["api", "models"]:
+            return self._api(path, parts)
+        if len(parts) >= 5 and parts[2] == "resolve":   # /{org}/{name}/resolve/{rev}/{file...}
+            return self._resolve(path, parts)
         self._send(404, {"error": "not found"})
+
+    def _api(self, path: str, parts: list[str]) -> None:
+        repo, rest = f"{parts[2]}/{parts[3]}", parts[4:]
+        if rest and rest[0] == "tree" and len(rest) >= 2:     # /api/models/{repo}/tree/{rev}[/{folder}]
+            kind, rev = "tree", rest[1]
+        elif not rest or (rest[0] == "revision" and len(rest) == 2):
+            kind, rev = "info", rest[1] if rest else "main"
+        else:
+            return self._send(404, {"error": "not found"})
+        self._record(path, repo, rev, **({"kind": "tree"} if kind == "tree" else {}))
+        sha, error = self._commit(repo, rev)
+        if error:
+            return self._send(error["status"], error["body"], error["headers"])
+        with LOCK:
+            files = _files(FILES.get((repo, sha)))
+        if kind == "tree":
+            folder = "/".join(rest[2:])
+            listing = [{"type": "file", "path": name, "size": p.stat().st_size, "oid": _git_oid(p.read_bytes())}
+                       for name, p in files.items() if not folder or name.startswith(folder + "/")]
+            return self._send(200, listing)
+        siblings = [{"rfilename": name} for name in files] or [{"rfilename": "config.json"},
+                                                               {"rfilename": "model.safetensors"}]
+        self._send(200, {"_id": repo, "id": repo, "modelId": repo, "sha": sha, "private": False,
+                         "disabled": False, "gated": False, "tags": ["transformers"], "siblings": siblings})
+
+    def _resolve(self, path: str, parts: list[str]) -> None:
+        repo, rev, name = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
+        self._record(path, repo, rev, file=name)
+        sha, error = self._commit(repo, rev)
+        if error:
+            return self._send(error["status"], error["body"], error["headers"])
+        with LOCK:
+            file = _files(FILES.get((repo, sha))).get(name)
+        if file is None:
+            return self._send(404, {"error": f"Entry not found: {name}"},
+                              {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha})
+        data = file.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("ETag", f'"{_git_oid(data)}"')
+        self.send_header("X-Repo-Commit", sha)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
     def do_PUT(self):  # noqa: N802
         path = unquote(urlsplit(self.path).path)
@@ -71,18 +148,23 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(404, {"error": "not found"})
         repo = path[len(prefix):]
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-        with LOCK:
-            REPOS[repo] = body["sha"]
-            HISTORY.setdefault(repo, []).append(body["sha"])
+        _add_commit(repo, body["sha"], body.get("dir"))
         self._send(200, {"repo": repo, "sha": body["sha"]})
+
+
+def _add_commit(repo: str, sha: str, folder: str | None) -> None:
+    with LOCK:
+        REPOS[repo] = sha
+        HISTORY.setdefault(repo, []).append(sha)
+        if folder:
+            FILES[(repo, sha)] = folder
 
 
 def main(argv: list[str]) -> None:
     port = int(argv[0])
     for spec in argv[1:]:
-        repo, sha = spec.split("=", 1)
-        REPOS[repo] = sha
-        HISTORY[repo] = [sha]
+        repo, sha, *folder = spec.split("=", 2)
+        _add_commit(repo, sha, folder[0] if folder else None)
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     print(f"fake hub: listening on 127.0.0.1:{port}", flush=True)
     server.serve_forever()

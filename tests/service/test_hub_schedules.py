@@ -1,7 +1,8 @@
 """A schedule on a hub model id (issue #14), against a real `vtrans scheduler` process whose
 huggingface_hub client talks to a fake hub server process (tests/service/fake_hub.py, via
 HF_ENDPOINT): the first firing records the revision sha it resolved; a later firing that sees
-the same sha is skipped as unchanged; a new sha on the hub creates a job."""
+the same sha is skipped as unchanged; a new sha on the hub creates a job. A real `vtrans worker`
+then compresses the recorded sha even after the hub's main has moved on."""
 from __future__ import annotations
 
 import json
@@ -15,8 +16,8 @@ import pytest
 from sqlalchemy import update
 
 from .automation import Clock, free_port, hook_settings, start_scheduler, tenants  # noqa: F401
-from .conftest import wait_for
-from .jobpath import BUDGET, FAST_OPTIONS
+from .conftest import settings_env, wait_for
+from .jobpath import BUDGET, FAST_OPTIONS, wait_job
 
 UTC = timezone.utc
 REPO = "acme/tiny-bert"
@@ -28,8 +29,10 @@ class FakeHub:
     def __init__(self, proc, port: int):
         self.proc, self.url = proc, f"http://127.0.0.1:{port}"
 
-    def set_sha(self, repo: str, sha: str) -> None:
-        req = urllib.request.Request(f"{self.url}/_fake/repos/{repo}", data=json.dumps({"sha": sha}).encode(),
+    def set_sha(self, repo: str, sha: str, files: Path | None = None) -> None:
+        """Move main to `sha`; `files`: the folder whose files that commit serves."""
+        body = {"sha": sha, **({"dir": str(files)} if files else {})}
+        req = urllib.request.Request(f"{self.url}/_fake/repos/{repo}", data=json.dumps(body).encode(),
                                      method="PUT", headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=5) as r:
             assert r.status == 200
@@ -110,3 +113,85 @@ def test_hub_schedule_records_the_sha_skips_it_unchanged_and_runs_a_new_one(
         # test's worker drops it at once instead of trying to load a hub model offline.
         s.execute(update(Job).where(Job.id == third["job_id"]).values(status="cancelled"))
     assert proc.p.poll() is None, proc.output()
+
+
+def test_worker_compresses_the_recorded_sha_not_the_hubs_main(
+        tmp_path, tenants, hook_settings, start_scheduler, start_proc, fake_hub, tiny_dataset_csv):
+    """The firing records SHA_A; the hub's main then moves to SHA_B (another model: one more layer,
+    the labels in the other order) before a worker runs the job. The output must be A's. A job
+    whose recorded revision the hub does not have fails with a message; the worker lives on."""
+    from conftest import build_tiny_bert_dir
+    from sqlalchemy import select
+    from transformers import AutoConfig
+
+    from api.db import session_scope
+    from api.models import Job, JobEvent
+    from vtrans_core.flops import count_params
+    from worker.celery_app import send_job
+
+    sha_a, sha_b = "a" * 8 + secrets.token_hex(16), "b" * 8 + secrets.token_hex(16)
+    dir_a = build_tiny_bert_dir(tmp_path / "commit-a", labels=["negative", "positive"], layers=2, seed=1)
+    dir_b = build_tiny_bert_dir(tmp_path / "commit-b", labels=["positive", "negative"], layers=3, seed=2)
+    for folder in (dir_a, dir_b):   # what a worker must never fetch
+        (folder / "pytorch_model.bin").write_bytes(b"not loaded: pickled weights")
+        (folder / "modeling_evil.py").write_text("raise SystemExit('remote code')\n")
+    params_a, params_b = (count_params(AutoConfig.from_pretrained(d)) for d in (dir_a, dir_b))
+    assert params_a != params_b
+    fake_hub.set_sha(REPO, sha_a, dir_a)
+
+    t = tenants()
+    ds = t.http.post("/v1/datasets", files={"file": ("d.csv", tiny_dataset_csv.read_bytes(), "text/csv")})
+    assert ds.status_code == 201, ds.text
+    template = {"model": REPO, "dataset": ds.json()["id"], "budget": BUDGET, "options": FAST_OPTIONS}
+    r = t.http.post("/v1/schedules", json={"template": template, "cron": "0 3 * * *", "timezone": "UTC"})
+    assert r.status_code == 201, r.text
+    sch = r.json()
+    due = datetime.fromisoformat(sch["next_due_at"])
+    clock = Clock(tmp_path / "clock", due + timedelta(seconds=1))
+    hub_env = {"HF_ENDPOINT": fake_hub.url, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}
+    scheduler = start_scheduler("scheduler", clock=clock, extra_env={**hub_env, "HF_HOME": str(tmp_path / "hf-s")})
+    try:
+        run = wait_for(lambda: (_runs(t, sch["id"]) or [None])[0], 120, what="the firing")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{scheduler.output()[-3000:]}") from None
+    assert run["outcome"] == "job_created" and run["source"] == f"{REPO}@{sha_a}", run
+    job_id = run["job_id"]
+
+    # The hub moves on before any worker runs the job (the job waits in the broker meanwhile).
+    fake_hub.set_sha(REPO, sha_b, dir_b)
+    # Online, pointed at the fake hub, with an empty cache: without the fix, from_pretrained(REPO)
+    # would load main (B) from it, and the assertions below would see B.
+    env = {**settings_env(hook_settings), **hub_env, "HF_HOME": str(tmp_path / "hf-w")}
+    worker = start_proc([sys.executable, "-m", "api.cli", "worker"], env, "worker")
+    wait_for(lambda: "ready." in worker.output() or worker.p.poll() is not None, 300, what="worker ready")
+    assert worker.p.poll() is None, worker.output()
+    job = wait_job(t.http, job_id, 600, log=worker.output)
+    assert job["status"] == "succeeded", (job, worker.output()[-4000:])
+    assert job["request"]["model"] == REPO and job["request"]["model_source"]["revision"] == sha_a
+
+    config = json.loads(t.http.get(f"/v1/jobs/{job_id}/artifacts/model/config.json").content)
+    assert config["id2label"] == {"0": "negative", "1": "positive"}      # A's head (B's is reversed)
+    assert job["metrics"]["dense"]["params"] == params_a                  # A's size, not B's
+    card = t.http.get(f"/v1/jobs/{job_id}/artifacts/README.md").text
+    assert f"base_model: {REPO}" in card and f"{REPO} (hub revision `{sha_a}`)" in card and sha_b not in card
+    fetched = [q for q in fake_hub.requests() if q.get("file")]
+    assert fetched and {q["revision"] for q in fetched} == {sha_a}        # never main, never B
+    assert not any(q["file"].endswith((".bin", ".py")) for q in fetched)
+    with session_scope(hook_settings.db_url) as s:
+        notes = s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id, JobEvent.kind == "status")).all()
+    assert any(f"at revision {sha_a}" in (m or "") for m in notes), notes
+
+    # A recorded revision the hub does not have (history rewritten): the job fails, saying so.
+    gone = "d" * 40
+    r = t.http.post("/v1/jobs", json=template)
+    assert r.status_code == 202, r.text
+    second = r.json()["id"]
+    with session_scope(hook_settings.db_url) as s:
+        row = s.get(Job, second)
+        row.request = {**row.request, "model_source": {**row.request["model_source"], "revision": gone}}
+    send_job(hook_settings, second)
+    failed = wait_job(t.http, second, 300, log=worker.output)
+    assert failed["status"] == "failed", failed
+    assert failed["error"]["type"] == "CompressionError" and failed["error"]["field"] == "model"
+    assert f"at revision {gone}" in failed["error"]["message"] and "no such revision" in failed["error"]["message"]
+    assert worker.p.poll() is None, worker.output()[-3000:]

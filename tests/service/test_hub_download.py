@@ -1,0 +1,157 @@
+"""The worker's download of a hub job's recorded revision (worker/hub_download.py), against the fake
+hub server (tests/service/fake_hub.py, here in a thread of the test process) through
+huggingface_hub's own client: the recorded sha is fetched, not `main`; only safetensors, JSON
+and tokenizer files; a revision the hub does not have fails with a message for the user."""
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import types
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from vtrans_core.errors import CompressionError
+from worker.hub_download import download_revision
+
+from . import fake_hub
+
+REPO = "acme/tiny-bert"
+
+
+def _sha() -> str:
+    return secrets.token_hex(20)
+
+
+def _commit_files(folder: Path, marker: str, weights: bool = True) -> Path:
+    """A repo commit: what from_pretrained needs, plus files the worker must never fetch."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "marker": marker}))
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "tokenizer_config.json").write_text("{}")
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    if weights:
+        (folder / "model.safetensors").write_bytes(marker.encode() * 10)
+    (folder / "pytorch_model.bin").write_bytes(b"a pickle: must never be downloaded")
+    (folder / "modeling_custom.py").write_text("raise SystemExit('remote code must never be downloaded')\n")
+    (folder / "README.md").write_text("# card\n")
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "model.safetensors").write_bytes(b"a sub-folder from_pretrained does not read")
+    return folder
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """The fake hub on a free port, and huggingface_hub switched online for this test only (the
+    test session sets HF_HUB_OFFLINE=1)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), fake_hub.Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    start = len(fake_hub.REQUESTS)
+    yield types.SimpleNamespace(url=url, requests=lambda: fake_hub.REQUESTS[start:])
+    server.shutdown()
+    server.server_close()
+
+
+def test_downloads_the_recorded_sha_not_main_and_only_safe_files(hub, tmp_path):
+    repo = f"acme/{secrets.token_hex(4)}"
+    sha_a, sha_b = _sha(), _sha()
+    fake_hub._add_commit(repo, sha_a, str(_commit_files(tmp_path / "a", "commit-a")))
+    fake_hub._add_commit(repo, sha_b, str(_commit_files(tmp_path / "b", "commit-b")))   # main moves on
+
+    folder = download_revision(repo, sha_a, tmp_path / "work" / "hub-model", endpoint=hub.url,
+                               cache_dir=tmp_path / "hf-cache")
+
+    assert folder == (tmp_path / "work" / "hub-model").resolve()
+    assert json.loads((folder / "config.json").read_text())["marker"] == "commit-a"
+    assert (folder / "model.safetensors").read_bytes() == b"commit-a" * 10
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+             if p.is_file() and ".cache" not in p.relative_to(folder).parts}
+    assert files == {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt"}
+    asked = [r for r in hub.requests() if r["repo"] == repo]
+    fetched = {r["file"] for r in asked if "file" in r}
+    assert fetched == files                                    # nothing else was even requested
+    assert {r["revision"] for r in asked} == {sha_a}           # never `main`, never sha_b
+    assert not (tmp_path / "hf-cache").exists() or not any((tmp_path / "hf-cache").rglob("*.safetensors"))
+
+
+def test_a_revision_the_hub_does_not_have_fails_with_a_message(hub, tmp_path):
+    repo = f"acme/{secrets.token_hex(4)}"
+    fake_hub._add_commit(repo, _sha(), str(_commit_files(tmp_path / "a", "commit-a")))
+    gone = _sha()
+    with pytest.raises(CompressionError) as info:
+        download_revision(repo, gone, tmp_path / "dest", endpoint=hub.url, cache_dir=tmp_path / "hf-cache")
+    assert info.value.field == "model"
+    assert f"{repo!r} at revision {gone}" in info.value.message
+    assert "no such revision" in info.value.message
+
+
+def test_an_unknown_repository_fails_with_a_message(hub, tmp_path):
+    with pytest.raises(CompressionError) as info:
+        download_revision(f"acme/{secrets.token_hex(4)}", _sha(), tmp_path / "dest", endpoint=hub.url,
+                          cache_dir=tmp_path / "hf-cache")
+    assert "repository not found" in info.value.message
+
+
+def test_a_commit_with_pickled_weights_only_is_refused(hub, tmp_path):
+    repo = f"acme/{secrets.token_hex(4)}"
+    sha = _sha()
+    fake_hub._add_commit(repo, sha, str(_commit_files(tmp_path / "a", "commit-a", weights=False)))
+    with pytest.raises(CompressionError) as info:
+        download_revision(repo, sha, tmp_path / "dest", endpoint=hub.url, cache_dir=tmp_path / "hf-cache")
+    assert "has no safetensors weights" in info.value.message
+    assert not any(r.get("file", "").endswith(".bin") for r in hub.requests())
+
+
+def test_offline_uses_the_cached_snapshot_of_that_commit_or_says_why_not(hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants, snapshot_download
+
+    repo = f"acme/{secrets.token_hex(4)}"
+    sha_a, sha_b = _sha(), _sha()
+    fake_hub._add_commit(repo, sha_a, str(_commit_files(tmp_path / "a", "commit-a")))
+    fake_hub._add_commit(repo, sha_b, str(_commit_files(tmp_path / "b", "commit-b")))
+    cache = tmp_path / "hf-cache"
+    snapshot_download(repo, revision=sha_b, cache_dir=cache, endpoint=hub.url)   # only B is cached
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    asked = len(hub.requests())
+
+    folder = download_revision(repo, sha_b, tmp_path / "dest", endpoint=hub.url, cache_dir=cache)
+    assert json.loads((folder / "config.json").read_text())["marker"] == "commit-b"
+    with pytest.raises(CompressionError) as info:     # A is not in the cache: B is no substitute
+        download_revision(repo, sha_a, tmp_path / "dest2", endpoint=hub.url, cache_dir=cache)
+    assert "HF_HUB_OFFLINE" in info.value.message and "cache has no copy" in info.value.message
+    assert len(hub.requests()) == asked                 # offline means no request at all
+
+
+def test_the_runner_downloads_a_hub_jobs_recorded_revision_and_only_then(tmp_path, monkeypatch):
+    """No recorded revision: the hub ID goes to compress() as before. A recorded one: the folder
+    of that revision does, and the model card still names the hub ID, with the revision."""
+    from api.models import Job
+    from worker import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "download_revision",
+                        lambda repo, rev, dest: calls.append((repo, rev, dest)) or Path("/downloaded"))
+    settings = types.SimpleNamespace(db_url=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    sha = _sha()
+
+    def job(revision):
+        return Job(id="job_x", model=REPO, dataset="tweet-sentiment",
+                   request={"model": REPO, "model_source": {"ref": REPO, "name": None, "version": None,
+                                                            "revision": revision}})
+
+    notes = []
+    assert runner._inputs(settings, None, job(None), tmp_path / "w", notes.append)[0] == REPO
+    assert calls == [] and notes == []
+    assert runner._inputs(settings, None, job(sha), tmp_path / "w", notes.append)[0] == "/downloaded"
+    assert calls == [(REPO, sha, tmp_path / "w" / "hub-model")] and sha in notes[0]
+
+    source = runner._source(settings.db_url, job(sha))
+    assert source.model_name == REPO and source.hub_id == REPO and sha in source.model_label
+    assert runner._source(settings.db_url, job(None)).model_label == REPO
