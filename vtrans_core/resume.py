@@ -215,7 +215,7 @@ def request_fingerprint(kind: str, source: Any, config: dict | None, data: Any, 
 
 
 def _model_identity(kind: str, source: Any, config: dict | None) -> Any:
-    if kind == "path":
+    if kind == "dir":
         path = Path(source)
         files = sorted((p.relative_to(path).as_posix(), p.stat().st_size) for p in path.rglob("*") if p.is_file()) \
             if path.is_dir() else [(path.name, path.stat().st_size)]

@@ -199,3 +199,26 @@ def test_a_missing_checkpoint_is_a_clean_start(inputs, reference, tmp_path, recw
     assert not [w for w in recwarn if "checkpoint" in str(w.message)]
     assert result.metrics["checkpoint"]["saves"] == 4            # teacher, round 1, round 2, refit
     assert _max_diff(_weights(reference.output_dir), _weights(result.output_dir)) == 0.0   # saving changes nothing
+
+
+def test_the_fingerprint_follows_the_model_files_not_their_folder(inputs, tmp_path):
+    """A retry downloads the model to a new folder: same files, same request. Other weights (a
+    file of another size) are another request, even with the same config."""
+    import shutil
+
+    from vtrans_core.budget import Budget
+    from vtrans_core.entry import resolve_model_source
+    from vtrans_core.options import CompressionOptions
+    from vtrans_core.resume import request_fingerprint
+
+    model, data = inputs
+    opts, budget = CompressionOptions.parse(OPTS, "vtrans"), Budget.parse(BUDGET)
+
+    def fingerprint(folder):
+        return request_fingerprint(*resolve_model_source(str(folder)), data, None, budget, "vtrans", opts, None)
+
+    copy = shutil.copytree(model, tmp_path / "elsewhere")
+    assert fingerprint(copy) == fingerprint(model)
+    with open(copy / "model.safetensors", "ab") as fh:
+        fh.write(b"\0" * 64)
+    assert fingerprint(copy) != fingerprint(model)
