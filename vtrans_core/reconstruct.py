@@ -1,11 +1,16 @@
 """Retraining-free reconstruction after a hard cut (Kwon et al. 2022, "mask tuning").
 
-A pruned block's pre-LayerNorm sum is  sum_u s_u * c_u(x) + bias + residual  where c_u is the
+A pruned block's residual sum (pre-LayerNorm for a post-LN encoder) is  sum_u s_u * c_u(x) + bias + residual  where c_u is the
 contribution of kept unit u (a head through its o-proj columns, an FFN neuron through its out
 column). With frozen weights the cut leaves s = 1; here each block is refitted by least squares so
-its pre-LN sum matches the DENSE model's on calibration rows:
+its sum matches the DENSE model's on calibration rows:
 
-    min_s ||C s - b||^2 + damping * mean(diag C^T C) * ||s - 1||^2,   b = dense_pre_ln - bias - residual
+    min_s ||C s - b||^2 + damping * mean(diag C^T C) * ||s - 1||^2,   b = dense_sum - bias - residual
+
+Where a family's sums are read is its adapter's `block_sums`: the input of the LayerNorm closing
+each block for a post-LN encoder; for a pre-LN decoder the residual stream after attention (what
+the FFN's norm reads) and after the FFN (the layer's output). A narrower residual stream (hidden
+pruned) is compared with the dense sums on its kept channels.
 
 Layers are solved IN ORDER, each on the inputs it really sees: the calibration rows are pushed
 through the pruned model layer by layer, the layer's attention block is fitted, the layer is run
@@ -21,6 +26,11 @@ the reconstruction error on HELD-OUT calibration rows; at the end the pruned mod
 the held-out rows are compared with the dense model's and everything is reverted when the
 reconstruction made them worse. The summary (metrics["method_info"]["reconstruct"]) says what was
 kept and why anything was skipped.
+
+Layer calls are replayed with the arguments the model gave its first layer (attention mask; a
+decoder's rotary position embeddings), with any KV cache dropped: each layer runs several times on
+the same rows, and a cache would append the same keys again at every call. Models whose layers
+get different masks (per-layer attention types, e.g. sliding-window layers) are not refitted.
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .families import adapter_for
 
@@ -80,13 +91,25 @@ def _strip(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k not in ("labels", "index")}
 
 
+def _uncached(value):
+    from transformers.cache_utils import Cache
+
+    return None if isinstance(value, Cache) else value
+
+
 def _layer0_inputs(model, batches: list[dict]) -> list[_Rows]:
-    """What the first encoder layer receives for each batch (embeddings, attention mask...)."""
+    """What the first layer receives for each batch (embeddings, attention mask, position
+    embeddings...), without a KV cache (see the module docstring)."""
     layers = adapter_for(model).layers(model)
     seen: list[_Rows] = []
 
     def grab(_m, args, kwargs):
-        seen.append(_Rows(args[0].detach(), tuple(args[1:]), dict(kwargs), torch.ones(1)))
+        kwargs = dict(kwargs)
+        x = args[0] if args else kwargs.pop("hidden_states")
+        kwargs = {k: _uncached(v) for k, v in kwargs.items()}
+        if "use_cache" in kwargs:
+            kwargs["use_cache"] = False
+        seen.append(_Rows(x.detach(), tuple(_uncached(a) for a in args[1:]), kwargs, torch.ones(1)))
         raise _Stop
 
     handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
@@ -96,7 +119,8 @@ def _layer0_inputs(model, batches: list[dict]) -> list[_Rows]:
                 model(**_strip(b))
             except _Stop:
                 pass
-            seen[-1].valid = b["attention_mask"].bool()
+            mask = b.get("attention_mask")    # packed LM windows have no padding
+            seen[-1].valid = mask.bool() if mask is not None else torch.ones_like(b["input_ids"], dtype=torch.bool)
     finally:
         handle.remove()
     return seen
@@ -113,6 +137,7 @@ def _record(layer, rows: list[_Rows], xs: list[torch.Tensor], modules: dict) -> 
     handles = []
     for name, mod in modules.items():
         def hook(_m, args, output, name=name):
+            output = output[0] if isinstance(output, tuple) else output   # a layer's (hidden, ...)
             got[name].append((args[0].detach(), output.detach()))
         handles.append(mod.register_forward_hook(hook))
     outs = []
@@ -140,6 +165,16 @@ def _split(n: int) -> tuple[list[int], list[int]]:
     return [i for i in range(n) if i not in held], held
 
 
+def _weight(proj) -> torch.Tensor:
+    """[out, in] float32 weight of an nn.Linear or a transformers Conv1D (GPT-2, stored [in, out])."""
+    W = proj.weight.detach().float()
+    return W if isinstance(proj, nn.Linear) else W.T.contiguous()
+
+
+def _set_weight(proj, W: torch.Tensor) -> None:
+    proj.weight.copy_((W if isinstance(proj, nn.Linear) else W.T).to(proj.weight.dtype))
+
+
 def _contributions(inp: torch.Tensor, W: torch.Tensor, unit: int) -> torch.Tensor:
     """[tokens, units, out]: each kept unit's contribution through the projection (bias excluded)."""
     n = W.shape[1] // unit
@@ -148,7 +183,7 @@ def _contributions(inp: torch.Tensor, W: torch.Tensor, unit: int) -> torch.Tenso
 
 def _fit_scales(proj, unit: int, data: list, idx_fit, idx_held, damping: float):
     """Kwon's mask tuning for one projection; data[i] = (proj input, b = target - bias - residual)."""
-    W = proj.weight.detach().float()     # per-batch products in float32, sums and the solve in float64
+    W = _weight(proj)     # per-batch products in float32, sums and the solve in float64
     n = W.shape[1] // unit
     gram = torch.zeros(n, n, dtype=torch.float64)
     rhs = torch.zeros(n, dtype=torch.float64)
@@ -181,7 +216,7 @@ def _fit_scales(proj, unit: int, data: list, idx_fit, idx_held, damping: float):
 
 def _fit_weights(proj, data: list, idx_fit, idx_held, damping: float):
     """The whole projection (weights + bias) refitted by ridge least squares toward its current value."""
-    W = proj.weight.detach().float()
+    W = _weight(proj)
     bias = proj.bias.detach().float() if proj.bias is not None else torch.zeros(W.shape[0])
     d = W.shape[1] + 1
     gram = torch.zeros(d, d, dtype=torch.float64)
@@ -208,14 +243,14 @@ def _fit_weights(proj, data: list, idx_fit, idx_held, damping: float):
     return w, err(w0), err(w)
 
 
-def _refit(proj, norm_in_dense: list, got: list, keep_idx, unit: int, mode: str, idx_fit, idx_held,
-           damping: float) -> dict:
-    """Fit `proj` (o-proj / FFN out) so the pruned pre-LN sum matches the dense one; apply if it helps."""
+def _refit(proj, dense_sums: list, proj_io: list, sums: list, keep_idx, unit: int, mode: str, idx_fit,
+           idx_held, damping: float) -> dict:
+    """Fit `proj` (o-proj / FFN out) so the pruned block's sum matches the dense one; apply if it helps."""
     bias = proj.bias.detach().float() if proj.bias is not None else 0.0
     data = []
-    for (p_in, p_out), (ln_in, _), (d_ln, _) in zip(got["proj"], got["norm"], norm_in_dense):
-        target = d_ln if keep_idx is None else d_ln[:, keep_idx]
-        residual = ln_in - p_out
+    for (p_in, p_out), total, dense in zip(proj_io, sums, dense_sums):
+        target = dense if keep_idx is None else dense[:, keep_idx]
+        residual = total - p_out
         data.append((p_in, target - bias - residual))
     fit = _fit_scales(proj, unit, data, idx_fit, idx_held, damping) if mode == "scales" else \
         _fit_weights(proj, data, idx_fit, idx_held, damping)
@@ -225,30 +260,42 @@ def _refit(proj, norm_in_dense: list, got: list, keep_idx, unit: int, mode: str,
     kept = after < before
     if kept:
         with torch.no_grad():
-            if mode == "scales":
-                proj.weight.mul_(sol.to(proj.weight.dtype).unsqueeze(0))
+            if mode == "scales":   # one scale per input column of the [out, in] weight
+                _set_weight(proj, _weight(proj) * sol.unsqueeze(0))
             else:
-                proj.weight.copy_(sol[:-1].T.to(proj.weight.dtype))
+                _set_weight(proj, sol[:-1].T)
                 if proj.bias is not None:
                     proj.bias.copy_(sol[-1].to(proj.bias.dtype))
     return {"kept": kept, "why": None if kept else "held-out error did not drop",
             "held_out_before": before, "held_out_after": after}
 
 
-def _dense_norm_inputs(layer, parts, rows, xs):
-    modules = {}
-    if parts["attn"] is not None:
-        modules["attn"] = parts["attn"].norm
-    if parts["ffn"] is not None:
-        modules["ffn"] = parts["ffn"].norm
-    outs, got = _record(layer, rows, xs, modules)
-    return outs, got
+def _pick(io: list, side: str) -> list:
+    return [i if side == "input" else o for i, o in io]
+
+
+def _dense_sums(adapter, dense, i: int, rows, xs) -> tuple[list, dict]:
+    """Run dense layer i: (its outputs, {block: [its sum on real tokens]}) from block_sums."""
+    taps = adapter.block_sums(dense, i)
+    outs, got = _record(adapter.layers(dense)[i], rows, xs, {part: mod for part, (mod, _) in taps.items()})
+    return outs, {part: _pick(got[part], side) for part, (_, side) in taps.items()}
 
 
 def _logit_mse(pruned, dense, batches: list[dict]) -> float:
+    """Squared logit gap per row, summed over real tokens (an LM's logits are per token)."""
+    total = 0.0
     with torch.no_grad():
-        return sum(float(F.mse_loss(pruned(**_strip(b)).logits, dense(**_strip(b)).logits, reduction="sum"))
-                   for b in batches) / max(1, sum(len(b["input_ids"]) for b in batches))
+        for b in batches:
+            gap = (pruned(**_strip(b)).logits.float() - dense(**_strip(b)).logits.float()).pow(2)
+            if gap.dim() == 3 and b.get("attention_mask") is not None:
+                gap = gap * b["attention_mask"].unsqueeze(-1)
+            total += float(gap.sum())
+    return total / max(1, sum(len(b["input_ids"]) for b in batches))
+
+
+def _shared_layer_calls(model) -> bool:
+    """Whether every layer is called with the same mask (the replay uses layer 0's arguments)."""
+    return len(set(getattr(model.config, "layer_types", None) or [None])) == 1
 
 
 @torch.no_grad()
@@ -265,6 +312,9 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
         summary.applied, summary.reason = False, "fewer than 2 calibration batches: nothing to hold out"
         return summary.to_dict()
     pa, da = adapter_for(pruned), adapter_for(dense)
+    if not _shared_layer_calls(dense):
+        summary.applied, summary.reason = False, "layers of different attention types (config.layer_types): not supported"
+        return summary.to_dict()
     was_p, was_d = pruned.training, dense.training
     pruned.eval()
     dense.eval()
@@ -286,19 +336,19 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
     xp, xd = [r.x for r in p_rows], [r.x for r in d_rows]
     k = 0
     for i in range(n_dense):
-        d_layer = da.layers(dense)[i]
-        d_parts = {"attn": da.attention(dense, i), "ffn": da.ffn(dense, i)}
-        xd_next, d_got = _dense_norm_inputs(d_layer, d_parts, d_rows, xd)
+        xd_next, d_sums = _dense_sums(da, dense, i, d_rows, xd)
         if i in mapping:
             p_layer = pa.layers(pruned)[k]
             for part in ("attn", "ffn"):
                 pp = pa.attention(pruned, k) if part == "attn" else pa.ffn(pruned, k)
-                if pp is None or part not in d_got:
+                if pp is None or part not in d_sums:
                     continue
                 proj = pp.o if part == "attn" else pp.out
-                _, got = _record(p_layer, p_rows, xp, {"proj": proj, "norm": pp.norm})
+                tap, side = pa.block_sums(pruned, k)[part]
+                _, got = _record(p_layer, p_rows, xp, {"proj": proj, "sum": tap})
                 unit = pa.head_dim(pp.self_attn) if part == "attn" and mode == "scales" else 1
-                res = _refit(proj, d_got[part], got, keep_idx, unit, mode, idx_fit, idx_held, damping)
+                res = _refit(proj, d_sums[part], got["proj"], _pick(got["sum"], side), keep_idx, unit, mode,
+                             idx_fit, idx_held, damping)
                 summary.blocks.append({"layer": i, "block": part, **{k2: (round(v, 4) if isinstance(v, float) else v)
                                                                       for k2, v in res.items()}})
             xp = [_run_layer(p_layer, r, x).detach() for r, x in zip(p_rows, xp)]

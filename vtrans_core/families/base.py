@@ -112,6 +112,19 @@ class FamilyAdapter:
     def head_dense(self, model: nn.Module) -> nn.Linear | None:
         raise NotImplementedError
 
+    def block_sums(self, model: nn.Module, i: int) -> dict[str, tuple[nn.Module, str]]:
+        """Where layer i's residual sums (a block's output + its residual input) can be read, for
+        the least-squares refit (reconstruct.py): {"attn" | "ffn": (module, "input" | "output")},
+        the sum being that module's first input or its output; a removed block has no entry.
+        Post-LN (here): each sum enters the LayerNorm that closes its block."""
+        out: dict[str, tuple[nn.Module, str]] = {}
+        a, f = self.attention(model, i), self.ffn(model, i)
+        if a is not None:
+            out["attn"] = (a.norm, "input")
+        if f is not None:
+            out["ffn"] = (f.norm, "input")
+        return out
+
     def classifier(self, model: nn.Module) -> nn.Linear | None:
         raise NotImplementedError
 
