@@ -256,7 +256,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 # multiples of 32-128, so a kept FFN width of 1,000 runs no faster than 1,024 would; 64 keeps the
 # speedup following the FLOPs cut. A small model gets it halved (fit_round_to).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "language-modeling": {"reconstruct": "off", "seq_len": 512, "batch_size": 4, "fast_min_examples": 32, "calibration_rows": 64,
+    "language-modeling": {"reconstruct": "weights", "seq_len": 512, "batch_size": 4, "fast_min_examples": 32, "calibration_rows": 64,
                           "fisher_rows": 32, "latency_runs": 3, "min_finetune_steps": 20, "round_to": 64},
 }
 # ... and per task and method. `faster` on a language model keeps the hidden width: what makes
