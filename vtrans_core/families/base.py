@@ -14,7 +14,8 @@ Norm placement: the encoders here are post-LN (x -> LN(x + sub(x))); the decoder
 (GQA: `kv_heads` per layer in the shape), gate/up/down as FFN parts (`gate` beside `inp`),
 RMSNorm as the norm, a final norm (`final_norm`) instead of an embedding norm, and the LM head
 (tied or not) as the "classifier". The gating and folding code in prunable.py / materialize.py
-branches on `norm_placement` only where the formula differs (where the hidden gate acts).
+branches on `norm_placement` only where the formula differs (where the hidden gate acts); the
+least-squares refit asks `block_sums` where each block's residual sum can be read.
 
 Projections may be nn.Linear ([out, in] weight) or transformers' Conv1D ([in, out], GPT-2);
 `materialize.py` slices both. GPT-2 fuses q/k/v into one projection: its AttnParts gives `qkv`
