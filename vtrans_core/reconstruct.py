@@ -189,7 +189,7 @@ def _fit_scales(proj, unit: int, data: list, idx_fit, idx_held, damping: float):
     rhs = torch.zeros(n, dtype=torch.float64)
     wtw = W.T @ W if unit == 1 else None
     for i in idx_fit:
-        x, b = data[i]
+        x, b, _ = data[i]
         if unit == 1:   # FFN: C^T C = (X^T X) * (W^T W) without materialising C
             gram += ((x.T @ x) * wtw).double()
             rhs += ((b @ W) * x).sum(0).double()
@@ -222,10 +222,10 @@ def _fit_weights(proj, data: list, idx_fit, idx_held, damping: float):
     gram = torch.zeros(d, d, dtype=torch.float64)
     cross = torch.zeros(d, W.shape[0], dtype=torch.float64)
     for i in idx_fit:
-        x, b = data[i]
-        xa = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+        x, b, sw = data[i]       # rows already weighted by sw: the bias column is sw too
+        xa = torch.cat([x, sw], 1)
         gram += (xa.T @ xa).double()
-        cross += (xa.T @ (b + bias)).double()   # b excludes the bias: add it back, the bias is refitted too
+        cross += (xa.T @ (b + bias * sw)).double()   # b excludes the bias: add it back, the bias is refitted too
     w0 = torch.cat([W.T, bias.unsqueeze(0)], 0).double()
     lam = damping * gram.diagonal().mean().clamp_min(1e-12)
     try:
@@ -237,21 +237,24 @@ def _fit_weights(proj, data: list, idx_fit, idx_held, damping: float):
     w, w0 = w.float(), w0.float()
 
     def err(m):
-        return sum(float((torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1) @ m - (b + bias)).pow(2).sum())
-                   for x, b in (data[i] for i in idx_held))
+        return sum(float((torch.cat([x, sw], 1) @ m - (b + bias * sw)).pow(2).sum())
+                   for x, b, sw in (data[i] for i in idx_held))
 
     return w, err(w0), err(w)
 
 
 def _refit(proj, dense_sums: list, proj_io: list, sums: list, keep_idx, unit: int, mode: str, idx_fit,
-           idx_held, damping: float) -> dict:
-    """Fit `proj` (o-proj / FFN out) so the pruned block's sum matches the dense one; apply if it helps."""
+           idx_held, damping: float, relative: bool) -> dict:
+    """Fit `proj` (o-proj / FFN out) so the pruned block's sum matches the dense one; apply if it helps.
+    relative: each token's squared error divided by the dense sum's mean square there (the next
+    norm divides by that RMS), so a few huge-norm tokens do not outweigh all the others."""
     bias = proj.bias.detach().float() if proj.bias is not None else 0.0
     data = []
     for (p_in, p_out), total, dense in zip(proj_io, sums, dense_sums):
         target = dense if keep_idx is None else dense[:, keep_idx]
-        residual = total - p_out
-        data.append((p_in, target - bias - residual))
+        b = target - bias - (total - p_out)
+        sw = dense.pow(2).mean(-1, keepdim=True).clamp_min(1e-12).rsqrt() if relative else torch.ones(len(b), 1)
+        data.append((p_in * sw, b * sw, sw))
     fit = _fit_scales(proj, unit, data, idx_fit, idx_held, damping) if mode == "scales" else \
         _fit_weights(proj, data, idx_fit, idx_held, damping)
     if fit is None:
@@ -300,7 +303,7 @@ def _shared_layer_calls(model) -> bool:
 
 @torch.no_grad()
 def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", damping: float = DAMPING,
-                tick: Callable[[int, int], None] | None = None) -> dict:
+                tick: Callable[[int, int], None] | None = None, relative: bool = False) -> dict:
     """Refit `pruned` (a sliced plain HF model) in place against `dense` on calibration `batches`."""
     summary = Summary(mode=mode, rows=sum(len(b["input_ids"]) for b in batches))
     if mode == "off":
@@ -348,7 +351,7 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
                 _, got = _record(p_layer, p_rows, xp, {"proj": proj, "sum": tap})
                 unit = pa.head_dim(pp.self_attn) if part == "attn" and mode == "scales" else 1
                 res = _refit(proj, d_sums[part], got["proj"], _pick(got["sum"], side), keep_idx, unit, mode,
-                             idx_fit, idx_held, damping)
+                             idx_fit, idx_held, damping, relative)
                 summary.blocks.append({"layer": i, "block": part, **{k2: (round(v, 4) if isinstance(v, float) else v)
                                                                       for k2, v in res.items()}})
             xp = [_run_layer(p_layer, r, x).detach() for r, x in zip(p_rows, xp)]
