@@ -131,22 +131,33 @@ def _run_layer(layer, rows: _Rows, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-def _record(layer, rows: list[_Rows], xs: list[torch.Tensor], modules: dict) -> tuple[list, dict]:
-    """Run `layer` on every batch; returns (layer outputs, {name: [(input, output) on valid tokens]})."""
+def _record(layer, rows: list[_Rows], xs: list[torch.Tensor], modules: dict, outputs: bool = True
+            ) -> tuple[list, dict]:
+    """Run `layer` on every batch; returns (layer outputs, {name: [(input, output) on valid tokens]}).
+    outputs=False: the layer stops once every module was seen (a refit of the attention block
+    needs no FFN), and the outputs list is empty."""
     got: dict[str, list] = {k: [] for k in modules}
+    start: dict[str, int] = {}
     handles = []
     for name, mod in modules.items():
         def hook(_m, args, output, name=name):
             output = output[0] if isinstance(output, tuple) else output   # a layer's (hidden, ...)
             got[name].append((args[0].detach(), output.detach()))
+            if not outputs and all(len(v) > start[k] for k, v in got.items()):
+                raise _Stop
         handles.append(mod.register_forward_hook(hook))
     outs = []
     try:
         for r, x in zip(rows, xs):
-            n0 = {k: len(v) for k, v in got.items()}
-            outs.append(_run_layer(layer, r, x).detach())
+            start.update({k: len(v) for k, v in got.items()})
+            try:
+                out = _run_layer(layer, r, x).detach()
+            except _Stop:
+                out = None
+            if outputs:
+                outs.append(out)
             for k in got:   # keep only real tokens, flattened to [tokens, width]
-                if len(got[k]) > n0[k]:
+                if len(got[k]) > start[k]:
                     i, o = got[k][-1]
                     got[k][-1] = (i[r.valid].float(), o[r.valid].float())
     finally:
@@ -348,7 +359,7 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
                     continue
                 proj = pp.o if part == "attn" else pp.out
                 tap, side = pa.block_sums(pruned, k)[part]
-                _, got = _record(p_layer, p_rows, xp, {"proj": proj, "sum": tap})
+                _, got = _record(p_layer, p_rows, xp, {"proj": proj, "sum": tap}, outputs=False)
                 unit = pa.head_dim(pp.self_attn) if part == "attn" and mode == "scales" else 1
                 res = _refit(proj, d_sums[part], got["proj"], _pick(got["sum"], side), keep_idx, unit, mode,
                              idx_fit, idx_held, damping, relative)
