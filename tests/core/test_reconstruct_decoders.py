@@ -78,7 +78,7 @@ def test_block_error_is_the_residual_stream_gap_on_kept_channels():
 
     keep = torch.tensor(plan.hidden)
     expected = sum(float((stream(model, b) - stream(dense, b)[..., keep]).pow(2).sum()) for b in (batches[4], batches[9]))
-    first = reconstruct(model, dense, plan, batches, mode="scales")["per_block"][0]
+    first = reconstruct(model, dense, plan, batches, mode="scales", relative=False)["per_block"][0]
     assert (first["layer"], first["block"]) == (0, "attn")
     assert first["held_out_before"] == pytest.approx(expected, rel=1e-3)
 
@@ -111,8 +111,10 @@ def test_pruned_decoder_error_goes_down(name, mode):
     before = _gap(model, dense, batches)
     summary = reconstruct(model, dense, plan, batches, mode=mode)
     assert summary["applied"], summary["reason"]
+    assert summary["weighting"] == "relative"      # pre-LN: errors relative to the stream's RMS
     kept = [b for b in summary["per_block"] if b["kept"]]
     assert kept and all(b["held_out_after"] < b["held_out_before"] for b in kept)
+    assert summary["held_out_kl_after"] < summary["held_out_kl_before"]   # what an LM is judged by
     assert summary["held_out_logit_mse_after"] < summary["held_out_logit_mse_before"]
     assert _gap(model, dense, batches) < before
     assert summary["fit_batches"] == 8 and summary["held_out_batches"] == 2
