@@ -63,7 +63,8 @@ def parse_case(case: str) -> tuple[str, float, dict, str]:
     return method, float(target), overrides, f"{method}-{target}{suffix}"
 
 
-def run_case(method: str, target: float, model_dir: Path, overrides: dict | None = None, name: str | None = None) -> dict:
+def run_case(method: str, target: float, model_dir: Path, overrides: dict | None = None,
+             name: str | None = None) -> dict:
     from vtrans_core import compress
 
     out = CACHE / f"out-{name or f'{method}-{target}'}"
@@ -89,13 +90,16 @@ def run_case(method: str, target: float, model_dir: Path, overrides: dict | None
 def report() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))]
     lines = ["| method | variant | params target | params kept | FLOPs kept | ppl dense | ppl pruned (x) | "
-             "prefill speedup | decode tok/s dense->pruned | refit | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "prefill speedup | decode tok/s dense->pruned | refit | seconds |", "|---" * 11 + "|"]
     for r in rows:
         variant = ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items()) or "defaults"
         rc = r.get("reconstruct") or {}
-        refit = (f"{rc.get('mode')}: {'applied' if rc.get('applied') else 'not applied'}, "
-                 f"{rc.get('blocks_refit')} blocks" + (f" ({rc['reason']})" if rc.get("reason") else "")) if rc else "-"
-        lines.append(f"| {r['method']} | {variant} | {r['target']} | {r['params_fraction']:.3f} | {r['flops_fraction']:.3f} | "
+        refit = "-"
+        if rc:
+            refit = (f"{rc.get('mode')}: {'applied' if rc.get('applied') else 'not applied'}, "
+                     f"{rc.get('blocks_refit')} blocks" + (f" ({rc['reason']})" if rc.get("reason") else ""))
+        lines.append(f"| {r['method']} | {variant} | {r['target']} | {r['params_fraction']:.3f} | "
+                     f"{r['flops_fraction']:.3f} | "
                      f"{r['dense_ppl']:.2f} | {r['pruned_ppl']:.2f} ({r['ppl_ratio']:.2f}x) | {r['prefill_speedup']} | "
                      f"{r['decode_tps'][0]} -> {r['decode_tps'][1]} | {refit} | {r['seconds']} |")
     return f"perplexity: held-out Bible chapters, {WINDOW}-token windows, stride {WINDOW}\n" + "\n".join(lines)

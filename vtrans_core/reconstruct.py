@@ -1,9 +1,10 @@
 """Retraining-free reconstruction after a hard cut (Kwon et al. 2022, "mask tuning").
 
-A pruned block's residual sum (pre-LayerNorm for a post-LN encoder) is  sum_u s_u * c_u(x) + bias + residual  where c_u is the
-contribution of kept unit u (a head through its o-proj columns, an FFN neuron through its out
-column). With frozen weights the cut leaves s = 1; here each block is refitted by least squares so
-its sum matches the DENSE model's on calibration rows:
+A pruned block's residual sum (pre-LayerNorm for a post-LN encoder) is
+sum_u s_u * c_u(x) + bias + residual  where c_u is the contribution of kept unit u (a head
+through its o-proj columns, an FFN neuron through its out column). With frozen weights the cut
+leaves s = 1; here each block is refitted by least squares so its sum matches the DENSE model's
+on calibration rows:
 
     min_s ||C s - b||^2 + damping * mean(diag C^T C) * ||s - 1||^2,   b = dense_sum - bias - residual
 
@@ -50,12 +51,9 @@ MODES = ("off", "scales", "weights")
 MAX_SCALE = 10.0        # Kwon clamps the tuned mask values to [-10, 10]
 DAMPING = 1e-2          # ridge strength relative to the mean diagonal of the normal matrix
 HOLDOUT_SHARE = 0.2     # calibration batches kept aside to accept / reject each fit
-# Pre-LN decoders: weight each token's squared error by 1 / (dense stream's mean square there).
-# Nothing normalizes a pre-LN stream after a block; the next norm divides each token by its RMS,
-# and a few tokens carry huge norms (SmolLM2-135M: from layer 11 on the blocks' summed error jumps
-# 30x, dominated by them). Same cut of SmolLM2 at params 0.8, "weights": perplexity 19.40 absolute,
-# 19.20 relative (dense 14.73, no refit 40.85; benchmarks/README.md). Post-LN encoders: absolute
-# (measured there; their sums have no such outliers).
+# Pre-LN: each token's squared error / the dense stream's mean square there (the next norm divides
+# by that RMS; SmolLM2's few huge-norm tokens dominate the absolute error from layer 11 on). Same
+# SmolLM2 cut, "weights": ppl 19.40 absolute, 19.20 relative (benchmarks/README.md). Encoders: absolute.
 RELATIVE_FOR_PRE_LN = True
 
 
@@ -90,7 +88,8 @@ class Summary:
     def to_dict(self) -> dict:
         kept = [b for b in self.blocks if b["kept"]]
         gain = [b["held_out_before"] / max(b["held_out_after"], 1e-30) for b in kept]
-        return {"mode": self.mode, "weighting": self.weighting, "applied": self.applied, "reason": self.reason, "rows": self.rows,
+        return {"mode": self.mode, "weighting": self.weighting, "applied": self.applied, "reason": self.reason,
+                "rows": self.rows,
                 "fit_batches": self.fit_batches, "held_out_batches": self.held_out_batches,
                 "blocks_refit": len(kept), "blocks_skipped": len(self.blocks) - len(kept),
                 "median_error_ratio": round(sorted(gain)[len(gain) // 2], 3) if gain else None,
@@ -324,7 +323,7 @@ def _logit_gap(pruned, dense, batches: list[dict]) -> tuple[float, float | None]
     return mse / max(1, sum(len(b["input_ids"]) for b in batches)), (kl / tokens if tokens else None)
 
 
-def _rounded(v: float | None) -> float | None:
+def _round(v: float | None) -> float | None:
     return round(v, 6) if v is not None else None
 
 
@@ -352,7 +351,8 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
         relative = RELATIVE_FOR_PRE_LN and pa.norm_placement == "pre"
     summary.weighting = "relative" if relative else "absolute"
     if not _shared_layer_calls(dense):
-        summary.applied, summary.reason = False, "layers of different attention types (config.layer_types): not supported"
+        summary.applied = False
+        summary.reason = "layers of different attention types (config.layer_types): not supported"
         return summary.to_dict()
     was_p, was_d = pruned.training, dense.training
     pruned.eval()
@@ -362,7 +362,7 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
     held_batches = [batches[i] for i in idx_held]
     before_state = copy.deepcopy(pruned.state_dict())
     mse_before, kl_before = _logit_gap(pruned, dense, held_batches)
-    summary.logit_mse_before, summary.kl_before = _rounded(mse_before), _rounded(kl_before)
+    summary.logit_mse_before, summary.kl_before = round(mse_before, 6), _round(kl_before)
 
     n_dense = len(da.layers(dense))
     n_pruned = len(pa.layers(pruned))
@@ -397,7 +397,7 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
         if tick is not None:
             tick(i + 1, n_dense)
     mse, kl = _logit_gap(pruned, dense, held_batches)
-    summary.logit_mse_after, summary.kl_after = _rounded(mse), _rounded(kl)
+    summary.logit_mse_after, summary.kl_after = round(mse, 6), _round(kl)
     # An LM is judged by the KL: on SmolLM2 Kwon's "scales" LOWERED the held-out logit MSE 2.4x
     # while perplexity ROSE 40.85 -> 43.93 (the MSE is not shift-invariant, the softmax is).
     name, before, after = ("KL", kl_before, kl) if kl is not None else ("logit error", mse_before, mse)
