@@ -7,6 +7,11 @@ non-overlapping 512-token windows of held-out chapters (stated in every row). Th
 SmolLM2-135M-Instruct after 4-bit (Q4_1) quantization (the only decoder installable here).
 
     nice -n 19 python -m benchmarks.decoder_bench [--cases faster@0.8,fast@0.8] [--report]
+
+A case may override options after a colon, `;`-separated (values parsed as JSON, else strings):
+`faster@0.8:reconstruct=scales`, `faster@0.8:reconstruct=off;prune_hidden=true`. Each case is
+cached under its own name, and every cached row is also written to
+benchmarks/results/decoder_bench.json (the committed record).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BENCH_DIR = Path(__file__).resolve().parent
 CACHE = BENCH_DIR / "cache" / "decoders"
+RESULTS = BENCH_DIR / "results" / "decoder_bench.json"
 TARGETS = (0.8, 0.7, 0.5)
 METHODS = ("faster", "fast")
 WINDOW = 512
@@ -42,11 +48,27 @@ def corpus() -> Path:
     return path
 
 
-def run_case(method: str, target: float, model_dir: Path) -> dict:
+def parse_case(case: str) -> tuple[str, float, dict, str]:
+    """"faster@0.8:reconstruct=scales;prune_hidden=true" -> (method, target, overrides, cache name)."""
+    head, _, rest = case.partition(":")
+    method, target = head.split("@")
+    overrides = {}
+    for item in filter(None, rest.split(";")):
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    suffix = "".join(f"-{k}={v}" for k, v in overrides.items())
+    return method, float(target), overrides, f"{method}-{target}{suffix}"
+
+
+def run_case(method: str, target: float, model_dir: Path, overrides: dict | None = None,
+             name: str | None = None) -> dict:
     from vtrans_core import compress
 
-    out = CACHE / f"out-{method}-{target}"
-    opts = {**OPTIONS, **(FAST_OPTIONS if method == "fast" else {})}
+    out = CACHE / f"out-{name or f'{method}-{target}'}"
+    opts = {**OPTIONS, **(FAST_OPTIONS if method == "fast" else {}), **(overrides or {})}
     started = time.perf_counter()
     result = compress(str(model_dir), str(corpus()), {"kind": "params", "target": target, "seq_len": WINDOW}, method,
                       opts, output_dir=out)
@@ -58,17 +80,28 @@ def run_case(method: str, target: float, model_dir: Path) -> dict:
             "flops_fraction": m["flops_fraction"], "prefill_speedup": m["speedup"],
             "decode_tps": [m["dense"]["decode_tokens_per_s"], m["pruned"]["decode_tokens_per_s"]],
             "seconds": round(time.perf_counter() - started, 1), "stage_seconds": m["stage_seconds"],
-            "memory": m["memory"], "samples": m["generation_samples"], "options": opts}
+            "memory": m["memory"], "samples": m["generation_samples"], "options": opts,
+            "overrides": overrides or {}, "resolved": {k: m["options"].get(k) for k in ("reconstruct", "prune_hidden",
+                                                                                         "calibration_rows")},
+            "reconstruct": {k: v for k, v in m["method_info"].get("reconstruct", {}).items() if k != "per_block"},
+            "reconstruct_blocks": m["method_info"].get("reconstruct", {}).get("per_block")}
 
 
 def report() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))]
-    lines = ["| method | params target | params kept | FLOPs kept | ppl dense | ppl pruned (x) | prefill speedup | "
-             "decode tok/s dense->pruned | seconds |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | variant | params target | params kept | FLOPs kept | ppl dense | ppl pruned (x) | "
+             "prefill speedup | decode tok/s dense->pruned | refit | seconds |", "|---" * 11 + "|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['target']} | {r['params_fraction']:.3f} | {r['flops_fraction']:.3f} | "
+        variant = ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items()) or "defaults"
+        rc = r.get("reconstruct") or {}
+        refit = "-"
+        if rc:
+            refit = (f"{rc.get('mode')}: {'applied' if rc.get('applied') else 'not applied'}, "
+                     f"{rc.get('blocks_refit')} blocks" + (f" ({rc['reason']})" if rc.get("reason") else ""))
+        lines.append(f"| {r['method']} | {variant} | {r['target']} | {r['params_fraction']:.3f} | "
+                     f"{r['flops_fraction']:.3f} | "
                      f"{r['dense_ppl']:.2f} | {r['pruned_ppl']:.2f} ({r['ppl_ratio']:.2f}x) | {r['prefill_speedup']} | "
-                     f"{r['decode_tps'][0]} -> {r['decode_tps'][1]} | {r['seconds']} |")
+                     f"{r['decode_tps'][0]} -> {r['decode_tps'][1]} | {refit} | {r['seconds']} |")
     return f"perplexity: held-out Bible chapters, {WINDOW}-token windows, stride {WINDOW}\n" + "\n".join(lines)
 
 
@@ -90,13 +123,14 @@ def main(argv=None) -> int:
         return 2
     model_dir = smollm2_dir(CACHE / "smollm2-135m")
     for case in args.cases.split(","):
-        method, target = case.split("@")
-        path = CACHE / f"case-{method}-{target}.json"
+        method, target, overrides, name = parse_case(case)
+        path = CACHE / f"case-{name}.json"
         if path.is_file():
             print(f"{case}: cached")
             continue
-        row = run_case(method, float(target), model_dir)
+        row = run_case(method, target, model_dir, overrides, name)
         path.write_text(json.dumps(row, indent=1))
+        RESULTS.write_text(json.dumps([json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))], indent=1))
         print(f"{case}: {json.dumps({k: row[k] for k in ('dense_ppl', 'pruned_ppl', 'params_fraction', 'seconds')})}",
               flush=True)
     print(report())

@@ -70,7 +70,19 @@ def test_faster_on_tiny_llama_meets_params_budget_and_loads(llama_dir, corpus, t
     result = compress(str(llama_dir), str(corpus), budget, "faster", OPTIONS, output_dir=out)
     m = _check_output(result, budget, out)
     assert m["method_info"]["importance"] == "fisher"
-    assert m["method_info"]["reconstruct"]["applied"] is False   # not supported for decoders: said so
+    _check_refit(m["method_info"]["reconstruct"], "weights")
+
+
+def _check_refit(rc: dict, mode: str):
+    """The layer-wise refit ran on the decoder and its summary is honest: "applied" only when some
+    block's fit was kept and the held-out KL to the dense model went down, else a reason."""
+    assert rc["mode"] == mode and rc["rows"] > 0 and rc["tokens"] == rc["rows"] * SEQ
+    assert rc["per_block"] and {b["block"] for b in rc["per_block"]} <= {"attn", "ffn"}
+    if rc["applied"]:
+        assert rc["blocks_refit"] > 0 and rc["reason"] is None
+        assert rc["held_out_kl_after"] < rc["held_out_kl_before"]     # an LM's refit is judged by the KL
+    else:
+        assert rc["reason"]
 
 
 def test_faster_vib_masks_and_explicit_task_on_gpt2(gpt2_dir, corpus, tmp_path):
@@ -80,6 +92,18 @@ def test_faster_vib_masks_and_explicit_task_on_gpt2(gpt2_dir, corpus, tmp_path):
     result = compress(str(gpt2_dir), str(corpus), budget, "faster", opts, output_dir=out)
     m = _check_output(result, budget, out)
     assert m["method_info"]["mask_steps"] == 4 and m["family"] == "gpt2"
+    _check_refit(m["method_info"]["reconstruct"], "weights")
+
+
+def test_faster_scales_with_hidden_pruned_on_tiny_llama(llama_dir, corpus, tmp_path):
+    """Kwon's per-unit scales with the hidden width cut too: the refit reads the dense residual
+    stream at the kept channels."""
+    budget = {"kind": "params", "target": 0.7, "seq_len": SEQ}
+    out = tmp_path / "out"
+    opts = {**OPTIONS, "reconstruct": "scales", "prune_hidden": True}
+    m = _check_output(compress(str(llama_dir), str(corpus), budget, "faster", opts, output_dir=out), budget, out)
+    assert m["kept"]["hidden"] < 48      # the residual stream itself was narrowed
+    _check_refit(m["method_info"]["reconstruct"], "scales")
 
 
 @pytest.mark.parametrize("method", ["fast", "vtrans"])
@@ -90,6 +114,7 @@ def test_weight_training_methods_on_tiny_llama(method, llama_dir, corpus, tmp_pa
     result = compress(str(llama_dir), str(corpus), budget, method, opts, output_dir=out)
     m = _check_output(result, budget, out)
     assert m["method_info"]["finetune_steps"] == 2
+    _check_refit(m["method_info"]["reconstruct"], "weights")   # the sliced dense weights, before distillation
 
 
 def test_jsonl_text_column_and_separate_eval_text(llama_dir, corpus, tmp_path):

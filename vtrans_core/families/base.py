@@ -14,7 +14,8 @@ Norm placement: the encoders here are post-LN (x -> LN(x + sub(x))); the decoder
 (GQA: `kv_heads` per layer in the shape), gate/up/down as FFN parts (`gate` beside `inp`),
 RMSNorm as the norm, a final norm (`final_norm`) instead of an embedding norm, and the LM head
 (tied or not) as the "classifier". The gating and folding code in prunable.py / materialize.py
-branches on `norm_placement` only where the formula differs (where the hidden gate acts).
+branches on `norm_placement` only where the formula differs (where the hidden gate acts); the
+least-squares refit asks `block_sums` where each block's residual sum can be read.
 
 Projections may be nn.Linear ([out, in] weight) or transformers' Conv1D ([in, out], GPT-2);
 `materialize.py` slices both. GPT-2 fuses q/k/v into one projection: its AttnParts gives `qkv`
@@ -111,6 +112,19 @@ class FamilyAdapter:
 
     def head_dense(self, model: nn.Module) -> nn.Linear | None:
         raise NotImplementedError
+
+    def block_sums(self, model: nn.Module, i: int) -> dict[str, tuple[nn.Module, str]]:
+        """Where layer i's residual sums (a block's output + its residual input) can be read, for
+        the least-squares refit (reconstruct.py): {"attn" | "ffn": (module, "input" | "output")},
+        the sum being that module's first input or its output; a removed block has no entry.
+        Post-LN (here): each sum enters the LayerNorm that closes its block."""
+        out: dict[str, tuple[nn.Module, str]] = {}
+        a, f = self.attention(model, i), self.ffn(model, i)
+        if a is not None:
+            out["attn"] = (a.norm, "input")
+        if f is not None:
+            out["ffn"] = (f.norm, "input")
+        return out
 
     def classifier(self, model: nn.Module) -> nn.Linear | None:
         raise NotImplementedError

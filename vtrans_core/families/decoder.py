@@ -78,6 +78,18 @@ class DecoderAdapter(FamilyAdapter):
     def _set_layer_list(self, model, layers) -> None:
         raise NotImplementedError
 
+    def block_sums(self, model, i):
+        # Pre-LN (x -> x + sub(norm(x))): the stream after attention is what the FFN's norm reads
+        # (an nn.Identity when the FFN was removed, still called by the layer), and the stream
+        # after the FFN is the layer's output. No norm closes a block, so these are the sums.
+        layer = self.layers(model)[i]
+        out = {}
+        if self.attention(model, i) is not None:
+            out["attn"] = (getattr(layer, self.layer_attrs[3]), "input")
+        if self.ffn(model, i) is not None:
+            out["ffn"] = (layer, "output")
+        return out
+
     def _attn_removed(self, layer) -> bool:
         return isinstance(getattr(layer, self.layer_attrs[0]), SkipDecoderAttention)
 

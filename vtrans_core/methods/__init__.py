@@ -103,10 +103,19 @@ def refine_weight(n_rows: int, options: CompressionOptions) -> float:
     return min(n_rows, options.calibration_rows) / options.batch_size * RECONSTRUCT_BATCH_WEIGHT
 
 
+def row_lengths(enc, n: int) -> list[int]:
+    """Real tokens of `enc`'s first n rows: classification rows (data.Encoded) vary in length,
+    a language model's packed windows are all seq_len long."""
+    ids = getattr(enc, "input_ids", None)
+    if ids is not None:
+        return [len(row) for row in ids[:n]]
+    return [int(enc.seq_len)] * min(n, len(enc))
+
+
 def refit_rows(enc, options: CompressionOptions) -> int:
     """How many of `enc`'s first rows the refit uses: up to calibration_rows, stopping before the
     real tokens exceed calibration_tokens (the least-squares statistics cost per token)."""
-    lengths = [len(ids) for ids in getattr(enc, "input_ids", [])[:options.calibration_rows]]
+    lengths = row_lengths(enc, options.calibration_rows)
     n, tokens = 0, 0
     for length in lengths:
         tokens += length
@@ -121,22 +130,17 @@ def reconstruct_cut(ctx: Context, model, plan, enc, mode: str) -> dict:
     of `enc` (reconstruct.py); `plan` holds indices of ctx.dense. Returns the summary for
     method_info["reconstruct"]."""
     from ..data import iterate_batches
-    from ..families import adapter_for
     from ..reconstruct import reconstruct
 
     if mode == "off":
         return {"mode": "off", "applied": False, "reason": "reconstruct is off"}
-    if adapter_for(model).auto_class == "AutoModelForCausalLM":
-        # reconstruct.py refits post-LN encoder layers (BERT's norm placement); a pre-LN
-        # decoder's layers are not supported yet: skipped, and the metrics say so.
-        return {"mode": mode, "applied": False, "reason": "not supported for decoder (causal LM) families yet"}
     ctx.progress.start("refine")
     # length-sorted batches: ~40% less padding on tweets (reconstruct holds out every 5th batch);
     # head(): row numbers are kept, so the teacher's logit cache stays valid
     rows = refit_rows(enc, ctx.options)
     batches = list(iterate_batches(enc.head(rows), ctx.options.batch_size, ctx.device, shuffle=False))
     summary = reconstruct(model, ctx.dense, plan, batches, mode, tick=lambda d, t: ctx.progress.update(d, t))
-    return {**summary, "tokens": sum(len(ids) for ids in enc.input_ids[:rows])}
+    return {**summary, "tokens": sum(row_lengths(enc, rows))}
 
 
 def teacher_tensors(ctx: Context) -> dict:
