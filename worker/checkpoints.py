@@ -18,6 +18,8 @@ from api import jobstore
 from api.artifacts import ArtifactStore, checkpoint_prefix
 from vtrans_core.resume import CheckpointTarget
 
+from .events import note
+
 log = logging.getLogger("vtrans.worker")
 MANIFEST = "manifest.json"
 
@@ -86,7 +88,4 @@ class StoreCheckpoint(CheckpointTarget):
             log.warning("job %s: could not remove its checkpoint: %s", self.claim.job_id, err)
 
     def _note(self, message: str) -> None:
-        try:
-            jobstore.note(self.db_url, self.claim, message)
-        except Exception as err:   # an event is information, not a reason to stop the job
-            log.warning("job %s: %s (event not recorded: %s)", self.claim.job_id, message, err)
+        note(self.db_url, self.claim, message)

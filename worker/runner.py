@@ -20,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from vtrans_core.errors import CompressionCancelled, CompressionError
 
 from .checkpoints import StoreCheckpoint
+from .events import note
 from .heartbeat import Heartbeat
 from .hub_download import download_revision
 from .model_card import HUB_ID, Source, model_card, model_name_for_upload
@@ -76,13 +77,6 @@ def _finish(settings: Settings, claim: jobstore.Claim, status: str, **kw: Any) -
                 raise
             log.warning("job %s: database unreachable while recording %s; retrying", claim.job_id, status)
             time.sleep(2)
-
-
-def _note(settings: Settings, claim: jobstore.Claim, message: str) -> None:
-    try:
-        jobstore.note(settings.db_url, claim, message)
-    except Exception as err:   # an event is information, not a reason to stop the job
-        log.warning("job %s: %s (event not recorded: %s)", claim.job_id, message, err)
 
 
 def _jsonable(value: Any) -> Any:
@@ -211,7 +205,7 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
     try:
         with session_scope(settings.db_url) as s:
             job = s.get(Job, job_id)
-        model_arg, data_arg, eval_arg = _inputs(settings, store, job, work, lambda m: _note(settings, claim, m))
+        model_arg, data_arg, eval_arg = _inputs(settings, store, job, work, lambda m: note(settings.db_url, claim, m))
         req = job.request
         if checkpoint is not None:
             checkpoint.download()   # an earlier attempt's, if any: compress() resumes from it
