@@ -17,7 +17,8 @@ squared error is divided by the dense stream's mean square at that token (RELATI
 Layers are solved IN ORDER, each on the inputs it really sees: the calibration rows are pushed
 through the pruned model layer by layer, the layer's attention block is fitted, the layer is run
 again to see the FFN's inputs after that fix, the FFN is fitted, and the fixed layer's output
-becomes the next layer's input. The dense model advances alongside (layers a uniform plan removed
+(derived from that run's recorded sums, not a fourth run: _outputs_after_ffn_refit) becomes the
+next layer's input. The dense model advances alongside (layers a uniform plan removed
 included), so the target is the dense layer's output on the DENSE input: the fit also absorbs the
 drift accumulated in the residual stream (Kwon's formulation), not only this block's error.
 
@@ -295,6 +296,29 @@ def _refit(proj, dense_sums: list, proj_io: list, sums: list, keep_idx, unit: in
             "held_out_before": before, "held_out_after": after}
 
 
+def _outputs_after_ffn_refit(outs: list, got: dict, proj, tap, side: str, rows: list[_Rows]) -> list | None:
+    """The layer's outputs with the refitted FFN projection, from what the FFN pass recorded: the
+    sum moves by exactly the projection's change, and the layer's output is that sum (pre-LN) or
+    the closing norm of it (post-LN). This replaces a fourth run of the layer per calibration
+    batch (~13% of the refit on MiniLM). Padding positions keep their old values: no real token
+    attends to them. None (run the layer again) when the layer's output is not the tap's: a
+    family whose layer does more after its last residual sum."""
+    fixed = []
+    for n, (out, (p_in, p_out), (s_in, s_out), r) in enumerate(zip(outs, got["proj"], got["sum"], rows)):
+        if out is None:
+            return None
+        if n == 0:   # the layer must return the tap's output (the closing norm's, or its own): check once
+            if not torch.allclose(out[r.valid].float(), s_out, rtol=1e-4, atol=1e-5):
+                return None
+        old_sum = s_in if side == "input" else s_out
+        new_sum = old_sum - p_out + proj(p_in.to(proj.weight.dtype)).float()
+        new = tap(new_sum.to(out.dtype)) if side == "input" else new_sum
+        out = out.clone()
+        out[r.valid] = (new[0] if isinstance(new, tuple) else new).to(out.dtype)
+        fixed.append(out)
+    return fixed
+
+
 def _pick(io: list, side: str) -> list:
     return [i if side == "input" else o for i, o in io]
 
@@ -379,19 +403,25 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
         xd_next, d_sums = _dense_sums(da, dense, i, d_rows, xd)
         if i in mapping:
             p_layer = pa.layers(pruned)[k]
+            next_xp = None
             for part in ("attn", "ffn"):
                 pp = pa.attention(pruned, k) if part == "attn" else pa.ffn(pruned, k)
                 if pp is None or part not in d_sums:
                     continue
                 proj = pp.o if part == "attn" else pp.out
                 tap, side = pa.block_sums(pruned, k)[part]
-                _, got = _record(p_layer, p_rows, xp, {"proj": proj, "sum": tap}, outputs=False)
+                # The FFN pass runs the whole layer anyway: keep its outputs, so the layer need
+                # not run again once the FFN is refitted (_outputs_after_ffn_refit).
+                outs, got = _record(p_layer, p_rows, xp, {"proj": proj, "sum": tap}, outputs=part == "ffn")
                 unit = pa.head_dim(pp.self_attn) if part == "attn" and mode == "scales" else 1
                 res = _refit(proj, d_sums[part], got["proj"], _pick(got["sum"], side), keep_idx, unit, mode,
                              idx_fit, idx_held, damping, relative)
                 summary.blocks.append({"layer": i, "block": part, **{k2: (round(v, 4) if isinstance(v, float) else v)
                                                                       for k2, v in res.items()}})
-            xp = [_run_layer(p_layer, r, x).detach() for r, x in zip(p_rows, xp)]
+                if part == "ffn":
+                    next_xp = outs if not res["kept"] else \
+                        _outputs_after_ffn_refit(outs, got, proj, tap, side, p_rows)
+            xp = next_xp if next_xp is not None else [_run_layer(p_layer, r, x).detach() for r, x in zip(p_rows, xp)]
             k += 1
         xd = xd_next
         if tick is not None:
