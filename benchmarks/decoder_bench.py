@@ -90,9 +90,11 @@ def run_case(method: str, target: float, model_dir: Path, overrides: dict | None
 def report() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))]
     lines = ["| method | variant | params target | params kept | FLOPs kept | ppl dense | ppl pruned (x) | "
-             "prefill speedup | decode tok/s dense->pruned | refit | seconds |", "|---" * 11 + "|"]
+             "prefill speedup | decode tok/s dense->pruned | refit | compression s (with evaluation) |", "|---" * 11 + "|"]
     for r in rows:
         variant = ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items()) or "defaults"
+        if r.get("note"):   # a row kept from an earlier version of the code
+            variant += f" ({r['note']})"
         rc = r.get("reconstruct") or {}
         refit = "-"
         if rc:
@@ -101,7 +103,8 @@ def report() -> str:
         lines.append(f"| {r['method']} | {variant} | {r['target']} | {r['params_fraction']:.3f} | "
                      f"{r['flops_fraction']:.3f} | "
                      f"{r['dense_ppl']:.2f} | {r['pruned_ppl']:.2f} ({r['ppl_ratio']:.2f}x) | {r['prefill_speedup']} | "
-                     f"{r['decode_tps'][0]} -> {r['decode_tps'][1]} | {refit} | {r['seconds']} |")
+                     f"{r['decode_tps'][0]} -> {r['decode_tps'][1]} | {refit} | "
+                     f"{r['seconds'] - r['stage_seconds'].get('evaluate', 0.0):.0f} ({r['seconds']:.0f}) |")
     return f"perplexity: held-out Bible chapters, {WINDOW}-token windows, stride {WINDOW}\n" + "\n".join(lines)
 
 
