@@ -76,7 +76,14 @@ def cases() -> list[dict]:
             + ablations("tweets", ["norecon"], 0.3)
             + [c for t in (0.3, 0.4) for c in ablations("spam", ["refit-all"], t)]
             + [c for task in TASKS for c in ablations(task, ["min512"], 0.5, "fast")]
-            + seeded())
+            + seeded() + faster())
+
+
+def faster() -> list[dict]:
+    """Faster-VTrans (issue #12: no weight training) on the same tasks, timed on the same lanes as
+    vtrans, so its drop and its speed against vtrans's are read off one table."""
+    return [{"name": f"{task}-faster-{target}", "task": task, "method": "faster", "target": target}
+            for target in (0.5, 0.4) for task in TASKS]
 
 
 def seeded() -> list[dict]:
