@@ -30,13 +30,21 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, trains_weights: bool) -> dict:
+def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, trains_weights: bool,
+                        refit_tokens: int = 0) -> dict:
     """Peak memory of a compression job, from the config alone (docs/DECODERS.md, "Memory").
 
     weights:     2 * P * b          the student (with masks) and the frozen dense teacher
-    + training:  P * (b + 8)        only when weights train (vtrans/fast): gradients + Adam's two fp32 moments
-    + activations: B * T * L * (16 * H + 4 * F) * b   kept for the backward pass (no checkpointing)
-    + logits:    5 * B * T * V * 4  student logits, their log-softmax and gradient, the teacher's (fp32 in the loss)
+    then the larger of two stages (they never overlap: the refit runs after the masks are gone):
+    training     + P * (b + 8)      only when weights train (vtrans/fast): gradients + Adam's two fp32 moments
+                 + activations: B * T * L * (16 * H + 4 * F) * b   kept for the backward pass (no checkpointing)
+                 + logits:    5 * B * T * V * 4  student logits, their log-softmax and gradient, the teacher's (fp32)
+    refit        (refit_tokens N > 0: the least-squares refit of reconstruct.py on N calibration tokens)
+                 + P * b                       the pruned weights kept to revert to (at most the dense size)
+                 + 2 * N * H * b               every calibration row's input to the current layer, pruned and dense
+                 + N * (F + 8 * H) * 4         one layer's recorded fp32 taps: projection inputs, sums, outputs
+                 + (F + 1)^2 * 12 + (F + 1) * H * 8   the normal matrix (fp64 sum + fp32 batch product), its right side
+                 + logits                      the held-out logit comparison, before and after
     all times 1.2 (allocator slack and the rest of the process).
     """
     from .families import adapter_for
@@ -45,15 +53,23 @@ def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, train
     shape = adapter_for(config).shape_from_config(config)
     P = shape_size(shape, "params")
     b = DTYPE_BYTES[dtype]
-    H, F, L, V = shape.hidden, max(shape.ffn, default=0), shape.n_layers, shape.vocab
+    H, F, L, V, N = shape.hidden, max(shape.ffn, default=0), shape.n_layers, shape.vocab, refit_tokens
+    logits = 5 * batch * seq_len * V * 4
     parts = {
         "weights": 2 * P * b,
         "training_state": P * (b + 8) if trains_weights else 0,
         "activations": batch * seq_len * L * (ACT_PER_TOKEN_LAYER * H + ACT_FFN_PER_TOKEN * F) * b,
-        "logits": 5 * batch * seq_len * V * 4,
+        "logits": logits,
     }
-    total = int(sum(parts.values()) * OVERHEAD)
-    return {"total_bytes": total, "parts": parts, "params": P, "dtype": dtype, "batch": batch, "seq_len": seq_len}
+    if N:
+        parts.update({"refit_revert_copy": P * b, "refit_hidden_states": 2 * N * H * b,
+                      "refit_records": N * (F + 8 * H) * 4,
+                      "refit_normal_matrix": (F + 1) ** 2 * 12 + (F + 1) * H * 8})
+    training = parts["training_state"] + parts["activations"] + logits
+    refit = sum(v for k, v in parts.items() if k.startswith("refit_")) + logits if N else 0
+    total = int((parts["weights"] + max(training, refit)) * OVERHEAD)
+    return {"total_bytes": total, "parts": parts, "params": P, "dtype": dtype, "batch": batch, "seq_len": seq_len,
+            "refit_tokens": N, "peak_stage": "refit" if refit > training else "training"}
 
 
 def available_bytes(device: Any, max_memory_gb: float | None) -> int:
@@ -72,16 +88,20 @@ def available_bytes(device: Any, max_memory_gb: float | None) -> int:
 
 
 def check_memory(config: Any, dtype: str, batch: int, seq_len: int, trains_weights: bool, device: Any,
-                 max_memory_gb: float | None) -> dict:
+                 max_memory_gb: float | None, refit_tokens: int = 0) -> dict:
     """The estimate, or CompressionError naming needed and available memory (never an OOM mid-run)."""
-    est = estimate_peak_bytes(config, dtype, batch, seq_len, trains_weights)
+    est = estimate_peak_bytes(config, dtype, batch, seq_len, trains_weights, refit_tokens)
     have = available_bytes(device, max_memory_gb)
     est["available_bytes"] = have
     if est["total_bytes"] > have:
-        raise CompressionError("options.batch_size", f"this job needs about {est['total_bytes'] / 1e9:.1f} GB "
-                               f"({est['params'] / 1e6:.0f}M params in {dtype}, batch {batch} x {seq_len} tokens) but "
-                               f"only {have / 1e9:.1f} GB is available on {device}; lower batch_size or seq_len, use "
-                               "dtype bfloat16, or method 'faster' (no weight gradients)")
+        need = f"this job needs about {est['total_bytes'] / 1e9:.1f} GB ({est['params'] / 1e6:.0f}M params in {dtype}, "
+        have_text = f"only {have / 1e9:.1f} GB is available on {device}"
+        if est["peak_stage"] == "refit":   # the least-squares refit, not training, sets the peak
+            raise CompressionError("options.calibration_tokens", f"{need}least-squares refit on {refit_tokens} "
+                                   f"calibration tokens) but {have_text}; lower calibration_tokens or "
+                                   "calibration_rows, use dtype bfloat16, or set reconstruct 'off'")
+        raise CompressionError("options.batch_size", f"{need}batch {batch} x {seq_len} tokens) but {have_text}; "
+                               "lower batch_size or seq_len, use dtype bfloat16, or method 'faster' (no weight gradients)")
     return est
 
 

@@ -55,8 +55,11 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
     seed_everything(opts.seed)
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.dtype, device)
+    # the refit reads at most calibration_rows windows, stopping at calibration_tokens (methods.refit_rows)
+    refit_tokens = 0 if opts.reconstruct == "off" else \
+        min(opts.calibration_rows * opts.seq_len, opts.calibration_tokens or opts.calibration_rows * opts.seq_len)
     memory = check_memory(config, dtype, opts.batch_size, opts.seq_len, strategy.trains_weights, device,
-                          opts.max_memory_gb)
+                          opts.max_memory_gb, refit_tokens)
     splits = task.load_data(data, opts.seed)
     held_docs = splits.eval
     if eval_data is not None:   # a separate text: every document of `data` calibrates, all of this is held out
@@ -148,6 +151,7 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
         "decode_speedup": round(decode[1] / decode[0], 3) if decode[0] > 0 else None,
         "latency": latency, "generation_samples": samples,
         "memory": {"estimate_bytes": memory["total_bytes"], "estimate_parts": memory["parts"],
+                   "estimate_peak_stage": memory["peak_stage"],
                    "available_bytes": memory["available_bytes"], "peak_bytes": peak_memory_bytes(device),
                    "peak_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS"},
         "kept": final_plan.kept_summary(), "method_info": _jsonable_info(ctx.info),

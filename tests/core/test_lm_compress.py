@@ -171,9 +171,35 @@ def test_memory_estimate_formula_and_refusal_before_any_work(llama_dir, corpus, 
     with pytest.raises(CompressionError) as e:
         compress(str(llama_dir), str(corpus), {"kind": "params", "target": 0.8}, "faster",
                  {**OPTIONS, "max_memory_gb": 1e-6}, output_dir=tmp_path / "out")
-    assert e.value.field == "options.batch_size"
+    # faster trains no weights: on this tiny model the refit's calibration windows set the peak
+    assert e.value.field == "options.calibration_tokens"
     assert "GB" in e.value.message and "available" in e.value.message
     assert not (tmp_path / "out").exists()
+
+
+def test_memory_estimate_counts_the_refit_and_names_it_when_it_sets_the_peak():
+    """The least-squares refit holds a revert copy, every calibration row's layer input (pruned and
+    dense), one layer's fp32 taps and the normal matrix: with enough calibration tokens it, not
+    training, sets the peak, and a refusal then names calibration_tokens."""
+    from vtrans_core.lm_runtime import check_memory
+
+    cfg = decoder_config("llama-gqa").to_dict()
+    base = estimate_peak_bytes(cfg, "float32", 4, 512, trains_weights=False)
+    P, H, F, N = base["params"], 48, 64, 200_000
+    est = estimate_peak_bytes(cfg, "float32", 4, 512, trains_weights=False, refit_tokens=N)
+    refit = {"refit_revert_copy": P * 4, "refit_hidden_states": 2 * N * H * 4, "refit_records": N * (F + 8 * H) * 4,
+             "refit_normal_matrix": (F + 1) ** 2 * 12 + (F + 1) * H * 8}
+    assert {k: v for k, v in est["parts"].items() if k.startswith("refit_")} == refit
+    assert est["peak_stage"] == "refit"
+    assert est["total_bytes"] == int((2 * P * 4 + sum(refit.values()) + base["parts"]["logits"]) * 1.2)
+    small = estimate_peak_bytes(cfg, "float32", 4, 512, trains_weights=True, refit_tokens=64)
+    assert small["peak_stage"] == "training"
+    assert small["total_bytes"] == estimate_peak_bytes(cfg, "float32", 4, 512, trains_weights=True)["total_bytes"]
+    between = (base["total_bytes"] + est["total_bytes"]) / 2 / 1e9
+    check_memory(cfg, "float32", 4, 512, False, "cpu", between)          # no refit: fits
+    with pytest.raises(CompressionError) as e:
+        check_memory(cfg, "float32", 4, 512, False, "cpu", between, refit_tokens=N)
+    assert e.value.field == "options.calibration_tokens" and "reconstruct" in e.value.message
 
 
 def test_dtype_option_is_checked():
