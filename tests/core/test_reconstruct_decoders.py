@@ -198,3 +198,31 @@ def test_outputs_derived_after_an_ffn_refit_match_running_the_layer_again(family
             assert torch.allclose(model(**x).logits, rerun(**x).logits, rtol=1e-4, atol=1e-4)
     for (name, a), b in zip(model.state_dict().items(), rerun.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-3), name   # the solves amplify float-rounding differences
+
+
+def test_an_lm_refit_that_lowers_the_kl_but_makes_the_text_less_likely_is_reverted():
+    """The revert rule: the fit's objective (KL for an LM, logit error otherwise) must drop, and an
+    LM's next-token loss on the held-out windows must not rise (Kwon's scales on SmolLM2 lowered
+    the logit error while perplexity rose)."""
+    from vtrans_core.reconstruct import _rose
+
+    g = torch.Generator().manual_seed(0)
+    nll = 3.0 + torch.rand(400, generator=g, dtype=torch.float64)
+    noise = 0.05 * torch.randn(400, generator=g, dtype=torch.float64)
+    lm = {"kl": 0.5, "nll": nll, "mse": 9.0}
+    assert _rose(lm, {"kl": 0.4, "nll": nll - 0.1 + noise, "mse": 9.5}) is None        # better text
+    assert _rose(lm, {"kl": 0.4, "nll": nll + noise - noise.mean(), "mse": 9.5}) is None   # unchanged, noise
+    why = _rose(lm, {"kl": 0.4, "nll": nll + 0.05 + noise, "mse": 1.0})
+    assert why is not None and "next-token loss rose" in why                         # worse beyond the noise
+    assert "KL" in _rose(lm, {"kl": 0.6, "nll": nll - 1.0})
+    assert "logit error" in _rose({"kl": None, "nll": None, "mse": 1.0}, {"kl": None, "nll": None, "mse": 1.5})
+    assert _rose({"kl": None, "nll": None, "mse": 1.0}, {"kl": None, "nll": None, "mse": 0.5}) is None
+
+    dense = tiny_decoder("llama-gqa")
+    model, plan = _cut(copy.deepcopy(dense), ("hidden", "heads", "ffn"))
+    summary = reconstruct(model, dense, plan, _lm_batches(), mode="weights")
+    assert summary["held_out_nll_before"] > 0 and summary["held_out_nll_after"] > 0
+    if summary["applied"]:
+        assert summary["held_out_nll_after"] <= summary["held_out_nll_before"]
+    else:
+        assert "reverted" in summary["reason"] or "no block" in summary["reason"]
