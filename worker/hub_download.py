@@ -34,8 +34,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from vtrans_core.errors import CompressionError
 

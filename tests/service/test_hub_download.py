@@ -155,7 +155,7 @@ def test_the_runner_downloads_a_hub_jobs_recorded_revision_and_only_then(tmp_pat
     notes = []
     assert runner._inputs(settings, None, job(None), tmp_path / "w", notes.append)[0] == REPO
     assert calls == [] and notes == []
-    check = lambda: None  # noqa: E731
+    check = lambda: None
     assert runner._inputs(settings, None, job(sha), tmp_path / "w", notes.append, check)[0] == "/downloaded"
     assert calls == [(REPO, sha, tmp_path / "w" / "hub-model")] and sha in notes[0]
     # The job's cancel check and the operator's retry settings reach the download.
@@ -169,10 +169,17 @@ def test_the_runner_downloads_a_hub_jobs_recorded_revision_and_only_then(tmp_pat
 
 # ------------------------------------------------------------------ cancel and outages
 
-def _children() -> list:
-    import psutil
-
-    return [c for c in psutil.Process().children(recursive=True) if c.is_running() and c.status() != "zombie"]
+def _children() -> list[int]:
+    """This test process's live children (Linux /proc, zombies left out): the download's child must be gone."""
+    pids = [int(pid) for f in Path("/proc/self/task").glob("*/children") for pid in f.read_text().split()]
+    alive = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z":
+                alive.append(pid)
+        except (OSError, IndexError):   # gone meanwhile
+            pass
+    return alive
 
 
 def _leftovers(root: Path) -> list[str]:
