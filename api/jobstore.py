@@ -119,6 +119,14 @@ def note(db_url: str, claim_: Claim, message: str) -> bool:
     return True
 
 
+def cancel_state(db_url: str, claim_: Claim) -> tuple[bool, bool]:
+    """(still_owned, cancel_requested), writing nothing: what a worker polls while it waits on
+    something that reports no progress (a hub download)."""
+    with session_scope(db_url) as s:
+        row = s.execute(select(Job.cancel_requested).where(_owned(claim_))).first()
+    return (False, False) if row is None else (True, bool(row[0]))
+
+
 def renew_lease(db_url: str, claim_: Claim, lease_seconds: float) -> bool:
     """Extend the lease of an attempt that is alive but has nothing to report (the worker's
     heartbeat thread). No event is written. False when the attempt no longer owns the job."""

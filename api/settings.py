@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     # after each stage and every this many seconds of fine-tuning; a new attempt continues from it.
     # < 0: no checkpoints (a new attempt starts over).
     checkpoint_seconds: float = 300.0
+    # A hub job's download (worker/hub_download.py): a transient hub failure (connection refused or
+    # reset, timeout, HTTP 408/429/5xx) is retried, this many attempts in all, the waits between
+    # them doubling and adding up to hub_retry_seconds (5 over 600 s: 40, 80, 160, 320 s). A hub
+    # outage usually lasts minutes; the heartbeat keeps the lease meanwhile and a cancel ends the
+    # wait. A definite answer (no such revision or repository, gated, 401/403) is never retried.
+    hub_download_attempts: int = Field(default=5, ge=1)
+    hub_retry_seconds: float = Field(default=600.0, ge=0)
 
     # Schedules and webhooks (issue #14), run by `vtrans scheduler` (and by `vtrans serve`).
     scheduler_interval_seconds: float = 5.0   # how often due schedules are looked for

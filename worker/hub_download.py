@@ -10,12 +10,36 @@ and tokenizer files are fetched: never pickled weights (*.bin, *.pt, ...) nor co
 huggingface_hub reads HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE and HF_HOME / HF_HUB_CACHE from the
 environment as everywhere else in the service. When the hub cannot be used (HF_HUB_OFFLINE=1,
 or unreachable), the HF cache is searched for that same commit, as from_pretrained would.
+
+Cancel and outages (issue #14). The transfer runs in a child process (worker/hub_fetch.py) that
+the worker waits on, calling `check` (the job's cancel/lease check) every `poll_seconds`:
+- a cancel kills the child at once, wherever it is (mid-file in a multi-GB safetensors, inside
+  huggingface_hub's own retry sleeps, in a blocking read), and the partial folder is deleted only
+  after the child is dead, so nothing writes into it afterwards. Checking between files would
+  not be prompt (one file is minutes of transfer), and a download thread cannot be killed: it
+  would go on filling the disk and the link while the worker starts its next job.
+- a transient failure (connection refused/reset, timeout, HTTP 408/429/5xx) is retried up to
+  `attempts` times, the waits doubling and adding up to `retry_seconds`; each wait is announced
+  with a job event ("waiting on the Hugging Face hub ...") and cut short by a cancel. Files that
+  completed in an earlier attempt are kept. A definite answer (revision or repository not
+  found, gated, 401/403) fails at once: waiting would not change it.
 """
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vtrans_core.errors import CompressionError
+
+log = logging.getLogger("vtrans.worker")
 
 # Top-level files from_pretrained reads for a safetensors model and its tokenizer. A sentencepiece
 # `.model` is a protobuf, vocab/merges `.txt` and `.tiktoken` are text, a chat template `.jinja`
@@ -25,12 +49,16 @@ ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.txt", "tokenizer.model", "spiece
 # from_pretrained on a folder reads only its top level: sub-folders (onnx/, original/, other
 # precisions) would be downloaded for nothing.
 IGNORE_PATTERNS = ["*/*"]
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]   # so the child finds `worker.hub_fetch` from any cwd
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    lines = [line for line in text.splitlines() if line.strip() and "Client Error" not in line]
-    return (lines[0] if lines else text or type(err).__name__)[:300]
+def retry_delays(attempts: int, total_seconds: float) -> list[float]:
+    """The waits before attempts 2..n: doubling, adding up to total_seconds (5 over 600 s: 40, 80, 160, 320)."""
+    n = max(attempts, 1) - 1
+    if n == 0:
+        return []
+    unit = max(total_seconds, 0.0) / (2 ** n - 1)
+    return [unit * 2 ** i for i in range(n)]
 
 
 def _from_cache(repo_id: str, revision: str, cache_dir: str | Path | None) -> Path | None:
@@ -44,42 +72,119 @@ def _from_cache(repo_id: str, revision: str, cache_dir: str | Path | None) -> Pa
         return None
 
 
+def _fetch_in_child(repo_id: str, revision: str, dest: Path, endpoint: str | None,
+                    check: Callable[[], None], poll_seconds: float) -> dict:
+    """One download attempt in a child process; its outcome dict (worker/hub_fetch.py). `check`
+    raising (cancel, lease lost) kills the child first, then propagates."""
+    dest.mkdir(parents=True, exist_ok=True)
+    result, log_file = dest.with_name(dest.name + ".fetch.json"), dest.with_name(dest.name + ".fetch.log")
+    result.unlink(missing_ok=True)
+    args = {"repo": repo_id, "revision": revision, "dest": str(dest), "endpoint": endpoint,
+            "result": str(result), "allow": ALLOW_PATTERNS, "ignore": IGNORE_PATTERNS}
+    # Online was decided here (constants.HF_HUB_OFFLINE, possibly set after start-up); the child
+    # must not read a different answer from the environment. HF_TOKEN etc. are inherited.
+    env = dict(os.environ, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_PROGRESS_BARS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])))
+    try:
+        with log_file.open("wb") as out:
+            # Its own session: killpg reaches the child and anything it started, nothing of ours.
+            proc = subprocess.Popen([sys.executable, "-m", "worker.hub_fetch", json.dumps(args)], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            while True:
+                try:
+                    code = proc.wait(timeout=poll_seconds)
+                    break
+                except subprocess.TimeoutExpired:
+                    check()
+        finally:
+            if proc.poll() is None:   # cancelled, lease lost, or the worker itself is stopping
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+        if result.is_file():
+            return json.loads(result.read_text(encoding="utf-8"))
+        tail = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()][-1:]
+        return {"ok": False, "kind": "error", "type": "DownloadProcessDied", "status": None,
+                "message": f"the download process exited with code {code}" + (f": {tail[0][:300]}" if tail else "")}
+    finally:
+        result.unlink(missing_ok=True)
+        log_file.unlink(missing_ok=True)
+
+
+def _wait(seconds: float, check: Callable[[], None], poll_seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(poll_seconds, left))
+        check()
+
+
 def download_revision(repo_id: str, revision: str, dest: Path, *, endpoint: str | None = None,
-                      cache_dir: str | Path | None = None) -> Path:
+                      cache_dir: str | Path | None = None, attempts: int = 1, retry_seconds: float = 0.0,
+                      check: Callable[[], None] = lambda: None, note: Callable[[str], None] = lambda m: None,
+                      poll_seconds: float = 1.0) -> Path:
     """The folder holding `repo_id` at commit `revision`: downloaded into `dest`, or the HF cache's
     snapshot of that commit when the hub cannot be used. Raises CompressionError("model", ...) with
-    a message for the job's user when neither works (the runner reports it as the job's error)."""
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    a message for the job's user when neither works (the runner reports it as the job's error),
+    and whatever `check` raises (the job was cancelled) with `dest` removed."""
+    from huggingface_hub import constants
 
     where = f"{repo_id!r} at revision {revision}"
-    unreachable: BaseException | None = None
+    hub = f"the Hugging Face hub ({(endpoint or constants.ENDPOINT).rstrip('/')})"
+    no_copy = "and the local Hugging Face cache has no copy of that revision"
     if constants.HF_HUB_OFFLINE:   # set from HF_HUB_OFFLINE when huggingface_hub is imported
-        unreachable = RuntimeError("HF_HUB_OFFLINE is set")
-    else:
-        try:
-            folder = Path(snapshot_download(repo_id, revision=revision, local_dir=dest, endpoint=endpoint,
-                                            allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS))
-            return _checked(folder, where)
-        except RevisionNotFoundError:
-            raise CompressionError("model", f"could not download {where} from the Hugging Face hub: the hub has no "
-                                   "such revision (deleted, or history rewritten since the job recorded it)") from None
-        except GatedRepoError as err:
-            raise CompressionError("model", f"could not download {where} from the Hugging Face hub: the repository "
-                                   f"is gated and the worker's token (HF_TOKEN) has no access ({_first_line(err)})") from None
-        except RepositoryNotFoundError as err:
-            raise CompressionError("model", f"could not download {where} from the Hugging Face hub: repository not "
-                                   f"found, or private without a token giving access ({_first_line(err)})") from None
-        except CompressionError:
-            raise
-        except Exception as err:   # unreachable hub, server errors, a broken transfer: try the cache
-            unreachable = err
-    cached = _from_cache(repo_id, revision, cache_dir)
-    if cached is not None:
-        return _checked(cached, where)
-    raise CompressionError("model", f"could not download {where} from the Hugging Face hub "
-                           f"({type(unreachable).__name__}: {_first_line(unreachable)}), and the local Hugging Face "
-                           "cache has no copy of that revision")
+        cached = _from_cache(repo_id, revision, cache_dir)
+        if cached is not None:
+            return _checked(cached, where)
+        raise CompressionError("model", f"could not download {where} from {hub} (HF_HUB_OFFLINE is set), {no_copy}")
+    delays, started = retry_delays(attempts, retry_seconds), time.monotonic()
+    try:
+        check()
+        for attempt in range(1, max(attempts, 1) + 1):
+            outcome = _fetch_in_child(repo_id, revision, dest, endpoint, check, poll_seconds)
+            if outcome["ok"]:
+                return _checked(dest.resolve(), where)
+            error = f"{outcome['type']}: {outcome['message']}"
+            _raise_if_definite(outcome["kind"], where, hub, outcome["message"])
+            cached = _from_cache(repo_id, revision, cache_dir)   # as good as a download, and no wait
+            if cached is not None:
+                note(f"{hub} could not be used ({error}); using the local Hugging Face cache's copy of {revision}")
+                shutil.rmtree(dest, ignore_errors=True)
+                return _checked(cached, where)
+            if outcome["kind"] != "transient":
+                raise CompressionError("model", f"could not download {where} from {hub} ({error}), {no_copy}")
+            if attempt > len(delays):
+                break
+            wait = delays[attempt - 1]
+            note(f"waiting on {hub}: download attempt {attempt} of {attempts} failed ({error}); "
+                 f"retrying in {wait:.0f} s")
+            log.warning("%s: hub download attempt %d/%d failed (%s); retrying in %.1f s",
+                        where, attempt, attempts, error, wait)
+            _wait(wait, check, poll_seconds)
+        raise CompressionError("model", f"could not download {where} from {hub}: still failing after {attempts} "
+                               f"attempts over {time.monotonic() - started:.0f} s (last error: {error}), {no_copy}")
+    except BaseException:   # failed or cancelled: no partial model is left behind
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _raise_if_definite(kind: str, where: str, hub: str, message: str) -> None:
+    """The hub's definite answers: retrying would give the same one."""
+    base = f"could not download {where} from {hub}: "
+    if kind == "revision":
+        raise CompressionError("model", base + "the hub has no such revision (deleted, or history rewritten "
+                               "since the job recorded it)")
+    if kind == "gated":
+        raise CompressionError("model", base + f"the repository is gated and the worker's token (HF_TOKEN) has "
+                               f"no access ({message})")
+    if kind == "repo":
+        raise CompressionError("model", base + f"repository not found, or private without a token giving access "
+                               f"({message})")
+    if kind == "denied":
+        raise CompressionError("model", base + f"access denied; check the worker's token (HF_TOKEN) ({message})")
 
 
 def _checked(folder: Path, where: str) -> Path:
@@ -90,4 +195,4 @@ def _checked(folder: Path, where: str) -> Path:
     return folder
 
 
-__all__ = ["ALLOW_PATTERNS", "IGNORE_PATTERNS", "download_revision"]
+__all__ = ["ALLOW_PATTERNS", "IGNORE_PATTERNS", "download_revision", "retry_delays"]

@@ -44,8 +44,7 @@ class Progress:
         self.heartbeat = heartbeat
 
     def __call__(self, stage: str, fraction: float, metrics: dict | None = None) -> None:
-        if self.heartbeat is not None and self.heartbeat.lost.is_set():
-            raise LeaseLost(f"job {self.claim.job_id}: attempt {self.claim.attempt} no longer owns the job")
+        self._lease_kept()
         now = time.monotonic()
         renew = now - self._last_renew >= self.settings.cancel_check_seconds
         try:
@@ -59,6 +58,23 @@ class Progress:
             return
         if renew:
             self._last_renew = now
+        self._verdict(owned, cancel)
+
+    def poll(self) -> None:
+        """The same cancel and lease check, recording nothing: for waits with no progress to report
+        (a hub download, a wait for the hub to come back), called every cancel_check_seconds."""
+        self._lease_kept()
+        try:
+            owned, cancel = jobstore.cancel_state(self.settings.db_url, self.claim)
+        except DB_DOWN:   # as above: ask again at the next poll
+            return
+        self._verdict(owned, cancel)
+
+    def _lease_kept(self) -> None:
+        if self.heartbeat is not None and self.heartbeat.lost.is_set():
+            raise LeaseLost(f"job {self.claim.job_id}: attempt {self.claim.attempt} no longer owns the job")
+
+    def _verdict(self, owned: bool, cancel: bool) -> None:
         if not owned:
             raise LeaseLost(f"job {self.claim.job_id}: attempt {self.claim.attempt} no longer owns the job")
         if cancel:
@@ -91,8 +107,9 @@ def hub_revision_of(job: Job) -> str | None:
 
 
 def _inputs(settings: Settings, store: ArtifactStore, job: Job, work: Path,
-            note=lambda message: None) -> tuple[str, str, str | None]:
-    """Local paths (or hub ID / built-in name) for compress()'s model, data and eval_data."""
+            note=lambda message: None, check=lambda: None) -> tuple[str, str, str | None]:
+    """Local paths (or hub ID / built-in name) for compress()'s model, data and eval_data.
+    `check` raises when the job was cancelled (polled while a hub download runs or waits)."""
     eval_ref = (job.request or {}).get("eval_dataset")
     with session_scope(settings.db_url) as s:
         model = s.get(Model, job.model) if job.model.startswith("mdl_") else None
@@ -105,7 +122,10 @@ def _inputs(settings: Settings, store: ArtifactStore, job: Job, work: Path,
     elif (revision := hub_revision_of(job)) is not None:
         # The recorded commit, not the hub's `main` of today: the job record names these bytes.
         note(f"downloading {job.model} at revision {revision} from the Hugging Face hub")
-        model_arg = str(download_revision(job.model, revision, work / "hub-model"))
+        model_arg = str(download_revision(job.model, revision, work / "hub-model", check=check, note=note,
+                                          attempts=settings.hub_download_attempts,
+                                          retry_seconds=settings.hub_retry_seconds,
+                                          poll_seconds=settings.cancel_check_seconds))
 
     def data_path(ds: Dataset | None, ref: str | None, folder: str) -> str | None:
         if ds is None:
@@ -205,7 +225,8 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
     try:
         with session_scope(settings.db_url) as s:
             job = s.get(Job, job_id)
-        model_arg, data_arg, eval_arg = _inputs(settings, store, job, work, lambda m: note(settings.db_url, claim, m))
+        model_arg, data_arg, eval_arg = _inputs(settings, store, job, work, lambda m: note(settings.db_url, claim, m),
+                                                progress.poll)
         req = job.request
         if checkpoint is not None:
             checkpoint.download()   # an earlier attempt's, if any: compress() resumes from it

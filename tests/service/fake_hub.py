@@ -15,6 +15,16 @@ huggingface_hub turns into its typed exceptions.
 A commit's files are the files under a local folder given with it. The test moves a repo's main
 to a new commit with PUT /_fake/repos/{org}/{name} {"sha": ..., "dir": "/path/to/files"} (older
 commits stay resolvable by sha) and reads what was asked with GET /_fake/requests.
+
+Outages and slow links, per repo, with PUT /_fake/faults/{org}/{name}:
+- {"status": 503, "count": N}: the next N file transfers (GET .../resolve/...; -1: all of them)
+  answer that status. Only transfers: huggingface_hub retries metadata calls (listing, HEAD)
+  itself for ~20 s, but not a transfer answered 5xx, so this is the outage the worker's own
+  retry has to bridge, without a test waiting out the client's backoff.
+- {"status": 403, "count": -1, "every": true, "code": "GatedRepo"}: every request of the repo
+  answers that (with that X-Error-Code): a definite refusal.
+- {"bytes_per_second": B}: file transfers trickle at that rate (a multi-GB file on a slow link).
+- {}: back to normal.
 Run: python tests/service/fake_hub.py PORT [org/name=sha[=DIR] ...]
 """
 from __future__ import annotations
@@ -23,6 +33,7 @@ import hashlib
 import json
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -32,6 +43,7 @@ REPOS: dict[str, str] = {}         # repo id -> current sha of main
 HISTORY: dict[str, list[str]] = {}  # repo id -> every sha main has pointed at (older revisions stay resolvable)
 FILES: dict[tuple[str, str], str] = {}  # (repo id, sha) -> folder holding that commit's files
 REQUESTS: list[dict] = []
+FAULTS: dict[str, dict] = {}       # repo id -> the fault set with PUT /_fake/faults/{repo}
 
 
 def _files(folder: str | None) -> dict[str, Path]:
@@ -77,9 +89,11 @@ class Handler(BaseHTTPRequestHandler):
             sha = rev
         return sha, None
 
-    def _record(self, path: str, repo: str, rev: str, **extra) -> None:
+    def _record(self, path: str, repo: str, rev: str, **extra) -> dict:
+        entry = {"method": self.command, "path": path, "repo": repo, "revision": rev, **extra}
         with LOCK:
-            REQUESTS.append({"method": self.command, "path": path, "repo": repo, "revision": rev, **extra})
+            REQUESTS.append(entry)
+        return entry
 
     def do_HEAD(self):  # noqa: N802 (http.server's naming)
         self.do_GET()
@@ -104,7 +118,9 @@ class Handler(BaseHTTPRequestHandler):
             kind, rev = "info", rest[1] if rest else "main"
         else:
             return self._send(404, {"error": "not found"})
-        self._record(path, repo, rev, **({"kind": "tree"} if kind == "tree" else {}))
+        entry = self._record(path, repo, rev, **({"kind": "tree"} if kind == "tree" else {}))
+        if self._fault(repo, entry, transfer=False):
+            return
         sha, error = self._commit(repo, rev)
         if error:
             return self._send(error["status"], error["body"], error["headers"])
@@ -122,7 +138,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _resolve(self, path: str, parts: list[str]) -> None:
         repo, rev, name = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
-        self._record(path, repo, rev, file=name)
+        entry = self._record(path, repo, rev, file=name)
+        if self._fault(repo, entry, transfer=self.command == "GET"):
+            return
         sha, error = self._commit(repo, rev)
         if error:
             return self._send(error["status"], error["body"], error["headers"])
@@ -138,16 +156,47 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("ETag", f'"{_git_oid(data)}"')
         self.send_header("X-Repo-Commit", sha)
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        if self.command == "HEAD":
+            return
+        with LOCK:
+            rate = FAULTS.get(repo, {}).get("bytes_per_second")
+        if not rate:
+            return self.wfile.write(data)
+        step = max(1, int(rate) // 10)   # ten writes a second
+        try:
+            for i in range(0, len(data), step):
+                self.wfile.write(data[i:i + step])
+                self.wfile.flush()
+                time.sleep(step / rate)
+        except (BrokenPipeError, ConnectionResetError):   # the client went away (a cancelled job)
+            self.close_connection = True
+
+    def _fault(self, repo: str, entry: dict, transfer: bool) -> bool:
+        """Answer with the repo's fault status instead, if one applies to this request (and count
+        it); the request's entry in REQUESTS gets `fault`: the status sent."""
+        with LOCK:
+            fault = FAULTS.get(repo, {})
+            if not fault.get("status") or not (transfer or fault.get("every")) or fault.get("count", -1) == 0:
+                return False
+            if fault.get("count", -1) > 0:
+                fault["count"] -= 1
+            entry["fault"] = fault["status"]
+        headers = {"X-Error-Code": fault["code"]} if fault.get("code") else {}
+        self._send(fault["status"], {"error": f"fake outage ({fault['status']})"}, headers)
+        return True
 
     def do_PUT(self):  # noqa: N802
         path = unquote(urlsplit(self.path).path)
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        if path.startswith("/_fake/faults/"):
+            repo = path[len("/_fake/faults/"):]
+            with LOCK:
+                FAULTS[repo] = body
+            return self._send(200, {"repo": repo, "fault": body})
         prefix = "/_fake/repos/"
         if not path.startswith(prefix):
             return self._send(404, {"error": "not found"})
         repo = path[len(prefix):]
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         _add_commit(repo, body["sha"], body.get("dir"))
         self._send(200, {"repo": repo, "sha": body["sha"]})
 

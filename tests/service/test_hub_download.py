@@ -1,12 +1,16 @@
 """The worker's download of a hub job's recorded revision (worker/hub_download.py), against the fake
 hub server (tests/service/fake_hub.py, here in a thread of the test process) through
 huggingface_hub's own client: the recorded sha is fetched, not `main`; only safetensors, JSON
-and tokenizer files; a revision the hub does not have fails with a message for the user."""
+and tokenizer files; a revision the hub does not have fails with a message for the user.
+Issue #14's robustness: a cancel stops a slow transfer within seconds and leaves no file; a hub
+answering 503 is waited for (bounded), a definite refusal is not."""
 from __future__ import annotations
 
 import json
 import secrets
+import socket
 import threading
+import time
 import types
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +21,7 @@ from vtrans_core.errors import CompressionError
 from worker.hub_download import download_revision
 
 from . import fake_hub
+from .conftest import wait_for
 
 REPO = "acme/tiny-bert"
 
@@ -135,10 +140,11 @@ def test_the_runner_downloads_a_hub_jobs_recorded_revision_and_only_then(tmp_pat
     from api.models import Job
     from worker import runner
 
-    calls = []
-    monkeypatch.setattr(runner, "download_revision",
-                        lambda repo, rev, dest: calls.append((repo, rev, dest)) or Path("/downloaded"))
-    settings = types.SimpleNamespace(db_url=f"sqlite:///{tmp_path / 'db.sqlite'}")
+    calls, options = [], []
+    monkeypatch.setattr(runner, "download_revision", lambda repo, rev, dest, **kw:
+                        calls.append((repo, rev, dest)) or options.append(kw) or Path("/downloaded"))
+    settings = types.SimpleNamespace(db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", hub_download_attempts=4,
+                                     hub_retry_seconds=30.0, cancel_check_seconds=0.5)
     sha = _sha()
 
     def job(revision):
@@ -149,9 +155,140 @@ def test_the_runner_downloads_a_hub_jobs_recorded_revision_and_only_then(tmp_pat
     notes = []
     assert runner._inputs(settings, None, job(None), tmp_path / "w", notes.append)[0] == REPO
     assert calls == [] and notes == []
-    assert runner._inputs(settings, None, job(sha), tmp_path / "w", notes.append)[0] == "/downloaded"
+    check = lambda: None
+    assert runner._inputs(settings, None, job(sha), tmp_path / "w", notes.append, check)[0] == "/downloaded"
     assert calls == [(REPO, sha, tmp_path / "w" / "hub-model")] and sha in notes[0]
+    # The job's cancel check and the operator's retry settings reach the download.
+    assert options == [{"check": check, "note": notes.append, "attempts": 4, "retry_seconds": 30.0,
+                        "poll_seconds": 0.5}]
 
     source = runner._source(settings.db_url, job(sha))
     assert source.model_name == REPO and source.hub_id == REPO and sha in source.model_label
     assert runner._source(settings.db_url, job(None)).model_label == REPO
+
+
+# ------------------------------------------------------------------ cancel and outages
+
+def _children() -> list[int]:
+    """This test process's live children (Linux /proc, zombies left out): the download's child must be gone."""
+    pids = [int(pid) for f in Path("/proc/self/task").glob("*/children") for pid in f.read_text().split()]
+    alive = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z":
+                alive.append(pid)
+        except (OSError, IndexError):   # gone meanwhile
+            pass
+    return alive
+
+
+def _leftovers(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) if root.exists() else []
+
+
+def test_a_cancel_during_a_slow_download_ends_it_within_seconds_and_leaves_nothing(hub, tmp_path):
+    """A 4 MB weights file at 40 KB/s takes ~100 s: the cancel must end it in seconds, kill the
+    transfer (no process left writing) and remove what had arrived."""
+    from vtrans_core.errors import CompressionCancelled
+
+    repo, sha = f"acme/{secrets.token_hex(4)}", _sha()
+    files = _commit_files(tmp_path / "a", "commit-a")
+    (files / "model.safetensors").write_bytes(b"\0" * (4 * 1024 * 1024))
+    fake_hub._add_commit(repo, sha, str(files))
+    fake_hub.FAULTS[repo] = {"bytes_per_second": 40_000}
+    cancelled, at = threading.Event(), []
+
+    def cancel_once_the_weights_flow():
+        wait_for(lambda: any(r.get("file") == "model.safetensors" and r["method"] == "GET"
+                             for r in hub.requests()), 120, 0.1, what="the weights transfer")
+        time.sleep(1.0)   # some bytes are on disk by now
+        at.append(time.monotonic())
+        cancelled.set()
+
+    def check():
+        if cancelled.is_set():
+            raise CompressionCancelled("cancelled")
+
+    threading.Thread(target=cancel_once_the_weights_flow, daemon=True).start()
+    work = tmp_path / "work"
+    with pytest.raises(CompressionCancelled):
+        download_revision(repo, sha, work / "hub-model", endpoint=hub.url, cache_dir=tmp_path / "hf-cache",
+                          attempts=3, retry_seconds=10, check=check, poll_seconds=0.2)
+    assert time.monotonic() - at[0] < 5, "the cancel was not noticed during the transfer"
+    assert _children() == []               # the downloading process is gone
+    assert _leftovers(work) == []          # no partial file, no result or log file
+    time.sleep(1.0)
+    assert _leftovers(work) == []          # and nothing writes there any more
+
+
+def test_a_hub_answering_503_a_few_times_is_waited_for_then_used(hub, tmp_path):
+    repo, sha = f"acme/{secrets.token_hex(4)}", _sha()
+    fake_hub._add_commit(repo, sha, str(_commit_files(tmp_path / "a", "commit-a")))
+    fake_hub.FAULTS[repo] = {"status": 503, "count": 2}
+    notes = []
+
+    folder = download_revision(repo, sha, tmp_path / "dest", endpoint=hub.url, cache_dir=tmp_path / "hf-cache",
+                               attempts=4, retry_seconds=1.4, note=notes.append, poll_seconds=0.1)
+
+    assert (folder / "model.safetensors").read_bytes() == b"commit-a" * 10
+    assert len([r for r in hub.requests() if r.get("fault") == 503]) == 2
+    assert len(notes) == 2 and all(n.startswith(f"waiting on the Hugging Face hub ({hub.url})") for n in notes)
+    assert "attempt 1 of 4 failed" in notes[0] and "503" in notes[0] and "retrying in" in notes[0]
+
+
+def test_a_hub_down_throughout_fails_after_the_bounded_retries_naming_the_hub_and_the_error(hub, tmp_path):
+    repo, sha = f"acme/{secrets.token_hex(4)}", _sha()
+    fake_hub._add_commit(repo, sha, str(_commit_files(tmp_path / "a", "commit-a")))
+    fake_hub.FAULTS[repo] = {"status": 503, "count": -1}
+    notes = []
+    started = time.monotonic()
+    with pytest.raises(CompressionError) as info:
+        download_revision(repo, sha, tmp_path / "work" / "dest", endpoint=hub.url, cache_dir=tmp_path / "hf-cache",
+                          attempts=3, retry_seconds=1.5, note=notes.append, poll_seconds=0.1)
+    assert time.monotonic() - started >= 1.5                  # the waits 0.5 + 1.0 s happened
+    assert len([r for r in hub.requests() if r.get("fault") == 503]) == 3   # three attempts, no more
+    assert len(notes) == 2
+    message = info.value.message
+    assert info.value.field == "model" and f"{repo!r} at revision {sha}" in message
+    assert f"the Hugging Face hub ({hub.url})" in message and "after 3 attempts" in message
+    assert "503" in message and "cache has no copy" in message
+    assert _leftovers(tmp_path / "work") == []
+
+
+@pytest.mark.parametrize("fault, says", [
+    (None, "no such revision"),                                                   # 404 RevisionNotFound
+    ({"status": 403, "count": -1, "every": True, "code": "GatedRepo"}, "gated"),  # 403 gated repo
+    ({"status": 401, "count": -1, "every": True}, "access denied"),               # 401 without a hub error code
+])
+def test_a_definite_refusal_fails_at_once_without_retrying(hub, tmp_path, fault, says):
+    repo = f"acme/{secrets.token_hex(4)}"
+    fake_hub._add_commit(repo, _sha(), str(_commit_files(tmp_path / "a", "commit-a")))
+    sha = _sha() if fault is None else fake_hub.REPOS[repo]
+    if fault:
+        fake_hub.FAULTS[repo] = fault
+    notes = []
+    with pytest.raises(CompressionError) as info:
+        download_revision(repo, sha, tmp_path / "dest", endpoint=hub.url, cache_dir=tmp_path / "hf-cache",
+                          attempts=5, retry_seconds=600, note=notes.append, poll_seconds=0.1)
+    assert says in info.value.message and info.value.field == "model"
+    assert notes == []                                            # no "waiting on the hub"
+    assert len([r for r in hub.requests() if r["repo"] == repo and r.get("kind") == "tree"]) == 1
+
+
+def test_a_refused_connection_counts_as_transient():
+    """Connection refused, as the hub client reports it (wrapped in "not in the cache either")."""
+    from huggingface_hub.utils import LocalEntryNotFoundError, get_session
+
+    from worker.hub_fetch import classify
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/api/models/acme/x"
+    try:
+        try:
+            get_session().get(closed, timeout=5)
+        except Exception as err:
+            raise LocalEntryNotFoundError("cannot find the files on the hub nor in the cache") from err
+    except Exception as wrapped:
+        assert classify(wrapped)["kind"] == "transient", classify(wrapped)
+    assert classify(ValueError("disk full?"))["kind"] == "error"

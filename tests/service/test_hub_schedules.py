@@ -2,12 +2,14 @@
 huggingface_hub client talks to a fake hub server process (tests/service/fake_hub.py, via
 HF_ENDPOINT): the first firing records the revision sha it resolved; a later firing that sees
 the same sha is skipped as unchanged; a new sha on the hub creates a job. A real `vtrans worker`
-then compresses the recorded sha even after the hub's main has moved on."""
+then compresses the recorded sha even after the hub's main has moved on, ends a job cancelled
+during a slow download within seconds, and waits out a hub outage (bounded)."""
 from __future__ import annotations
 
 import json
 import secrets
 import sys
+import time
 import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -33,6 +35,13 @@ class FakeHub:
         """Move main to `sha`; `files`: the folder whose files that commit serves."""
         body = {"sha": sha, **({"dir": str(files)} if files else {})}
         req = urllib.request.Request(f"{self.url}/_fake/repos/{repo}", data=json.dumps(body).encode(),
+                                     method="PUT", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200
+
+    def fault(self, repo: str, **fault) -> None:
+        """An outage or a slow link for `repo` (tests/service/fake_hub.py's PUT /_fake/faults)."""
+        req = urllib.request.Request(f"{self.url}/_fake/faults/{repo}", data=json.dumps(fault).encode(),
                                      method="PUT", headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=5) as r:
             assert r.status == 200
@@ -194,4 +203,80 @@ def test_worker_compresses_the_recorded_sha_not_the_hubs_main(
     assert failed["status"] == "failed", failed
     assert failed["error"]["type"] == "CompressionError" and failed["error"]["field"] == "model"
     assert f"at revision {gone}" in failed["error"]["message"] and "no such revision" in failed["error"]["message"]
+    assert worker.p.poll() is None, worker.output()[-3000:]
+
+
+def test_worker_ends_a_download_on_cancel_and_waits_out_a_hub_outage(
+        tmp_path, tenants, hook_settings, start_proc, fake_hub, tiny_dataset_csv):
+    """One real worker, three hub jobs: cancelled while a 4 MB file trickles in at 40 KB/s (the
+    job ends cancelled within seconds, its folder gone); a hub answering 503 twice (waited for,
+    then compressed: the worker survived the cancel); a hub answering 503 throughout (failed
+    after the bounded attempts, naming the hub and the error)."""
+    from conftest import build_tiny_bert_dir
+    from sqlalchemy import select
+
+    from api.db import session_scope
+    from api.models import Job, JobEvent
+    from worker.celery_app import send_job
+
+    settings = hook_settings.model_copy(update={"hub_download_attempts": 3, "hub_retry_seconds": 2.0,
+                                                "cancel_check_seconds": 0.5})
+    model_dir = build_tiny_bert_dir(tmp_path / "model")
+    slow_dir = tmp_path / "slow"
+    slow_dir.mkdir()
+    (slow_dir / "config.json").write_text((model_dir / "config.json").read_text())
+    (slow_dir / "model.safetensors").write_bytes(b"\0" * (4 * 1024 * 1024))   # ~100 s at 40 KB/s
+    t = tenants()
+    ds = t.http.post("/v1/datasets", files={"file": ("d.csv", tiny_dataset_csv.read_bytes(), "text/csv")})
+    assert ds.status_code == 201, ds.text
+
+    def hub_job(repo: str, files: Path, **fault) -> str:
+        sha = secrets.token_hex(20)
+        fake_hub.set_sha(repo, sha, files)
+        fake_hub.fault(repo, **fault)
+        r = t.http.post("/v1/jobs", json={"model": repo, "dataset": ds.json()["id"], "budget": BUDGET,
+                                          "options": FAST_OPTIONS})
+        assert r.status_code == 202, r.text
+        with session_scope(settings.db_url) as s:   # the revision a firing would have recorded
+            row = s.get(Job, r.json()["id"])
+            row.request = {**row.request, "model_source": {**row.request["model_source"], "revision": sha}}
+        send_job(settings, row.id)
+        return row.id
+
+    def notes(job_id: str) -> list[str]:
+        with session_scope(settings.db_url) as s:
+            return [m or "" for m in s.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id))]
+
+    env = {**settings_env(settings), "HF_ENDPOINT": fake_hub.url, "HF_HUB_OFFLINE": "0",
+           "TRANSFORMERS_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-w")}
+    worker = start_proc([sys.executable, "-m", "api.cli", "worker"], env, "worker")
+    wait_for(lambda: "ready." in worker.output() or worker.p.poll() is not None, 300, what="worker ready")
+    assert worker.p.poll() is None, worker.output()
+
+    # 1. Cancelled while the weights trickle in: ends within seconds, nothing left on disk.
+    slow = hub_job("acme/slow-bert", slow_dir, bytes_per_second=40_000)
+    wait_for(lambda: any(q.get("file") == "model.safetensors" and q["method"] == "GET" and q["repo"] == "acme/slow-bert"
+                         for q in fake_hub.requests()), 300, what="the weights transfer")
+    time.sleep(1.0)
+    assert t.http.post(f"/v1/jobs/{slow}/cancel").status_code == 202
+    job = wait_job(t.http, slow, 20, log=worker.output)   # the transfer alone would take ~100 s
+    assert job["status"] == "cancelled", job
+    assert not (settings.work_dir / slow).exists()
+    assert not list(settings.work_dir.rglob("hub-model*"))
+
+    # 2. The hub answers 503 twice: the worker waits, says so, and compresses the model.
+    flaky = hub_job("acme/flaky-bert", model_dir, status=503, count=2)
+    job = wait_job(t.http, flaky, 600, log=worker.output)
+    assert job["status"] == "succeeded", (job, worker.output()[-4000:])
+    waits = [m for m in notes(flaky) if m.startswith(f"waiting on the Hugging Face hub ({fake_hub.url})")]
+    assert len(waits) == 2 and "503" in waits[0], notes(flaky)
+
+    # 3. The hub answers 503 throughout: failed after the 3 attempts, naming the hub and the error.
+    down = hub_job("acme/down-bert", model_dir, status=503, count=-1)
+    job = wait_job(t.http, down, 300, log=worker.output)
+    assert job["status"] == "failed" and job["error"]["field"] == "model", job
+    message = job["error"]["message"]
+    assert f"the Hugging Face hub ({fake_hub.url})" in message and "after 3 attempts" in message, message
+    assert "503" in message
+    assert len([q for q in fake_hub.requests() if q["repo"] == "acme/down-bert" and q.get("fault")]) == 3
     assert worker.p.poll() is None, worker.output()[-3000:]

@@ -1,0 +1,120 @@
+"""The child process that downloads one hub revision for worker/hub_download.py.
+
+Run as `python -m worker.hub_fetch '<json>'` with {"repo", "revision", "dest", "endpoint",
+"result", "allow", "ignore"}. It imports only the standard library and huggingface_hub (not
+torch, not the service), so it starts in well under a second. It writes its outcome to the
+`result` file as JSON: {"ok": true, "files": [...]} or {"ok": false, "kind", "type", "message",
+"status"}, `kind` saying what the parent should do with the failure (see classify()).
+
+Why a process of its own: the parent must be able to stop a multi-GB transfer the moment the job
+is cancelled, and only a process can be stopped at any instant (a thread cannot be killed and
+would keep writing into a folder the parent deletes). See hub_download.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+# Transient: the hub (or the way to it) may answer later. Matched by class name along the MRO
+# because the package allows huggingface_hub versions built on requests, httpx or httpx2.
+TRANSIENT_NAMES = {"ConnectionError", "ConnectError", "ConnectTimeout", "TimeoutException", "Timeout",
+                   "TimeoutError", "ReadTimeout", "NetworkError", "RemoteProtocolError", "ProtocolError",
+                   "ChunkedEncodingError", "ReadError", "WriteError"}
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    lines = [line for line in text.splitlines() if line.strip() and "Client Error" not in line]
+    return (lines[0] if lines else text or type(err).__name__)[:300]
+
+
+def _status(err: BaseException) -> int | None:
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def classify(err: BaseException) -> dict:
+    """What a download failure means for the job: `revision`, `gated`, `repo` (the hub's definite
+    answers: fail at once), `denied` (401/403 without a hub error code: no retry either),
+    `transient` (connection refused/reset, timeouts, 408/429/5xx: retry) or `error` (anything
+    else, e.g. a full disk: no retry). huggingface_hub wraps a network failure in
+    LocalEntryNotFoundError ("not in the cache either"), so the causes are looked at too."""
+    from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    seen, chain = set(), []
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    kind = "error"
+    for e in chain:   # the outermost definite answer wins
+        status = _status(e)
+        if isinstance(e, RevisionNotFoundError):
+            kind = "revision"
+        elif isinstance(e, GatedRepoError):   # (a RepositoryNotFoundError: test it first)
+            kind = "gated"
+        elif isinstance(e, RepositoryNotFoundError):
+            kind = "repo"
+        elif status in (401, 403):
+            kind = "denied"
+        elif status in TRANSIENT_STATUS or any(c.__name__ in TRANSIENT_NAMES for c in type(e).__mro__):
+            kind = "transient"
+        elif "Consistency check failed" in str(e):   # a transfer cut short: the bytes may come next time
+            kind = "transient"
+        else:
+            continue
+        return {"kind": kind, "type": type(e).__name__, "message": first_line(e), "status": status}
+    return {"kind": kind, "type": type(err).__name__, "message": first_line(err), "status": _status(err)}
+
+
+def fetch(repo: str, revision: str, dest: str, endpoint: str | None, allow: list[str], ignore: list[str]) -> list[str]:
+    """List the commit's top-level files, then fetch the wanted ones one by one into `dest`.
+
+    Not snapshot_download: when its listing call fails it may fall back to whatever `dest`
+    already holds (a retry's partial folder) and call that a snapshot; here a failed listing is
+    an error, and success means every listed file arrived. A file completed by an earlier attempt
+    is kept (hf_hub_download checks it against the hub and skips it)."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.utils import filter_repo_objects
+
+    api = HfApi(endpoint=endpoint)
+    names = [f.path for f in api.list_repo_tree(repo, revision=revision, recursive=False)
+             if type(f).__name__ == "RepoFile"]
+    wanted = list(filter_repo_objects(names, allow_patterns=allow, ignore_patterns=ignore))
+    for name in wanted:
+        hf_hub_download(repo, name, revision=revision, local_dir=dest, endpoint=endpoint)
+    return wanted
+
+
+def _exit_with_parent() -> None:
+    """A worker killed with -9 cannot kill us: notice its death and stop writing to its folder."""
+    parent = os.getppid()
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(3)
+
+
+def main(argv: list[str]) -> int:
+    args = json.loads(argv[0])
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
+    try:
+        files = fetch(args["repo"], args["revision"], args["dest"], args.get("endpoint"),
+                      args["allow"], args["ignore"])
+        outcome = {"ok": True, "files": files}
+    except Exception as err:
+        outcome = {"ok": False, **classify(err)}
+    tmp = args["result"] + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(outcome, fh)
+    os.replace(tmp, args["result"])   # the parent never reads half a result
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
