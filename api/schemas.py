@@ -139,8 +139,11 @@ class DatasetList(_Out):
 
 class Budget(_Out):
     model_config = ConfigDict(extra="allow")
-    kind: Literal["flops", "params"]
-    target: float = Field(description="keep at most this fraction of the dense model's kind")
+    # The kinds vtrans_core.budget.BUDGET_KINDS accepts (tests/contract pins the two together):
+    # a stored job with a kind missing here could not be served (getJob/listJobs would fail).
+    kind: Literal["flops", "params", "speedup"]
+    target: float = Field(description="flops/params: keep at most this fraction of the dense model's kind; "
+                                      "speedup (method faster): run this many times faster than the dense model")
     seq_len: int | None = Field(None, description="sequence length FLOPs are counted at")
 
 

@@ -107,3 +107,13 @@ def _retype(doc: dict, schema: str, field: str, new_type: str) -> dict:
     doc = copy.deepcopy(doc)
     doc["components"]["schemas"][schema]["properties"][field] = {"type": new_type}
     return doc
+
+
+def test_budget_kinds_are_the_ones_the_core_accepts(document):
+    """The request's and the Job's budget kinds follow vtrans_core: a kind the core accepts but the
+    Job model lacked made every read of such a job a 500."""
+    from vtrans_core.budget import BUDGET_KINDS
+
+    schemas = document["components"]["schemas"]
+    assert set(schemas["JobRequest"]["properties"]["budget"]["properties"]["kind"]["enum"]) == set(BUDGET_KINDS)
+    assert set(schemas["Budget"]["properties"]["kind"]["enum"]) == set(BUDGET_KINDS)
