@@ -102,3 +102,27 @@ def test_lm_card_onnx_section_and_its_snippet_run_as_written(tmp_path):
     with torch.no_grad():   # the snippet's last step ran the sequence without its final token
         ref = model(input_ids=torch.from_numpy(ids[:, :-1]), use_cache=False).logits.numpy()
     np.testing.assert_allclose(scope["logits"], ref, atol=ex.ONNX_ATOL, rtol=ex.ONNX_RTOL)
+
+
+def test_model_index_names_the_separate_evaluation_dataset():
+    """With eval_dataset the figures come from that file, not from a split of the training data:
+    the model-index result names it (and the whole file as its split), and so does the body."""
+    source = Source(model_name="my-bert", model_label="my-bert", hub_id=None, dataset_name="train.csv",
+                    dataset_label="train.csv (uploaded dataset `ds_t`, 96 rows)", eval_dataset_name="held.csv",
+                    eval_dataset_label="held.csv (uploaded dataset `ds_h`, 15 rows)")
+    metrics = dict(METRICS, eval_split="eval_data", eval_examples=15,
+                   evaluation={"source": "eval_data", "rows": 15})
+    card = ModelCard(model_card(source, dict(REQUEST, eval_dataset="ds_h"), metrics, "job_eval"))
+    data = card.data.to_dict()
+    assert data["datasets"] == ["train.csv"]                      # what it was trained on
+    results = data["model-index"][0]["results"]
+    assert {(r["dataset"]["name"], r["dataset"]["split"]) for r in results} == {("held.csv", "full")}
+    assert "held.csv (uploaded dataset `ds_h`, 15 rows)" in card.text
+
+
+def test_speedup_budget_is_stated_as_a_speedup():
+    card = ModelCard(model_card(Source("my-bert", "my-bert", None, "d.csv", "d.csv"),
+                                dict(REQUEST, method="faster", budget={"kind": "speedup", "target": 2.0, "seq_len": 128}),
+                                METRICS, "job_fast"))
+    budget = next(line for line in card.text.splitlines() if line.startswith("- **Budget:**"))
+    assert "2.00x faster than the dense model" in budget and "%" not in budget
