@@ -100,3 +100,22 @@ def test_submit_wait_download_a_real_compression(live_api, celery_worker, tiny_m
                    "--budget", "flops:0.6", "--seq-len", "16", "--method", "fast", *options,
                    "--idempotency-key", "cli-e2e", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["id"] == job["id"]
+
+
+def test_submit_uploads_an_eval_dataset_and_plain_text(live_api, tiny_dataset_csv, tmp_path):
+    """--eval-dataset takes a file (uploaded first) like --dataset does, and a .txt corpus (a
+    language model's dataset) is uploaded rather than sent as a name the service cannot know."""
+    r = vtrans(live_api, "submit", "--model", "org/tiny", "--dataset", "tweet-sentiment", "--eval-dataset",
+               str(tiny_dataset_csv), "--budget", "flops:0.5", "--method", "fast", "--json")
+    assert r.returncode == 0, r.stderr
+    job = json.loads(r.stdout)
+    assert job["request"]["eval_dataset"].startswith("ds_") and "uploaded dataset" in r.stderr
+    assert vtrans(live_api, "cancel", job["id"]).returncode == 0
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"document {i} says the quick brown fox jumps over the lazy dog\n\n" for i in range(20)))
+    r = vtrans(live_api, "submit", "--model", "org/tiny-lm", "--dataset", str(corpus), "--budget", "params:0.8",
+               "--method", "faster", "--json")
+    assert f"uploaded dataset {corpus}" in r.stderr, r.stderr
+    if r.returncode == 0:
+        vtrans(live_api, "cancel", json.loads(r.stdout)["id"])
