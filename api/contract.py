@@ -83,6 +83,19 @@ def _mark_binary_uploads(schemas: dict[str, Any]) -> None:
                 prop["format"] = "binary"
 
 
+def _declare_validation_errors(paths: dict[str, Any]) -> None:
+    """FastAPI answers 422 (RequestValidationError -> problem+json, api/problems.py) to any
+    operation that reads a body, query or header parameter, whether or not the route listed it:
+    declare it there, so a generated client has a typed Problem for it instead of an
+    'unexpected status'."""
+    for item in paths.values():
+        for op in item.values():
+            reads_input = "requestBody" in op or any(p.get("in") in ("query", "header")
+                                                    for p in op.get("parameters", []))
+            if reads_input and "422" not in op.get("responses", {}):
+                op.setdefault("responses", {})["422"] = problem(422)
+
+
 def install(app: FastAPI) -> None:
     """Serve a document that carries the Problem schema the responses refer to."""
 
@@ -93,6 +106,7 @@ def install(app: FastAPI) -> None:
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(_referenced_components())
             _mark_binary_uploads(schemas)
+            _declare_validation_errors(doc.get("paths", {}))
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -117,3 +117,12 @@ def test_budget_kinds_are_the_ones_the_core_accepts(document):
     schemas = document["components"]["schemas"]
     assert set(schemas["JobRequest"]["properties"]["budget"]["properties"]["kind"]["enum"]) == set(BUDGET_KINDS)
     assert set(schemas["Budget"]["properties"]["kind"]["enum"]) == set(BUDGET_KINDS)
+
+
+def test_operations_that_read_input_declare_422(document):
+    """FastAPI's own validation (a bad query value, a body that does not parse) answers 422 on any
+    operation reading a body, query or header parameter: each of them declares it."""
+    missing = [op["operationId"] for item in document["paths"].values() for op in item.values()
+               if ("requestBody" in op or any(p["in"] in ("query", "header") for p in op.get("parameters", [])))
+               and "422" not in op["responses"]]
+    assert not missing, missing
