@@ -1,18 +1,17 @@
 """`vtrans jobs ...` as a CI step runs it: a subprocess with VTRANS_URL / VTRANS_API_KEY against
 the real service. Exit codes: 0 succeeded, 1 failed, 2 bad request, 3 cancelled, 4 timed out,
-5 service unusable (see api/cli_jobs.py)."""
+5 service unusable (see api/cli_jobs.py). The README's CI step, a real compression submitted,
+waited for and downloaded, is tests/contract/test_readme_ci.py."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-import tarfile
 
 import pytest
 
 from live.conftest import FakeRun
-from service.jobpath import FAST_OPTIONS
 
 
 pytestmark = pytest.mark.slow
@@ -78,28 +77,6 @@ def test_get_list_and_events_print_json(live_api):
     assert events.returncode == 0 and [e["seq"] for e in lines] == [1, 2, 3, 4]
     assert [e["kind"] for e in lines] == ["status", "status", "progress", "status"]
     assert [e.get("status") for e in lines] == ["queued", "running", None, "succeeded"]
-
-
-def test_submit_wait_download_a_real_compression(live_api, celery_worker, tiny_model_dir, tiny_dataset_csv, tmp_path):
-    """The README's CI step: local folder and CSV in, compressed model and metrics out."""
-    options = [f"--option={k}={json.dumps(v)}" for k, v in FAST_OPTIONS.items()]
-    r = vtrans(live_api, "submit", "--model", str(tiny_model_dir), "--dataset", str(tiny_dataset_csv),
-               "--budget", "flops:0.6", "--seq-len", "16", "--method", "fast", *options,
-               "--idempotency-key", "cli-e2e", "--wait", "--timeout", "900", "--download", str(tmp_path / "out"),
-               "--json", timeout=1000)
-    assert r.returncode == 0, (r.stdout, r.stderr, celery_worker.output()[-3000:])
-    job = json.loads(r.stdout)
-    assert job["status"] == "succeeded" and "uploaded model" in r.stderr and "uploaded dataset" in r.stderr
-    out = tmp_path / "out"
-    assert {"model.tar.gz", "metrics.json", "plan.json", "README.md"} <= {p.name for p in out.iterdir()}
-    assert json.loads((out / "metrics.json").read_text())["flops_fraction"] <= 0.61
-    with tarfile.open(out / "model.tar.gz") as tar:
-        assert "model/config.json" in tar.getnames()
-    # The same idempotency key again: the same job, nothing re-uploaded as a second job.
-    again = vtrans(live_api, "submit", "--model", job["request"]["model"], "--dataset", job["request"]["dataset"],
-                   "--budget", "flops:0.6", "--seq-len", "16", "--method", "fast", *options,
-                   "--idempotency-key", "cli-e2e", "--json")
-    assert again.returncode == 0 and json.loads(again.stdout)["id"] == job["id"]
 
 
 def test_submit_uploads_an_eval_dataset_and_plain_text(live_api, tiny_dataset_csv, tmp_path):
