@@ -7,12 +7,14 @@ camelCase of its function name (create_job -> createJob). tests/contract/ pins t
 """
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from .problems import PROBLEM_MEDIA_TYPE
 from .schemas import Event, Problem
@@ -74,6 +76,21 @@ def _referenced_components() -> dict[str, Any]:
     return out
 
 
+def _examples_with_nulls(schemas: dict[str, Any]) -> None:
+    """FastAPI encodes the document with exclude_none, which also strips the nulls out of the
+    models' examples: `"reason": null` of a required-but-nullable field disappears and the example
+    no longer validates against its own schema. Put each model's examples back as written."""
+    from . import automation_schemas, schemas as response_models
+
+    for module in (response_models, automation_schemas):
+        for name, obj in vars(module).items():
+            if not (isinstance(obj, type) and issubclass(obj, BaseModel)) or name not in schemas:
+                continue
+            extra = obj.model_config.get("json_schema_extra")
+            if isinstance(extra, dict) and extra.get("examples"):
+                schemas[name]["examples"] = json.loads(json.dumps(extra["examples"], default=str))
+
+
 def _mark_binary_uploads(schemas: dict[str, Any]) -> None:
     """FastAPI describes an UploadFile the OpenAPI 3.1 way (contentMediaType) only; client
     generators (openapi-python-client, openapi-generator) recognise a file by format: binary."""
@@ -106,6 +123,7 @@ def install(app: FastAPI) -> None:
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(_referenced_components())
             _mark_binary_uploads(schemas)
+            _examples_with_nulls(schemas)
             _declare_validation_errors(doc.get("paths", {}))
             app.openapi_schema = doc
         return app.openapi_schema

@@ -126,3 +126,25 @@ def test_operations_that_read_input_declare_422(document):
                if ("requestBody" in op or any(p["in"] in ("query", "header") for p in op.get("parameters", [])))
                and "422" not in op["responses"]]
     assert not missing, missing
+
+
+def test_every_response_model_has_an_example_that_it_accepts(document):
+    """Each JSON body an operation answers with is documented with an example, and the example is
+    one the pydantic model that builds the answer accepts (so the two cannot drift apart)."""
+    from api import automation_schemas, schemas as models
+
+    names = set()
+    for item in document["paths"].values():
+        for op in item.values():
+            for status, resp in op["responses"].items():
+                schema = resp.get("content", {}).get("application/json", {}).get("schema", {})
+                ref = schema.get("$ref") or schema.get("items", {}).get("$ref")
+                if ref:
+                    names.add(ref.rsplit("/", 1)[-1])
+    components = document["components"]["schemas"]
+    missing = sorted(n for n in names if not components[n].get("examples"))
+    assert not missing, f"response schemas without examples: {missing}"
+    for name in sorted(names):
+        model = getattr(models, name, None) or getattr(automation_schemas, name)
+        for example in components[name]["examples"]:
+            model.model_validate(example)
