@@ -96,3 +96,68 @@ def test_submit_uploads_an_eval_dataset_and_plain_text(live_api, tiny_dataset_cs
     assert f"uploaded dataset {corpus}" in r.stderr, r.stderr
     if r.returncode == 0:
         vtrans(live_api, "cancel", json.loads(r.stdout)["id"])
+
+
+def _running(server, stage: str, eta: int) -> FakeRun:
+    """A running job that has reported half its work and an ETA (the waiter replays them)."""
+    run = FakeRun(server.settings).start()
+    for fraction in (0.25, 0.5):
+        run.progress(stage, fraction, eta_seconds=eta)
+    return run
+
+
+def test_wait_shows_a_progress_bar_on_a_terminal_and_nothing_otherwise(live_api):
+    """stderr on a terminal: a bar with the stage, the fraction and the job's ETA (on a sized
+    terminal and on one that reports no size, as a pty nobody sized does); stderr on a pipe (a CI
+    log): no bar at all, only the final job line on stdout."""
+    for columns in (0, 120):
+        _bar_on_a_terminal(live_api, columns)
+
+    run = _running(live_api, "finetune", 42)
+    env = dict(os.environ, VTRANS_URL=live_api.url, VTRANS_API_KEY=live_api.settings.api_key)
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "jobs", "wait", run.job_id, "--timeout", "60"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.finish("succeeded")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and run.job_id in out
+    assert "%" not in err and "eta" not in err, err
+
+
+def _bar_on_a_terminal(live_api, columns: int) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+    import time
+
+    run = _running(live_api, "finetune", 42)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    seen = bytearray()
+
+    def read():
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:          # EIO: the terminal's other end was closed
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    env = dict(os.environ, VTRANS_URL=live_api.url, VTRANS_API_KEY=live_api.settings.api_key)
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "jobs", "wait", run.job_id, "--timeout", "90"], env=env,
+                            stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    deadline = time.monotonic() + 60      # the job ends only once the bar showed its progress
+    while b"eta 42s" not in seen and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run.finish("succeeded")
+    out, _ = proc.communicate(timeout=60)
+    reader.join(5)
+    os.close(master)
+    bar = seen.decode(errors="replace")
+    assert proc.returncode == 0 and run.job_id in out, (out, bar)
+    assert run.job_id in bar and "finetune" in bar and "50%" in bar and "eta 42s" in bar, (columns, bar)
