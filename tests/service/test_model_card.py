@@ -126,3 +126,30 @@ def test_speedup_budget_is_stated_as_a_speedup():
                                 METRICS, "job_fast"))
     budget = next(line for line in card.text.splitlines() if line.startswith("- **Budget:**"))
     assert "2.00x faster than the dense model" in budget and "%" not in budget
+
+
+def test_classifier_card_onnx_snippet_runs_as_written(tiny_model_dir, tmp_path):
+    """A classifier job with export: ["onnx"]: the card's ONNX snippet, run unchanged next to
+    model/ and onnx/, gives the PyTorch model's logits for its example text."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from vtrans_core import export as ex
+    from vtrans_core.data import Encoded
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    rows = tokenizer(["a great day", "the worst food was so bad", "fun"])
+    enc = Encoded(rows["input_ids"], rows["token_type_ids"], [1, 0, 1], 2)
+    info = ex.export_onnx(model, tmp_path, ex.held_out_batches(enc, rows=3, batch=2), latency_runs=1)
+    card = ModelCard(model_card(Source("my-bert", "my-bert", None, "d.csv", "d.csv"), REQUEST,
+                                dict(METRICS, export={"onnx": info}), "job_onnx"))
+    section = card.text[card.text.index("## ONNX"):]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope = _run_snippet(snippet, tmp_path)
+    with torch.no_grad():
+        ref = model(**tokenizer(["an example"], return_tensors="pt")).logits.numpy()
+    np.testing.assert_allclose(scope["logits"], ref, atol=ex.ONNX_ATOL, rtol=ex.ONNX_RTOL)
