@@ -53,11 +53,13 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: problem(s) for s in statuses}
 
 
-# Declared on every operation: any other 4xx (e.g. 405) is still problem+json, and any route
-# can answer 503 while a dependency is down (api/outage.py).
+# Declared on every operation: any other 4xx (e.g. 405) is still problem+json, any route can
+# answer 503 while a dependency is down (api/outage.py), and an unexpected failure is a 500
+# problem+json too (api/problems.py), so a generated client parses every error as a Problem.
 APP_RESPONSES: dict[int | str, dict[str, Any]] = {
     "4XX": problem("4XX", "client error"),
     503: problem(503),
+    "5XX": problem("5XX", "server error; the body's detail says nothing internal, the server log has it"),
 }
 
 

@@ -52,6 +52,7 @@ def test_operations_have_stable_ids_models_and_problems(document):
             if schema.get("format") != "binary" and "application/json" in content:  # typed, never a bare object
                 assert "$ref" in schema or "$ref" in schema.get("items", {}), op_id
         assert "401" in op["responses"], f"{op_id} does not declare 401"
+        assert {"4XX", "5XX"} <= set(op["responses"]), f"{op_id}: an error status without its Problem schema"
         for status, resp in op["responses"].items():
             if status[0] in "45":
                 assert resp["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
