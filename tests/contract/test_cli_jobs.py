@@ -161,3 +161,18 @@ def _bar_on_a_terminal(live_api, columns: int) -> None:
     bar = seen.decode(errors="replace")
     assert proc.returncode == 0 and run.job_id in out, (out, bar)
     assert run.job_id in bar and "finetune" in bar and "50%" in bar and "eta 42s" in bar, (columns, bar)
+
+
+def test_download_exits_0_with_the_files_and_5_on_a_bad_checksum(live_api, tmp_path):
+    from .test_client import _succeeded_with_files
+
+    run, payload = _succeeded_with_files(live_api.settings, tmp_path, 64 * 1024)
+    got = vtrans(live_api, "download", run.job_id, str(tmp_path / "out"), "--json")
+    assert got.returncode == 0, got.stderr
+    assert sorted(os.path.basename(p) for p in json.loads(got.stdout)) == ["metrics.json", "model.tar.gz"]
+    assert (tmp_path / "out" / "model.tar.gz").read_bytes() == payload
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.tar.gz.part").write_bytes(b"\0" * 1000)   # a leftover that is not the file's start
+    r = vtrans(live_api, "download", run.job_id, str(bad), "--name", "model.tar.gz")
+    assert r.returncode == 5 and "sha256" in r.stderr, r.stderr
