@@ -11,6 +11,30 @@ from .webhooks import EVENT_TYPES
 EventType = Literal["job.succeeded", "job.failed", "job.cancelled", "schedule.run"]
 assert set(EventType.__args__) == set(EVENT_TYPES)
 
+# Examples for the document (tests/contract checks each one validates against its model).
+_NOW = "2026-01-15T03:00:00+00:00"
+_RUN = {"id": "run_5c2e9a0b1d3f4e6a7b8c", "schedule_id": "sch_1a2b3c4d5e6f70819203", "due_at": _NOW,
+        "trigger": "cron", "outcome": "job_created", "reason": None, "job_id": "job_8f2c1d0e9a7b6c5d4e3f",
+        "source": "mdl_0a1b2c3d4e5f60718293", "missed": 0, "created_at": _NOW}
+_SCHEDULE = {"id": "sch_1a2b3c4d5e6f70819203", "name": "weekly support-bert",
+             "template": {"model": "support-bert", "dataset": "ds_9f8e7d6c5b4a39281706",
+                          "budget": {"kind": "flops", "target": 0.5}, "method": "fast"},
+             "cron": "0 3 * * 1", "timezone": "Europe/Berlin", "on_new_version": True, "paused": False,
+             "next_due_at": "2026-01-19T02:00:00+00:00", "created_at": _NOW, "updated_at": _NOW, "last_run": _RUN}
+_WEBHOOK = {"id": "wh_4d5e6f708192a3b4c5d6", "url": "https://ci.example.com/hooks/vtrans",
+            "events": ["job.failed", "job.succeeded"], "description": "CI", "created_at": _NOW}
+_DELIVERY = {"id": "msg_2b3c4d5e6f708192a3b4", "event_type": "job.succeeded", "status": "delivered", "attempts": 2,
+             "next_attempt_at": None, "created_at": _NOW, "delivered_at": "2026-01-15T03:00:06+00:00",
+             "payload": {"type": "job.succeeded", "timestamp": _NOW,
+                         "data": {"id": "job_8f2c1d0e9a7b6c5d4e3f", "status": "succeeded"}},
+             "attempt_log": [{"attempt": 1, "status_code": 502, "latency_ms": 41.0, "error": None, "created_at": _NOW},
+                             {"attempt": 2, "status_code": 200, "latency_ms": 38.5, "error": None,
+                              "created_at": "2026-01-15T03:00:06+00:00"}]}
+
+
+def _examples(*values: Any) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": list(values)})
+
 
 class ScheduleCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -37,6 +61,7 @@ class ScheduleUpdate(BaseModel):
 
 
 class ScheduleRunOut(BaseModel):
+    model_config = _examples(_RUN)
     id: str
     schedule_id: str
     due_at: str
@@ -50,6 +75,7 @@ class ScheduleRunOut(BaseModel):
 
 
 class ScheduleOut(BaseModel):
+    model_config = _examples(_SCHEDULE)
     id: str
     name: str | None
     template: dict[str, Any]
@@ -64,10 +90,12 @@ class ScheduleOut(BaseModel):
 
 
 class ScheduleList(BaseModel):
+    model_config = _examples({"data": [_SCHEDULE]})
     data: list[ScheduleOut]
 
 
 class ScheduleRunList(BaseModel):
+    model_config = _examples({"data": [_RUN], "next_cursor": None})
     data: list[ScheduleRunOut]
     next_cursor: str | None = None
 
@@ -80,6 +108,7 @@ class WebhookCreate(BaseModel):
 
 
 class WebhookOut(BaseModel):
+    model_config = _examples(_WEBHOOK)
     id: str
     url: str
     events: list[str]
@@ -88,10 +117,12 @@ class WebhookOut(BaseModel):
 
 
 class WebhookCreated(WebhookOut):
+    model_config = _examples({**_WEBHOOK, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"})
     secret: str = Field(description="whsec_...: the signing secret, shown only in this answer")
 
 
 class WebhookList(BaseModel):
+    model_config = _examples({"data": [_WEBHOOK]})
     data: list[WebhookOut]
 
 
@@ -104,6 +135,7 @@ class WebhookAttemptOut(BaseModel):
 
 
 class WebhookDeliveryOut(BaseModel):
+    model_config = _examples(_DELIVERY)
     id: str = Field(description="the message id, sent as the webhook-id header")
     event_type: str
     status: Literal["pending", "delivered", "failed"]
@@ -116,4 +148,5 @@ class WebhookDeliveryOut(BaseModel):
 
 
 class WebhookDeliveryList(BaseModel):
+    model_config = _examples({"data": [_DELIVERY]})
     data: list[WebhookDeliveryOut]

@@ -31,7 +31,8 @@ EXIT_CODES = f"""exit codes:
      or a download that failed its checksum"""
 STATUS_EXIT = {"succeeded": EXIT_OK, "failed": EXIT_FAILED, "cancelled": EXIT_CANCELLED}
 UPLOAD_SUFFIXES = (".tar.gz", ".tgz", ".zip")
-DATASET_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+# What POST /v1/datasets takes (api/uploads.py dataset_format): .txt is a language model's corpus.
+DATASET_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".txt")
 
 
 def add_parser(sub) -> None:
@@ -47,7 +48,9 @@ def add_parser(sub) -> None:
                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("--model", required=True, help="a model folder, a .tar.gz/.zip of one, an uploaded id "
                                                   "(mdl_...) or a hub ID")
-    s.add_argument("--dataset", required=True, help="a .csv/.jsonl file, an uploaded id (ds_...) or a built-in task")
+    s.add_argument("--dataset", required=True, help="a .csv/.jsonl/.txt file, an uploaded id (ds_...) or a built-in task")
+    s.add_argument("--eval-dataset", help="rows to report quality on, never trained on: a file, an uploaded id or a "
+                                          "built-in task (without it: a split carved from --dataset)")
     s.add_argument("--budget", required=True, help="KIND:TARGET, e.g. flops:0.5 or params:0.4 (fraction that remains)")
     s.add_argument("--seq-len", type=int, help="sequence length the FLOPs budget is counted at")
     s.add_argument("--method", default="vtrans", choices=["vtrans", "fast", "faster"])
@@ -161,9 +164,13 @@ def _submit(client: vc.Client, args) -> int:
         raise ValueError("--download and --timeout need --wait")
     budget = vc.parse_budget(args.budget, args.seq_len)
     options = _options(args.option)
-    job = client.submit(_model_ref(client, args.model), _dataset_ref(client, args.dataset), budget, args.method,
-                        options, idempotency_key=args.idempotency_key,
-                        **({"export": args.export} if args.export else {}))
+    model, dataset = _model_ref(client, args.model), _dataset_ref(client, args.dataset)
+    fields: dict[str, Any] = {}
+    if args.eval_dataset:
+        fields["eval_dataset"] = _dataset_ref(client, args.eval_dataset)
+    if args.export:
+        fields["export"] = args.export
+    job = client.submit(model, dataset, budget, args.method, options, idempotency_key=args.idempotency_key, **fields)
     print(f"vtrans: submitted {job.id}", file=sys.stderr)
     if not args.wait:
         _emit(args, job.model_dump(mode="json"), job.id)

@@ -7,12 +7,14 @@ camelCase of its function name (create_job -> createJob). tests/contract/ pins t
 """
 from __future__ import annotations
 
+import json
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 from .problems import PROBLEM_MEDIA_TYPE
 from .schemas import Event, Problem
@@ -51,11 +53,13 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: problem(s) for s in statuses}
 
 
-# Declared on every operation: any other 4xx (e.g. 405) is still problem+json, and any route
-# can answer 503 while a dependency is down (api/outage.py).
+# Declared on every operation: any other 4xx (e.g. 405) is still problem+json, any route can
+# answer 503 while a dependency is down (api/outage.py), and an unexpected failure is a 500
+# problem+json too (api/problems.py), so a generated client parses every error as a Problem.
 APP_RESPONSES: dict[int | str, dict[str, Any]] = {
     "4XX": problem("4XX", "client error"),
     503: problem(503),
+    "5XX": problem("5XX", "server error; the body's detail says nothing internal, the server log has it"),
 }
 
 
@@ -74,6 +78,21 @@ def _referenced_components() -> dict[str, Any]:
     return out
 
 
+def _examples_with_nulls(schemas: dict[str, Any]) -> None:
+    """FastAPI encodes the document with exclude_none, which also strips the nulls out of the
+    models' examples: `"reason": null` of a required-but-nullable field disappears and the example
+    no longer validates against its own schema. Put each model's examples back as written."""
+    from . import automation_schemas, schemas as response_models
+
+    for module in (response_models, automation_schemas):
+        for name, obj in vars(module).items():
+            if not (isinstance(obj, type) and issubclass(obj, BaseModel)) or name not in schemas:
+                continue
+            extra = obj.model_config.get("json_schema_extra")
+            if isinstance(extra, dict) and extra.get("examples"):
+                schemas[name]["examples"] = json.loads(json.dumps(extra["examples"], default=str))
+
+
 def _mark_binary_uploads(schemas: dict[str, Any]) -> None:
     """FastAPI describes an UploadFile the OpenAPI 3.1 way (contentMediaType) only; client
     generators (openapi-python-client, openapi-generator) recognise a file by format: binary."""
@@ -81,6 +100,19 @@ def _mark_binary_uploads(schemas: dict[str, Any]) -> None:
         for prop in schema.get("properties", {}).values():
             if prop.get("type") == "string" and prop.get("contentMediaType") == "application/octet-stream":
                 prop["format"] = "binary"
+
+
+def _declare_validation_errors(paths: dict[str, Any]) -> None:
+    """FastAPI answers 422 (RequestValidationError -> problem+json, api/problems.py) to any
+    operation that reads a body, query or header parameter, whether or not the route listed it:
+    declare it there, so a generated client has a typed Problem for it instead of an
+    'unexpected status'."""
+    for item in paths.values():
+        for op in item.values():
+            reads_input = "requestBody" in op or any(p.get("in") in ("query", "header")
+                                                    for p in op.get("parameters", []))
+            if reads_input and "422" not in op.get("responses", {}):
+                op.setdefault("responses", {})["422"] = problem(422)
 
 
 def install(app: FastAPI) -> None:
@@ -93,6 +125,8 @@ def install(app: FastAPI) -> None:
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(_referenced_components())
             _mark_binary_uploads(schemas)
+            _examples_with_nulls(schemas)
+            _declare_validation_errors(doc.get("paths", {}))
             app.openapi_schema = doc
         return app.openapi_schema
 

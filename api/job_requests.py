@@ -34,9 +34,11 @@ NAMED_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,63})(?:@(?P<versi
 # budget/method/options are validated by vtrans_core (its messages name the exact field), so
 # pydantic accepts anything here; WithJsonSchema documents what the core accepts.
 _BUDGET_SCHEMA = {"type": "object", "required": ["kind", "target"], "properties": {
-    "kind": {"type": "string", "enum": ["flops", "params"]},
-    "target": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
-               "description": "keep at most this fraction of the dense model's FLOPs or parameters"},
+    "kind": {"type": "string", "enum": ["flops", "params", "speedup"]},
+    # No maximum: a speedup target is above 1 (the core checks each kind's range, naming budget.target).
+    "target": {"type": "number", "exclusiveMinimum": 0,
+               "description": "flops/params: keep at most this fraction (0..1) of the dense model's FLOPs or "
+                              "parameters; speedup (method faster): times faster than the dense model, e.g. 2.0"},
     "seq_len": {"type": "integer", "minimum": 1, "description": "sequence length FLOPs are counted at (128)"}}}
 _METHOD_SCHEMA = {"type": "string", "enum": ["vtrans", "fast", "faster"], "default": "vtrans"}
 _OPTIONS_SCHEMA = {"anyOf": [{"type": "object", "additionalProperties": True}, {"type": "null"}],
@@ -53,7 +55,8 @@ class JobRequest(BaseModel):
     model: str = Field(description="an uploaded model id (mdl_...), a model name (latest version), "
                                    "name@version, or a hub ID like org/name", max_length=200)
     dataset: str = Field(description="an uploaded dataset id (ds_...) or a built-in task name", max_length=200)
-    budget: Annotated[Any, WithJsonSchema(_BUDGET_SCHEMA)] = Field(description='{"kind": "flops"|"params", "target": 0.5}')
+    budget: Annotated[Any, WithJsonSchema(_BUDGET_SCHEMA)] = Field(
+        description='{"kind": "flops"|"params", "target": 0.5} or {"kind": "speedup", "target": 2.0}')
     method: Annotated[Any, WithJsonSchema(_METHOD_SCHEMA)] = "vtrans"
     options: Annotated[Any, WithJsonSchema(_OPTIONS_SCHEMA)] = None
     eval_dataset: str | None = Field(None, max_length=200, description=(

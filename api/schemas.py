@@ -53,6 +53,7 @@ class Problem(_Out):
 # ---------------------------------------------------------------- health
 
 class Health(_Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
     status: Literal["ok"]
 
 
@@ -65,6 +66,13 @@ class Readiness(_Out):
 
 # ---------------------------------------------------------------- models and datasets
 
+_MODEL_EXAMPLE = {
+    "id": _MODEL_ID, "name": "support-bert", "version": 3, "filename": "my-bert.tar.gz", "model_type": "bert",
+    "architectures": ["BertForSequenceClassification"],
+    "files": [{"name": "config.json", "size": 712}, {"name": "model.safetensors", "size": 437958648}],
+    "size_bytes": 437959360, "created_at": _NOW}
+
+
 class ModelFile(_Out):
     name: str
     size: int
@@ -73,11 +81,7 @@ class ModelFile(_Out):
 class Model(_Out):
     """An uploaded Hugging Face model directory (safetensors weights, config, tokenizer)."""
 
-    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [{
-        "id": _MODEL_ID, "filename": "my-bert.tar.gz", "model_type": "bert",
-        "architectures": ["BertForSequenceClassification"],
-        "files": [{"name": "config.json", "size": 712}, {"name": "model.safetensors", "size": 437958648}],
-        "size_bytes": 437959360, "created_at": _NOW}]})
+    model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [_MODEL_EXAMPLE]})
     id: str
     name: str | None = Field(None, description="the stable name this upload is a version of (issue #14), if any")
     version: int | None = Field(None, description="1, 2, ... within `name`")
@@ -96,21 +100,27 @@ class ModelUploaded(Model):
 
 class ModelVersionList(_Out):
     """Every upload under one model name, newest first."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "support-bert", "data": [_MODEL_EXAMPLE]}]})
     name: str
     data: list[Model]
 
 
 class ModelList(_Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [_MODEL_EXAMPLE]}]})
     data: list[Model]
+
+
+_DATASET_EXAMPLE = {
+    "id": _DATASET_ID, "kind": "uploaded", "filename": "reviews.csv", "format": "csv", "rows": 5000,
+    "labels": ["negative", "positive"], "has_text_pair": False, "size_bytes": 812344, "created_at": _NOW}
 
 
 class Dataset(_Out):
     """An uploaded dataset: CSV/JSONL labelled rows, or plain text (.txt) for a language model,
     where rows are documents and `tokens` counts its words."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": _DATASET_ID, "kind": "uploaded", "filename": "reviews.csv", "format": "csv", "rows": 5000,
-        "labels": ["negative", "positive"], "has_text_pair": False, "size_bytes": 812344, "created_at": _NOW}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [_DATASET_EXAMPLE]})
     id: str
     kind: Literal["uploaded"] = "uploaded"
     filename: str
@@ -131,6 +141,8 @@ class BuiltinDataset(_Out):
 
 
 class DatasetList(_Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": [_DATASET_EXAMPLE], "builtin": [
+        {"id": "tweet-sentiment", "kind": "builtin", "description": "tweets labelled negative/neutral/positive"}]}]})
     data: list[Dataset]
     builtin: list[BuiltinDataset]
 
@@ -139,8 +151,11 @@ class DatasetList(_Out):
 
 class Budget(_Out):
     model_config = ConfigDict(extra="allow")
-    kind: Literal["flops", "params"]
-    target: float = Field(description="keep at most this fraction of the dense model's kind")
+    # The kinds vtrans_core.budget.BUDGET_KINDS accepts (tests/contract pins the two together):
+    # a stored job with a kind missing here could not be served (getJob/listJobs would fail).
+    kind: Literal["flops", "params", "speedup"]
+    target: float = Field(description="flops/params: keep at most this fraction of the dense model's kind; "
+                                      "speedup (method faster): run this many times faster than the dense model")
     seq_len: int | None = Field(None, description="sequence length FLOPs are counted at")
 
 
@@ -165,7 +180,16 @@ class JobError(_Out):
     field: str | None = Field(None, description="the offending input, for a CompressionError")
 
 
+_ARTIFACT_EXAMPLES = [
+    {"name": "metrics.json", "size": 18233, "media_type": "application/json", "url": f"/v1/jobs/{_JOB_ID}/artifacts/metrics.json",
+     "sha256": "9b74c9897bac770ffc029102a200c5de1f0c3a4e4fd3e9a1c5e0f0ab8a4a6c1d"},
+    {"name": "model.tar.gz", "size": 201326592, "media_type": "application/gzip",
+     "url": f"/v1/jobs/{_JOB_ID}/artifacts/model.tar.gz",
+     "sha256": "3f0a8d2e6c1b4a5978e0d1c2b3a4f5e6d7c8b9a0f1e2d3c4b5a6978877665540"}]
+
+
 class Artifact(_Out):
+    model_config = ConfigDict(json_schema_extra={"examples": _ARTIFACT_EXAMPLES[:1]})
     name: str = Field(description="e.g. model.tar.gz, metrics.json, model/config.json, onnx/model.onnx")
     size: int = Field(description="bytes")
     sha256: str | None = Field(None, description="hex digest of the file (null only for jobs finished before "
@@ -175,16 +199,21 @@ class Artifact(_Out):
 
 
 class ArtifactList(_Out):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"data": _ARTIFACT_EXAMPLES}]})
     data: list[Artifact]
 
 
+_JOB_EXAMPLE = {
+    "id": _JOB_ID, "status": "running", "stage": "masks", "progress": 0.42, "created_at": _NOW,
+    "updated_at": _NOW, "started_at": _NOW, "finished_at": None,
+    "request": {"model": _MODEL_ID, "dataset": _DATASET_ID, "method": "fast",
+                "budget": {"kind": "flops", "target": 0.5, "seq_len": 128}, "options": {"layout": "uniform"}},
+    "metrics": None, "error": None, "attempts": 1, "cancel_requested": False, "queue": "cpu",
+    "waiting_reason": None, "artifacts": None}
+
+
 class Job(_Out):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": _JOB_ID, "status": "running", "stage": "masks", "progress": 0.42, "created_at": _NOW,
-        "updated_at": _NOW, "started_at": _NOW, "finished_at": None,
-        "request": {"model": _MODEL_ID, "dataset": _DATASET_ID, "method": "fast",
-                    "budget": {"kind": "flops", "target": 0.5, "seq_len": 128}, "options": {"layout": "uniform"}},
-        "metrics": None, "error": None, "attempts": 1, "cancel_requested": False, "artifacts": None}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [_JOB_EXAMPLE]})
     id: str
     status: JobStatus
     stage: str | None = Field(None, description="load, teacher, masks, prune, refine, finetune, evaluate, save; "
@@ -210,6 +239,8 @@ class Job(_Out):
 class JobList(_Out):
     """One page, newest first. Pass next_cursor as ?cursor= for the next page; null on the last."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "data": [_JOB_EXAMPLE], "next_cursor": "WyIyMDI2LTAxLTE1VDA5OjMwOjAwKzAwOjAwIiwgImpvYl84ZjJjIl0"}]})
     data: list[Job]
     next_cursor: str | None = None
 

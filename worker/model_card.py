@@ -24,6 +24,30 @@ class Source:
     hub_id: str | None
     dataset_name: str
     dataset_label: str
+    # The job's separate evaluation dataset (`eval_dataset`), when it had one: the figures are its.
+    eval_dataset_name: str | None = None
+    eval_dataset_label: str | None = None
+
+
+# What the model-index calls the split when the figures come from a separate evaluation dataset:
+# every row of that file was scored (metrics.eval_split says "eval_data", which names no split).
+WHOLE_FILE_SPLIT = "full"
+
+
+def evaluated_on(source: Source, metrics: dict[str, Any], default_split: str) -> tuple[str, str]:
+    """(dataset, split) the quality figures were measured on, for the model-index."""
+    # Both pipelines (classification and language modelling) record eval_split "eval_data" then.
+    if source.eval_dataset_name and metrics.get("eval_split") == "eval_data":
+        return source.eval_dataset_name, WHOLE_FILE_SPLIT
+    return source.dataset_name, metrics.get("eval_split") or default_split
+
+
+def budget_line(budget: dict[str, Any]) -> str:
+    """The budget in its own terms: a speedup is a multiple, the other kinds a fraction kept."""
+    if budget.get("kind") == "speedup":
+        return (f"run at least {_fmt(budget.get('target'), '.2f')}x faster than the dense model "
+                "(measured on the worker's device)")
+    return f"keep at most {_fmt(budget.get('target'), '.0%')} of the dense model's {budget.get('kind')}"
 
 
 def model_name_for_upload(config: dict[str, Any], filename: str) -> tuple[str, str | None]:
@@ -60,12 +84,13 @@ def _count(value: Any) -> str:
     return f"{value:.0f}"
 
 
-def _evaluation_sentence(metrics: dict[str, Any]) -> str:
+def _evaluation_sentence(source: Source, metrics: dict[str, Any]) -> str:
     evaluation = metrics.get("evaluation") or {}
     n = metrics.get("eval_examples", "the")
     if evaluation.get("source") == "eval_data":
-        return (f"Quality is measured on {n} examples of the separate evaluation dataset (`eval_dataset`), rows the "
-                "job never trained on; the job trained on every row of the training dataset.")
+        named = f" {source.eval_dataset_label}" if source.eval_dataset_label else ""
+        return (f"Quality is measured on {n} examples of the separate evaluation dataset (`eval_dataset`){named}, "
+                "rows the job never trained on; the job trained on every row of the training dataset.")
     return (f"Quality is measured on {n} examples of the `{metrics.get('eval_split', 'test')}` split carved from the "
             "training dataset (no `eval_dataset` was given): if the base model was fine-tuned on that dataset, it has "
             "seen these rows and the figures overstate quality on new data.")
@@ -156,12 +181,12 @@ def card_data(source: Source, metrics: dict[str, Any]):
     from huggingface_hub import EvalResult, ModelCardData
 
     pruned = metrics.get("pruned") or {}
-    split = metrics.get("eval_split") or "test"
+    dataset, split = evaluated_on(source, metrics, "test")
     results = []
     for metric, key in (("accuracy", "accuracy"), ("f1", "f1")):
         if isinstance(pruned.get(key), (int, float)):
-            results.append(EvalResult(task_type="text-classification", dataset_type=source.dataset_name,
-                                      dataset_name=source.dataset_name, dataset_split=split,
+            results.append(EvalResult(task_type="text-classification", dataset_type=dataset,
+                                      dataset_name=dataset, dataset_split=split,
                                       metric_type=metric, metric_value=round(float(pruned[key]), 4),
                                       metric_name=f"{metric} (%)"))
     return ModelCardData(
@@ -200,6 +225,9 @@ def _lm_card(source: Source, request: dict[str, Any], metrics: dict[str, Any], j
     snippet = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
                "model = AutoModelForCausalLM.from_pretrained(\"model\")\n"
                "tokenizer = AutoTokenizer.from_pretrained(\"model\")") if layout == "uniform" else load_snippet(layout)
+    evaluated = ""
+    if source.eval_dataset_label and metrics.get("eval_split") == "eval_data":
+        evaluated = f"; perplexity measured on the separate evaluation text {source.eval_dataset_label}"
     body = f"""
 # {source.model_name}, pruned with VTrans (task-agnostic, language modelling)
 
@@ -207,9 +235,9 @@ Produced by vtrans job `{job_id}` with VTrans structured pruning (arXiv 2406.052
 distillation from the dense model's own logits, on plain text.
 
 - **Base model:** {source.model_label} ({metrics.get('family', 'n/a')} family)
-- **Text:** {source.dataset_label}
+- **Text:** {source.dataset_label}{evaluated}
 - **Method:** {request.get('method')} ; layout `{layout}` ; dtype `{metrics.get('dtype', 'n/a')}`
-- **Budget:** keep at most {_fmt(budget.get('target'), '.0%')} of the dense model's {budget.get('kind')}
+- **Budget:** {budget_line(budget)}
 - **Achieved:** params {_fmt(metrics.get('params_fraction'), '.1%')}, FLOPs {_fmt(metrics.get('flops_fraction'), '.1%')} of dense; prefill speed-up {_fmt(metrics.get('speedup'), '.2f')}x (measured on `{metrics.get('device', 'n/a')}`)
 
 | | dense | pruned |
@@ -231,8 +259,9 @@ Perplexity = exp(mean next-token loss) on {_fmt(ev.get('tokens_scored'))} held-o
 {onnx_section(metrics)}"""
     result = []
     if isinstance(pruned.get("perplexity"), (int, float)):
-        result = [EvalResult(task_type="text-generation", dataset_type=source.dataset_name,
-                             dataset_name=source.dataset_name, dataset_split=metrics.get("eval_split") or "held-out",
+        dataset, split = evaluated_on(source, metrics, "held-out")
+        result = [EvalResult(task_type="text-generation", dataset_type=dataset,
+                             dataset_name=dataset, dataset_split=split,
                              metric_type="perplexity", metric_value=round(float(pruned["perplexity"]), 4),
                              metric_name=f"perplexity ({ev.get('window')}-token windows)")]
     data = ModelCardData(model_name=f"{source.model_name}-vtrans-pruned", base_model=source.hub_id,
@@ -266,14 +295,14 @@ Produced by vtrans job `{job_id}` with VTrans structured pruning (arXiv 2406.052
 - **Base model:** {source.model_label} ({metrics.get('family', 'n/a')} family)
 - **Dataset:** {source.dataset_label}
 - **Method:** {request.get('method')} ; layout `{layout}`
-- **Budget:** keep at most {_fmt(budget.get('target'), '.0%')} of the dense model's {budget.get('kind')}
+- **Budget:** {budget_line(budget)}
 - **Achieved:** params {_fmt(metrics.get('params_fraction'), '.1%')}, FLOPs {_fmt(metrics.get('flops_fraction'), '.1%')} of dense; speed-up {_fmt(metrics.get('speedup'), '.2f')}x (measured on `{metrics.get('device', 'n/a')}`)
 
 | | dense | pruned |
 |---|---|---|
 {table}
 
-{_evaluation_sentence(metrics)} Latency was measured on the worker that produced this model and
+{_evaluation_sentence(source, metrics)} Latency was measured on the worker that produced this model and
 will differ on other hardware.
 
 ## Load

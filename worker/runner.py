@@ -154,18 +154,22 @@ def _source(db_url: str, job: Job) -> Source:
     # A hub model keeps its hub ID as name and base_model (not the scratch folder it was
     # downloaded to); the label adds the commit the job compressed.
     label = f"{job.model} (hub revision `{revision}`)" if revision else job.model
+    eval_ref = (job.request or {}).get("eval_dataset")
     source = Source(model_name=job.model, model_label=label, hub_id=job.model if hub else None,
-                    dataset_name=job.dataset, dataset_label=job.dataset)
+                    dataset_name=job.dataset, dataset_label=job.dataset,
+                    eval_dataset_name=eval_ref, eval_dataset_label=eval_ref)
     try:
         with session_scope(db_url) as s:
             m = s.get(Model, job.model) if job.model.startswith("mdl_") else None
-            d = s.get(Dataset, job.dataset) if job.dataset.startswith("ds_") else None
             if m is not None:
                 source.model_name, source.hub_id = model_name_for_upload(m.config or {}, m.filename)
                 source.model_label = f"{source.model_name} (uploaded as {m.filename}, model `{m.id}`, {m.model_type})"
-            if d is not None:
-                source.dataset_name = d.filename
-                source.dataset_label = f"{d.filename} (uploaded dataset `{d.id}`, {d.rows} rows)"
+            for ref, name_attr, label_attr in ((job.dataset, "dataset_name", "dataset_label"),
+                                               (eval_ref, "eval_dataset_name", "eval_dataset_label")):
+                d = s.get(Dataset, ref) if ref and ref.startswith("ds_") else None
+                if d is not None:
+                    setattr(source, name_attr, d.filename)
+                    setattr(source, label_attr, f"{d.filename} (uploaded dataset `{d.id}`, {d.rows} rows)")
     except Exception:  # a card with ids only is still a correct card
         log.exception("model card labels for job %s", job.id)
     return source

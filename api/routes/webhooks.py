@@ -32,7 +32,8 @@ def _get(db: Session, tenant: str, webhook_id: str) -> WebhookEndpoint:
     return owned_or_404(db, WebhookEndpoint, webhook_id, tenant, "webhook")
 
 
-@router.post("", status_code=201, response_model=WebhookCreated, operation_id="createWebhook", responses=contract.problems(401, 422))
+@router.post("", status_code=201, response_model=WebhookCreated, operation_id="createWebhook",
+             responses=contract.problems(401, 409, 422))
 def create_webhook(body: WebhookCreate, db: Session = Depends(get_db), tenant: str = Depends(get_tenant),
                    settings: Settings = Depends(get_app_settings)) -> dict:
     """The answer holds the signing secret (whsec_...): it is shown only here."""

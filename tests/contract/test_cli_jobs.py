@@ -1,18 +1,17 @@
 """`vtrans jobs ...` as a CI step runs it: a subprocess with VTRANS_URL / VTRANS_API_KEY against
 the real service. Exit codes: 0 succeeded, 1 failed, 2 bad request, 3 cancelled, 4 timed out,
-5 service unusable (see api/cli_jobs.py)."""
+5 service unusable (see api/cli_jobs.py). The README's CI step, a real compression submitted,
+waited for and downloaded, is tests/contract/test_readme_ci.py."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-import tarfile
 
 import pytest
 
 from live.conftest import FakeRun
-from service.jobpath import FAST_OPTIONS
 
 
 pytestmark = pytest.mark.slow
@@ -80,23 +79,100 @@ def test_get_list_and_events_print_json(live_api):
     assert [e.get("status") for e in lines] == ["queued", "running", None, "succeeded"]
 
 
-def test_submit_wait_download_a_real_compression(live_api, celery_worker, tiny_model_dir, tiny_dataset_csv, tmp_path):
-    """The README's CI step: local folder and CSV in, compressed model and metrics out."""
-    options = [f"--option={k}={json.dumps(v)}" for k, v in FAST_OPTIONS.items()]
-    r = vtrans(live_api, "submit", "--model", str(tiny_model_dir), "--dataset", str(tiny_dataset_csv),
-               "--budget", "flops:0.6", "--seq-len", "16", "--method", "fast", *options,
-               "--idempotency-key", "cli-e2e", "--wait", "--timeout", "900", "--download", str(tmp_path / "out"),
-               "--json", timeout=1000)
-    assert r.returncode == 0, (r.stdout, r.stderr, celery_worker.output()[-3000:])
+def test_submit_uploads_an_eval_dataset_and_plain_text(live_api, tiny_dataset_csv, tmp_path):
+    """--eval-dataset takes a file (uploaded first) like --dataset does, and a .txt corpus (a
+    language model's dataset) is uploaded rather than sent as a name the service cannot know."""
+    r = vtrans(live_api, "submit", "--model", "org/tiny", "--dataset", "tweet-sentiment", "--eval-dataset",
+               str(tiny_dataset_csv), "--budget", "flops:0.5", "--method", "fast", "--json")
+    assert r.returncode == 0, r.stderr
     job = json.loads(r.stdout)
-    assert job["status"] == "succeeded" and "uploaded model" in r.stderr and "uploaded dataset" in r.stderr
-    out = tmp_path / "out"
-    assert {"model.tar.gz", "metrics.json", "plan.json", "README.md"} <= {p.name for p in out.iterdir()}
-    assert json.loads((out / "metrics.json").read_text())["flops_fraction"] <= 0.61
-    with tarfile.open(out / "model.tar.gz") as tar:
-        assert "model/config.json" in tar.getnames()
-    # The same idempotency key again: the same job, nothing re-uploaded as a second job.
-    again = vtrans(live_api, "submit", "--model", job["request"]["model"], "--dataset", job["request"]["dataset"],
-                   "--budget", "flops:0.6", "--seq-len", "16", "--method", "fast", *options,
-                   "--idempotency-key", "cli-e2e", "--json")
-    assert again.returncode == 0 and json.loads(again.stdout)["id"] == job["id"]
+    assert job["request"]["eval_dataset"].startswith("ds_") and "uploaded dataset" in r.stderr
+    assert vtrans(live_api, "cancel", job["id"]).returncode == 0
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"document {i} says the quick brown fox jumps over the lazy dog\n\n" for i in range(20)))
+    r = vtrans(live_api, "submit", "--model", "org/tiny-lm", "--dataset", str(corpus), "--budget", "params:0.8",
+               "--method", "faster", "--json")
+    assert f"uploaded dataset {corpus}" in r.stderr, r.stderr
+    if r.returncode == 0:
+        vtrans(live_api, "cancel", json.loads(r.stdout)["id"])
+
+
+def _running(server, stage: str, eta: int) -> FakeRun:
+    """A running job that has reported half its work and an ETA (the waiter replays them)."""
+    run = FakeRun(server.settings).start()
+    for fraction in (0.25, 0.5):
+        run.progress(stage, fraction, eta_seconds=eta)
+    return run
+
+
+def test_wait_shows_a_progress_bar_on_a_terminal_and_nothing_otherwise(live_api):
+    """stderr on a terminal: a bar with the stage, the fraction and the job's ETA (on a sized
+    terminal and on one that reports no size, as a pty nobody sized does); stderr on a pipe (a CI
+    log): no bar at all, only the final job line on stdout."""
+    for columns in (0, 120):
+        _bar_on_a_terminal(live_api, columns)
+
+    run = _running(live_api, "finetune", 42)
+    env = dict(os.environ, VTRANS_URL=live_api.url, VTRANS_API_KEY=live_api.settings.api_key)
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "jobs", "wait", run.job_id, "--timeout", "60"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.finish("succeeded")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and run.job_id in out
+    assert "%" not in err and "eta" not in err, err
+
+
+def _bar_on_a_terminal(live_api, columns: int) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+    import time
+
+    run = _running(live_api, "finetune", 42)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    seen = bytearray()
+
+    def read():
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:          # EIO: the terminal's other end was closed
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    env = dict(os.environ, VTRANS_URL=live_api.url, VTRANS_API_KEY=live_api.settings.api_key)
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "jobs", "wait", run.job_id, "--timeout", "90"], env=env,
+                            stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    deadline = time.monotonic() + 60      # the job ends only once the bar showed its progress
+    while b"eta 42s" not in seen and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run.finish("succeeded")
+    out, _ = proc.communicate(timeout=60)
+    reader.join(5)
+    os.close(master)
+    bar = seen.decode(errors="replace")
+    assert proc.returncode == 0 and run.job_id in out, (out, bar)
+    assert run.job_id in bar and "finetune" in bar and "50%" in bar and "eta 42s" in bar, (columns, bar)
+
+
+def test_download_exits_0_with_the_files_and_5_on_a_bad_checksum(live_api, tmp_path):
+    from .test_client import _succeeded_with_files
+
+    run, payload = _succeeded_with_files(live_api.settings, tmp_path, 64 * 1024)
+    got = vtrans(live_api, "download", run.job_id, str(tmp_path / "out"), "--json")
+    assert got.returncode == 0, got.stderr
+    assert sorted(os.path.basename(p) for p in json.loads(got.stdout)) == ["metrics.json", "model.tar.gz"]
+    assert (tmp_path / "out" / "model.tar.gz").read_bytes() == payload
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.tar.gz.part").write_bytes(b"\0" * 1000)   # a leftover that is not the file's start
+    r = vtrans(live_api, "download", run.job_id, str(bad), "--name", "model.tar.gz")
+    assert r.returncode == 5 and "sha256" in r.stderr, r.stderr

@@ -24,7 +24,7 @@ def _held_out(n: int = 40, vocab: int = 100, pairs: bool = False, seed: int = 3)
     return Encoded(ids, types, [0] * n, 1)
 
 
-@pytest.mark.parametrize("family", ["bert", "distilbert"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert"])
 def test_onnx_graph_matches_pytorch_on_held_out_rows(family, tmp_path):
     import onnxruntime as ort
 

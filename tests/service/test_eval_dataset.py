@@ -33,6 +33,34 @@ def test_eval_dataset_is_stored_with_the_job(client, inputs, enqueued):
     assert r.status_code == 202 and r.json()["request"].get("eval_dataset") is None
 
 
+def test_model_card_names_the_uploaded_eval_dataset(client, inputs, service_settings):
+    """The worker's card inputs for a job with eval_dataset: the model-index result is the eval
+    file's (by its name, every row), the training file stays the card's dataset."""
+    from huggingface_hub import ModelCard
+
+    from api.db import session_scope
+    from api.models import Job
+    from worker.model_card import model_card
+    from worker.runner import _source
+
+    model_id, ds_id = inputs
+    held = _upload_csv(client, "held.csv", [("a great day", "positive"), ("an awful day", "negative")] * 6)
+    r = client.post("/v1/jobs", json={"model": model_id, "dataset": ds_id, "eval_dataset": held, "budget": BUDGET,
+                                      "method": "fast"})
+    assert r.status_code == 202, r.text
+    with session_scope(service_settings.db_url) as s:
+        job = s.get(Job, r.json()["id"])
+        source = _source(service_settings.db_url, job)
+        request = dict(job.request)
+    assert (source.dataset_name, source.eval_dataset_name) == ("d.csv", "held.csv")
+    metrics = {"eval_split": "eval_data", "evaluation": {"source": "eval_data"}, "eval_examples": 12,
+               "pruned": {"accuracy": 75.0}, "dense": {"accuracy": 80.0}}
+    card = ModelCard(model_card(source, request, metrics, r.json()["id"]))
+    (result,) = card.data.to_dict()["model-index"][0]["results"]
+    assert result["dataset"]["name"] == "held.csv" and card.data.to_dict()["datasets"] == ["d.csv"]
+    assert f"held.csv (uploaded dataset `{held}`, 12 rows)" in card.text
+
+
 @pytest.mark.parametrize("what", ["foreign-label", "builtin-other-labels", "unknown-id", "not-an-id"])
 def test_bad_eval_dataset_is_a_422_or_404_naming_the_field(client, inputs, enqueued, service_settings, what):
     model_id, ds_id = inputs

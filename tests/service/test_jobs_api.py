@@ -60,6 +60,21 @@ def test_hub_id_and_builtin_dataset_are_accepted(client, enqueued):
     assert r.json()["request"]["method"] == "vtrans"
 
 
+def test_speedup_budget_job_is_served_by_every_job_operation(client, uploaded, enqueued):
+    """A budget kind the core accepts (speedup, method faster) is one the Job response model
+    accepts too: submit, get, list and cancel answer with it instead of a 500."""
+    model_id, ds_id = uploaded
+    r = client.post("/v1/jobs", json={"model": model_id, "dataset": ds_id, "method": "faster",
+                                      "budget": {"kind": "speedup", "target": 1.5}})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    assert r.json()["request"]["budget"]["kind"] == "speedup" and enqueued == [job_id]
+    assert client.get(f"/v1/jobs/{job_id}").json()["request"]["budget"]["target"] == 1.5
+    listed = client.get("/v1/jobs", params={"status": "queued", "limit": 100})
+    assert listed.status_code == 200 and job_id in [j["id"] for j in listed.json()["data"]]
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+
+
 def _bad(uploaded, **change):
     model_id, ds_id = uploaded
     body = {"model": model_id, "dataset": ds_id, "budget": dict(BUDGET), "method": "vtrans", "options": {}}

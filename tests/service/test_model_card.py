@@ -102,3 +102,54 @@ def test_lm_card_onnx_section_and_its_snippet_run_as_written(tmp_path):
     with torch.no_grad():   # the snippet's last step ran the sequence without its final token
         ref = model(input_ids=torch.from_numpy(ids[:, :-1]), use_cache=False).logits.numpy()
     np.testing.assert_allclose(scope["logits"], ref, atol=ex.ONNX_ATOL, rtol=ex.ONNX_RTOL)
+
+
+def test_model_index_names_the_separate_evaluation_dataset():
+    """With eval_dataset the figures come from that file, not from a split of the training data:
+    the model-index result names it (and the whole file as its split), and so does the body."""
+    source = Source(model_name="my-bert", model_label="my-bert", hub_id=None, dataset_name="train.csv",
+                    dataset_label="train.csv (uploaded dataset `ds_t`, 96 rows)", eval_dataset_name="held.csv",
+                    eval_dataset_label="held.csv (uploaded dataset `ds_h`, 15 rows)")
+    metrics = dict(METRICS, eval_split="eval_data", eval_examples=15,
+                   evaluation={"source": "eval_data", "rows": 15})
+    card = ModelCard(model_card(source, dict(REQUEST, eval_dataset="ds_h"), metrics, "job_eval"))
+    data = card.data.to_dict()
+    assert data["datasets"] == ["train.csv"]                      # what it was trained on
+    results = data["model-index"][0]["results"]
+    assert {(r["dataset"]["name"], r["dataset"]["split"]) for r in results} == {("held.csv", "full")}
+    assert "held.csv (uploaded dataset `ds_h`, 15 rows)" in card.text
+
+
+def test_speedup_budget_is_stated_as_a_speedup():
+    card = ModelCard(model_card(Source("my-bert", "my-bert", None, "d.csv", "d.csv"),
+                                dict(REQUEST, method="faster", budget={"kind": "speedup", "target": 2.0, "seq_len": 128}),
+                                METRICS, "job_fast"))
+    budget = next(line for line in card.text.splitlines() if line.startswith("- **Budget:**"))
+    assert "2.00x faster than the dense model" in budget and "%" not in budget
+
+
+def test_classifier_card_onnx_snippet_runs_as_written(tiny_model_dir, tmp_path):
+    """A classifier job with export: ["onnx"]: the card's ONNX snippet, run unchanged next to
+    model/ and onnx/, gives the PyTorch model's logits for its example text."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from vtrans_core import export as ex
+    from vtrans_core.data import Encoded
+
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "model").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    rows = tokenizer(["a great day", "the worst food was so bad", "fun"])
+    enc = Encoded(rows["input_ids"], rows["token_type_ids"], [1, 0, 1], 2)
+    info = ex.export_onnx(model, tmp_path, ex.held_out_batches(enc, rows=3, batch=2), latency_runs=1)
+    card = ModelCard(model_card(Source("my-bert", "my-bert", None, "d.csv", "d.csv"), REQUEST,
+                                dict(METRICS, export={"onnx": info}), "job_onnx"))
+    section = card.text[card.text.index("## ONNX"):]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    scope = _run_snippet(snippet, tmp_path)
+    with torch.no_grad():
+        ref = model(**tokenizer(["an example"], return_tensors="pt")).logits.numpy()
+    np.testing.assert_allclose(scope["logits"], ref, atol=ex.ONNX_ATOL, rtol=ex.ONNX_RTOL)

@@ -69,6 +69,20 @@ def test_ssrf_targets_are_refused(service_settings, tenants, url):
     assert "address" in body["detail"] or "resolve" in body["detail"]
 
 
+def test_the_endpoint_limit_answers_a_declared_409(tenants):
+    """Past MAX_ENDPOINTS a tenant gets 409, a status createWebhook declares (a generated client
+    then has a typed Problem for it, not an 'unexpected status')."""
+    from api.routes.webhooks import MAX_ENDPOINTS
+
+    t = tenants()
+    for i in range(MAX_ENDPOINTS):
+        add_hook(t, f"http://127.0.0.1:9/hook-{i}")
+    assert_problem(t.http.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/one-more", "events": ["job.failed"]}),
+                   409)
+    declared = t.http.get("/openapi.json").json()["paths"]["/v1/webhooks"]["post"]["responses"]
+    assert "409" in declared
+
+
 def test_metadata_address_is_refused_even_when_private_targets_are_allowed(tenants):
     r = tenants().http.post("/v1/webhooks", json={"url": "http://169.254.169.254/latest", "events": ["job.failed"]})
     assert "metadata" in assert_problem(r, 422, "url")["detail"]
