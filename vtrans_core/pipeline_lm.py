@@ -56,8 +56,8 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
     device = pick_device(opts.device)
     dtype = pick_dtype(opts.dtype, device)
     # the refit reads at most calibration_rows windows, stopping at calibration_tokens (methods.refit_rows)
-    refit_tokens = 0 if opts.reconstruct == "off" else \
-        min(opts.calibration_rows * opts.seq_len, opts.calibration_tokens or opts.calibration_rows * opts.seq_len)
+    window_tokens = opts.calibration_rows * opts.seq_len
+    refit_tokens = 0 if opts.reconstruct == "off" else min(window_tokens, opts.calibration_tokens or window_tokens)
     memory = check_memory(config, dtype, opts.batch_size, opts.seq_len, strategy.trains_weights, device,
                           opts.max_memory_gb, refit_tokens)
     splits = task.load_data(data, opts.seed)
