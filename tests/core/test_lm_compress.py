@@ -13,7 +13,7 @@ import torch
 from .decoders import decoder_config, save_tiny_lm, write_text_corpus
 from vtrans_core import compress, validate_request
 from vtrans_core.errors import CompressionError
-from vtrans_core.lm_runtime import estimate_peak_bytes
+from vtrans_core.lm_runtime import CPU_RUNTIME_BYTES, estimate_peak_bytes
 
 SEQ = 16
 # Small enough for seconds on a 2-core CPU; every stage still runs.
@@ -164,8 +164,11 @@ def test_memory_estimate_formula_and_refusal_before_any_work(llama_dir, corpus, 
     assert est["params"] == P
     act = 4 * 512 * 2 * (16 * 48 + 4 * 64) * 4
     assert est["parts"] == {"weights": 2 * P * 4, "training_state": 0, "activations": act,
-                            "logits": 5 * 4 * 512 * 100 * 4}
-    assert est["total_bytes"] == int((2 * P * 4 + act + 5 * 4 * 512 * 100 * 4) * 1.2)
+                            "logits": 5 * 4 * 512 * 100 * 4, "runtime": CPU_RUNTIME_BYTES}
+    assert est["total_bytes"] == int((2 * P * 4 + act + 5 * 4 * 512 * 100 * 4) * 1.2) + CPU_RUNTIME_BYTES
+    # on CUDA the measured peak is the allocator's, which holds no libraries
+    on_gpu = estimate_peak_bytes(cfg.to_dict(), "float32", 4, 512, trains_weights=False, device="cuda")
+    assert on_gpu["total_bytes"] == est["total_bytes"] - CPU_RUNTIME_BYTES and on_gpu["parts"]["runtime"] == 0
     trained = estimate_peak_bytes(cfg.to_dict(), "bfloat16", 4, 512, trains_weights=True)
     assert trained["parts"]["training_state"] == P * (2 + 8) and trained["parts"]["weights"] == 2 * P * 2
     with pytest.raises(CompressionError) as e:
@@ -191,7 +194,8 @@ def test_memory_estimate_counts_the_refit_and_names_it_when_it_sets_the_peak():
              "refit_normal_matrix": (F + 1) ** 2 * 12 + (F + 1) * H * 8}
     assert {k: v for k, v in est["parts"].items() if k.startswith("refit_")} == refit
     assert est["peak_stage"] == "refit"
-    assert est["total_bytes"] == int((2 * P * 4 + sum(refit.values()) + base["parts"]["logits"]) * 1.2)
+    assert est["total_bytes"] == (int((2 * P * 4 + sum(refit.values()) + base["parts"]["logits"]) * 1.2)
+                                  + CPU_RUNTIME_BYTES)
     small = estimate_peak_bytes(cfg, "float32", 4, 512, trains_weights=True, refit_tokens=64)
     assert small["peak_stage"] == "training"
     assert small["total_bytes"] == estimate_peak_bytes(cfg, "float32", 4, 512, trains_weights=True)["total_bytes"]
