@@ -49,10 +49,13 @@ def corpus() -> Path:
 
 
 def parse_case(case: str) -> tuple[str, float, dict, str]:
-    """"faster@0.8:reconstruct=scales;prune_hidden=true" -> (method, target, overrides, cache name)."""
+    """"faster@0.8:reconstruct=scales;prune_hidden=true" -> (method, target, overrides, cache name).
+    A target written "flops0.5" is a FLOPs budget (override budget_kind=flops); plain numbers are params."""
     head, _, rest = case.partition(":")
     method, target = head.split("@")
     overrides = {}
+    if target.startswith("flops"):
+        target, overrides["budget_kind"] = target[len("flops"):], "flops"
     for item in filter(None, rest.split(";")):
         key, _, value = item.partition("=")
         try:
@@ -69,11 +72,12 @@ def run_case(method: str, target: float, model_dir: Path, overrides: dict | None
 
     out = CACHE / f"out-{name or f'{method}-{target}'}"
     opts = {**OPTIONS, **(FAST_OPTIONS if method == "fast" else {}), **(overrides or {})}
+    kind = opts.pop("budget_kind", "params")
     started = time.perf_counter()
-    result = compress(str(model_dir), str(corpus()), {"kind": "params", "target": target, "seq_len": WINDOW}, method,
+    result = compress(str(model_dir), str(corpus()), {"kind": kind, "target": target, "seq_len": WINDOW}, method,
                       opts, output_dir=out)
     m = result.metrics
-    return {"method": method, "target": target, "window": m["evaluation"]["window"],
+    return {"method": method, "target": target, "budget_kind": kind, "window": m["evaluation"]["window"],
             "stride": m["evaluation"]["stride"], "tokens_scored": m["evaluation"]["tokens_scored"],
             "dense_ppl": m["dense"]["perplexity"], "pruned_ppl": m["pruned"]["perplexity"],
             "ppl_ratio": m["perplexity_ratio"], "params_fraction": m["params_fraction"],
@@ -89,10 +93,10 @@ def run_case(method: str, target: float, model_dir: Path, overrides: dict | None
 
 def report() -> str:
     rows = [json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))]
-    lines = ["| method | variant | params target | params kept | FLOPs kept | ppl dense | ppl pruned (x) | "
+    lines = ["| method | variant | target | params kept | FLOPs kept | ppl dense | ppl pruned (x) | "
              "prefill speedup | decode tok/s dense->pruned | refit | compression s (with evaluation) |", "|---" * 11 + "|"]
     for r in rows:
-        variant = ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items()) or "defaults"
+        variant = ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items() if k != "budget_kind") or "defaults"
         if r.get("note"):   # a row kept from an earlier version of the code
             variant += f" ({r['note']})"
         rc = r.get("reconstruct") or {}
@@ -100,7 +104,8 @@ def report() -> str:
         if rc:
             refit = (f"{rc.get('mode')}: {'applied' if rc.get('applied') else 'not applied'}, "
                      f"{rc.get('blocks_refit')} blocks" + (f" ({rc['reason']})" if rc.get("reason") else ""))
-        lines.append(f"| {r['method']} | {variant} | {r['target']} | {r['params_fraction']:.3f} | "
+        lines.append(f"| {r['method']} | {variant} | {r.get('budget_kind', 'params')} {r['target']} | "
+                     f"{r['params_fraction']:.3f} | "
                      f"{r['flops_fraction']:.3f} | "
                      f"{r['dense_ppl']:.2f} | {r['pruned_ppl']:.2f} ({r['ppl_ratio']:.2f}x) | {r['prefill_speedup']} | "
                      f"{r['decode_tps'][0]} -> {r['decode_tps'][1]} | {refit} | "
