@@ -46,6 +46,13 @@ class Split:
             return self
         return self.subset(sorted(random.Random(seed).sample(range(len(self)), n)))
 
+    def shuffled(self, seed: int) -> "Split":
+        """The same rows in a seeded random order: any prefix is then a random sample (files are
+        often sorted by label or date, and a method reads only the first rows for some steps)."""
+        order = list(range(len(self)))
+        random.Random(seed).shuffle(order)
+        return self.subset(order)
+
 
 @dataclass
 class TaskData:

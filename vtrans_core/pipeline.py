@@ -33,6 +33,14 @@ def _eval_cost(n_eval: int, opts: CompressionOptions) -> float:
 TRAIN_CHECK_ROWS = 1000   # training rows the dense model is scored on (the memorisation check)
 
 
+def method_rows_for(strategy, train_split, opts: CompressionOptions):
+    """The rows the method gets, in a seeded random order. Methods read prefixes of them (the
+    Fisher rows, the mask subset, the refit's calibration rows): with the file's order, a training
+    file sorted by label or date would give them one class or one period only. (A single file is
+    split at random already; a file given next to an `eval_dataset` keeps its order.)"""
+    return strategy.train_rows(train_split, opts).shuffled(opts.seed)
+
+
 def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: CompressionOptions,
                  out_dir: Path, callback, eval_data=None, export: list[str] | None = None, session=None):
     """`session`: resume.Session (checkpoints; None: none are saved or read)."""
@@ -78,7 +86,7 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
     eval_split = task.eval_split
     if opts.max_eval_examples and len(eval_split) > opts.max_eval_examples:
         eval_split = eval_split.subset(list(range(opts.max_eval_examples)))   # the split is already shuffled
-    method_rows = strategy.train_rows(train_split, opts)
+    method_rows = method_rows_for(strategy, train_split, opts)
     enc_train = encode(tokenizer, method_rows, opts.seq_len)
     enc_eval = encode(tokenizer, eval_split, opts.seq_len)
     enc_check = encode(tokenizer, train_split.sample(TRAIN_CHECK_ROWS, seed=opts.seed), opts.seq_len)

@@ -75,7 +75,8 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
     enc_all = task.encode(tokenizer, splits.train, opts.seq_len)
     if opts.max_train_examples:
         enc_all = enc_all.sample(opts.max_train_examples, seed=opts.seed)
-    enc_train = strategy.train_rows(enc_all, opts)
+    # seeded random order: the refit and the Fisher ranking read the first windows (pipeline.method_rows_for)
+    enc_train = strategy.train_rows(enc_all, opts).shuffled(opts.seed)
     enc_eval = task.encode(tokenizer, held_docs, opts.seq_len)
     if opts.max_eval_examples:
         enc_eval = enc_eval.head(opts.max_eval_examples)

@@ -111,3 +111,39 @@ def test_hf_ids_give_clear_error_without_datasets_or_network():
     with pytest.raises(CompressionError) as err:
         load_task("hf:glue:sst2")
     assert err.value.field == "data" and ("datasets" in str(err.value) or "hub" in str(err.value))
+
+
+def test_method_rows_come_in_random_order_so_a_prefix_is_a_random_sample(tmp_path):
+    """A training file sorted by label, given next to a validation file, keeps its order in the
+    task; the rows handed to a method must not, because methods read prefixes of them (faster's
+    Fisher rows, the refit's calibration rows): the first rows would all be one class."""
+    from vtrans_core.methods import get_method
+    from vtrans_core.options import CompressionOptions
+    from vtrans_core.pipeline import method_rows_for
+
+    train, val = tmp_path / "train.csv", tmp_path / "val.csv"
+    train.write_text("text,label\n" + "".join(f"row {i},{'a' if i < 300 else 'b'}\n" for i in range(600)))
+    val.write_text("text,label\nx,a\ny,b\n")
+    task = load_task({"train": str(train), "validation": str(val)})
+    assert task.train.labels[:300] == [0] * 300          # the file's order is kept in the task...
+    for method in ("faster", "vtrans"):
+        opts = CompressionOptions.parse({"seed": 3}, method)
+        rows = method_rows_for(get_method(method), task.train, opts)
+        first = rows.labels[:100]                         # ...but not in what the method reads first
+        assert 30 < sum(first) < 70, (method, sum(first))
+        if method == "vtrans":                            # vtrans keeps every row, faster samples some
+            assert sorted(zip(rows.texts, rows.labels)) == sorted(zip(task.train.texts, task.train.labels))
+        again = method_rows_for(get_method(method), task.train, opts)
+        assert again.texts == rows.texts                  # seeded: a rerun (or a resume) reads the same rows
+
+
+def test_lm_windows_for_a_method_span_the_whole_text():
+    import torch
+
+    from vtrans_core.tasks.language_modeling import Windows
+
+    win = Windows(torch.arange(100 * 8).view(100, 8), 8, documents=5)
+    mixed = win.shuffled(seed=0)
+    assert sorted(mixed.ids[:, 0].tolist()) == win.ids[:, 0].tolist()   # the same windows
+    assert max(mixed.head(20).ids[:, 0].tolist()) > 50 * 8               # the first 20 reach the second half
+    assert torch.equal(win.shuffled(seed=0).ids, mixed.ids)

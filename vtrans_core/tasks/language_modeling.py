@@ -201,6 +201,15 @@ class Windows:
         keep = sorted(random.Random(seed).sample(range(len(self)), n))
         return Windows(self.ids[torch.tensor(keep)], self.seq_len, self.documents)
 
+    def shuffled(self, seed: int) -> "Windows":
+        """The same windows in a seeded random order (see data.Split.shuffled): packed windows
+        follow the text, so without it a method's first windows are the corpus's first pages."""
+        import torch
+
+        order = list(range(len(self)))
+        random.Random(seed).shuffle(order)
+        return Windows(self.ids[torch.tensor(order, dtype=torch.long)], self.seq_len, self.documents)
+
     def batches(self, batch_size: int, device: Any, *, shuffle: bool, rng: random.Random | None = None):
         return window_batches(self, batch_size, device, shuffle=shuffle, rng=rng)
 
