@@ -12,7 +12,6 @@ import socket
 import threading
 import time
 import types
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,53 +21,16 @@ from worker.hub_download import download_revision
 
 from . import fake_hub
 from .conftest import wait_for
+from .hub_fixtures import children, commit_files, hub, leftovers, new_sha  # noqa: F401 (hub: a fixture)
 
 REPO = "acme/tiny-bert"
 
 
-def _sha() -> str:
-    return secrets.token_hex(20)
-
-
-def _commit_files(folder: Path, marker: str, weights: bool = True) -> Path:
-    """A repo commit: what from_pretrained needs, plus files the worker must never fetch."""
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"model_type": "bert", "marker": marker}))
-    (folder / "tokenizer.json").write_text("{}")
-    (folder / "tokenizer_config.json").write_text("{}")
-    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n")
-    if weights:
-        (folder / "model.safetensors").write_bytes(marker.encode() * 10)
-    (folder / "pytorch_model.bin").write_bytes(b"a pickle: must never be downloaded")
-    (folder / "modeling_custom.py").write_text("raise SystemExit('remote code must never be downloaded')\n")
-    (folder / "README.md").write_text("# card\n")
-    (folder / "onnx").mkdir()
-    (folder / "onnx" / "model.safetensors").write_bytes(b"a sub-folder from_pretrained does not read")
-    return folder
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    """The fake hub on a free port, and huggingface_hub switched online for this test only (the
-    test session sets HF_HUB_OFFLINE=1)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), fake_hub.Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    start = len(fake_hub.REQUESTS)
-    yield types.SimpleNamespace(url=url, requests=lambda: fake_hub.REQUESTS[start:])
-    server.shutdown()
-    server.server_close()
-
-
 def test_downloads_the_recorded_sha_not_main_and_only_safe_files(hub, tmp_path):
     repo = f"acme/{secrets.token_hex(4)}"
-    sha_a, sha_b = _sha(), _sha()
-    fake_hub._add_commit(repo, sha_a, str(_commit_files(tmp_path / "a", "commit-a")))
-    fake_hub._add_commit(repo, sha_b, str(_commit_files(tmp_path / "b", "commit-b")))   # main moves on
+    sha_a, sha_b = new_sha(), new_sha()
+    fake_hub._add_commit(repo, sha_a, str(commit_files(tmp_path / "a", "commit-a")))
+    fake_hub._add_commit(repo, sha_b, str(commit_files(tmp_path / "b", "commit-b")))   # main moves on
 
     folder = download_revision(repo, sha_a, tmp_path / "work" / "hub-model", endpoint=hub.url,
                                cache_dir=tmp_path / "hf-cache")
@@ -88,8 +50,8 @@ def test_downloads_the_recorded_sha_not_main_and_only_safe_files(hub, tmp_path):
 
 def test_a_revision_the_hub_does_not_have_fails_with_a_message(hub, tmp_path):
     repo = f"acme/{secrets.token_hex(4)}"
-    fake_hub._add_commit(repo, _sha(), str(_commit_files(tmp_path / "a", "commit-a")))
-    gone = _sha()
+    fake_hub._add_commit(repo, new_sha(), str(commit_files(tmp_path / "a", "commit-a")))
+    gone = new_sha()
     with pytest.raises(CompressionError) as info:
         download_revision(repo, gone, tmp_path / "dest", endpoint=hub.url, cache_dir=tmp_path / "hf-cache")
     assert info.value.field == "model"
@@ -99,15 +61,15 @@ def test_a_revision_the_hub_does_not_have_fails_with_a_message(hub, tmp_path):
 
 def test_an_unknown_repository_fails_with_a_message(hub, tmp_path):
     with pytest.raises(CompressionError) as info:
-        download_revision(f"acme/{secrets.token_hex(4)}", _sha(), tmp_path / "dest", endpoint=hub.url,
+        download_revision(f"acme/{secrets.token_hex(4)}", new_sha(), tmp_path / "dest", endpoint=hub.url,
                           cache_dir=tmp_path / "hf-cache")
     assert "repository not found" in info.value.message
 
 
 def test_a_commit_with_pickled_weights_only_is_refused(hub, tmp_path):
     repo = f"acme/{secrets.token_hex(4)}"
-    sha = _sha()
-    fake_hub._add_commit(repo, sha, str(_commit_files(tmp_path / "a", "commit-a", weights=False)))
+    sha = new_sha()
+    fake_hub._add_commit(repo, sha, str(commit_files(tmp_path / "a", "commit-a", weights=False)))
     with pytest.raises(CompressionError) as info:
         download_revision(repo, sha, tmp_path / "dest", endpoint=hub.url, cache_dir=tmp_path / "hf-cache")
     assert "has no safetensors weights" in info.value.message
@@ -118,9 +80,9 @@ def test_offline_uses_the_cached_snapshot_of_that_commit_or_says_why_not(hub, tm
     from huggingface_hub import constants, snapshot_download
 
     repo = f"acme/{secrets.token_hex(4)}"
-    sha_a, sha_b = _sha(), _sha()
-    fake_hub._add_commit(repo, sha_a, str(_commit_files(tmp_path / "a", "commit-a")))
-    fake_hub._add_commit(repo, sha_b, str(_commit_files(tmp_path / "b", "commit-b")))
+    sha_a, sha_b = new_sha(), new_sha()
+    fake_hub._add_commit(repo, sha_a, str(commit_files(tmp_path / "a", "commit-a")))
+    fake_hub._add_commit(repo, sha_b, str(commit_files(tmp_path / "b", "commit-b")))
     cache = tmp_path / "hf-cache"
     snapshot_download(repo, revision=sha_b, cache_dir=cache, endpoint=hub.url)   # only B is cached
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -145,7 +107,7 @@ def test_the_runner_downloads_a_hub_jobs_recorded_revision_and_only_then(tmp_pat
                         calls.append((repo, rev, dest)) or options.append(kw) or Path("/downloaded"))
     settings = types.SimpleNamespace(db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", hub_download_attempts=4,
                                      hub_retry_seconds=30.0, cancel_check_seconds=0.5)
-    sha = _sha()
+    sha = new_sha()
 
     def job(revision):
         return Job(id="job_x", model=REPO, dataset="tweet-sentiment",
@@ -169,30 +131,13 @@ def test_the_runner_downloads_a_hub_jobs_recorded_revision_and_only_then(tmp_pat
 
 # ------------------------------------------------------------------ cancel and outages
 
-def _children() -> list[int]:
-    """This test process's live children (Linux /proc, zombies left out): the download's child must be gone."""
-    pids = [int(pid) for f in Path("/proc/self/task").glob("*/children") for pid in f.read_text().split()]
-    alive = []
-    for pid in pids:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z":
-                alive.append(pid)
-        except (OSError, IndexError):   # gone meanwhile
-            pass
-    return alive
-
-
-def _leftovers(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) if root.exists() else []
-
-
 def test_a_cancel_during_a_slow_download_ends_it_within_seconds_and_leaves_nothing(hub, tmp_path):
     """A 4 MB weights file at 40 KB/s takes ~100 s: the cancel must end it in seconds, kill the
     transfer (no process left writing) and remove what had arrived."""
     from vtrans_core.errors import CompressionCancelled
 
-    repo, sha = f"acme/{secrets.token_hex(4)}", _sha()
-    files = _commit_files(tmp_path / "a", "commit-a")
+    repo, sha = f"acme/{secrets.token_hex(4)}", new_sha()
+    files = commit_files(tmp_path / "a", "commit-a")
     (files / "model.safetensors").write_bytes(b"\0" * (4 * 1024 * 1024))
     fake_hub._add_commit(repo, sha, str(files))
     fake_hub.FAULTS[repo] = {"bytes_per_second": 40_000}
@@ -215,15 +160,15 @@ def test_a_cancel_during_a_slow_download_ends_it_within_seconds_and_leaves_nothi
         download_revision(repo, sha, work / "hub-model", endpoint=hub.url, cache_dir=tmp_path / "hf-cache",
                           attempts=3, retry_seconds=10, check=check, poll_seconds=0.2)
     assert time.monotonic() - at[0] < 5, "the cancel was not noticed during the transfer"
-    assert _children() == []               # the downloading process is gone
-    assert _leftovers(work) == []          # no partial file, no result or log file
+    assert children() == []               # the downloading process is gone
+    assert leftovers(work) == []          # no partial file, no result or log file
     time.sleep(1.0)
-    assert _leftovers(work) == []          # and nothing writes there any more
+    assert leftovers(work) == []          # and nothing writes there any more
 
 
 def test_a_hub_answering_503_a_few_times_is_waited_for_then_used(hub, tmp_path):
-    repo, sha = f"acme/{secrets.token_hex(4)}", _sha()
-    fake_hub._add_commit(repo, sha, str(_commit_files(tmp_path / "a", "commit-a")))
+    repo, sha = f"acme/{secrets.token_hex(4)}", new_sha()
+    fake_hub._add_commit(repo, sha, str(commit_files(tmp_path / "a", "commit-a")))
     fake_hub.FAULTS[repo] = {"status": 503, "count": 2}
     notes = []
 
@@ -237,8 +182,8 @@ def test_a_hub_answering_503_a_few_times_is_waited_for_then_used(hub, tmp_path):
 
 
 def test_a_hub_down_throughout_fails_after_the_bounded_retries_naming_the_hub_and_the_error(hub, tmp_path):
-    repo, sha = f"acme/{secrets.token_hex(4)}", _sha()
-    fake_hub._add_commit(repo, sha, str(_commit_files(tmp_path / "a", "commit-a")))
+    repo, sha = f"acme/{secrets.token_hex(4)}", new_sha()
+    fake_hub._add_commit(repo, sha, str(commit_files(tmp_path / "a", "commit-a")))
     fake_hub.FAULTS[repo] = {"status": 503, "count": -1}
     notes = []
     started = time.monotonic()
@@ -252,7 +197,7 @@ def test_a_hub_down_throughout_fails_after_the_bounded_retries_naming_the_hub_an
     assert info.value.field == "model" and f"{repo!r} at revision {sha}" in message
     assert f"the Hugging Face hub ({hub.url})" in message and "after 3 attempts" in message
     assert "503" in message and "cache has no copy" in message
-    assert _leftovers(tmp_path / "work") == []
+    assert leftovers(tmp_path / "work") == []
 
 
 @pytest.mark.parametrize("fault, says", [
@@ -262,8 +207,8 @@ def test_a_hub_down_throughout_fails_after_the_bounded_retries_naming_the_hub_an
 ])
 def test_a_definite_refusal_fails_at_once_without_retrying(hub, tmp_path, fault, says):
     repo = f"acme/{secrets.token_hex(4)}"
-    fake_hub._add_commit(repo, _sha(), str(_commit_files(tmp_path / "a", "commit-a")))
-    sha = _sha() if fault is None else fake_hub.REPOS[repo]
+    fake_hub._add_commit(repo, new_sha(), str(commit_files(tmp_path / "a", "commit-a")))
+    sha = new_sha() if fault is None else fake_hub.REPOS[repo]
     if fault:
         fake_hub.FAULTS[repo] = fault
     notes = []
