@@ -14,7 +14,8 @@ huggingface_hub turns into its typed exceptions.
 
 A commit's files are the files under a local folder given with it. The test moves a repo's main
 to a new commit with PUT /_fake/repos/{org}/{name} {"sha": ..., "dir": "/path/to/files"} (older
-commits stay resolvable by sha) and reads what was asked with GET /_fake/requests.
+commits stay resolvable by sha) and reads what was asked with GET /_fake/requests (each entry's
+`at`: the server's time.time() when the request arrived).
 
 Outages and slow links, per repo, with PUT /_fake/faults/{org}/{name}:
 - {"status": 503, "count": N}: the next N file transfers (GET .../resolve/...; -1: all of them)
@@ -23,6 +24,10 @@ Outages and slow links, per repo, with PUT /_fake/faults/{org}/{name}:
   retry has to bridge, without a test waiting out the client's backoff.
 - {"status": 403, "count": -1, "every": true, "code": "GatedRepo"}: every request of the repo
   answers that (with that X-Error-Code): a definite refusal.
+- a status fault with "retry_after": "2" (or an HTTP date) also sends that Retry-After header.
+- {"hang": true}: every request of the repo is read and never answered (a hub stuck behind a
+  load balancer: the client sits in a blocking read); the handler waits for the client to close
+  the connection and records when in the entry's `closed`.
 - {"bytes_per_second": B}: file transfers trickle at that rate (a multi-GB file on a slow link).
 - {}: back to normal.
 Run: python tests/service/fake_hub.py PORT [org/name=sha[=DIR] ...]
@@ -90,7 +95,7 @@ class Handler(BaseHTTPRequestHandler):
         return sha, None
 
     def _record(self, path: str, repo: str, rev: str, **extra) -> dict:
-        entry = {"method": self.command, "path": path, "repo": repo, "revision": rev, **extra}
+        entry = {"method": self.command, "path": path, "repo": repo, "revision": rev, "at": time.time(), **extra}
         with LOCK:
             REQUESTS.append(entry)
         return entry
@@ -176,12 +181,26 @@ class Handler(BaseHTTPRequestHandler):
         it); the request's entry in REQUESTS gets `fault`: the status sent."""
         with LOCK:
             fault = FAULTS.get(repo, {})
+            hang = bool(fault.get("hang"))
+        if hang:
+            entry["hang"] = True
+            self.close_connection = True
+            try:
+                while self.connection.recv(4096):   # b"": the client closed its end, or its process died
+                    pass
+            except OSError:
+                pass
+            entry["closed"] = time.time()
+            return True
+        with LOCK:
             if not fault.get("status") or not (transfer or fault.get("every")) or fault.get("count", -1) == 0:
                 return False
             if fault.get("count", -1) > 0:
                 fault["count"] -= 1
             entry["fault"] = fault["status"]
         headers = {"X-Error-Code": fault["code"]} if fault.get("code") else {}
+        if fault.get("retry_after") is not None:
+            headers["Retry-After"] = str(fault["retry_after"])
         self._send(fault["status"], {"error": f"fake outage ({fault['status']})"}, headers)
         return True
 
