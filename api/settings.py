@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     checkpoint_seconds: float = 300.0
     # A hub job's download (worker/hub_download.py): a transient hub failure (connection refused or
     # reset, timeout, HTTP 408/429/5xx) is retried, this many attempts in all, the waits between
-    # them doubling and adding up to hub_retry_seconds (5 over 600 s: 40, 80, 160, 320 s). A hub
+    # them doubling and adding up to hub_retry_seconds (5 over 600 s: 40, 80, 160, 320 s); a 429/503's
+    # Retry-After lengthens a wait, within that total (asking for more fails the job). A hub
     # outage usually lasts minutes; the heartbeat keeps the lease meanwhile and a cancel ends the
     # wait. A definite answer (no such revision or repository, gated, 401/403) is never retried.
     hub_download_attempts: int = Field(default=5, ge=1)

@@ -23,11 +23,19 @@ the worker waits on, calling `check` (the job's cancel/lease check) every `poll_
   with a job event ("waiting on the Hugging Face hub ...") and cut short by a cancel. Files that
   completed in an earlier attempt are kept. A definite answer (revision or repository not
   found, gated, 401/403) fails at once: waiting would not change it.
+- a 429 or 503 with a Retry-After header (seconds or an HTTP date) is the hub saying when to come
+  back: the next attempt waits at least that long (earlier would only be refused again), the
+  waits still adding up to no more than `retry_seconds`. When the hub asks for more than is left
+  of it, the job fails at once saying so rather than sleeping past the operator's bound.
+  huggingface_hub itself retries a 429 (and a 5xx on its metadata calls) a few times before an
+  attempt fails, honouring a Retry-After in seconds; what reaches this loop is what it gave up on.
 """
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -35,6 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import timezone
 from pathlib import Path
 
 from vtrans_core.errors import CompressionError
@@ -59,6 +68,29 @@ def retry_delays(attempts: int, total_seconds: float) -> list[float]:
         return []
     unit = max(total_seconds, 0.0) / (2 ** n - 1)
     return [unit * 2 ** i for i in range(n)]
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """The wait a Retry-After header asks for (RFC 9110 §10.2.3): delay-seconds (digits only),
+    or an HTTP-date (IMF-fixdate, or the obsolete RFC 850 and asctime forms a recipient must
+    accept) counted from `now` (time.time()), 0 once past. None when absent or unparseable (a
+    negative or fractional number, a word): the doubling schedule applies as without a header."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():   # (isdigit alone takes "²" and other scripts' digits)
+        return float(value) if len(value) <= 15 else math.inf   # past 15 digits: longer than any budget
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:   # "-0000" and the asctime form carry no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=timezone.utc)
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.0f} s" if x >= 10 or x == int(x) else f"{x:.1f} s"
 
 
 def _from_cache(repo_id: str, revision: str, cache_dir: str | Path | None) -> Path | None:
@@ -140,7 +172,7 @@ def download_revision(repo_id: str, revision: str, dest: Path, *, endpoint: str 
         if cached is not None:
             return _checked(cached, where)
         raise CompressionError("model", f"could not download {where} from {hub} (HF_HUB_OFFLINE is set), {no_copy}")
-    delays, started = retry_delays(attempts, retry_seconds), time.monotonic()
+    delays, started, waited = retry_delays(attempts, retry_seconds), time.monotonic(), 0.0
     try:
         check()
         for attempt in range(1, max(attempts, 1) + 1):
@@ -158,11 +190,24 @@ def download_revision(repo_id: str, revision: str, dest: Path, *, endpoint: str 
                 raise CompressionError("model", f"could not download {where} from {hub} ({error}), {no_copy}")
             if attempt > len(delays):
                 break
-            wait = delays[attempt - 1]
+            left = max(retry_seconds - waited, 0.0)
+            asked = retry_after_seconds(outcome.get("retry_after"))
+            if asked is not None and asked > left:
+                raise CompressionError("model", f"could not download {where} from {hub} ({error}): the hub "
+                                       f"asked to wait {_seconds(asked)} before retrying (Retry-After), more than "
+                                       f"the {_seconds(left)} left of the retry budget (VTRANS_HUB_RETRY_SECONDS="
+                                       f"{retry_seconds:g}; raise it to wait that long), {no_copy}")
+            # The doubling schedule, clipped so that the waits never add up past the budget (a
+            # Retry-After may have used some), and never shorter than the hub asked.
+            wait = min(delays[attempt - 1], left)
+            why = ""
+            if asked is not None and asked > wait:
+                wait, why = asked, f", as the hub asked (Retry-After: {outcome['retry_after']})"
+            waited += wait
             note(f"waiting on {hub}: download attempt {attempt} of {attempts} failed ({error}); "
-                 f"retrying in {wait:.0f} s")
-            log.warning("%s: hub download attempt %d/%d failed (%s); retrying in %.1f s",
-                        where, attempt, attempts, error, wait)
+                 f"retrying in {_seconds(wait)}{why}")
+            log.warning("%s: hub download attempt %d/%d failed (%s); retrying in %.1f s%s",
+                        where, attempt, attempts, error, wait, why)
             _wait(wait, check, poll_seconds)
         raise CompressionError("model", f"could not download {where} from {hub}: still failing after {attempts} "
                                f"attempts over {time.monotonic() - started:.0f} s (last error: {error}), {no_copy}")
@@ -195,4 +240,4 @@ def _checked(folder: Path, where: str) -> Path:
     return folder
 
 
-__all__ = ["ALLOW_PATTERNS", "IGNORE_PATTERNS", "download_revision", "retry_delays"]
+__all__ = ["ALLOW_PATTERNS", "IGNORE_PATTERNS", "download_revision", "retry_after_seconds", "retry_delays"]

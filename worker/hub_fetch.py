@@ -4,7 +4,9 @@ Run as `python -m worker.hub_fetch '<json>'` with {"repo", "revision", "dest", "
 "result", "allow", "ignore"}. It imports only the standard library and huggingface_hub (not
 torch, not the service), so it starts in well under a second. It writes its outcome to the
 `result` file as JSON: {"ok": true, "files": [...]} or {"ok": false, "kind", "type", "message",
-"status"}, `kind` saying what the parent should do with the failure (see classify()).
+"status", "retry_after"}, `kind` saying what the parent should do with the failure (see
+classify()) and `retry_after` the raw Retry-After header of a 429/503 answer (or null), which the
+parent parses when it decides the wait (a date is measured against its clock then).
 
 Why a process of its own: the parent must be able to stop a multi-GB transfer the moment the job
 is cancelled, and only a process can be stopped at any instant (a thread cannot be killed and
@@ -24,6 +26,9 @@ TRANSIENT_NAMES = {"ConnectionError", "ConnectError", "ConnectTimeout", "Timeout
                    "TimeoutError", "ReadTimeout", "NetworkError", "RemoteProtocolError", "ProtocolError",
                    "ChunkedEncodingError", "ReadError", "WriteError"}
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+# The statuses RFC 9110 §10.2.3 gives Retry-After a meaning for when it comes with an error
+# ("too many requests", "unavailable, come back then"); on others the header is not about waiting.
+RETRY_AFTER_STATUS = {429, 503}
 
 
 def first_line(err: BaseException) -> str:
@@ -37,11 +42,26 @@ def _status(err: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def _retry_after(err: BaseException) -> str | None:
+    """The Retry-After header of the response `err` carries, unparsed (capped: it is only
+    echoed to the parent, which ignores what it cannot parse). huggingface_hub's HfHubHTTPError
+    keeps the requests/httpx response as `.response`; its headers match case-insensitively, but
+    a plain mapping is read the same way."""
+    headers = getattr(getattr(err, "response", None), "headers", None)
+    try:
+        value = next((v for k, v in headers.items() if str(k).lower() == "retry-after"), None)
+    except (AttributeError, TypeError):   # no response, or no headers on it
+        return None
+    if value is None:
+        return None
+    return str(value).strip()[:100] or None
+
+
 def classify(err: BaseException) -> dict:
     """What a download failure means for the job: `revision`, `gated`, `repo` (the hub's definite
     answers: fail at once), `denied` (401/403 without a hub error code: no retry either),
     `transient` (connection refused/reset, timeouts, 408/429/5xx: retry) or `error` (anything
-    else, e.g. a full disk: no retry). huggingface_hub wraps a network failure in
+    else, e.g. a full disk: no retry), with the Retry-After of a 429/503. huggingface_hub wraps a network failure in
     LocalEntryNotFoundError ("not in the cache either"), so the causes are looked at too."""
     from huggingface_hub.utils import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -68,8 +88,10 @@ def classify(err: BaseException) -> dict:
             kind = "transient"
         else:
             continue
-        return {"kind": kind, "type": type(e).__name__, "message": first_line(e), "status": status}
-    return {"kind": kind, "type": type(err).__name__, "message": first_line(err), "status": _status(err)}
+        return {"kind": kind, "type": type(e).__name__, "message": first_line(e), "status": status,
+                "retry_after": _retry_after(e) if status in RETRY_AFTER_STATUS else None}
+    return {"kind": kind, "type": type(err).__name__, "message": first_line(err), "status": _status(err),
+            "retry_after": None}
 
 
 def fetch(repo: str, revision: str, dest: str, endpoint: str | None, allow: list[str], ignore: list[str]) -> list[str]:

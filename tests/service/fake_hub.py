@@ -24,7 +24,9 @@ Outages and slow links, per repo, with PUT /_fake/faults/{org}/{name}:
   retry has to bridge, without a test waiting out the client's backoff.
 - {"status": 403, "count": -1, "every": true, "code": "GatedRepo"}: every request of the repo
   answers that (with that X-Error-Code): a definite refusal.
-- a status fault with "retry_after": "2" (or an HTTP date) also sends that Retry-After header.
+- a status fault with "retry_after": "2" (or an HTTP date) also sends that Retry-After header;
+  with "retry_after_in": N, an HTTP date N s after the answer (a date fixed in advance may be
+  past by the time a slow client gets its answer). The entry's `retry_after`: the value sent.
 - {"hang": true}: every request of the repo is read and never answered (a hub stuck behind a
   load balancer: the client sits in a blocking read); the handler waits for the client to close
   the connection and records when in the entry's `closed`.
@@ -39,6 +41,7 @@ import json
 import sys
 import threading
 import time
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -199,8 +202,12 @@ class Handler(BaseHTTPRequestHandler):
                 fault["count"] -= 1
             entry["fault"] = fault["status"]
         headers = {"X-Error-Code": fault["code"]} if fault.get("code") else {}
-        if fault.get("retry_after") is not None:
+        if fault.get("retry_after_in") is not None:
+            headers["Retry-After"] = formatdate(time.time() + fault["retry_after_in"], usegmt=True)
+        elif fault.get("retry_after") is not None:
             headers["Retry-After"] = str(fault["retry_after"])
+        if "Retry-After" in headers:
+            entry["retry_after"] = headers["Retry-After"]
         self._send(fault["status"], {"error": f"fake outage ({fault['status']})"}, headers)
         return True
 

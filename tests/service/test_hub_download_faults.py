@@ -1,0 +1,176 @@
+"""The hub download's answers to a hub that says when to come back (429/503 with Retry-After) and
+to a child process that hangs or dies (worker/hub_download.py, worker/hub_fetch.py), against the
+fake hub in a thread of the test process (tests/service/hub_fixtures.py)."""
+from __future__ import annotations
+
+import math
+import secrets
+import time
+import types
+from email.utils import parsedate_to_datetime
+
+import pytest
+
+from vtrans_core.errors import CompressionError
+from worker import hub_download
+from worker.hub_download import download_revision, retry_after_seconds
+from worker.hub_fetch import classify
+
+from . import fake_hub
+from .hub_fixtures import commit_files, hub, leftovers, new_sha  # noqa: F401 (hub: a fixture)
+
+NOW = 1_700_000_000.0   # Tue, 14 Nov 2023 22:13:20 GMT
+
+
+# ------------------------------------------------------------------ Retry-After
+
+@pytest.mark.parametrize("value, seconds", [
+    ("120", 120.0), (" 7 ", 7.0), ("0", 0.0),
+    ("Tue, 14 Nov 2023 22:13:50 GMT", 30.0),       # IMF-fixdate
+    ("Tuesday, 14-Nov-23 22:13:50 GMT", 30.0),     # obsolete RFC 850 form
+    ("Tue Nov 14 22:13:50 2023", 30.0),            # obsolete asctime form (no zone: GMT)
+    ("Tue, 14 Nov 2023 22:00:00 GMT", 0.0),        # already past: no wait asked
+    ("9" * 40, math.inf),                          # longer than any budget, not an overflow
+])
+def test_retry_after_seconds_reads_delay_seconds_and_http_dates(value, seconds):
+    assert retry_after_seconds(value, now=NOW) == seconds
+
+
+@pytest.mark.parametrize("value", [None, "", "  ", "soon", "-5", "1.5", "2 s", "²", "Tue, 14 Nov 2023 25:61:00 GMT"])
+def test_retry_after_seconds_ignores_garbage(value):
+    assert retry_after_seconds(value, now=NOW) is None
+
+
+def test_the_child_reports_the_retry_after_of_a_429_or_503_only():
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    def failure(status, headers):
+        response = types.SimpleNamespace(status_code=status, headers=headers, request=None)
+        try:
+            try:
+                raise HfHubHTTPError(f"{status} Server Error", response=response)
+            except HfHubHTTPError as err:   # as hf_hub_download wraps a failed HEAD
+                raise LocalEntryNotFoundError("not on the hub nor in the cache") from err
+        except LocalEntryNotFoundError as wrapped:
+            return classify(wrapped)
+
+    assert failure(429, {"retry-after": " 7 "}) | {"message": ""} == {
+        "kind": "transient", "type": "HfHubHTTPError", "status": 429, "retry_after": "7", "message": ""}
+    assert failure(503, {"Retry-After": "Tue, 14 Nov 2023 22:13:50 GMT"})["retry_after"] == \
+        "Tue, 14 Nov 2023 22:13:50 GMT"
+    assert failure(502, {"Retry-After": "7"})["retry_after"] is None   # no meaning on a 502
+    assert failure(503, {})["retry_after"] is None
+    assert classify(ValueError("disk full?"))["retry_after"] is None
+
+
+def _scripted(monkeypatch, outcomes: list[dict]):
+    """download_revision with the child's outcomes scripted and the waits recorded, not slept."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_download, "_from_cache", lambda *a: None)
+    monkeypatch.setattr(hub_download, "_fetch_in_child", lambda *a: outcomes.pop(0))
+    waits: list[float] = []
+    monkeypatch.setattr(hub_download, "_wait", lambda seconds, check, poll: waits.append(seconds))
+    return waits
+
+
+def _failed(status: int, retry_after: str | None = None) -> dict:
+    return {"ok": False, "kind": "transient", "type": "HfHubHTTPError", "status": status,
+            "message": f"{status} Server Error", "retry_after": retry_after}
+
+
+def test_retry_after_lengthens_a_wait_within_the_budget_and_fails_when_asked_for_more_than_is_left(
+        monkeypatch, tmp_path):
+    """4 attempts over 7 s: 1, 2, 4. A Retry-After of 3 makes the first wait 3 (4 s left), the
+    second is the schedule's 2 (2 s left), then a Retry-After of 5 is more than is left: fail now."""
+    waits = _scripted(monkeypatch, [_failed(503, "3"), _failed(503), _failed(429, "5")])
+    notes = []
+    with pytest.raises(CompressionError) as info:
+        download_revision("acme/x", new_sha(), tmp_path / "dest", endpoint="http://hub.invalid", attempts=4,
+                          retry_seconds=7, note=notes.append)
+    assert waits == [3, 2]
+    assert notes[0].endswith("retrying in 3 s, as the hub asked (Retry-After: 3)")
+    assert notes[1].endswith("retrying in 2 s")
+    message = info.value.message
+    assert info.value.field == "model" and "(HfHubHTTPError: 429 Server Error)" in message
+    assert "the hub asked to wait 5 s before retrying (Retry-After), more than the 2 s left" in message
+    assert "VTRANS_HUB_RETRY_SECONDS=7" in message and "cache has no copy" in message
+    assert not (tmp_path / "dest").exists()
+
+
+def test_the_waits_never_add_up_past_the_budget_after_a_retry_after(monkeypatch, tmp_path):
+    """3 attempts over 3 s: 1, 2. A Retry-After of 2 uses 2 of the 3 s: the next wait is the 1 s left."""
+    waits = _scripted(monkeypatch, [_failed(503, "2"), _failed(503), _failed(503)])
+    with pytest.raises(CompressionError) as info:
+        download_revision("acme/x", new_sha(), tmp_path / "dest", endpoint="http://hub.invalid", attempts=3,
+                          retry_seconds=3)
+    assert waits == [2, 1]
+    assert "still failing after 3 attempts" in info.value.message
+
+
+def _gap_after_the_fault(requests: list[dict], repo: str) -> tuple[dict, dict]:
+    """The faulted transfer and the next request of the repo: the retry's first (the listing of a
+    new attempt, or the transfer again when huggingface_hub retried it itself)."""
+    mine = [r for r in requests if r["repo"] == repo]
+    at = next(i for i, r in enumerate(mine) if r.get("fault"))
+    return mine[at], mine[at + 1]
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_retry_after_of_2_s_is_waited_out_then_the_download_succeeds(hub, tmp_path, status):
+    """The schedule alone would retry after 0.4 s. (huggingface_hub retries a 429 on a transfer
+    itself, honouring Retry-After: that 429 never reaches the worker's loop, the 503 does; either
+    way the hub must not see the retry before it said.)"""
+    repo, sha = f"acme/{secrets.token_hex(4)}", new_sha()
+    fake_hub._add_commit(repo, sha, str(commit_files(tmp_path / "a", "commit-a")))
+    fake_hub.FAULTS[repo] = {"status": status, "count": 1, "retry_after": "2"}
+    notes = []
+
+    folder = download_revision(repo, sha, tmp_path / "dest", endpoint=hub.url, cache_dir=tmp_path / "hf-cache",
+                               attempts=4, retry_seconds=2.8, note=notes.append, poll_seconds=0.1)
+
+    assert (folder / "model.safetensors").read_bytes() == b"commit-a" * 10
+    faulted, retry = _gap_after_the_fault(hub.requests(), repo)
+    assert faulted["fault"] == status
+    assert retry["at"] - faulted["at"] >= 2.0, "the hub was asked again before its Retry-After"
+    if status == 503:
+        assert len(notes) == 1 and notes[0].endswith("retrying in 2 s, as the hub asked (Retry-After: 2)")
+
+
+def test_a_retry_after_http_date_is_waited_for(hub, tmp_path):
+    repo, sha = f"acme/{secrets.token_hex(4)}", new_sha()
+    fake_hub._add_commit(repo, sha, str(commit_files(tmp_path / "a", "commit-a")))
+    # "Fri, 04 Dec 2026 03:55:43 GMT", 12 s ahead: a busy machine takes seconds between the answer
+    # and the worker's decision (the child's exit, the cache lookup), and a date past by then asks nothing.
+    fake_hub.FAULTS[repo] = {"status": 503, "count": 1, "retry_after_in": 12}
+    notes = []
+
+    download_revision(repo, sha, tmp_path / "dest", endpoint=hub.url, cache_dir=tmp_path / "hf-cache",
+                      attempts=5, retry_seconds=20, note=notes.append, poll_seconds=0.1)   # 1.3 s first
+
+    faulted, retry = _gap_after_the_fault(hub.requests(), repo)
+    until = parsedate_to_datetime(faulted["retry_after"]).timestamp()
+    assert until > faulted["at"] + 10 and retry["at"] >= until, "the hub was asked again before the date it gave"
+    assert len(notes) == 1 and "as the hub asked (Retry-After: " in notes[0] and "GMT)" in notes[0]
+
+
+def test_a_retry_after_beyond_the_budget_fails_at_once_saying_so(hub, tmp_path):
+    repo, sha = f"acme/{secrets.token_hex(4)}", new_sha()
+    fake_hub._add_commit(repo, sha, str(commit_files(tmp_path / "a", "commit-a")))
+    fake_hub.FAULTS[repo] = {"status": 503, "count": -1, "retry_after": "600"}
+    notes = []
+
+    with pytest.raises(CompressionError) as info:
+        download_revision(repo, sha, tmp_path / "work" / "dest", endpoint=hub.url, cache_dir=tmp_path / "hf-cache",
+                          attempts=5, retry_seconds=60, note=notes.append, poll_seconds=0.1)
+
+    faulted = [r for r in hub.requests() if r["repo"] == repo and r.get("fault")]
+    assert len(faulted) == 1 and notes == []                  # no wait, no second attempt
+    assert time.time() - faulted[0]["at"] < 30                # not the 600 s, nor the 60 s budget
+    message = info.value.message
+    assert f"{repo!r} at revision {sha}" in message and "503" in message
+    assert "the hub asked to wait 600 s before retrying (Retry-After), more than the 60 s left" in message
+    assert "VTRANS_HUB_RETRY_SECONDS=60" in message
+    assert leftovers(tmp_path / "work") == []
