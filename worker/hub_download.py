@@ -23,6 +23,10 @@ the worker waits on, calling `check` (the job's cancel/lease check) every `poll_
   with a job event ("waiting on the Hugging Face hub ...") and cut short by a cancel. Files that
   completed in an earlier attempt are kept. A definite answer (revision or repository not
   found, gated, 401/403) fails at once: waiting would not change it.
+- a child that dies without writing its outcome (killed by a signal: the kernel's OOM killer, an
+  operator's kill -9; or crashed) fails the job at once with an error naming the signal or exit
+  code, the partial folder deleted: it is not retried, as nothing says the hub was at fault and
+  what killed it (memory, a person) would most likely do so again.
 - a 429 or 503 with a Retry-After header (seconds or an HTTP date) is the hub saying when to come
   back: the next attempt waits at least that long (earlier would only be refused again), the
   waits still adding up to no more than `retry_seconds`. When the hub asks for more than is left
@@ -140,8 +144,14 @@ def _fetch_in_child(repo_id: str, revision: str, dest: Path, endpoint: str | Non
         if result.is_file():
             return json.loads(result.read_text(encoding="utf-8"))
         tail = [line for line in log_file.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        return {"ok": False, "kind": "error", "type": "DownloadProcessDied", "status": None,
-                "message": f"the download process exited with code {code}" + (f": {tail[0][:300]}" if tail else "")}
+        how = f"exited with code {code}"
+        if code < 0:   # Popen's way of saying "killed by signal -code"
+            try:
+                how = f"was killed by {signal.Signals(-code).name} (signal {-code})"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        return {"ok": False, "kind": "error", "type": "DownloadProcessDied", "status": None, "retry_after": None,
+                "message": f"the download process {how}" + (f": {tail[0][:300]}" if tail else "")}
     finally:
         result.unlink(missing_ok=True)
         log_file.unlink(missing_ok=True)

@@ -1,23 +1,28 @@
 """The hub download's answers to a hub that says when to come back (429/503 with Retry-After) and
-to a child process that hangs or dies (worker/hub_download.py, worker/hub_fetch.py), against the
+to a download child that hangs or dies (worker/hub_download.py, worker/hub_fetch.py), against the
 fake hub in a thread of the test process (tests/service/hub_fixtures.py)."""
 from __future__ import annotations
 
 import math
+import os
 import secrets
+import signal
+import threading
 import time
 import types
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import pytest
 
-from vtrans_core.errors import CompressionError
+from vtrans_core.errors import CompressionCancelled, CompressionError
 from worker import hub_download
 from worker.hub_download import download_revision, retry_after_seconds
 from worker.hub_fetch import classify
 
 from . import fake_hub
-from .hub_fixtures import commit_files, hub, leftovers, new_sha  # noqa: F401 (hub: a fixture)
+from .conftest import wait_for
+from .hub_fixtures import children, commit_files, hub, leftovers, new_sha  # noqa: F401 (hub: a fixture)
 
 NOW = 1_700_000_000.0   # Tue, 14 Nov 2023 22:13:20 GMT
 
@@ -174,3 +179,89 @@ def test_a_retry_after_beyond_the_budget_fails_at_once_saying_so(hub, tmp_path):
     assert "the hub asked to wait 600 s before retrying (Retry-After), more than the 60 s left" in message
     assert "VTRANS_HUB_RETRY_SECONDS=60" in message
     assert leftovers(tmp_path / "work") == []
+
+
+# ------------------------------------------------------------------ the child process
+
+def _fetch_child() -> int:
+    """The pid of the one download child (python -m worker.hub_fetch) of this test process."""
+    pids = [pid for pid in children() if b"worker.hub_fetch" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def _reaped(pid: int) -> bool:
+    """Dead and waited for: no longer our child (a zombie still would be) and gone from /proc."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return not Path(f"/proc/{pid}").exists()
+    return False
+
+
+def test_a_child_stuck_in_a_blocking_read_is_killed_and_reaped_on_cancel(hub, tmp_path):
+    """The hub reads the listing request and never answers: the child sits in a socket read that
+    no flag can interrupt. The cancel must still end it within seconds, leaving no process (the
+    hub sees the connection close) and no file."""
+    repo, sha = f"acme/{secrets.token_hex(4)}", new_sha()
+    fake_hub._add_commit(repo, sha, str(commit_files(tmp_path / "a", "commit-a")))
+    fake_hub.FAULTS[repo] = {"hang": True}
+    cancelled, at, pid = threading.Event(), [], []
+
+    def cancel_once_stuck():
+        wait_for(lambda: any(r["repo"] == repo and r.get("hang") for r in hub.requests()), 120, 0.1,
+                 what="the child's request")
+        pid.append(_fetch_child())
+        time.sleep(1.0)
+        at.append(time.monotonic())
+        cancelled.set()
+
+    def check():
+        if cancelled.is_set():
+            raise CompressionCancelled("cancelled")
+
+    threading.Thread(target=cancel_once_stuck, daemon=True).start()
+    work = tmp_path / "work"
+    with pytest.raises(CompressionCancelled):
+        download_revision(repo, sha, work / "hub-model", endpoint=hub.url, cache_dir=tmp_path / "hf-cache",
+                          attempts=3, retry_seconds=10, check=check, poll_seconds=0.2)
+    assert time.monotonic() - at[0] < 5, "the cancel was not noticed while the child hung"
+    assert _reaped(pid[0]) and children() == []
+    stuck = next(r for r in hub.requests() if r["repo"] == repo and r.get("hang"))
+    wait_for(lambda: "closed" in stuck, 5, 0.1, what="the hub to see the child's connection close")
+    assert leftovers(work) == []
+
+
+def test_a_child_killed_by_sigkill_mid_download_fails_the_job_naming_the_signal_without_retrying(hub, tmp_path):
+    """As documented in worker/hub_download.py: a child that dies without an outcome is an error,
+    not a hub outage; the job fails at once and the partial download is deleted."""
+    repo, sha = f"acme/{secrets.token_hex(4)}", new_sha()
+    files = commit_files(tmp_path / "a", "commit-a")
+    (files / "model.safetensors").write_bytes(b"\0" * (4 * 1024 * 1024))   # ~100 s at 40 KB/s
+    fake_hub._add_commit(repo, sha, str(files))
+    fake_hub.FAULTS[repo] = {"bytes_per_second": 40_000}
+    work, killed, partial = tmp_path / "work", [], []
+
+    def kill_once_the_weights_flow():
+        wait_for(lambda: any(r["repo"] == repo and r.get("file") == "model.safetensors" and r["method"] == "GET"
+                             for r in hub.requests()), 120, 0.1, what="the weights transfer")
+        time.sleep(1.0)   # some bytes are on disk by now
+        pid = _fetch_child()
+        partial.extend(leftovers(work))
+        os.kill(pid, signal.SIGKILL)
+        killed.append((pid, time.monotonic()))
+
+    threading.Thread(target=kill_once_the_weights_flow, daemon=True).start()
+    notes = []
+    with pytest.raises(CompressionError) as info:
+        download_revision(repo, sha, work / "hub-model", endpoint=hub.url, cache_dir=tmp_path / "hf-cache",
+                          attempts=3, retry_seconds=10, note=notes.append, poll_seconds=0.2)
+    pid, at = killed[0]
+    assert time.monotonic() - at < 10, "the child's death was not noticed"   # (includes the HF cache lookup)
+    message = info.value.message
+    assert info.value.field == "model" and f"{repo!r} at revision {sha}" in message
+    assert "DownloadProcessDied: the download process was killed by SIGKILL (signal 9)" in message
+    assert notes == [] and len([r for r in hub.requests() if r["repo"] == repo and r.get("kind") == "tree"]) == 1
+    assert _reaped(pid) and children() == []
+    assert any(p.startswith("hub-model/") for p in partial)   # there was a partial download ...
+    assert leftovers(work) == []                               # ... and it is gone
