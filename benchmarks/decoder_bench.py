@@ -130,7 +130,19 @@ def main(argv=None) -> int:
         print(missing())
         return 2
     model_dir = smollm2_dir(CACHE / "smollm2-135m")
-    for case in args.cases.split(","):
+    cases = args.cases.split(",")
+    if len(cases) > 1:
+        # one process per case, as the service runs one job per worker process: memory an earlier
+        # case freed is not always returned to the OS, and the next case's memory check (RAM
+        # available now) would refuse a run that fits
+        import subprocess
+
+        for case in cases:
+            subprocess.run([sys.executable, "-m", "benchmarks.decoder_bench", "--cases", case],
+                           cwd=BENCH_DIR.parent, check=False)
+        print(report())
+        return 0
+    for case in cases:
         method, target, overrides, name = parse_case(case)
         path = CACHE / f"case-{name}.json"
         if path.is_file():
