@@ -2,11 +2,11 @@
 
 Every route turns its rows into one of these models (never a hand-written dict), so a field
 added here appears in the document and in the responses together; building one with a field it
-lacks fails (ResponseModel). Models that echo user input
-or future additions (`JobRequestEcho`, metrics) allow extra keys, so a new request field (e.g.
-an evaluation dataset) flows through without breaking older clients. Changing or removing a
-field breaks clients: tests/contract/test_compat.py compares the document against a committed
-snapshot and says what changed.
+lacks fails (ResponseModel). Models that echo user input or future additions (`JobRequestEcho`,
+metrics) allow extra keys, so a new request field (e.g. an evaluation dataset) flows through
+without breaking older clients. Changing or removing a field breaks clients:
+tests/contract/test_compat.py compares the document against a committed snapshot and says what
+changed.
 """
 from __future__ import annotations
 
