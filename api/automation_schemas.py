@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from .schemas import ResponseModel
 from .webhooks import EVENT_TYPES
 
 EventType = Literal["job.succeeded", "job.failed", "job.cancelled", "schedule.run"]
@@ -60,7 +61,7 @@ class ScheduleUpdate(BaseModel):
     paused: bool | None = None
 
 
-class ScheduleRunOut(BaseModel):
+class ScheduleRunOut(ResponseModel):
     model_config = _examples(_RUN)
     id: str
     schedule_id: str
@@ -74,7 +75,7 @@ class ScheduleRunOut(BaseModel):
     created_at: str
 
 
-class ScheduleOut(BaseModel):
+class ScheduleOut(ResponseModel):
     model_config = _examples(_SCHEDULE)
     id: str
     name: str | None
@@ -89,12 +90,12 @@ class ScheduleOut(BaseModel):
     last_run: ScheduleRunOut | None
 
 
-class ScheduleList(BaseModel):
+class ScheduleList(ResponseModel):
     model_config = _examples({"data": [_SCHEDULE]})
     data: list[ScheduleOut]
 
 
-class ScheduleRunList(BaseModel):
+class ScheduleRunList(ResponseModel):
     model_config = _examples({"data": [_RUN], "next_cursor": None})
     data: list[ScheduleRunOut]
     next_cursor: str | None = None
@@ -107,7 +108,7 @@ class WebhookCreate(BaseModel):
     description: str | None = Field(None, max_length=255)
 
 
-class WebhookOut(BaseModel):
+class WebhookOut(ResponseModel):
     model_config = _examples(_WEBHOOK)
     id: str
     url: str
@@ -121,12 +122,12 @@ class WebhookCreated(WebhookOut):
     secret: str = Field(description="whsec_...: the signing secret, shown only in this answer")
 
 
-class WebhookList(BaseModel):
+class WebhookList(ResponseModel):
     model_config = _examples({"data": [_WEBHOOK]})
     data: list[WebhookOut]
 
 
-class WebhookAttemptOut(BaseModel):
+class WebhookAttemptOut(ResponseModel):
     attempt: int
     status_code: int | None
     latency_ms: float | None
@@ -134,7 +135,7 @@ class WebhookAttemptOut(BaseModel):
     created_at: str
 
 
-class WebhookDeliveryOut(BaseModel):
+class WebhookDeliveryOut(ResponseModel):
     model_config = _examples(_DELIVERY)
     id: str = Field(description="the message id, sent as the webhook-id header")
     event_type: str
@@ -147,6 +148,6 @@ class WebhookDeliveryOut(BaseModel):
     attempt_log: list[WebhookAttemptOut]
 
 
-class WebhookDeliveryList(BaseModel):
+class WebhookDeliveryList(ResponseModel):
     model_config = _examples({"data": [_DELIVERY]})
     data: list[WebhookDeliveryOut]

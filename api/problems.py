@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import schemas
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 log = logging.getLogger("vtrans.api")
@@ -36,17 +37,14 @@ def field_problem(status: int, field: str, message: str, slug: str = "invalid-re
 def problem_response(request: Request, status: int, detail: str, *, title: str | None = None,
                      slug: str | None = None, errors: list[dict[str, str]] | None = None,
                      headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {
+    body = schemas.Problem(
         # "about:blank" means: nothing beyond the HTTP status; our own kinds get a stable URN.
-        "type": f"urn:vtrans:problem:{slug}" if slug else "about:blank",
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-        "instance": request.url.path,
-    }
-    if errors:
-        body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+        type=f"urn:vtrans:problem:{slug}" if slug else "about:blank", title=title or HTTPStatus(status).phrase,
+        status=status, detail=detail, instance=request.url.path,
+        errors=[schemas.FieldError(**e) for e in errors] if errors else None)
+    # exclude_none: `errors` is left out when there are none (the schema's default), as before.
+    return JSONResponse(body.model_dump(mode="json", exclude_none=True), status_code=status,
+                        media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
 def _field_from_loc(loc: tuple | list) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import job_requests, limits, routing, webhooks
+from .automation_schemas import ScheduleOut, ScheduleRunOut
 from .models import Job, Schedule, ScheduleRun, new_id, utcnow
 from .problems import Problem, field_problem
 from .settings import Settings
@@ -123,7 +124,7 @@ def fire(db: Session, settings: Settings, sch: Schedule, due_at: datetime, trigg
         run.outcome, run.job_id, run.source = "job_created", job.id, prepared.model.source
         job_id, events = job.id, [ev]
     db.flush()
-    webhooks.emit(db, sch.tenant_id, "schedule.run", {"schedule_id": sch.id, **run_to_dict(run)})
+    webhooks.emit(db, sch.tenant_id, "schedule.run", {"schedule_id": sch.id, **run_out(run).model_dump(mode="json")})
     return Fired(run, job_id, events)
 
 
@@ -153,15 +154,16 @@ def _skip_reason(db: Session, settings: Settings, sch: Schedule, run: ScheduleRu
     return None, prepared
 
 
-def run_to_dict(r: ScheduleRun) -> dict[str, Any]:
-    return {"id": r.id, "schedule_id": r.schedule_id, "due_at": r.due_at.isoformat(), "trigger": r.trigger,
-            "outcome": r.outcome, "reason": r.reason, "job_id": r.job_id, "source": r.source, "missed": r.missed,
-            "created_at": r.created_at.isoformat()}
+def run_out(r: ScheduleRun) -> ScheduleRunOut:
+    """The one serializer of a firing: the API's runs and the `schedule.run` webhook's data."""
+    return ScheduleRunOut(id=r.id, schedule_id=r.schedule_id, due_at=r.due_at.isoformat(), trigger=r.trigger,
+                          outcome=r.outcome, reason=r.reason, job_id=r.job_id, source=r.source, missed=r.missed,
+                          created_at=r.created_at.isoformat())
 
 
-def schedule_to_dict(s: Schedule, last_run: ScheduleRun | None = None) -> dict[str, Any]:
-    return {"id": s.id, "name": s.name, "template": s.template, "cron": s.cron, "timezone": s.timezone,
-            "on_new_version": s.on_new_version, "paused": s.paused,
-            "next_due_at": s.next_due_at.isoformat() if s.next_due_at else None,
-            "created_at": s.created_at.isoformat(), "updated_at": s.updated_at.isoformat(),
-            "last_run": run_to_dict(last_run) if last_run else None}
+def schedule_out(s: Schedule, last_run: ScheduleRun | None = None) -> ScheduleOut:
+    return ScheduleOut(id=s.id, name=s.name, template=s.template, cron=s.cron, timezone=s.timezone,
+                       on_new_version=s.on_new_version, paused=s.paused,
+                       next_due_at=s.next_due_at.isoformat() if s.next_due_at else None,
+                       created_at=s.created_at.isoformat(), updated_at=s.updated_at.isoformat(),
+                       last_run=run_out(last_run) if last_run else None)

@@ -1,11 +1,12 @@
 """The public API's response models: what /openapi.json declares is what the routes build.
 
 Every route turns its rows into one of these models (never a hand-written dict), so a field
-added here appears in the document and in the responses together. Models that echo user input
-or future additions (`JobRequestEcho`, metrics) allow extra keys, so a new request field (e.g.
-an evaluation dataset) flows through without breaking older clients. Changing or removing a
-field breaks clients: tests/contract/test_compat.py compares the document against a committed
-snapshot and says what changed.
+added here appears in the document and in the responses together; building one with a field it
+lacks fails (ResponseModel). Models that echo user input or future additions (`JobRequestEcho`,
+metrics) allow extra keys, so a new request field (e.g. an evaluation dataset) flows through
+without breaking older clients. Changing or removing a field breaks clients:
+tests/contract/test_compat.py compares the document against a committed snapshot and says what
+changed.
 """
 from __future__ import annotations
 
@@ -23,19 +24,40 @@ _DATASET_ID = "ds_9f8e7d6c5b4a39281706"
 _NOW = "2026-01-15T09:30:00Z"
 
 
-class _Out(BaseModel):
+class ResponseModel(BaseModel):
+    """Base of every response model (here and in api/automation_schemas.py).
+
+    A route builds its answer by keyword, and a keyword the model does not declare is refused
+    (TypeError) instead of silently dropped, as pydantic would: a field cannot reach a builder
+    without reaching the model, and so the document. Parsing stays lenient (model_validate
+    ignores unknown keys): api/client.py parses answers with these models, and a newer server
+    may send fields this version does not know."""
+
     # protected_namespaces=(): fields named model_* (model_type) are part of the wire format.
     model_config = ConfigDict(protected_namespaces=())
+
+    def __init__(self, /, **data: Any) -> None:
+        if type(self).model_config.get("extra") != "allow":  # extra keys are these models' point
+            unknown = data.keys() - type(self).model_fields.keys()
+            if unknown:
+                raise TypeError(f"{type(self).__name__} has no field {', '.join(sorted(unknown))}: add it to "
+                                "the model (and so to the document), or do not send it")
+        super().__init__(**data)
+
+    # Marks this __init__ as pydantic's own (as pydantic's RootModel does), so validation
+    # (model_validate, FastAPI's response check) keeps building instances without calling it:
+    # only keyword construction is strict. tests/contract/test_response_models.py pins both.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------- errors
 
-class FieldError(_Out):
+class FieldError(ResponseModel):
     field: str = Field(description="the offending input in the request's own terms, e.g. budget.target or file")
     message: str
 
 
-class Problem(_Out):
+class Problem(ResponseModel):
     """RFC 9457 problem details: the body of every 4xx/5xx answer (media type application/problem+json)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
@@ -52,12 +74,12 @@ class Problem(_Out):
 
 # ---------------------------------------------------------------- health
 
-class Health(_Out):
+class Health(ResponseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
     status: Literal["ok"]
 
 
-class Readiness(_Out):
+class Readiness(ResponseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ready",
                                                                "checks": {"database": "ok", "broker": "ok"}}]})
     status: Literal["ready"]
@@ -73,12 +95,12 @@ _MODEL_EXAMPLE = {
     "size_bytes": 437959360, "created_at": _NOW}
 
 
-class ModelFile(_Out):
+class ModelFile(ResponseModel):
     name: str
     size: int
 
 
-class Model(_Out):
+class Model(ResponseModel):
     """An uploaded Hugging Face model directory (safetensors weights, config, tokenizer)."""
 
     model_config = ConfigDict(protected_namespaces=(), json_schema_extra={"examples": [_MODEL_EXAMPLE]})
@@ -98,7 +120,7 @@ class ModelUploaded(Model):
                                      description="pickle checkpoints found in the archive; never stored or loaded")
 
 
-class ModelVersionList(_Out):
+class ModelVersionList(ResponseModel):
     """Every upload under one model name, newest first."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"name": "support-bert", "data": [_MODEL_EXAMPLE]}]})
@@ -106,7 +128,7 @@ class ModelVersionList(_Out):
     data: list[Model]
 
 
-class ModelList(_Out):
+class ModelList(ResponseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"data": [_MODEL_EXAMPLE]}]})
     data: list[Model]
 
@@ -116,7 +138,7 @@ _DATASET_EXAMPLE = {
     "labels": ["negative", "positive"], "has_text_pair": False, "size_bytes": 812344, "created_at": _NOW}
 
 
-class Dataset(_Out):
+class Dataset(ResponseModel):
     """An uploaded dataset: CSV/JSONL labelled rows, or plain text (.txt) for a language model,
     where rows are documents and `tokens` counts its words."""
 
@@ -134,13 +156,13 @@ class Dataset(_Out):
                                "words of all documents (the model's subword tokenizer gives ~1.3x as many)")
 
 
-class BuiltinDataset(_Out):
+class BuiltinDataset(ResponseModel):
     id: str = Field(description="the name to pass as a job's dataset")
     kind: Literal["builtin"] = "builtin"
     description: str
 
 
-class DatasetList(_Out):
+class DatasetList(ResponseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"data": [_DATASET_EXAMPLE], "builtin": [
         {"id": "tweet-sentiment", "kind": "builtin", "description": "tweets labelled negative/neutral/positive"}]}]})
     data: list[Dataset]
@@ -149,7 +171,7 @@ class DatasetList(_Out):
 
 # ---------------------------------------------------------------- jobs
 
-class Budget(_Out):
+class Budget(ResponseModel):
     model_config = ConfigDict(extra="allow")
     # The kinds vtrans_core.budget.BUDGET_KINDS accepts (tests/contract pins the two together):
     # a stored job with a kind missing here could not be served (getJob/listJobs would fail).
@@ -159,7 +181,7 @@ class Budget(_Out):
     seq_len: int | None = Field(None, description="sequence length FLOPs are counted at")
 
 
-class JobRequestEcho(_Out):
+class JobRequestEcho(ResponseModel):
     """The request as it will run: method-dependent option defaults resolved. Extra keys are
     request fields added later; clients should keep and ignore what they do not know."""
 
@@ -173,7 +195,7 @@ class JobRequestEcho(_Out):
     export: list[str] | None = Field(None, description="deployable formats asked for (onnx), when any")
 
 
-class JobError(_Out):
+class JobError(ResponseModel):
     model_config = ConfigDict(extra="allow")
     type: str = Field(description="CompressionError for bad input found while running; otherwise the error's class")
     message: str
@@ -188,7 +210,7 @@ _ARTIFACT_EXAMPLES = [
      "sha256": "3f0a8d2e6c1b4a5978e0d1c2b3a4f5e6d7c8b9a0f1e2d3c4b5a6978877665540"}]
 
 
-class Artifact(_Out):
+class Artifact(ResponseModel):
     model_config = ConfigDict(json_schema_extra={"examples": _ARTIFACT_EXAMPLES[:1]})
     name: str = Field(description="e.g. model.tar.gz, metrics.json, model/config.json, onnx/model.onnx")
     size: int = Field(description="bytes")
@@ -198,7 +220,7 @@ class Artifact(_Out):
     url: str = Field(description="download path, relative to the API root; supports Range requests")
 
 
-class ArtifactList(_Out):
+class ArtifactList(ResponseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"data": _ARTIFACT_EXAMPLES}]})
     data: list[Artifact]
 
@@ -212,7 +234,7 @@ _JOB_EXAMPLE = {
     "waiting_reason": None, "artifacts": None}
 
 
-class Job(_Out):
+class Job(ResponseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_JOB_EXAMPLE]})
     id: str
     status: JobStatus
@@ -236,7 +258,7 @@ class Job(_Out):
                                                                "(empty until the job succeeded); null in lists")
 
 
-class JobList(_Out):
+class JobList(ResponseModel):
     """One page, newest first. Pass next_cursor as ?cursor= for the next page; null on the last."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
@@ -245,7 +267,7 @@ class JobList(_Out):
     next_cursor: str | None = None
 
 
-class Event(_Out):
+class Event(ResponseModel):
     """One job event. `seq` is gap-free per job and is the SSE id (Last-Event-ID resumes after it)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{

@@ -29,8 +29,9 @@ log = logging.getLogger("vtrans.api")
 
 
 def model_out(m: Model, cls: type[schemas.Model] = schemas.Model, **extra) -> schemas.Model:
+    files = [schemas.ModelFile.model_validate(f) for f in m.files]  # parsed, not built: the row's stored JSON
     return cls(id=m.id, name=m.name, version=m.version, filename=m.filename, model_type=m.model_type,
-               architectures=m.architectures, files=[schemas.ModelFile(**f) for f in m.files],
+               architectures=m.architectures, files=files,
                size_bytes=m.size_bytes, created_at=m.created_at, **extra)
 
 

@@ -23,8 +23,8 @@ def _last_run(db: Session, schedule_id: str) -> ScheduleRun | None:
                      .order_by(ScheduleRun.created_at.desc(), ScheduleRun.due_at.desc()).limit(1))
 
 
-def _out(db: Session, sch: Schedule) -> dict:
-    return schedules.schedule_to_dict(sch, _last_run(db, sch.id))
+def _out(db: Session, sch: Schedule) -> ScheduleOut:
+    return schedules.schedule_out(sch, _last_run(db, sch.id))
 
 
 def _get(db: Session, tenant: str, schedule_id: str) -> Schedule:
@@ -32,7 +32,8 @@ def _get(db: Session, tenant: str, schedule_id: str) -> Schedule:
 
 
 @router.post("", status_code=201, response_model=ScheduleOut, operation_id="createSchedule", responses=contract.problems(401, 404, 422))
-def create_schedule(body: ScheduleCreate, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+def create_schedule(body: ScheduleCreate, db: Session = Depends(get_db),
+                    tenant: str = Depends(get_tenant)) -> ScheduleOut:
     template, cron = schedules.validate(db, tenant, body.template, body.cron, body.timezone, body.on_new_version)
     now = utcnow()
     sch = Schedule(id=new_id("sch"), tenant_id=tenant, name=body.name, template=template, cron=cron,
@@ -45,20 +46,21 @@ def create_schedule(body: ScheduleCreate, db: Session = Depends(get_db), tenant:
 
 
 @router.get("", response_model=ScheduleList, operation_id="listSchedules", responses=contract.problems(401))
-def list_schedules(db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+def list_schedules(db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> ScheduleList:
     rows = db.scalars(select(Schedule).where(Schedule.tenant_id == tenant)
                       .order_by(Schedule.created_at.desc(), Schedule.id.desc())).all()
-    return {"data": [_out(db, s) for s in rows]}
+    return ScheduleList(data=[_out(db, s) for s in rows])
 
 
 @router.get("/{schedule_id}", response_model=ScheduleOut, operation_id="getSchedule", responses=contract.problems(401, 404))
-def get_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+def get_schedule(schedule_id: str, db: Session = Depends(get_db),
+                 tenant: str = Depends(get_tenant)) -> ScheduleOut:
     return _out(db, _get(db, tenant, schedule_id))
 
 
 @router.patch("/{schedule_id}", response_model=ScheduleOut, operation_id="updateSchedule", responses=contract.problems(401, 404, 422))
 def update_schedule(schedule_id: str, body: ScheduleUpdate, db: Session = Depends(get_db),
-                    tenant: str = Depends(get_tenant)) -> dict:
+                    tenant: str = Depends(get_tenant)) -> ScheduleOut:
     sch = _get(db, tenant, schedule_id)
     sent = body.model_dump(exclude_unset=True)
     merged = {"template": sch.template, "cron": sch.cron, "timezone": sch.timezone,
@@ -82,7 +84,7 @@ def update_schedule(schedule_id: str, body: ScheduleUpdate, db: Session = Depend
     return _out(db, sch)
 
 
-def _set_paused(db: Session, tenant: str, schedule_id: str, paused: bool) -> dict:
+def _set_paused(db: Session, tenant: str, schedule_id: str, paused: bool) -> ScheduleOut:
     sch = _get(db, tenant, schedule_id)
     sch.paused, sch.updated_at = paused, utcnow()
     db.commit()
@@ -90,13 +92,15 @@ def _set_paused(db: Session, tenant: str, schedule_id: str, paused: bool) -> dic
 
 
 @router.post("/{schedule_id}/pause", response_model=ScheduleOut, operation_id="pauseSchedule", responses=contract.problems(401, 404))
-def pause_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+def pause_schedule(schedule_id: str, db: Session = Depends(get_db),
+                   tenant: str = Depends(get_tenant)) -> ScheduleOut:
     """While paused, due times are still recorded, as runs skipped with the reason "paused"."""
     return _set_paused(db, tenant, schedule_id, True)
 
 
 @router.post("/{schedule_id}/resume", response_model=ScheduleOut, operation_id="resumeSchedule", responses=contract.problems(401, 404))
-def resume_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+def resume_schedule(schedule_id: str, db: Session = Depends(get_db),
+                    tenant: str = Depends(get_tenant)) -> ScheduleOut:
     return _set_paused(db, tenant, schedule_id, False)
 
 
@@ -111,7 +115,7 @@ def delete_schedule(schedule_id: str, db: Session = Depends(get_db), tenant: str
 @router.get("/{schedule_id}/runs", response_model=ScheduleRunList, operation_id="listScheduleRuns", responses=contract.problems(401, 404))
 def list_schedule_runs(schedule_id: str, limit: int = Query(50, ge=1, le=200), before: str | None = Query(
                            None, description="a run id: only runs older than it (pagination)"),
-                       db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+                       db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> ScheduleRunList:
     """Newest first: what each firing did (job created, or skipped with the reason), and the due
     times missed while no scheduler ran."""
     _get(db, tenant, schedule_id)
@@ -122,5 +126,5 @@ def list_schedule_runs(schedule_id: str, limit: int = Query(50, ge=1, le=200), b
             q = q.where(ScheduleRun.due_at < anchor.due_at)
     rows = db.scalars(q.order_by(ScheduleRun.due_at.desc()).limit(limit + 1)).all()
     page = rows[:limit]
-    return {"data": [schedules.run_to_dict(r) for r in page],
-            "next_cursor": page[-1].id if len(rows) > limit else None}
+    return ScheduleRunList(data=[schedules.run_out(r) for r in page],
+                           next_cursor=page[-1].id if len(rows) > limit else None)

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .. import contract, secretbox, webhook_delivery, webhooks
-from ..automation_schemas import (WebhookCreate, WebhookCreated, WebhookDeliveryList, WebhookDeliveryOut, WebhookList,
-                                  WebhookOut)
+from ..automation_schemas import (WebhookAttemptOut, WebhookCreate, WebhookCreated, WebhookDeliveryList,
+                                  WebhookDeliveryOut, WebhookList, WebhookOut)
 from ..deps import get_app_settings, get_db, owned_or_404
 from ..models import WebhookAttempt, WebhookEndpoint, WebhookMessage, new_id, utcnow
 from ..problems import Problem, field_problem
@@ -23,9 +23,9 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 MAX_ENDPOINTS = 20  # per tenant: each event is sent to every endpoint subscribed to it
 
 
-def _out(ep: WebhookEndpoint) -> dict:
-    return {"id": ep.id, "url": ep.url, "events": ep.events, "description": ep.description,
-            "created_at": ep.created_at.isoformat()}
+def webhook_out(ep: WebhookEndpoint, cls: type[WebhookOut] = WebhookOut, **extra) -> WebhookOut:
+    return cls(id=ep.id, url=ep.url, events=ep.events, description=ep.description,
+               created_at=ep.created_at.isoformat(), **extra)
 
 
 def _get(db: Session, tenant: str, webhook_id: str) -> WebhookEndpoint:
@@ -35,7 +35,7 @@ def _get(db: Session, tenant: str, webhook_id: str) -> WebhookEndpoint:
 @router.post("", status_code=201, response_model=WebhookCreated, operation_id="createWebhook",
              responses=contract.problems(401, 409, 422))
 def create_webhook(body: WebhookCreate, db: Session = Depends(get_db), tenant: str = Depends(get_tenant),
-                   settings: Settings = Depends(get_app_settings)) -> dict:
+                   settings: Settings = Depends(get_app_settings)) -> WebhookCreated:
     """The answer holds the signing secret (whsec_...): it is shown only here."""
     url = str(body.url)
     if len(url) > 2048:
@@ -54,19 +54,20 @@ def create_webhook(body: WebhookCreate, db: Session = Depends(get_db), tenant: s
                          description=body.description, created_at=utcnow())
     db.add(ep)
     db.commit()
-    return {**_out(ep), "secret": secret}
+    return webhook_out(ep, WebhookCreated, secret=secret)
 
 
 @router.get("", response_model=WebhookList, operation_id="listWebhooks", responses=contract.problems(401))
-def list_webhooks(db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
+def list_webhooks(db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> WebhookList:
     rows = db.scalars(select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant)
                       .order_by(WebhookEndpoint.created_at.desc())).all()
-    return {"data": [_out(ep) for ep in rows]}
+    return WebhookList(data=[webhook_out(ep) for ep in rows])
 
 
 @router.get("/{webhook_id}", response_model=WebhookOut, operation_id="getWebhook", responses=contract.problems(401, 404))
-def get_webhook(webhook_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant)) -> dict:
-    return _out(_get(db, tenant, webhook_id))
+def get_webhook(webhook_id: str, db: Session = Depends(get_db),
+                tenant: str = Depends(get_tenant)) -> WebhookOut:
+    return webhook_out(_get(db, tenant, webhook_id))
 
 
 @router.delete("/{webhook_id}", status_code=204, operation_id="deleteWebhook", responses=contract.problems(401, 404))
@@ -77,20 +78,20 @@ def delete_webhook(webhook_id: str, db: Session = Depends(get_db), tenant: str =
     return Response(status_code=204)
 
 
-def _delivery(m: WebhookMessage, attempts: list[WebhookAttempt]) -> dict:
-    return {"id": m.id, "event_type": m.event_type, "status": m.status, "attempts": m.attempts,
-            "next_attempt_at": m.next_attempt_at.isoformat() if m.status == "pending" else None,
-            "created_at": m.created_at.isoformat(),
-            "delivered_at": m.delivered_at.isoformat() if m.delivered_at else None,
-            "payload": json.loads(m.body),
-            "attempt_log": [{"attempt": a.attempt, "status_code": a.status_code, "latency_ms": a.latency_ms,
-                             "error": a.error, "created_at": a.created_at.isoformat()} for a in attempts]}
+def delivery_out(m: WebhookMessage, attempts: list[WebhookAttempt]) -> WebhookDeliveryOut:
+    return WebhookDeliveryOut(
+        id=m.id, event_type=m.event_type, status=m.status, attempts=m.attempts,
+        next_attempt_at=m.next_attempt_at.isoformat() if m.status == "pending" else None,
+        created_at=m.created_at.isoformat(), delivered_at=m.delivered_at.isoformat() if m.delivered_at else None,
+        payload=json.loads(m.body),  # the body exactly as signed and sent
+        attempt_log=[WebhookAttemptOut(attempt=a.attempt, status_code=a.status_code, latency_ms=a.latency_ms,
+                                       error=a.error, created_at=a.created_at.isoformat()) for a in attempts])
 
 
 @router.get("/{webhook_id}/deliveries", response_model=WebhookDeliveryList, operation_id="listWebhookDeliveries", responses=contract.problems(401, 404))
 def list_deliveries(webhook_id: str, status: str | None = Query(None, pattern="^(pending|delivered|failed)$"),
                     limit: int = Query(50, ge=1, le=200), db: Session = Depends(get_db),
-                    tenant: str = Depends(get_tenant)) -> dict:
+                    tenant: str = Depends(get_tenant)) -> WebhookDeliveryList:
     """Newest first: each message (its webhook-id, payload, status) with every attempt to send
     it (status code, latency, error)."""
     _get(db, tenant, webhook_id)
@@ -103,13 +104,13 @@ def list_deliveries(webhook_id: str, status: str | None = Query(None, pattern="^
         for a in db.scalars(select(WebhookAttempt).where(WebhookAttempt.message_id.in_(list(attempts)))
                             .order_by(WebhookAttempt.id)):
             attempts[a.message_id].append(a)
-    return {"data": [_delivery(m, attempts[m.id]) for m in msgs]}
+    return WebhookDeliveryList(data=[delivery_out(m, attempts[m.id]) for m in msgs])
 
 
 @router.post("/{webhook_id}/deliveries/{message_id}/redeliver", status_code=202, response_model=WebhookDeliveryOut,
              operation_id="redeliverWebhookMessage", responses=contract.problems(401, 404))
 def redeliver(webhook_id: str, message_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant),
-              settings: Settings = Depends(get_app_settings)) -> dict:
+              settings: Settings = Depends(get_app_settings)) -> WebhookDeliveryOut:
     """Send a message again, with the same webhook-id, starting a fresh round of retries."""
     _get(db, tenant, webhook_id)
     if not webhook_delivery.redeliver(settings.db_url, tenant, webhook_id, message_id):
@@ -118,4 +119,4 @@ def redeliver(webhook_id: str, message_id: str, db: Session = Depends(get_db), t
     m = db.get(WebhookMessage, message_id)
     attempts = db.scalars(select(WebhookAttempt).where(WebhookAttempt.message_id == message_id)
                           .order_by(WebhookAttempt.id)).all()
-    return _delivery(m, list(attempts))
+    return delivery_out(m, list(attempts))

@@ -1,11 +1,14 @@
 """What makes an OpenAPI document break clients written against an older one.
 
 Breaking: an operation (by operationId) removed or moved to another method/path; a response
-schema losing a property or changing its type; a request gaining a required field or losing
-one it accepted; an enum losing a value a client may send. Additions are not breaking.
+schema losing a property, changing its type, or gaining an enum value (a generated client with
+the old enum fails to parse the new value); a request (body or parameter) gaining a required
+field or losing one it accepted, or an enum losing a value a client may send. Added fields,
+operations, optional parameters and request enum values are not breaking.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -30,6 +33,62 @@ def _operations(doc: dict) -> dict[str, tuple[str, str, dict]]:
             for method, op in item.items() if isinstance(op, dict) and "operationId" in op}
 
 
+def _unwrap(doc: dict, schema: dict) -> dict:
+    """`X | None` (anyOf [X, null], as pydantic writes an optional field) -> X, resolved: the
+    fields of an optional nested object are compared like those of a required one."""
+    alts = [_resolve(doc, a) for a in schema.get("anyOf", []) + schema.get("oneOf", [])]
+    real = [a for a in alts if a.get("type") != "null"]
+    return real[0] if len(real) == 1 and len(alts) == 2 else schema
+
+
+def _enum(doc: dict, schema: dict) -> set | None:
+    """The values a schema is limited to (enum, const, across anyOf/oneOf alternatives; a null
+    alternative is nullability, which the type check covers), or None if it takes any value."""
+    schema = _resolve(doc, schema)
+    alts = schema.get("anyOf", []) + schema.get("oneOf", [])
+    if alts:
+        values: set = set()
+        for alt in (_resolve(doc, a) for a in alts):
+            if alt.get("type") == "null":
+                continue
+            sub = _enum(doc, alt)
+            if sub is None:
+                return None
+            values |= sub
+        return values
+    if "const" in schema:
+        return {_hashable(schema["const"])}
+    if "enum" in schema:
+        return {_hashable(v) for v in schema["enum"]}
+    return None
+
+
+def _hashable(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
+def _listed(values: set) -> list:
+    return sorted(values, key=lambda v: (str(type(v)), str(v)))
+
+
+def _compare_enums(old_doc: dict, new_doc: dict, old: dict, new: dict, where: str, direction: str,
+                   out: list[str]) -> None:
+    # A generated client turns an enum into a closed type: in an answer, a value it was not
+    # generated with fails to parse (so an added value breaks it); in a request, a value it was
+    # generated with may be sent (so a removed one, or a new restriction, breaks it).
+    old_enum, new_enum = _enum(old_doc, old), _enum(new_doc, new)
+    if direction == "response" and old_enum is not None:
+        if new_enum is None:
+            out.append(f"{where}: no longer limited to the enum values {_listed(old_enum)}")
+        elif new_enum - old_enum:
+            out.append(f"{where}: enum values {_listed(new_enum - old_enum)} added to a response")
+    if direction == "request" and new_enum is not None:
+        if old_enum is None:
+            out.append(f"{where}: now limited to the enum values {_listed(new_enum)}")
+        elif old_enum - new_enum:
+            out.append(f"{where}: enum values {_listed(old_enum - new_enum)} no longer accepted")
+
+
 def _compare_schema(old_doc: dict, new_doc: dict, old: dict, new: dict, where: str, direction: str,
                     seen: set, out: list[str]) -> None:
     old, new = _resolve(old_doc, old), _resolve(new_doc, new)
@@ -42,15 +101,13 @@ def _compare_schema(old_doc: dict, new_doc: dict, old: dict, new: dict, where: s
         out.append(f"{where}: type changed from {sorted(old_types)} to {sorted(new_types)}")
     if direction == "request" and not old_types <= new_types and new_types:
         out.append(f"{where}: no longer accepts {sorted(old_types - new_types)}")
+    _compare_enums(old_doc, new_doc, old, new, where, direction, out)
+    old, new = _unwrap(old_doc, old), _unwrap(new_doc, new)
     old_props, new_props = old.get("properties", {}), new.get("properties", {})
     if direction == "response":
-        for name, sub in old_props.items():
+        for name in old_props:
             if name not in new_props:
                 out.append(f"{where}.{name}: removed")
-            else:
-                _compare_schema(old_doc, new_doc, sub, new_props[name], f"{where}.{name}", direction, seen, out)
-        if old.get("items") and new.get("items"):
-            _compare_schema(old_doc, new_doc, old["items"], new["items"], f"{where}[]", direction, seen, out)
     else:
         added_required = set(new.get("required", [])) - set(old.get("required", []))
         for name in sorted(added_required):
@@ -58,12 +115,12 @@ def _compare_schema(old_doc: dict, new_doc: dict, old: dict, new: dict, where: s
         for name in old_props:
             if name not in new_props and new.get("additionalProperties") is False:
                 out.append(f"{where}.{name}: no longer accepted")
-        lost = set(old.get("enum", [])) - set(new.get("enum", old.get("enum", [])))
-        if lost:
-            out.append(f"{where}: enum values {sorted(lost)} no longer accepted")
-        for name, sub in old_props.items():
-            if name in new_props:
-                _compare_schema(old_doc, new_doc, sub, new_props[name], f"{where}.{name}", direction, seen, out)
+    for name, sub in old_props.items():
+        if name in new_props:
+            _compare_schema(old_doc, new_doc, sub, new_props[name], f"{where}.{name}", direction, seen, out)
+    for part, suffix in (("items", "[]"), ("additionalProperties", "{}")):
+        if isinstance(old.get(part), dict) and isinstance(new.get(part), dict):
+            _compare_schema(old_doc, new_doc, old[part], new[part], f"{where}{suffix}", direction, seen, out)
 
 
 def _json_schema(response_or_body: dict) -> dict | None:
@@ -104,11 +161,16 @@ def breaking_changes(old_doc: dict, new_doc: dict) -> list[str]:
         elif new_body and new_body.get("required") and not old_body:
             out.append(f"operation {op_id}: now requires a request body")
         old_params = {(p["in"], p["name"]): p for p in old_op.get("parameters", [])}
-        for p in new_op.get("parameters", []):
-            if p.get("required") and (p["in"], p["name"]) not in old_params:
-                out.append(f"operation {op_id}: new required parameter {p['in']}:{p['name']}")
-        new_params = {(p["in"], p["name"]) for p in new_op.get("parameters", [])}
-        for key in old_params:
+        new_params = {(p["in"], p["name"]): p for p in new_op.get("parameters", [])}
+        for key, p in new_params.items():
+            if p.get("required") and key not in old_params:
+                out.append(f"operation {op_id}: new required parameter {key[0]}:{key[1]}")
+            elif p.get("required") and not old_params.get(key, {}).get("required"):
+                out.append(f"operation {op_id}: parameter {key[0]}:{key[1]} newly required")
+        for key, p in old_params.items():
             if key not in new_params:
                 out.append(f"operation {op_id}: parameter {key[0]}:{key[1]} removed")
+            else:  # a parameter is request input: e.g. an enum value it loses breaks a client sending it
+                _compare_schema(old_doc, new_doc, p.get("schema", {}), new_params[key].get("schema", {}),
+                                f"{op_id} parameter {key[0]}:{key[1]}", "request", seen, out)
     return out

@@ -1,8 +1,9 @@
 """The OpenAPI document is a contract with every generated client: it may grow, not break.
 
 The committed snapshot (openapi.snapshot.json) is the last published document. A change that
-removes a field, renames an operation, or makes a request stricter fails here, naming each
-break. To change the contract on purpose, regenerate the snapshot and commit it:
+removes a field, renames an operation, adds an enum value to an answer, or makes a request
+stricter (e.g. drops an enum value it accepted) fails here, naming each break (compat.py). To
+change the contract on purpose, regenerate the snapshot and commit it:
 
     VTRANS_UPDATE_OPENAPI_SNAPSHOT=1 pytest tests/contract/test_compat.py
 """
@@ -149,3 +150,102 @@ def test_every_response_model_has_an_example_that_it_accepts(document):
         model = getattr(models, name, None) or getattr(automation_schemas, name)
         for example in components[name]["examples"]:
             model.model_validate(example)
+
+
+# ---------------------------------------------------------------- enums, on small documents
+
+def _doc(out: dict, body: dict | None = None, params: list[dict] | None = None) -> dict:
+    """One operation answering `out` (schema Out), reading `body` (schema In) and `params`."""
+    op: dict = {"operationId": "op", "parameters": params or [], "responses": {"200": {
+        "description": "ok", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Out"}}}}}}
+    if body is not None:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/In"}}}}
+    return {"paths": {"/x": {"post": op}}, "components": {"schemas": {"Out": out, "In": body or {}, "Sub": {
+        "type": "object", "properties": {"kind": {"type": "string", "enum": ["a", "b"]}, "note": {"type": "string"}}}}}}
+
+
+def _obj(**props: dict) -> dict:
+    return {"type": "object", "properties": props}
+
+
+def _param(schema: dict, required: bool = False) -> list[dict]:
+    return [{"in": "query", "name": "q", "required": required, "schema": schema}]
+
+
+AB = {"type": "string", "enum": ["a", "b"]}
+ABC = {"type": "string", "enum": ["a", "b", "c"]}
+A = {"type": "string", "enum": ["a"]}
+STR = {"type": "string"}
+NULL = {"type": "null"}
+SUB = {"$ref": "#/components/schemas/Sub"}
+
+
+def _with_sub_kind(doc: dict, enum: list) -> dict:
+    doc["components"]["schemas"]["Sub"]["properties"]["kind"]["enum"] = enum
+    return doc
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    # answers: an enum value a client was not generated with fails to parse
+    (_doc(_obj(s=AB)), _doc(_obj(s=ABC)), "op 200.s: enum values ['c'] added to a response"),
+    (_doc(_obj(s={"anyOf": [AB, NULL]})), _doc(_obj(s={"anyOf": [ABC, NULL]})), "op 200.s: enum values ['c']"),
+    (_doc(_obj(s={"type": "array", "items": AB})), _doc(_obj(s={"type": "array", "items": ABC})),
+     "op 200.s[]: enum values ['c']"),
+    (_doc(_obj(s={"type": "string", "const": "a"})), _doc(_obj(s=AB)), "op 200.s: enum values ['b']"),
+    (_doc(_obj(s=AB)), _doc(_obj(s=STR)), "op 200.s: no longer limited to the enum values ['a', 'b']"),
+    (_doc(_obj(s={"anyOf": [SUB, NULL]})), _with_sub_kind(_doc(_obj(s={"anyOf": [SUB, NULL]})), ["a", "b", "c"]),
+     "op 200.s.kind: enum values ['c']"),
+    (_doc(_obj(s={"type": "object", "additionalProperties": AB})),
+     _doc(_obj(s={"type": "object", "additionalProperties": ABC})), "op 200.s{}: enum values ['c']"),
+    # an optional nested object is compared like a required one
+    (_doc(_obj(s={"anyOf": [SUB, NULL]})),
+     _without(_doc(_obj(s={"anyOf": [SUB, NULL]})), "components", "schemas", "Sub", "properties", "note"),
+     "op 200.s.note: removed"),
+    # requests: a value a client was generated with may be sent
+    (_doc(_obj(), _obj(s=AB)), _doc(_obj(), _obj(s=A)), "op request.s: enum values ['b'] no longer accepted"),
+    (_doc(_obj(), _obj(s={"type": "array", "items": AB})), _doc(_obj(), _obj(s={"type": "array", "items": A})),
+     "op request.s[]: enum values ['b'] no longer accepted"),
+    (_doc(_obj(), _obj(s={"anyOf": [{"type": "array", "items": AB}, NULL]})),
+     _doc(_obj(), _obj(s={"anyOf": [{"type": "array", "items": A}, NULL]})), "op request.s[]: enum values ['b']"),
+    (_doc(_obj(), _obj(s=STR)), _doc(_obj(), _obj(s=AB)), "op request.s: now limited to the enum values"),
+    (_doc(_obj(), params=_param(AB)), _doc(_obj(), params=_param(A)),
+     "op parameter query:q: enum values ['b'] no longer accepted"),
+    (_doc(_obj(), params=_param(STR)), _doc(_obj(), params=_param(STR, required=True)),
+     "operation op: parameter query:q newly required"),
+])
+def test_enum_and_nested_changes_that_break_clients(old, new, expected):
+    breaks = breaking_changes(old, new)
+    assert any(expected in b for b in breaks), breaks
+
+
+@pytest.mark.parametrize("old, new", [
+    (_doc(_obj(s=ABC)), _doc(_obj(s=AB))),                      # an answer using fewer values
+    (_doc(_obj(s=STR)), _doc(_obj(s=AB))),                      # an answer getting narrower
+    (_doc(_obj(), _obj(s=AB)), _doc(_obj(), _obj(s=ABC))),      # a request accepting more
+    (_doc(_obj(), _obj(s=AB)), _doc(_obj(), _obj(s=STR))),      # a request accepting any string
+    (_doc(_obj(), params=_param(A)), _doc(_obj(), params=_param(ABC))),
+])
+def test_enum_changes_that_keep_clients_working(old, new):
+    assert breaking_changes(old, new) == []
+
+
+def _schema_edit(doc: dict, edit) -> dict:
+    doc = copy.deepcopy(doc)
+    edit(doc["components"]["schemas"])
+    return doc
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda s: s["WebhookDeliveryOut"]["properties"]["status"]["enum"].append("paused"),
+     "listWebhookDeliveries 200.data[].status: enum values ['paused'] added"),
+    (lambda s: s["Event"]["properties"]["status"]["anyOf"][0]["enum"].append("paused"),
+     "status: enum values ['paused'] added"),
+    (lambda s: s["WebhookCreate"]["properties"]["events"]["items"]["enum"].remove("schedule.run"),
+     "createWebhook request.events[]: enum values ['schedule.run'] no longer accepted"),
+    (lambda s: s["JobRequest"]["properties"]["export"]["anyOf"][0]["items"].update(const="tflite"),
+     "createJob request.export[]: enum values ['onnx'] no longer accepted"),
+])
+def test_enum_changes_in_the_served_document(document, edit, expected):
+    breaks = breaking_changes(document, _schema_edit(document, edit))
+    assert any(expected in b for b in breaks), breaks
