@@ -48,6 +48,40 @@ def corpus() -> Path:
     return path
 
 
+def smollm2_model() -> Path | None:
+    """The SmolLM2 folder (built once from the GGUF), or None after printing what is missing."""
+    # the GGUF -> safetensors helper the slow test uses (tests/ is not an importable package here)
+    sys.path.insert(0, str(BENCH_DIR.parent / "tests" / "core"))
+    from smollm2 import missing, smollm2_dir
+
+    if missing():
+        print(missing())
+        return None
+    return smollm2_dir(CACHE / "smollm2-135m")
+
+
+def bench_windows(tokenizer):
+    """(training windows, held-out windows) exactly as compress() builds them for the cases above
+    (pipeline_lm: the task's document split of corpus(), packed into WINDOW-token windows, a
+    seeded sample of max_train_examples and the first max_eval_examples held-out windows), for a
+    peer that must see the same text (decoder_peer.py)."""
+    from vtrans_core.options import CompressionOptions
+    from vtrans_core.tasks.language_modeling import LanguageModeling
+
+    task, seed = LanguageModeling(), CompressionOptions().seed   # the seed the cases ran with (default)
+    splits = task.load_data(str(corpus()), seed)
+    # sampled, then in the seeded order compress() hands a method (pipeline_lm); the session-18 peer
+    # rows were computed before that order existed (their Taylor windows: the sample's first 64)
+    train = task.encode(tokenizer, splits.train, WINDOW).sample(OPTIONS["max_train_examples"], seed=seed)
+    train = train.shuffled(seed)
+    return train, task.encode(tokenizer, splits.eval, WINDOW).head(OPTIONS["max_eval_examples"])
+
+
+def write_results() -> None:
+    """Every cached row (vtrans cases and decoder_peer.py's) into the committed record."""
+    RESULTS.write_text(json.dumps([json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))], indent=1))
+
+
 def parse_case(case: str) -> tuple[str, float, dict, str]:
     """"faster@0.8:reconstruct=scales;prune_hidden=true" -> (method, target, overrides, cache name).
     A target written "flops0.5" is a FLOPs budget (override budget_kind=flops); plain numbers are params."""
@@ -96,7 +130,8 @@ def report() -> str:
     lines = ["| method | variant | target | params kept | FLOPs kept | ppl dense | ppl pruned (x) | "
              "prefill speedup | decode tok/s dense->pruned | refit | compression s (with evaluation) |", "|---" * 11 + "|"]
     for r in rows:
-        variant = ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items() if k != "budget_kind") or "defaults"
+        variant = r.get("variant") or ", ".join(f"{k}={v}" for k, v in r.get("overrides", {}).items()
+                                                if k != "budget_kind") or "defaults"
         if r.get("note"):   # a row kept from an earlier version of the code
             variant += f" ({r['note']})"
         rc = r.get("reconstruct") or {}
@@ -122,14 +157,9 @@ def main(argv=None) -> int:
     if args.report:
         print(report())
         return 0
-    # the GGUF -> safetensors helper the slow test uses (tests/ is not an importable package here)
-    sys.path.insert(0, str(BENCH_DIR.parent / "tests" / "core"))
-    from smollm2 import missing, smollm2_dir
-
-    if missing():
-        print(missing())
+    model_dir = smollm2_model()
+    if model_dir is None:
         return 2
-    model_dir = smollm2_dir(CACHE / "smollm2-135m")
     cases = args.cases.split(",")
     if len(cases) > 1:
         # one process per case, as the service runs one job per worker process: memory an earlier
@@ -150,7 +180,7 @@ def main(argv=None) -> int:
             continue
         row = run_case(method, target, model_dir, overrides, name)
         path.write_text(json.dumps(row, indent=1))
-        RESULTS.write_text(json.dumps([json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))], indent=1))
+        write_results()
         print(f"{case}: {json.dumps({k: row[k] for k in ('dense_ppl', 'pruned_ppl', 'params_fraction', 'seconds')})}",
               flush=True)
     print(report())
