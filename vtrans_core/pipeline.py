@@ -16,7 +16,7 @@ from .data import encode, load_task, with_eval_data
 from .evaluate import evaluate, evaluation_warnings, measure_latency_ms, quality_warnings, text_overlap
 from .families import adapter_for
 from .flops import count_flops, count_params
-from .methods import Context, get_method
+from .methods import Context, get_method, method_rows_for
 from .options import CompressionOptions
 from .progress import Progress
 from .training import Teacher, epoch_steps, pick_device, seed_everything, train_supervised
@@ -31,14 +31,6 @@ def _eval_cost(n_eval: int, opts: CompressionOptions) -> float:
 
 
 TRAIN_CHECK_ROWS = 1000   # training rows the dense model is scored on (the memorisation check)
-
-
-def method_rows_for(strategy, train_split, opts: CompressionOptions):
-    """The rows the method gets, in a seeded random order. Methods read prefixes of them (the
-    Fisher rows, the mask subset, the refit's calibration rows): with the file's order, a training
-    file sorted by label or date would give them one class or one period only. (A single file is
-    split at random already; a file given next to an `eval_dataset` keeps its order.)"""
-    return strategy.train_rows(train_split, opts).shuffled(opts.seed)
 
 
 def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: CompressionOptions,

@@ -18,7 +18,7 @@ from .errors import CompressionError
 from .flops import count_flops, count_params
 from .lm_runtime import (check_memory, decode_tokens_per_s, peak_memory_bytes, pick_dtype, prefill_ms,
                          torch_dtype)
-from .methods import Context, get_method
+from .methods import Context, get_method, method_rows_for
 from .options import CompressionOptions
 from .progress import Progress
 from .training import Teacher, pick_device, seed_everything
@@ -75,8 +75,7 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
     enc_all = task.encode(tokenizer, splits.train, opts.seq_len)
     if opts.max_train_examples:
         enc_all = enc_all.sample(opts.max_train_examples, seed=opts.seed)
-    # seeded random order: the refit and the Fisher ranking read the first windows (pipeline.method_rows_for)
-    enc_train = strategy.train_rows(enc_all, opts).shuffled(opts.seed)
+    enc_train = method_rows_for(strategy, enc_all, opts)
     enc_eval = task.encode(tokenizer, held_docs, opts.seq_len)
     if opts.max_eval_examples:
         enc_eval = enc_eval.head(opts.max_eval_examples)

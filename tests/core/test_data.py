@@ -117,9 +117,8 @@ def test_method_rows_come_in_random_order_so_a_prefix_is_a_random_sample(tmp_pat
     """A training file sorted by label, given next to a validation file, keeps its order in the
     task; the rows handed to a method must not, because methods read prefixes of them (faster's
     Fisher rows, the refit's calibration rows): the first rows would all be one class."""
-    from vtrans_core.methods import get_method
+    from vtrans_core.methods import get_method, method_rows_for
     from vtrans_core.options import CompressionOptions
-    from vtrans_core.pipeline import method_rows_for
 
     train, val = tmp_path / "train.csv", tmp_path / "val.csv"
     train.write_text("text,label\n" + "".join(f"row {i},{'a' if i < 300 else 'b'}\n" for i in range(600)))

@@ -161,6 +161,15 @@ def restore_teacher(ctx: Context, checkpoint) -> None:
         ctx.teacher.known.copy_(saved["known"])
 
 
+def method_rows_for(strategy: Method, rows, options: CompressionOptions):
+    """The rows the method gets (classification rows or LM windows), in a seeded random order.
+    Methods read prefixes of them (the Fisher rows, the mask subset, the refit's calibration rows):
+    in the file's order, a training file sorted by label or date would give them one class or one
+    period only (a file given next to an `eval_dataset` keeps its order), and packed LM windows
+    would be the corpus's first pages."""
+    return strategy.train_rows(rows, options).shuffled(options.seed)
+
+
 def get_method(name: str) -> Method:
     from .fast import FastVTrans
     from .faster import FasterVTrans
@@ -170,5 +179,5 @@ def get_method(name: str) -> Method:
     return registry[name]()
 
 
-__all__ = ["Context", "Method", "Origin", "get_method", "reconstruct_cut", "refine_weight", "refit_rows",
+__all__ = ["Context", "Method", "Origin", "get_method", "method_rows_for", "reconstruct_cut", "refine_weight", "refit_rows",
            "restore_teacher", "teacher_tensors"]

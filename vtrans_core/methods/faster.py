@@ -154,7 +154,7 @@ class FasterVTrans(Method):
 
 def _head(enc: Encoded, n: int) -> Encoded:
     """The first n rows: a random sample, since the method's rows come in a seeded random order
-    (pipeline.method_rows_for). Row numbers are kept, so the teacher's logit cache stays valid.
+    (methods.method_rows_for). Row numbers are kept, so the teacher's logit cache stays valid.
     Any task's encoded rows (data.Encoded, packed LM windows) implement head()."""
     return enc.head(n)
 
