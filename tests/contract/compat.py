@@ -1,10 +1,14 @@
 """What makes an OpenAPI document break clients written against an older one.
 
 Breaking: an operation (by operationId) removed or moved to another method/path; a response
-schema losing a property, changing its type, or gaining an enum value (a generated client with
-the old enum fails to parse the new value); a request (body or parameter) gaining a required
-field or losing one it accepted, or an enum losing a value a client may send. Added fields,
-operations, optional parameters and request enum values are not breaking.
+schema losing a property, changing its type, gaining an enum value (a generated client with
+the old enum fails to parse the new value), or no longer promising a value: a field that may now
+be null, or that was required and no longer is (a typed client reads it as always there); a
+request (body or parameter) gaining a required field or losing one it accepted, refusing a type
+(null included: a field that was nullable and no longer is) or an enum value a client may send,
+or a field that took any value now limited to some types. Added fields, operations, optional
+parameters, request enum values, a request field becoming nullable and a response field no
+longer null are not breaking.
 """
 from __future__ import annotations
 
@@ -19,12 +23,18 @@ def _resolve(doc: dict, schema: dict | None) -> dict:
 
 
 def _types(doc: dict, schema: dict) -> set[str]:
+    """The JSON types a schema admits ("null" included), across anyOf/oneOf; empty: any value.
+    Null is written several ways: a {"type": "null"} alternative (pydantic's `X | None`), a type
+    list (OpenAPI 3.1), `nullable: true` (3.0), or null among the enum/const values."""
     schema = _resolve(doc, schema)
     out: set[str] = set()
     for alt in schema.get("anyOf", []) + schema.get("oneOf", []):
         out |= _types(doc, alt)
-    if "type" in schema:
-        out.add(schema["type"])
+    kind = schema.get("type")
+    out.update(kind if isinstance(kind, list) else [kind] if kind else [])
+    if out and (schema.get("nullable") is True or None in schema.get("enum", ())
+                or ("const" in schema and schema["const"] is None)):
+        out.add("null")
     return out
 
 
@@ -56,10 +66,11 @@ def _enum(doc: dict, schema: dict) -> set | None:
                 return None
             values |= sub
         return values
+    # null among the values is nullability too (the type check covers it), not an enum value.
     if "const" in schema:
-        return {_hashable(schema["const"])}
+        return {_hashable(schema["const"])} - {None}
     if "enum" in schema:
-        return {_hashable(v) for v in schema["enum"]}
+        return {_hashable(v) for v in schema["enum"]} - {None}
     return None
 
 
@@ -97,17 +108,27 @@ def _compare_schema(old_doc: dict, new_doc: dict, old: dict, new: dict, where: s
         return
     seen.add(key)
     old_types, new_types = _types(old_doc, old), _types(new_doc, new)
-    if direction == "response" and not new_types <= old_types | {"null"} and old_types:
-        out.append(f"{where}: type changed from {sorted(old_types)} to {sorted(new_types)}")
-    if direction == "request" and not old_types <= new_types and new_types:
-        out.append(f"{where}: no longer accepts {sorted(old_types - new_types)}")
+    if direction == "response" and old_types:  # empty: the answer could already be anything
+        if not new_types or not new_types <= old_types | {"null"}:
+            out.append(f"{where}: type changed from {sorted(old_types)} to {sorted(new_types or ['any'])}")
+        if "null" in new_types - old_types:
+            # A typed client declared the field non-optional and fails (or crashes later) on null.
+            out.append(f"{where}: may now be null (it never was)")
+    if direction == "request" and new_types:  # empty: any value is still accepted
+        if not old_types:
+            out.append(f"{where}: took any value, now only {sorted(new_types)}")
+        elif not old_types <= new_types:
+            out.append(f"{where}: no longer accepts {sorted(old_types - new_types)}")
     _compare_enums(old_doc, new_doc, old, new, where, direction, out)
     old, new = _unwrap(old_doc, old), _unwrap(new_doc, new)
     old_props, new_props = old.get("properties", {}), new.get("properties", {})
     if direction == "response":
+        new_required = set(new.get("required", []))
         for name in old_props:
             if name not in new_props:
                 out.append(f"{where}.{name}: removed")
+            elif name in old.get("required", []) and name not in new_required:
+                out.append(f"{where}.{name}: no longer always present (was required)")
     else:
         added_required = set(new.get("required", [])) - set(old.get("required", []))
         for name in sorted(added_required):

@@ -1,8 +1,9 @@
 """The OpenAPI document is a contract with every generated client: it may grow, not break.
 
 The committed snapshot (openapi.snapshot.json) is the last published document. A change that
-removes a field, renames an operation, adds an enum value to an answer, or makes a request
-stricter (e.g. drops an enum value it accepted) fails here, naming each break (compat.py). To
+removes a field, renames an operation, adds an enum value to an answer, lets an answer's field
+be null or absent, or makes a request stricter (e.g. drops an enum value or the null it
+accepted) fails here, naming each break (compat.py). To
 change the contract on purpose, regenerate the snapshot and commit it:
 
     VTRANS_UPDATE_OPENAPI_SNAPSHOT=1 pytest tests/contract/test_compat.py
@@ -230,6 +231,53 @@ def test_enum_changes_that_keep_clients_working(old, new):
     assert breaking_changes(old, new) == []
 
 
+# ---------------------------------------------------------------- nullability and presence
+
+OPT_STR = {"anyOf": [STR, NULL]}   # pydantic's `str | None`
+
+
+def _required(**props: dict) -> dict:
+    return {**_obj(**props), "required": sorted(props)}
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    # answers: a typed client generated when the field could not be null has no place for null
+    (_doc(_obj(s=STR)), _doc(_obj(s=OPT_STR)), "op 200.s: may now be null"),
+    (_doc(_obj(s=STR)), _doc(_obj(s={"type": ["string", "null"]})), "op 200.s: may now be null"),
+    (_doc(_obj(s=STR)), _doc(_obj(s={"type": "string", "nullable": True})), "op 200.s: may now be null"),
+    (_doc(_obj(s=AB)), _doc(_obj(s={"type": "string", "enum": ["a", "b", None]})), "op 200.s: may now be null"),
+    (_doc(_obj(s=SUB)), _doc(_obj(s={"anyOf": [SUB, NULL]})), "op 200.s: may now be null"),
+    (_doc(_obj(s={"type": "array", "items": STR})), _doc(_obj(s={"type": "array", "items": OPT_STR})),
+     "op 200.s[]: may now be null"),
+    (_doc(_required(s=STR)), _doc(_obj(s=STR)), "op 200.s: no longer always present"),
+    (_doc(_obj(s=STR)), _doc(_obj(s={})), "op 200.s: type changed from ['string'] to ['any']"),
+    # requests: a client generated when null was accepted may send it
+    (_doc(_obj(), _obj(s=OPT_STR)), _doc(_obj(), _obj(s=STR)), "op request.s: no longer accepts ['null']"),
+    (_doc(_obj(), _obj(s={"type": ["string", "null"]})), _doc(_obj(), _obj(s=STR)),
+     "op request.s: no longer accepts ['null']"),
+    (_doc(_obj(), _obj(s={"anyOf": [SUB, NULL]})), _doc(_obj(), _obj(s=SUB)), "op request.s: no longer accepts ['null']"),
+    (_doc(_obj(), params=_param(OPT_STR)), _doc(_obj(), params=_param(STR)),
+     "op parameter query:q: no longer accepts ['null']"),
+    (_doc(_obj(), _obj(s={})), _doc(_obj(), _obj(s=STR)), "op request.s: took any value, now only ['string']"),
+])
+def test_nullability_and_presence_changes_that_break_clients(old, new, expected):
+    breaks = breaking_changes(old, new)
+    assert any(expected in b for b in breaks), breaks
+
+
+@pytest.mark.parametrize("old, new", [
+    (_doc(_obj(s=OPT_STR)), _doc(_obj(s=STR))),                                # an answer never null any more
+    (_doc(_obj(s=STR)), _doc(_required(s=STR))),                               # ... or always present
+    (_doc(_obj(s={"anyOf": [AB, NULL]})), _doc(_obj(s={"type": ["string", "null"], "enum": ["a", "b", None]}))),
+    (_doc(_obj(), _obj(s=STR)), _doc(_obj(), _obj(s=OPT_STR))),                # a request accepting null too
+    (_doc(_obj(), _obj(s=STR)), _doc(_obj(), _obj(s={"type": "string", "nullable": True}))),
+    (_doc(_obj(), _obj(s=STR)), _doc(_obj(), _obj(s={}))),                     # ... or any value
+    (_doc(_obj(), params=_param(STR)), _doc(_obj(), params=_param(OPT_STR))),
+])
+def test_nullability_changes_that_keep_clients_working(old, new):
+    assert breaking_changes(old, new) == []
+
+
 def _schema_edit(doc: dict, edit) -> dict:
     doc = copy.deepcopy(doc)
     edit(doc["components"]["schemas"])
@@ -245,6 +293,12 @@ def _schema_edit(doc: dict, edit) -> dict:
      "createWebhook request.events[]: enum values ['schedule.run'] no longer accepted"),
     (lambda s: s["JobRequest"]["properties"]["export"]["anyOf"][0]["items"].update(const="tflite"),
      "createJob request.export[]: enum values ['onnx'] no longer accepted"),
+    (lambda s: s["Job"]["properties"].update(progress={"anyOf": [{"type": "number"}, {"type": "null"}]}),
+     "getJob 200.progress: may now be null"),
+    (lambda s: s["Artifact"]["required"].remove("size"),
+     "listJobArtifacts 200.data[].size: no longer always present"),
+    (lambda s: s["JobRequest"]["properties"].update(eval_dataset={"type": "string"}),
+     "createJob request.eval_dataset: no longer accepts ['null']"),
 ])
 def test_enum_changes_in_the_served_document(document, edit, expected):
     breaks = breaking_changes(document, _schema_edit(document, edit))
