@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from .schemas import ResponseModel
 from .webhooks import EVENT_TYPES
 
+# The kinds of event the service emits (api/webhooks.EVENT_TYPES): the enum of a webhook's
+# `events` in requests and answers and of a delivery's `event_type`, so generated clients get a
+# closed type (adding a kind is then a contract change, tests/contract/test_compat.py).
 EventType = Literal["job.succeeded", "job.failed", "job.cancelled", "schedule.run"]
 assert set(EventType.__args__) == set(EVENT_TYPES)
 
@@ -112,7 +115,7 @@ class WebhookOut(ResponseModel):
     model_config = _examples(_WEBHOOK)
     id: str
     url: str
-    events: list[str]
+    events: list[EventType]
     description: str | None
     created_at: str
 
@@ -138,7 +141,7 @@ class WebhookAttemptOut(ResponseModel):
 class WebhookDeliveryOut(ResponseModel):
     model_config = _examples(_DELIVERY)
     id: str = Field(description="the message id, sent as the webhook-id header")
-    event_type: str
+    event_type: EventType
     status: Literal["pending", "delivered", "failed"]
     attempts: int
     next_attempt_at: str | None
