@@ -17,12 +17,14 @@ from typing import Iterator
 
 import httpx
 from httpx_sse import SSEError, connect_sse
+from pydantic import TypeAdapter, ValidationError
 
 from . import schemas
 from .artifacts import sha256_file
 from .client_errors import ChecksumMismatch, NotFound, ServiceUnavailable, WaitTimeout, raise_for
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+_STREAM_END = TypeAdapter(schemas.StreamEnd)
 
 
 def job_id_of(job: str | schemas.Job) -> str:
@@ -41,7 +43,8 @@ class StreamsMixin:
                deadline: float | None = None) -> Iterator[schemas.Event]:
         """The job's events from seq > after until it ends. A dropped connection is resumed with
         Last-Event-ID (each event exactly once); `reconnects` failures in a row give up.
-        `deadline` (time.monotonic()) makes the iterator stop quietly when it passes."""
+        `deadline` (time.monotonic()) makes the iterator stop quietly when it passes. A job
+        deleted while it is followed raises NotFound, as get() would."""
         job_id, last, failures = job_id_of(job), after, 0
         while True:
             if deadline is not None and time.monotonic() >= deadline:
@@ -56,6 +59,7 @@ class StreamsMixin:
                     with _closed_at(source.response, deadline):
                         for sse in source.iter_sse():
                             if sse.event == "end":
+                                _check_end(job_id, sse.data)
                                 return
                             if sse.event in ("progress", "status"):
                                 event = schemas.Event.model_validate(json.loads(sse.data))
@@ -155,6 +159,20 @@ class StreamsMixin:
             with part.open(mode) as fh:
                 for block in resp.iter_bytes():  # as received: a cut keeps what arrived
                     fh.write(block)
+
+
+def _check_end(job_id: str, data: str) -> None:
+    """The `end` event's data is the final Job, or a JobGone when the job was deleted meanwhile
+    (schemas.StreamEnd): the latter is raised as the NotFound a get() of the job would raise."""
+    try:
+        end = _STREAM_END.validate_json(data)
+    except ValidationError:
+        # Not parsable by this version (e.g. a newer server's status): the stream still ended,
+        # and wait() reads the final job with get(), which says what went wrong.
+        return
+    if isinstance(end, schemas.JobGone):
+        raise NotFound(404, {"type": "urn:vtrans:problem:not-found", "title": "Job deleted", "status": 404,
+                             "detail": end.detail, "instance": f"/v1/jobs/{job_id}/events"})
 
 
 def _matches(path: Path, artifact: schemas.Artifact) -> bool:

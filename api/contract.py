@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from .problems import PROBLEM_MEDIA_TYPE
-from .schemas import Event, Problem
+from .schemas import Event, JobGone, Problem
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
@@ -69,9 +69,10 @@ def operation_id(route: APIRoute) -> str:
 
 
 def _referenced_components() -> dict[str, Any]:
-    """Schemas the document refers to by $ref without a route's response_model naming them."""
+    """Schemas the document refers to by $ref without a route's response_model naming them
+    (errors, and what the event stream's items hold: routes/events.SSE_ITEM_SCHEMA)."""
     out: dict[str, Any] = {}
-    for model in (Problem, Event):
+    for model in (Problem, Event, JobGone):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         out.update(schema.pop("$defs", {}))
         out[model.__name__] = schema

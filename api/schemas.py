@@ -286,3 +286,18 @@ class Event(ResponseModel):
     attempt: int
     created_at: datetime
 
+
+class JobGone(ResponseModel):
+    """The data of the event stream's `end` event when the job no longer exists: its row was
+    deleted while the stream was open (the API deletes no job; an operator may), so there is no
+    final state to send. Otherwise `end` carries the Job, as getJob returns it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": _JOB_ID, "reason": "deleted", "detail": f"job {_JOB_ID} was deleted while its events were followed"}]})
+    id: str
+    reason: Literal["deleted"] = Field(description="why no job is sent: it was deleted")
+    detail: str
+
+
+# What the `end` event's data is: a client tells the two apart by `status` (Job) or `reason` (JobGone).
+StreamEnd = Job | JobGone

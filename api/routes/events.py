@@ -4,12 +4,15 @@ Wire format (one block per event; `id` is the job_events seq, gap-free per job):
 
     event: progress | status        id: <seq>      data: {"seq", "kind", "stage", "fraction",
                                                           "step", "metrics", "status", ...}
-    event: end                      id: <last seq> data: the job, as GET /v1/jobs/{id}
+    event: end                      id: <last seq> data: the job, as GET /v1/jobs/{id}; or, if
+                                                   its row was deleted meanwhile, a JobGone
+                                                   {"id", "reason": "deleted", "detail"}
 
-`end` closes the stream. A client that reconnects with `Last-Event-ID: N` (or `?after=N`)
-gets the events with seq > N exactly once; a client arriving after the job ended gets the
-whole history, then `end`. `: ping` comments keep idle connections open through proxies.
-The replay/live/dedupe logic lives in api/event_bus.py; this module only reads rows.
+`end` closes the stream; /openapi.json declares every block (SSE_ITEM_SCHEMA). A client that
+reconnects with `Last-Event-ID: N` (or `?after=N`) gets the events with seq > N exactly once; a
+client arriving after the job ended gets the whole history, then `end`. `: ping` comments keep
+idle connections open through proxies. The replay/live/dedupe logic lives in api/event_bus.py;
+this module only reads rows.
 """
 from __future__ import annotations
 
@@ -104,9 +107,42 @@ def _sse(event: str, data: Any, event_id: int | None) -> bytes:
                             id=None if event_id is None else str(event_id))
 
 
+def _json_data(schema: dict[str, Any]) -> dict[str, Any]:
+    """An SSE `data` field that holds a JSON document of `schema`."""
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+_REF = "#/components/schemas/"
+# Every block the stream sends, described the way OpenAPI 3.2 describes text/event-stream items:
+# one object per block with its `event`, `id` and `data`, the JSON inside `data` given by
+# contentSchema. The document is OpenAPI 3.1.0, whose Media Type object admits no `itemSchema`
+# (openapi-spec-validator and openapi-generator refuse the document), so it is published under
+# the extension name `x-itemSchema`. tests/live/test_event_stream_contract.py checks real
+# streams against it, `end` after a deleted job included.
+SSE_ITEM_SCHEMA: dict[str, Any] = {"oneOf": [
+    {"title": "JobEventItem", "type": "object", "required": ["event", "id", "data"], "properties": {
+        "event": {"type": "string", "enum": ["progress", "status"], "description": "the event's kind"},
+        "id": {"type": "string", "description": "the event's seq; send it as Last-Event-ID to resume after it"},
+        "data": _json_data({"$ref": _REF + "Event"})}},
+    {"title": "EndItem", "type": "object", "required": ["event", "id", "data"], "properties": {
+        "event": {"type": "string", "const": "end", "description": "the last block: the stream closes"},
+        "id": {"type": "string", "description": "the seq of the last event sent"},
+        "data": _json_data({"anyOf": [{"$ref": _REF + "Job"}, {"$ref": _REF + "JobGone"}],
+                            "description": "the job as getJob returns it; JobGone if it was deleted meanwhile"})}},
+    {"title": "RetryItem", "type": "object", "required": ["retry"], "properties": {
+        "retry": {"type": "integer", "minimum": 0, "description": "milliseconds to wait before reconnecting"}}},
+]}
+
+
+def _gone(job_id: str) -> dict[str, Any]:
+    return schemas.JobGone(id=job_id, reason="deleted",
+                           detail=f"job {job_id} was deleted while its events were followed").model_dump(mode="json")
+
+
 _EVENTS_DOC = """A job's events, oldest first: `progress` and `status` events, then `end` (data: the job, as
-getJob returns it) which closes the stream. Each event's SSE `id` is its seq: reconnect with
-`Last-Event-ID` (or `?after=`) to get exactly the events you missed. `Accept: application/json`
+getJob returns it, or a JobGone if the job was deleted meanwhile) which closes the stream. Each
+event's SSE `id` is its seq: reconnect with `Last-Event-ID` (or `?after=`) to get exactly the
+events you missed. `Accept: application/json`
 or `?format=json` returns the history so far as a JSON list instead."""
 
 
@@ -116,7 +152,8 @@ or `?format=json` returns the history so far as a JSON list instead."""
                              # JSON first: generated clients type the response by its first media type.
                              "content": {"application/json": {"schema": {
                                              "type": "array", "items": {"$ref": "#/components/schemas/Event"}}},
-                                         "text/event-stream": {"schema": {"type": "string"}}}},
+                                         "text/event-stream": {"schema": {"type": "string"},
+                                                               "x-itemSchema": SSE_ITEM_SCHEMA}}},
                        **contract.problems(401, 404, 422)})
 async def job_events(job_id: str, request: Request,
                      format: str | None = Query(None, description="json: the history as a JSON list"),
@@ -154,7 +191,7 @@ async def job_events(job_id: str, request: Request,
             # after RETRY_MS with Last-Event-ID and misses nothing.
             log.warning("event stream of %s closed, database unavailable: %s", job_id, str(exc).splitlines()[0][:200])
             return
-        yield _sse("end", final or {"id": job_id, "status": "deleted"}, last)
+        yield _sse("end", final if final is not None else _gone(job_id), last)
 
     # StreamingResponse cancels the generator when the client disconnects, which closes the
     # subscription (event_bus.follow's finally).

@@ -122,6 +122,11 @@ export class JobView {
       this.setStatus(data.status);
       if (data.error) this.showJobError(data.error);
     } else if (event === "end") {
+      if (data.reason) { // JobGone: the job was deleted while followed; no final state to show
+        this.setStatus(data.reason);
+        $("j-cancel").disabled = true;
+        return;
+      }
       const job = data.job || data;
       this.setStatus(job.status);
       this.finish(job);
