@@ -36,6 +36,7 @@ _WHY = {
     503: "database or job queue unreachable; retry after Retry-After seconds",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+_CONTENT_RANGE = {"Content-Range": {"description": "bytes */<size>: the file's size", "schema": {"type": "string"}}}
 
 
 def problem(status: int | str, description: str | None = None) -> dict[str, Any]:
@@ -45,6 +46,8 @@ def problem(status: int | str, description: str | None = None) -> dict[str, Any]
                            "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}}}
     if code in (429, 503):
         out["headers"] = _RETRY_AFTER
+    elif code == 416:  # routes/jobs.py sends it with every 416
+        out["headers"] = _CONTENT_RANGE
     return out
 
 

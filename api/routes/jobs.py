@@ -204,7 +204,9 @@ _ARTIFACT_MEDIA_TYPES = ("application/octet-stream", "application/gzip", "applic
                              "headers": {"ETag": {"description": "the file's sha256 in quotes",
                                                   "schema": {"type": "string"}}}},
                        206: {"description": "the requested byte range",
-                             "content": {t: _BINARY for t in _ARTIFACT_MEDIA_TYPES}},
+                             "content": {t: _BINARY for t in _ARTIFACT_MEDIA_TYPES},
+                             "headers": {"Content-Range": {"description": "bytes <start>-<end>/<size>",
+                                                           "schema": {"type": "string"}}}},
                        **contract.problems(401, 404, 416)})
 def download_artifact(job_id: str, name: str, request: Request, db: Session = Depends(get_db),
                       store: ArtifactStore = Depends(get_store), tenant: str = Depends(get_tenant)):
@@ -216,35 +218,46 @@ def download_artifact(job_id: str, name: str, request: Request, db: Session = De
         raise Problem(404, f"job {job_id} has no artifact named {name!r}", slug="not-found")
     filename = name.rsplit("/", 1)[-1]
     headers = {"ETag": f'"{a.sha256}"'} if a.sha256 else {}
+    span = _requested_range(request.headers.get("range"), a.size_bytes)
     local = store.local_path(a.storage_key)
-    if local is not None:  # Starlette answers Range requests (206/416) for files on disk
+    if local is not None:  # Starlette serves the one range checked above (206) for files on disk
         return FileResponse(local, media_type=a.media_type, filename=filename, headers=headers)
-    return _stream_remote(store, a, filename, headers, request.headers.get("range"))
+    return _stream_remote(store, a, filename, headers, span)
+
+
+def _requested_range(range_header: str | None, size: int) -> tuple[int, int] | None:
+    """The one `bytes=start-[end]` or `bytes=-suffix` range asked for, as (start, end) inclusive;
+    None without a Range header. Anything else is the documented 416 problem+json, for files on
+    disk too: Starlette's FileResponse alone would answer a malformed range with a text/plain 400,
+    an unsatisfiable one with a text/plain 416, and several with multipart/byteranges, none of
+    which the document declares (tests/service/test_artifact_ranges.py)."""
+    if not range_header:
+        return None
+    m = _RANGE.match(range_header.strip())
+    if m is None or (m.group(1) == "" and m.group(2) == ""):
+        raise Problem(416, f"Range: only one 'bytes=start-[end]' range is supported, got {range_header!r}",
+                      slug="range-not-satisfiable", headers={"Content-Range": f"bytes */{size}"})
+    if m.group(1) == "":  # bytes=-N: the last N bytes
+        start, end = max(0, size - int(m.group(2))), size - 1
+    else:
+        start = int(m.group(1))
+        end = min(size - 1, int(m.group(2))) if m.group(2) else size - 1
+    if start > end or start >= size:
+        raise Problem(416, f"Range: {range_header!r} is outside the file's {size} bytes",
+                      slug="range-not-satisfiable", headers={"Content-Range": f"bytes */{size}"})
+    return start, end
 
 
 def _stream_remote(store: ArtifactStore, a: Artifact, filename: str, headers: dict[str, str],
-                   range_header: str | None) -> StreamingResponse:
-    """A file in a remote store, streamed in chunks; a single `bytes=N-[M]` range resumes a download."""
+                   span: tuple[int, int] | None) -> StreamingResponse:
+    """A file in a remote store, streamed in chunks; a range (`span`) resumes a download."""
     size = a.size_bytes
     headers = {**headers, "Content-Disposition": f'attachment; filename="{filename}"', "Accept-Ranges": "bytes"}
-    start, end = 0, size - 1
-    if range_header:
-        m = _RANGE.match(range_header.strip())
-        if m is None or (m.group(1) == "" and m.group(2) == ""):
-            raise Problem(416, f"Range: only one 'bytes=start-[end]' range is supported, got {range_header!r}",
-                          slug="range-not-satisfiable", headers={"Content-Range": f"bytes */{size}"})
-        if m.group(1) == "":  # bytes=-N: the last N bytes
-            start = max(0, size - int(m.group(2)))
-        else:
-            start = int(m.group(1))
-            end = min(end, int(m.group(2))) if m.group(2) else end
-        if start > end or start >= size:
-            raise Problem(416, f"Range: {range_header!r} is outside the file's {size} bytes",
-                          slug="range-not-satisfiable", headers={"Content-Range": f"bytes */{size}"})
+    start, end = span if span is not None else (0, size - 1)
     length = end - start + 1
     headers["Content-Length"] = str(length)
     status = 200
-    if range_header:
+    if span is not None:
         headers["Content-Range"], status = f"bytes {start}-{end}/{size}", 206
     return StreamingResponse(store.iter_range(a.storage_key, start, length), status_code=status,
                              media_type=a.media_type, headers=headers)
