@@ -6,9 +6,11 @@ the old enum fails to parse the new value), or no longer promising a value: a fi
 be null, or that was required and no longer is (a typed client reads it as always there); a
 request (body or parameter) gaining a required field or losing one it accepted, refusing a type
 (null included: a field that was nullable and no longer is) or an enum value a client may send,
-or a field that took any value now limited to some types. Added fields, operations, optional
-parameters, request enum values, a request field becoming nullable and a response field no
-longer null are not breaking.
+or a field that took any value now limited to some types. A union of named schemas compares
+each with its namesake (an answer gaining one breaks). An event stream's declared blocks
+(x-itemSchema) are answers: a new kind of block breaks, and each block's data is compared like a
+response. Added fields, operations, optional parameters, request enum values, a request field
+becoming nullable and a response field no longer null are not breaking.
 """
 from __future__ import annotations
 
@@ -142,6 +144,48 @@ def _compare_schema(old_doc: dict, new_doc: dict, old: dict, new: dict, where: s
     for part, suffix in (("items", "[]"), ("additionalProperties", "{}")):
         if isinstance(old.get(part), dict) and isinstance(new.get(part), dict):
             _compare_schema(old_doc, new_doc, old[part], new[part], f"{where}{suffix}", direction, seen, out)
+    # A union of named schemas (e.g. the stream's end: Job | JobGone): each one is compared with
+    # its namesake; an answer that may be a new one, or a request refusing one, breaks clients.
+    old_alts, new_alts = _named_alternatives(old), _named_alternatives(new)
+    for name in sorted(old_alts.keys() & new_alts.keys()):
+        _compare_schema(old_doc, new_doc, old_alts[name], new_alts[name], f"{where}<{name}>", direction, seen, out)
+    if direction == "response" and old_alts:
+        out.extend(f"{where}: may now be a {name}" for name in sorted(new_alts.keys() - old_alts.keys()))
+    if direction == "request" and new_alts:
+        out.extend(f"{where}: no longer accepts a {name}" for name in sorted(old_alts.keys() - new_alts.keys()))
+
+
+def _named_alternatives(schema: dict) -> dict[str, dict]:
+    """{component name: $ref} of an anyOf/oneOf of two or more named schemas (null aside; a
+    single one with null is an optional field, which _unwrap handles)."""
+    alts = [a for a in schema.get("anyOf", []) + schema.get("oneOf", []) if a.get("type") != "null"]
+    if len(alts) < 2 or not all("$ref" in a for a in alts):
+        return {}
+    return {a["$ref"].rsplit("/", 1)[-1]: a for a in alts}
+
+
+def _sse_items(response: dict) -> dict[str, dict] | None:
+    """The blocks an event stream declares (x-itemSchema of text/event-stream, one oneOf
+    alternative per kind of block, named by its title), or None."""
+    items = response.get("content", {}).get("text/event-stream", {}).get("x-itemSchema")
+    return None if items is None else {alt.get("title", str(i)): alt for i, alt in enumerate(items.get("oneOf", [items]))}
+
+
+def _compare_sse_items(old_doc: dict, new_doc: dict, old: dict[str, dict], new: dict[str, dict], where: str,
+                       seen: set, out: list[str]) -> None:
+    # A block is an answer: a new kind of block is like a new enum value, and each field of a
+    # kind (the JSON in `data` by its contentSchema) is compared like a response field.
+    out.extend(f"{where}: a new kind of block {title}" for title in sorted(new.keys() - old.keys()))
+    for title in sorted(old.keys() & new.keys()):
+        old_props, new_props = old[title].get("properties", {}), new[title].get("properties", {})
+        for name, sub in old_props.items():
+            if name not in new_props:
+                out.append(f"{where} {title}.{name}: removed")
+                continue
+            new_sub = new_props[name]
+            if "contentSchema" in sub and "contentSchema" in new_sub:
+                sub, new_sub = sub["contentSchema"], new_sub["contentSchema"]
+            _compare_schema(old_doc, new_doc, sub, new_sub, f"{where} {title}.{name}", "response", seen, out)
 
 
 def _json_schema(response_or_body: dict) -> dict | None:
@@ -168,6 +212,12 @@ def breaking_changes(old_doc: dict, new_doc: dict) -> list[str]:
             if new_resp is None:
                 out.append(f"operation {op_id}: response {status} removed")
                 continue
+            old_items, new_items = _sse_items(old_resp), _sse_items(new_resp)
+            if old_items is not None:
+                if new_items is None:
+                    out.append(f"operation {op_id}: response {status} no longer declares its event stream's blocks")
+                else:
+                    _compare_sse_items(old_doc, new_doc, old_items, new_items, f"{op_id} {status}", seen, out)
             old_schema, new_schema = _json_schema(old_resp), _json_schema(new_resp)
             if old_schema is not None:
                 if new_schema is None:

@@ -278,6 +278,47 @@ def test_nullability_changes_that_keep_clients_working(old, new):
     assert breaking_changes(old, new) == []
 
 
+# ---------------------------------------------------------------- event streams (x-itemSchema)
+
+def _block(title: str, events: list[str], data: dict) -> dict:
+    return {"title": title, "type": "object", "required": ["event", "data"], "properties": {
+        "event": {"type": "string", "enum": events},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": data}}}
+
+
+def _stream(*blocks: dict) -> dict:
+    doc = _doc(_obj(s=STR))
+    doc["paths"]["/x"]["post"]["responses"]["200"]["content"]["text/event-stream"] = {
+        "schema": {"type": "string"}, "x-itemSchema": {"oneOf": list(blocks)}}
+    return doc
+
+
+OUT, IN = {"$ref": "#/components/schemas/Out"}, {"$ref": "#/components/schemas/In"}
+UNION = {"anyOf": [OUT, SUB]}
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    (_stream(_block("A", ["x"], OUT)), _stream(_block("A", ["x"], OUT), _block("B", ["y"], OUT)),
+     "op 200: a new kind of block B"),
+    (_stream(_block("A", ["x"], OUT)), _stream(_block("A", ["x", "y"], OUT)), "op 200 A.event: enum values ['y'] added"),
+    (_stream(_block("A", ["x"], UNION)),
+     _without(_stream(_block("A", ["x"], UNION)), "components", "schemas", "Sub", "properties", "note"),
+     "op 200 A.data<Sub>.note: removed"),
+    (_stream(_block("A", ["x"], UNION)), _stream(_block("A", ["x"], {"anyOf": [OUT, SUB, IN]})),
+     "op 200 A.data: may now be a In"),
+    (_stream(_block("A", ["x"], OUT)), _doc(_obj(s=STR)), "response 200 no longer declares its event stream's blocks"),
+])
+def test_event_stream_changes_that_break_clients(old, new, expected):
+    breaks = breaking_changes(old, new)
+    assert any(expected in b for b in breaks), breaks
+
+
+def test_an_unchanged_or_narrower_event_stream_keeps_clients_working():
+    assert breaking_changes(_stream(_block("A", ["x"], UNION)), _stream(_block("A", ["x"], UNION))) == []
+    assert breaking_changes(_stream(_block("A", ["x", "y"], OUT), _block("B", ["z"], OUT)),
+                            _stream(_block("A", ["x"], OUT))) == []
+
+
 def _schema_edit(doc: dict, edit) -> dict:
     doc = copy.deepcopy(doc)
     edit(doc["components"]["schemas"])
@@ -299,6 +340,8 @@ def _schema_edit(doc: dict, edit) -> dict:
      "listJobArtifacts 200.data[].size: no longer always present"),
     (lambda s: s["JobRequest"]["properties"].update(eval_dataset={"type": "string"}),
      "createJob request.eval_dataset: no longer accepts ['null']"),
+    (lambda s: s["JobGone"]["properties"].pop("detail"), "streamJobEvents 200 EndItem.data<JobGone>.detail: removed"),
+    (lambda s: s["Event"]["properties"]["kind"]["enum"].append("log"), "streamJobEvents 200 JobEventItem.data.kind"),
 ])
 def test_enum_changes_in_the_served_document(document, edit, expected):
     breaks = breaking_changes(document, _schema_edit(document, edit))
