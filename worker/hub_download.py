@@ -31,8 +31,10 @@ the worker waits on, calling `check` (the job's cancel/lease check) every `poll_
   back: the next attempt waits at least that long (earlier would only be refused again), the
   waits still adding up to no more than `retry_seconds`. When the hub asks for more than is left
   of it, the job fails at once saying so rather than sleeping past the operator's bound.
-  huggingface_hub itself retries a 429 (and a 5xx on its metadata calls) a few times before an
-  attempt fails, honouring a Retry-After in seconds; what reaches this loop is what it gave up on.
+- this loop is the only one that retries: the child stops huggingface_hub's own retries of those
+  statuses and connection errors (hub_fetch.use_one_retry_layer), which would otherwise sleep
+  unseen inside an attempt (up to 5 times, as long as each Retry-After asks) before this loop
+  even knew of a failure. So every wait is counted here, announced, and cut short by a cancel.
 """
 from __future__ import annotations
 
@@ -202,9 +204,10 @@ def download_revision(repo_id: str, revision: str, dest: Path, *, endpoint: str 
                 break
             left = max(retry_seconds - waited, 0.0)
             asked = retry_after_seconds(outcome.get("retry_after"))
+            header = outcome.get("retry_after_header") or "Retry-After"   # (or a 429's RateLimit reset)
             if asked is not None and asked > left:
                 raise CompressionError("model", f"could not download {where} from {hub} ({error}): the hub "
-                                       f"asked to wait {_seconds(asked)} before retrying (Retry-After), more than "
+                                       f"asked to wait {_seconds(asked)} before retrying ({header}), more than "
                                        f"the {_seconds(left)} left of the retry budget (VTRANS_HUB_RETRY_SECONDS="
                                        f"{retry_seconds:g}; raise it to wait that long), {no_copy}")
             # The doubling schedule, clipped so that the waits never add up past the budget (a
@@ -212,7 +215,7 @@ def download_revision(repo_id: str, revision: str, dest: Path, *, endpoint: str 
             wait = min(delays[attempt - 1], left)
             why = ""
             if asked is not None and asked > wait:
-                wait, why = asked, f", as the hub asked (Retry-After: {outcome['retry_after']})"
+                wait, why = asked, f", as the hub asked ({header}: {outcome['retry_after']})"
             waited += wait
             note(f"waiting on {hub}: download attempt {attempt} of {attempts} failed ({error}); "
                  f"retrying in {_seconds(wait)}{why}")
