@@ -59,16 +59,28 @@ class Claim:
     attempt: int
 
 
+# A delivery this close before a job's retry_at still claims it: Celery fires an eta task by the
+# receiving worker's clock (a hair early at times, or a machine whose clock runs a little ahead).
+# A delivery refused as early is dropped; the reaper re-sends the job once it is overdue.
+RETRY_AT_SLACK = timedelta(seconds=1)
+
+
 def claim(db_url: str, job_id: str, worker_id: str, lease_seconds: float, max_attempts: int) -> Claim | None:
-    """Take the job if it is queued, or running on a lease that expired. None: someone else has it."""
+    """Take the job if it is queued (and its retry_at, if any, has come), or running on a lease
+    that expired. None: someone else has it, or it is not due yet. Attempts that ended by going
+    back to the queue to wait for the hub (`deferrals`) do not count against max_attempts: that
+    limit is about workers dying, and the hub waits have their own bounds (hub_download.py)."""
     now = utcnow()
     with session_scope(db_url) as s:
         stmt = (update(Job)
-                .where(Job.id == job_id, Job.cancel_requested.is_(False), Job.attempts < max_attempts,
-                       or_(Job.status == "queued", and_(Job.status == "running", Job.lease_expires_at < now)))
+                .where(Job.id == job_id, Job.cancel_requested.is_(False),
+                       Job.attempts - Job.deferrals < max_attempts,
+                       or_(and_(Job.status == "queued",
+                                or_(Job.retry_at.is_(None), Job.retry_at <= now + RETRY_AT_SLACK)),
+                           and_(Job.status == "running", Job.lease_expires_at < now)))
                 .values(status="running", worker_id=worker_id, attempts=Job.attempts + 1,
                         lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now,
-                        started_at=now, stage="load", progress=0.0)
+                        started_at=now, stage="load", progress=0.0, retry_at=None, wait_reason=None)
                 .returning(Job.attempts, Job.tenant_id)
                 .execution_options(synchronize_session=False))
         row = s.execute(stmt).first()
@@ -115,6 +127,26 @@ def note(db_url: str, claim_: Claim, message: str) -> bool:
             return False
         ev = add_event(s, claim_.job_id, claim_.tenant_id, "status", status="running", message=message,
                        attempt=claim_.attempt)
+    publish(claim_.job_id, [ev])
+    return True
+
+
+def defer(db_url: str, claim_: Claim, retry_at, reason: str, hub_state: dict) -> bool:
+    """End the attempt by sending the job back to the queue until `retry_at` (it waits for the
+    hub: a long wait must not hold a worker). The caller then sends its message with that eta;
+    the claim refuses any delivery before it. False when the attempt no longer owns the job or a
+    cancel was requested meanwhile (the caller ends it as cancelled instead)."""
+    now = utcnow()
+    with session_scope(db_url) as s:
+        row = s.execute(update(Job).where(_owned(claim_), Job.cancel_requested.is_(False))
+                        .values(status="queued", stage="hub-wait", worker_id=None, lease_expires_at=None,
+                                retry_at=retry_at, wait_reason=reason, hub_state=hub_state,
+                                deferrals=Job.deferrals + 1, updated_at=now)
+                        .returning(Job.id).execution_options(synchronize_session=False)).first()
+        if row is None:
+            return False
+        ev = add_event(s, claim_.job_id, claim_.tenant_id, "status", status="queued", stage="hub-wait",
+                       message=reason, attempt=claim_.attempt)
     publish(claim_.job_id, [ev])
     return True
 
@@ -169,10 +201,14 @@ def request_cancel(db_url: str, job_id: str, tenant_id: str) -> str | None:
     now = utcnow()
     with session_scope(db_url) as s:
         done = s.execute(update(Job).where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == "queued")
-                         .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now)
-                         .returning(Job.id).execution_options(synchronize_session=False)).first()
+                         .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now,
+                                 retry_at=None)
+                         .returning(Job.wait_reason).execution_options(synchronize_session=False)).first()
         if done:
-            ev = add_event(s, job_id, tenant_id, "status", status="cancelled", message="cancelled before it started")
+            # A job waiting in the queue for the hub (jobstore.defer) has run before: say what it was doing.
+            ev = add_event(s, job_id, tenant_id, "status", status="cancelled",
+                           message="cancelled while waiting to try the Hugging Face hub again" if done[0]
+                           else "cancelled before it started")
             webhooks.emit_job_status(s, job_id)
         else:
             flagged = s.execute(update(Job).where(Job.id == job_id, Job.tenant_id == tenant_id,
@@ -195,14 +231,14 @@ def reap(db_url: str, max_attempts: int, on_reaped=None) -> list[str]:
     now = utcnow()
     requeue, events = [], []
     with session_scope(db_url) as s:
-        expired = s.execute(select(Job.id, Job.tenant_id, Job.attempts, Job.cancel_requested)
+        expired = s.execute(select(Job.id, Job.tenant_id, Job.attempts, Job.cancel_requested, Job.deferrals)
                             .where(Job.status == "running", Job.lease_expires_at < now)).all()
-        for job_id, tenant, attempts, cancel in expired:
+        for job_id, tenant, attempts, cancel, deferrals in expired:
             if cancel:
                 values, msg = {"status": "cancelled", "finished_at": now}, "cancelled (its worker had stopped)"
-            elif attempts >= max_attempts:
+            elif attempts - (deferrals or 0) >= max_attempts:   # (attempts that waited for the hub: not deaths)
                 msg = (f"the worker running this job stopped reporting progress (lease expired) on "
-                       f"{attempts} attempts; giving up")
+                       f"{attempts - (deferrals or 0)} attempts; giving up")
                 values = {"status": "failed", "finished_at": now, "error": {"type": "WorkerLost", "message": msg}}
             else:
                 values, msg = {"status": "queued", "stage": None}, f"attempt {attempts} lost its worker; requeued"

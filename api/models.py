@@ -117,6 +117,13 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     event_seq: Mapped[int] = mapped_column(Integer, default=0)  # last job_events.seq handed out
+    # A job sent back to the queue to wait for the hub (migration 0007, jobstore.defer): no claim
+    # before retry_at; wait_reason is the API's waiting_reason meanwhile; hub_state carries the
+    # download attempts and waiting already used; deferrals do not count against max_attempts.
+    retry_at: Mapped[datetime | None] = mapped_column(default=None)
+    deferrals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    wait_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    hub_state: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)

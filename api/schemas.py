@@ -231,7 +231,7 @@ _JOB_EXAMPLE = {
     "request": {"model": _MODEL_ID, "dataset": _DATASET_ID, "method": "fast",
                 "budget": {"kind": "flops", "target": 0.5, "seq_len": 128}, "options": {"layout": "uniform"}},
     "metrics": None, "error": None, "attempts": 1, "cancel_requested": False, "queue": "cpu",
-    "waiting_reason": None, "artifacts": None}
+    "waiting_reason": None, "retry_at": None, "artifacts": None}
 
 
 class Job(ResponseModel):
@@ -239,7 +239,8 @@ class Job(ResponseModel):
     id: str
     status: JobStatus
     stage: str | None = Field(None, description="load, teacher, masks, prune, refine, finetune, evaluate, save; "
-                                                "done when succeeded")
+                                                "done when succeeded; hub-wait while queued to try the "
+                                                "Hugging Face hub again (see retry_at)")
     progress: float = Field(description="fraction of the whole run, 0..1, never decreasing")
     created_at: datetime
     updated_at: datetime
@@ -252,8 +253,12 @@ class Job(ResponseModel):
     cancel_requested: bool
     queue: str | None = Field(None, description="the worker queue the job was routed to (e.g. gpu, cpu); "
                                                 "null for jobs from before routing")
-    waiting_reason: str | None = Field(None, description="set while a queued job cannot start because no "
-                                                         "live worker consumes its queue (getJob and listJobs)")
+    waiting_reason: str | None = Field(None, description="set while a queued job cannot start: no live worker "
+                                                         "consumes its queue, or it waits to try the Hugging Face "
+                                                         "hub again (getJob and listJobs)")
+    retry_at: datetime | None = Field(None, description="set while a queued job waits until then to try the "
+                                                        "Hugging Face hub again (it refused or failed the model "
+                                                        "download for a while); waiting_reason says why")
     artifacts: list[Artifact] | None = Field(None, description="GET /v1/jobs/{id} only: the result files "
                                                                "(empty until the job succeeded); null in lists")
 

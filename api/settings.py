@@ -88,6 +88,11 @@ class Settings(BaseSettings):
     # wait. A definite answer (no such revision or repository, gated, 401/403) is never retried.
     hub_download_attempts: int = Field(default=5, ge=1)
     hub_retry_seconds: float = Field(default=600.0, ge=0)
+    # A wait for the hub longer than this does not hold the worker: the attempt ends and the job
+    # goes back to the queue until the wait is over (status queued, waiting_reason and retry_at
+    # say so), so a GPU worker runs other jobs meanwhile. Shorter waits are slept on the worker:
+    # a new attempt costs a fresh process, a claim and the download from the start.
+    hub_requeue_after_seconds: float = Field(default=30.0, ge=0)
 
     # Schedules and webhooks (issue #14), run by `vtrans scheduler` (and by `vtrans serve`).
     scheduler_interval_seconds: float = 5.0   # how often due schedules are looked for

@@ -97,7 +97,8 @@ class CompressionOptions:
     # --- faster: ranking and retraining-free reconstruction (importance.py, reconstruct.py) ---
     # null = the method's default (method_defaults). importance: "vib" (log alpha after mask-only
     # training), "fisher" (empirical Fisher per gate / its FLOPs, no mask training), "vib+fisher"
-    # (gates start at a log alpha set by their Fisher rank, then mask-only training).
+    # (gates start at a log alpha set by their Fisher rank, then mask-only training). vtrans/fast
+    # take "vib" or "vib+fisher" (each mask round starts its gates by Fisher rank).
     importance: str | None = None
     gate_init: float | None = None   # faster, vib: starting log alpha of every gate (9: the dense model, noise ~1%)
     # after the cut: "scales" (Kwon's per-unit least-squares rescale), "weights" (refit the output
@@ -155,8 +156,9 @@ class CompressionOptions:
         if method != "faster" and "reconstruct" not in opts._explicit and opts.finetune_from != "dense":
             opts.reconstruct = "off"
         opts._check()
-        if method != "faster" and opts.importance != "vib":   # vtrans/fast rank by their VIB mask rounds
-            raise CompressionError("options.importance", f"is a `faster` option; {method} supports only 'vib'")
+        if method != "faster" and opts.importance not in ("vib", "vib+fisher"):   # vtrans/fast rank by their VIB rounds
+            raise CompressionError("options.importance", f"{method} ranks by its VIB mask rounds: 'vib' or 'vib+fisher' "
+                                                         f"(gates started by their Fisher rank), got {opts.importance!r}")
         if method != "faster" and opts.reconstruct != "off" and opts.finetune_from != "dense":
             # the refit targets the dense model's outputs from the dense model's sliced weights
             raise CompressionError("options.reconstruct", f"{method} reconstructs only with finetune_from 'dense'")

@@ -5,6 +5,7 @@ so a redelivered or duplicated message is harmless (see api/jobstore.claim).
 """
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 
 from celery import Celery
@@ -59,8 +60,11 @@ def job_queue(settings: Settings, job_id: str) -> str:
     return queue or settings.queue
 
 
-def send_job(settings: Settings, job_id: str, queue: str | None = None) -> None:
-    _app_for(settings.model_dump_json()).send_task(TASK_NAME, args=[job_id],
+def send_job(settings: Settings, job_id: str, queue: str | None = None, eta: datetime | None = None) -> None:
+    """`eta`: a job waiting in the queue until then (jobstore.defer). The worker that receives it
+    holds it unacknowledged until then without taking a slot (Celery counts eta tasks outside
+    the prefetch limit); the visibility timeout, above the longest job, is far above any hub wait."""
+    _app_for(settings.model_dump_json()).send_task(TASK_NAME, args=[job_id], eta=eta,
                                                    queue=queue or job_queue(settings, job_id))
 
 

@@ -31,8 +31,14 @@ the worker waits on, calling `check` (the job's cancel/lease check) every `poll_
   back: the next attempt waits at least that long (earlier would only be refused again), the
   waits still adding up to no more than `retry_seconds`. When the hub asks for more than is left
   of it, the job fails at once saying so rather than sleeping past the operator's bound.
-  huggingface_hub itself retries a 429 (and a 5xx on its metadata calls) a few times before an
-  attempt fails, honouring a Retry-After in seconds; what reaches this loop is what it gave up on.
+- this loop is the only one that retries: the child stops huggingface_hub's own retries of those
+  statuses and connection errors (hub_fetch.use_one_retry_layer), which would otherwise sleep
+  unseen inside an attempt (up to 5 times, as long as each Retry-After asks) before this loop
+  even knew of a failure. So every wait is counted here, announced, and cut short by a cancel.
+- a wait longer than `defer_after` is not slept here: HubDeferred ends the attempt, and the
+  runner sends the job back to the queue until then (jobstore.defer), so the worker (a GPU's)
+  runs other jobs meanwhile. `state` carries the attempts and waiting used into the next run,
+  so the bounds above hold for the job's download as a whole, however many runs it takes.
 """
 from __future__ import annotations
 
@@ -164,14 +170,29 @@ def _wait(seconds: float, check: Callable[[], None], poll_seconds: float) -> Non
         check()
 
 
+class HubDeferred(Exception):
+    """The next download attempt is `seconds` away, longer than the caller wants to wait holding
+    its worker: it should end the attempt and run the job again then (jobstore.defer), passing
+    `state` back to download_revision. `message` says why ("waiting on the hub: ...")."""
+
+    def __init__(self, seconds: float, message: str, state: dict):
+        super().__init__(message)
+        self.seconds, self.message, self.state = seconds, message, state
+
+
 def download_revision(repo_id: str, revision: str, dest: Path, *, endpoint: str | None = None,
                       cache_dir: str | Path | None = None, attempts: int = 1, retry_seconds: float = 0.0,
                       check: Callable[[], None] = lambda: None, note: Callable[[str], None] = lambda m: None,
-                      poll_seconds: float = 1.0) -> Path:
+                      poll_seconds: float = 1.0, defer_after: float | None = None,
+                      state: dict | None = None) -> Path:
     """The folder holding `repo_id` at commit `revision`: downloaded into `dest`, or the HF cache's
     snapshot of that commit when the hub cannot be used. Raises CompressionError("model", ...) with
     a message for the job's user when neither works (the runner reports it as the job's error),
-    and whatever `check` raises (the job was cancelled) with `dest` removed."""
+    and whatever `check` raises (the job was cancelled) with `dest` removed.
+
+    A wait longer than `defer_after` seconds raises HubDeferred instead of sleeping (None: every
+    wait is slept here). `state` is a HubDeferred's: the attempts and waiting an earlier run of
+    the job used, so `attempts` and `retry_seconds` bound the job's download as a whole."""
     from huggingface_hub import constants
 
     where = f"{repo_id!r} at revision {revision}"
@@ -182,10 +203,14 @@ def download_revision(repo_id: str, revision: str, dest: Path, *, endpoint: str 
         if cached is not None:
             return _checked(cached, where)
         raise CompressionError("model", f"could not download {where} from {hub} (HF_HUB_OFFLINE is set), {no_copy}")
-    delays, started, waited = retry_delays(attempts, retry_seconds), time.monotonic(), 0.0
+    state = state or {}
+    delays, waited = retry_delays(attempts, retry_seconds), float(state.get("waited") or 0.0)
+    started = float(state.get("started") or time.time())   # wall clock: it spans attempts, maybe machines
     try:
         check()
-        for attempt in range(1, max(attempts, 1) + 1):
+        # Continue the schedule where the earlier run left it (never past the last attempt: a
+        # lowered setting still gets the attempt this run was started for).
+        for attempt in range(min(int(state.get("attempts") or 0) + 1, max(attempts, 1)), max(attempts, 1) + 1):
             outcome = _fetch_in_child(repo_id, revision, dest, endpoint, check, poll_seconds)
             if outcome["ok"]:
                 return _checked(dest.resolve(), where)
@@ -202,9 +227,10 @@ def download_revision(repo_id: str, revision: str, dest: Path, *, endpoint: str 
                 break
             left = max(retry_seconds - waited, 0.0)
             asked = retry_after_seconds(outcome.get("retry_after"))
+            header = outcome.get("retry_after_header") or "Retry-After"   # (or a 429's RateLimit reset)
             if asked is not None and asked > left:
                 raise CompressionError("model", f"could not download {where} from {hub} ({error}): the hub "
-                                       f"asked to wait {_seconds(asked)} before retrying (Retry-After), more than "
+                                       f"asked to wait {_seconds(asked)} before retrying ({header}), more than "
                                        f"the {_seconds(left)} left of the retry budget (VTRANS_HUB_RETRY_SECONDS="
                                        f"{retry_seconds:g}; raise it to wait that long), {no_copy}")
             # The doubling schedule, clipped so that the waits never add up past the budget (a
@@ -212,15 +238,18 @@ def download_revision(repo_id: str, revision: str, dest: Path, *, endpoint: str 
             wait = min(delays[attempt - 1], left)
             why = ""
             if asked is not None and asked > wait:
-                wait, why = asked, f", as the hub asked (Retry-After: {outcome['retry_after']})"
+                wait, why = asked, f", as the hub asked ({header}: {outcome['retry_after']})"
             waited += wait
-            note(f"waiting on {hub}: download attempt {attempt} of {attempts} failed ({error}); "
-                 f"retrying in {_seconds(wait)}{why}")
+            message = (f"waiting on {hub}: download attempt {attempt} of {attempts} failed ({error}); "
+                       f"retrying in {_seconds(wait)}{why}")
             log.warning("%s: hub download attempt %d/%d failed (%s); retrying in %.1f s%s",
                         where, attempt, attempts, error, wait, why)
+            if defer_after is not None and wait > defer_after:
+                raise HubDeferred(wait, message, {"attempts": attempt, "waited": waited, "started": started})
+            note(message)
             _wait(wait, check, poll_seconds)
         raise CompressionError("model", f"could not download {where} from {hub}: still failing after {attempts} "
-                               f"attempts over {time.monotonic() - started:.0f} s (last error: {error}), {no_copy}")
+                               f"attempts over {time.time() - started:.0f} s (last error: {error}), {no_copy}")
     except BaseException:   # failed or cancelled: no partial model is left behind
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -250,4 +279,4 @@ def _checked(folder: Path, where: str) -> Path:
     return folder
 
 
-__all__ = ["ALLOW_PATTERNS", "IGNORE_PATTERNS", "download_revision", "retry_after_seconds", "retry_delays"]
+__all__ = ["ALLOW_PATTERNS", "IGNORE_PATTERNS", "HubDeferred", "download_revision", "retry_after_seconds", "retry_delays"]

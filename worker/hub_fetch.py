@@ -5,8 +5,10 @@ Run as `python -m worker.hub_fetch '<json>'` with {"repo", "revision", "dest", "
 torch, not the service), so it starts in well under a second. It writes its outcome to the
 `result` file as JSON: {"ok": true, "files": [...]} or {"ok": false, "kind", "type", "message",
 "status", "retry_after"}, `kind` saying what the parent should do with the failure (see
-classify()) and `retry_after` the raw Retry-After header of a 429/503 answer (or null), which the
-parent parses when it decides the wait (a date is measured against its clock then).
+classify()) and `retry_after` the raw Retry-After header of a 429/503 answer (or a 429's
+RateLimit reset in seconds, then with `retry_after_header`: "RateLimit reset"; null when none), which the parent
+parses when it decides the wait (a date is measured against its clock then). The child retries
+nothing itself, nor lets huggingface_hub do so (use_one_retry_layer()).
 
 Why a process of its own: the parent must be able to stop a multi-GB transfer the moment the job
 is cancelled, and only a process can be stopped at any instant (a thread cannot be killed and
@@ -24,7 +26,7 @@ import time
 # because the package allows huggingface_hub versions built on requests, httpx or httpx2.
 TRANSIENT_NAMES = {"ConnectionError", "ConnectError", "ConnectTimeout", "TimeoutException", "Timeout",
                    "TimeoutError", "ReadTimeout", "NetworkError", "RemoteProtocolError", "ProtocolError",
-                   "ChunkedEncodingError", "ReadError", "WriteError"}
+                   "ChunkedEncodingError", "ReadError", "WriteError", "HubUnreachable"}
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 # The statuses RFC 9110 §10.2.3 gives Retry-After a meaning for when it comes with an error
 # ("too many requests", "unavailable, come back then"); on others the header is not about waiting.
@@ -55,6 +57,19 @@ def _retry_after(err: BaseException) -> str | None:
     if value is None:
         return None
     return str(value).strip()[:100] or None
+
+
+def _ratelimit_reset(err: BaseException) -> str | None:
+    """The seconds until the window resets, from a 429's RateLimit header when no request is left
+    (the IETF draft the hub follows: `"api";r=0;t=55`), read with huggingface_hub's own parser. It
+    honoured this itself before use_one_retry_layer() took its retries away, so the parent does now."""
+    try:
+        from huggingface_hub.utils import parse_ratelimit_headers
+
+        info = parse_ratelimit_headers(err.response.headers)
+    except Exception:   # no response or headers, or a parser that is not there
+        return None
+    return str(info.reset_in_seconds) if info is not None and info.remaining == 0 else None
 
 
 def classify(err: BaseException) -> dict:
@@ -88,10 +103,89 @@ def classify(err: BaseException) -> dict:
             kind = "transient"
         else:
             continue
+        retry_after, extra = _retry_after(e) if status in RETRY_AFTER_STATUS else None, {}
+        if retry_after is None and status == 429 and (reset := _ratelimit_reset(e)) is not None:
+            retry_after, extra = reset, {"retry_after_header": "RateLimit reset"}
         return {"kind": kind, "type": type(e).__name__, "message": first_line(e), "status": status,
-                "retry_after": _retry_after(e) if status in RETRY_AFTER_STATUS else None}
+                "retry_after": retry_after, **extra}
     return {"kind": kind, "type": type(err).__name__, "message": first_line(err), "status": _status(err),
             "retry_after": None}
+
+
+class HubAnswered(Exception):
+    """The hub answered a status worth retrying (408/429/5xx): raised at once, for the parent's
+    loop to decide the wait. `response` is kept for classify() (status, Retry-After)."""
+
+    def __init__(self, response) -> None:
+        detail = ""
+        try:
+            if int(response.headers.get("content-length", "-1")) in range(1, 65537):   # a short error page
+                response.read()
+                detail = str((response.json() or {}).get("error") or "")[:200]
+        except Exception:   # no JSON, a broken body: the status says enough
+            pass
+        finally:
+            response.close()
+        request = response.request
+        super().__init__(f"{response.status_code} {response.reason_phrase} for {request.method} {request.url}"
+                         + (f": {detail}" if detail else ""))
+        self.response = response
+
+
+class HubUnreachable(Exception):
+    """A connection refused/reset or a timeout before the hub answered; the transport's own error
+    is the __cause__ (classify() finds it there)."""
+
+
+def use_one_retry_layer() -> bool:
+    """Make the parent's loop the only one that retries (issue #14).
+
+    huggingface_hub (read in 2.4) retries underneath, in its shared HTTP client's callers: http_backoff
+    (the file listing, and the second HEAD pass hf_hub_download makes after a failed one) retries
+    408/429/500/502/503/504, timeouts and network errors 5 times, sleeping 1, 2, 4, 8, 8 s, or a
+    429's RateLimit reset / any Retry-After in seconds + 1 s; the transfer's GET retries 408/429
+    the same way, and a connection error when it opens restarts it up to 5 times. Each such sleep
+    is invisible to the parent: with Retry-After: 120 one attempt could sleep 10 minutes in here
+    before the parent's own wait, outside VTRANS_HUB_RETRY_SECONDS and its cancel polling.
+
+    There is no setting to turn that off, but the client is the documented extension point
+    (huggingface_hub.set_client_factory, "customize the httpx Client"): ours answers those
+    statuses and transport errors by raising an exception none of those callers retries, so one
+    request fails one attempt at once and the parent decides the wait. The library's own client
+    configuration is copied (its request hook: offline check, request ids; redirects; timeouts).
+    Left as it is: a connection that breaks while a file's body is streaming is resumed from the
+    byte it reached after 1 s (http_get; it gives up after 5 breaks in a row without a new byte);
+    ending the attempt there would cost the file so far and the parent's longer wait for a blip.
+    False (nothing changed) with a huggingface_hub whose client is not an httpx one."""
+    import huggingface_hub
+
+    if not hasattr(huggingface_hub, "set_client_factory"):
+        return False
+    default = huggingface_hub.get_session()
+    base = type(default)
+    httpx = sys.modules.get(base.__module__.split(".")[0])
+    if httpx is None or not hasattr(httpx, "TransportError") or not hasattr(base, "send"):
+        return False
+    retried = TRANSIENT_STATUS
+    # What huggingface_hub's callers retry (its _DEFAULT_RETRY_ON_EXCEPTIONS, and http_get's list);
+    # other transport errors (a proxy refusing, an unsupported URL) it raises as they are.
+    unreachable = tuple(getattr(httpx, name) for name in ("TimeoutException", "NetworkError", "RemoteProtocolError")
+                        if hasattr(httpx, name))
+
+    class OneAttemptClient(base):
+        def send(self, request, *args, **kwargs):
+            try:
+                response = super().send(request, *args, **kwargs)
+            except unreachable as err:
+                raise HubUnreachable(f"{type(err).__name__}: {err}") from err
+            if response.status_code in retried:
+                raise HubAnswered(response)
+            return response
+
+    hooks = {kind: list(fns) for kind, fns in default.event_hooks.items()}
+    options = {"event_hooks": hooks, "follow_redirects": default.follow_redirects, "timeout": default.timeout}
+    huggingface_hub.set_client_factory(lambda: OneAttemptClient(**options))
+    return True
 
 
 def fetch(repo: str, revision: str, dest: str, endpoint: str | None, allow: list[str], ignore: list[str]) -> list[str]:
@@ -126,6 +220,7 @@ def main(argv: list[str]) -> int:
     args = json.loads(argv[0])
     threading.Thread(target=_exit_with_parent, daemon=True).start()
     try:
+        use_one_retry_layer()
         files = fetch(args["repo"], args["revision"], args["dest"], args.get("endpoint"),
                       args["allow"], args["ignore"])
         outcome = {"ok": True, "files": files}

@@ -22,7 +22,7 @@ from vtrans_core.errors import CompressionCancelled, CompressionError
 from .checkpoints import StoreCheckpoint
 from .events import note
 from .heartbeat import Heartbeat
-from .hub_download import download_revision
+from .hub_download import HubDeferred, download_revision
 from .model_card import HUB_ID, Source, model_card, model_name_for_upload
 
 log = logging.getLogger("vtrans.worker")
@@ -125,7 +125,9 @@ def _inputs(settings: Settings, store: ArtifactStore, job: Job, work: Path,
         model_arg = str(download_revision(job.model, revision, work / "hub-model", check=check, note=note,
                                           attempts=settings.hub_download_attempts,
                                           retry_seconds=settings.hub_retry_seconds,
-                                          poll_seconds=settings.cancel_check_seconds))
+                                          poll_seconds=settings.cancel_check_seconds,
+                                          defer_after=settings.hub_requeue_after_seconds,
+                                          state=job.hub_state))
 
     def data_path(ds: Dataset | None, ref: str | None, folder: str) -> str | None:
         if ds is None:
@@ -201,19 +203,56 @@ def _package(settings: Settings, store: ArtifactStore, job: Job, result: Any, wo
     return rows
 
 
+def _defer(settings: Settings, claim: jobstore.Claim, progress: Progress, wait: HubDeferred) -> str:
+    """End the attempt, the job queued again until the hub's wait is over (jobstore.defer), then
+    tell the broker to deliver it then. A cancel that came meanwhile ends it as cancelled."""
+    from datetime import timedelta
+
+    from api.models import utcnow
+
+    from .celery_app import send_job
+
+    retry_at = utcnow() + timedelta(seconds=wait.seconds)
+    reason = (f"{wait.message}; the job waits in the queue meanwhile, its worker free for other jobs, "
+              f"and is tried again at {retry_at:%Y-%m-%d %H:%M:%S} UTC")
+    try:
+        deferred = jobstore.defer(settings.db_url, claim, retry_at, reason, _jsonable(wait.state))
+    except DB_DOWN:   # the lease runs out and the reaper requeues it: the hub is tried again sooner, no harm
+        log.warning("job %s: could not record the wait for the hub (database unreachable)", claim.job_id)
+        return "lost"
+    if not deferred:
+        try:
+            progress.poll()   # why not: a cancel (raises CompressionCancelled) or a lost lease
+        except CompressionCancelled as stop:
+            if isinstance(stop, LeaseLost):
+                return "lost"
+            _finish(settings, claim, "cancelled", message="cancelled while waiting for the Hugging Face hub")
+            return "cancelled"
+        return "lost"
+    log.warning("job %s: %s", claim.job_id, reason)
+    try:
+        # eta = the row's retry_at, from the same clock: the delivery is due exactly when the claim accepts it.
+        send_job(settings, claim.job_id, eta=retry_at)
+    except Exception:   # the row is the truth: the reaper re-sends a due queued job whose message is lost
+        log.exception("job %s: message for the retry at %s not sent; the reaper will send it", claim.job_id, retry_at)
+    return "deferred"
+
+
 def _ended(checkpoint: StoreCheckpoint | None) -> None:
     if checkpoint is not None:
         checkpoint.remove()
 
 
 def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStore | None = None) -> str:
-    """Returns what happened: skipped (not ours to run), succeeded, failed, cancelled or lost."""
+    """Returns what happened: skipped (not ours to run), succeeded, failed, cancelled, lost, or
+    deferred (queued again to wait for the hub, worker released)."""
     # Import torch & co. before claiming, so the lease clock does not run during a slow import.
     from vtrans_core import compress
 
     claim = jobstore.claim(settings.db_url, job_id, worker_id, settings.lease_seconds, settings.max_attempts)
     if claim is None:
-        log.info("job %s: not claimable (already taken, finished or cancelled); duplicate delivery ignored", job_id)
+        log.info("job %s: not claimable (already taken, finished, cancelled, or waiting for the hub until "
+                 "later); duplicate delivery ignored", job_id)
         return "skipped"
     store = store or ArtifactStore(settings.artifacts)
     prefix = f"jobs/{job_id}/attempt-{claim.attempt}"
@@ -247,6 +286,13 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
             return "lost"
         _ended(checkpoint)
         return "succeeded"
+    except HubDeferred as wait:   # a long wait for the hub: in the queue, not on this worker
+        store.delete_prefix(prefix)
+        heartbeat.stop()
+        outcome = _defer(settings, claim, progress, wait)
+        if outcome == "cancelled":
+            _ended(checkpoint)   # (an earlier attempt's, if the job had got further before)
+        return outcome
     except LeaseLost:   # the checkpoint stays: the attempt that owns the job now may be using it
         heartbeat.stop()
         store.delete_prefix(prefix)

@@ -53,10 +53,11 @@ def reap_once() -> list[str]:
 
 def _stale_queued(settings) -> list[str]:
     """Queued jobs untouched for resend_queued_after_seconds; their updated_at is bumped by a
-    conditional UPDATE, so only one reaper re-sends each and only once per period."""
+    conditional UPDATE, so only one reaper re-sends each and only once per period. A job waiting
+    for the hub (retry_at) counts from its retry time: before it, a message would only be refused."""
     from datetime import timedelta
 
-    from sqlalchemy import select, update
+    from sqlalchemy import or_, select, update
 
     from api.db import session_scope
     from api.models import Job, utcnow
@@ -64,9 +65,10 @@ def _stale_queued(settings) -> list[str]:
     now = utcnow()
     cutoff = now - timedelta(seconds=settings.resend_queued_after_seconds)
     with session_scope(settings.db_url) as s:
-        ids = s.scalars(select(Job.id).where(Job.status == "queued", Job.updated_at < cutoff).limit(100)).all()
+        stale = (Job.status == "queued", Job.updated_at < cutoff, or_(Job.retry_at.is_(None), Job.retry_at < cutoff))
+        ids = s.scalars(select(Job.id).where(*stale).limit(100)).all()
         return [job_id for job_id in ids if s.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued", Job.updated_at < cutoff)
+            update(Job).where(Job.id == job_id, *stale)
             .values(updated_at=now).returning(Job.id).execution_options(synchronize_session=False)).first()]
 
 

@@ -32,7 +32,12 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 def job_out(job: Job, artifacts: list[Artifact] | None = None, waiting: str | None = None) -> schemas.Job:
     """The one serializer of a job (GET, lists, cancel, the SSE `end` event)."""
-    return schemas.Job(queue=job.queue, waiting_reason=waiting,
+    # A job queued again to wait for the hub (jobstore.defer) says so; once its time has come, a
+    # missing worker for its queue is the reason that matters.
+    retry_at = job.retry_at if job.status == "queued" else None
+    if retry_at is not None and job.wait_reason and (waiting is None or retry_at > utcnow()):
+        waiting = job.wait_reason
+    return schemas.Job(queue=job.queue, waiting_reason=waiting, retry_at=retry_at,
         id=job.id, status=job.status, stage=job.stage, progress=job.progress, created_at=job.created_at,
         updated_at=job.updated_at, started_at=job.started_at, finished_at=job.finished_at,
         request=schemas.JobRequestEcho.model_validate(job.request), metrics=job.metrics,

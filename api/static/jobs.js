@@ -112,7 +112,8 @@ export class JobsView {
         el("td", {}, String(field(job, "method") ?? "-")),
         el("td", {}, budgetText(job)),
         el("td", {}, el("span", { class: `badge ${job.status}`, title: job.waiting_reason || "" },
-          job.waiting_reason ? `${job.status} (no worker)` : job.status)),
+          !job.waiting_reason ? job.status : job.retry_at && !job.waiting_reason.startsWith("waiting for a worker")
+            ? `${job.status} (hub wait)` : `${job.status} (no worker)`)),
         el("td", {}, el("div", { class: "pcell" }, progressBar(pct, job.status),
           el("span", { class: "muted" }, `${Math.round(pct * 100)}%`)))));
     }

@@ -94,6 +94,7 @@ def test_faster_options_are_checked():
     with pytest.raises(CompressionError) as err:
         CompressionOptions.parse({"importance": "fisher"}, "vtrans")
     assert err.value.field == "options.importance"
+    assert CompressionOptions.parse({"importance": "vib+fisher"}, "fast").importance == "vib+fisher"
     with pytest.raises(CompressionError):
         CompressionOptions.parse({"calibration_rows": 0}, "faster")
 
@@ -125,3 +126,37 @@ def test_faster_end_to_end_with_each_ranking(tiny_model_dir, tiny_dataset_csv, t
         assert info["reconstruct"]["applied"] is False
     else:   # applied, or skipped with the reason
         assert info["reconstruct"]["applied"] or info["reconstruct"]["reason"]
+
+
+def test_vtrans_rounds_start_gates_by_fisher_rank(tiny_model_dir, tiny_dataset_csv):
+    """importance "vib+fisher" for vtrans/fast: a round's gates start at log alpha 1..6 by Fisher
+    rank, so dead units start lowest (closest to the cut) instead of every gate at 9."""
+    from types import SimpleNamespace
+
+    from vtrans_core.budget import Budget
+    from vtrans_core.methods.vtrans import fisher_start
+
+    model, enc = _setup(tiny_model_dir, tiny_dataset_csv)
+    with torch.no_grad():
+        model.bert.encoder.layer[0].output.dense.weight[:, :8] = 0.0     # 8 dead neurons in layer 0
+    pm = PrunableModel(model, structures=("heads", "ffn"), layout="per_layer")
+    opts = CompressionOptions.parse({"importance": "vib+fisher", "fisher_rows": 32}, "vtrans")
+    ctx = SimpleNamespace(budget=Budget("flops", 0.6, 32), options=opts, enc_train=enc, device="cpu",
+                          loss_fn=None, info={})
+    fisher_start(ctx, pm, 1)
+    la = pm.masks["ffn"].log_alpha()
+    assert float(la.min()) == pytest.approx(1.0, abs=1e-4) and float(la.max()) <= 6.0 + 1e-4
+    assert torch.all(la[0, :8] < la[0, 8:].min())            # the dead neurons start lowest
+    assert torch.allclose(pm.masks["ffn"].mu, torch.ones_like(pm.masks["ffn"].mu))   # dense at the start
+    assert ctx.info["fisher_rounds"] == [1] and ctx.info["fisher_rows"] == 32
+
+
+def test_fast_with_fisher_started_rounds_end_to_end(tiny_model_dir, tiny_dataset_csv, tmp_path):
+    from vtrans_core import compress
+
+    opts = {"importance": "vib+fisher", "mask_steps": 4, "prune_rounds": 2, "finetune_steps": 2, "latency_runs": 1,
+            "round_to": 4, "fast_min_examples": 32, "fisher_rows": 16, "calibration_rows": 32}
+    m = compress(tiny_model_dir, tiny_dataset_csv, {"kind": "flops", "target": 0.6}, "fast", opts,
+                 tmp_path / "out").metrics
+    assert m["flops_fraction"] <= 0.61
+    assert m["method_info"]["fisher_rounds"] == [1, 2] and m["options"]["importance"] == "vib+fisher"

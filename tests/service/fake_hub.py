@@ -24,7 +24,11 @@ Outages and slow links, per repo, with PUT /_fake/faults/{org}/{name}:
   retry has to bridge, without a test waiting out the client's backoff.
 - {"status": 403, "count": -1, "every": true, "code": "GatedRepo"}: every request of the repo
   answers that (with that X-Error-Code): a definite refusal.
+- with "kinds": a list of "tree" (the listing), "info", "head" (a file's metadata), "transfer":
+  the status answers those requests only (huggingface_hub would retry the metadata ones itself,
+  had the worker not taken that away: tests count the requests to show it did).
 - a status fault with "retry_after": "2" (or an HTTP date) also sends that Retry-After header;
+  with "ratelimit_reset": N, the hub's RateLimit header saying no request is left for N s;
   with "retry_after_in": N, an HTTP date N s after the answer (a date fixed in advance may be
   past by the time a slow client gets its answer). The entry's `retry_after`: the value sent.
 - {"hang": true}: every request of the repo is read and never answered (a hub stuck behind a
@@ -127,7 +131,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             return self._send(404, {"error": "not found"})
         entry = self._record(path, repo, rev, **({"kind": "tree"} if kind == "tree" else {}))
-        if self._fault(repo, entry, transfer=False):
+        if self._fault(repo, entry, kind):
             return
         sha, error = self._commit(repo, rev)
         if error:
@@ -147,7 +151,7 @@ class Handler(BaseHTTPRequestHandler):
     def _resolve(self, path: str, parts: list[str]) -> None:
         repo, rev, name = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
         entry = self._record(path, repo, rev, file=name)
-        if self._fault(repo, entry, transfer=self.command == "GET"):
+        if self._fault(repo, entry, "transfer" if self.command == "GET" else "head"):
             return
         sha, error = self._commit(repo, rev)
         if error:
@@ -179,7 +183,7 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):   # the client went away (a cancelled job)
             self.close_connection = True
 
-    def _fault(self, repo: str, entry: dict, transfer: bool) -> bool:
+    def _fault(self, repo: str, entry: dict, kind: str) -> bool:
         """Answer with the repo's fault status instead, if one applies to this request (and count
         it); the request's entry in REQUESTS gets `fault`: the status sent."""
         with LOCK:
@@ -196,7 +200,8 @@ class Handler(BaseHTTPRequestHandler):
             entry["closed"] = time.time()
             return True
         with LOCK:
-            if not fault.get("status") or not (transfer or fault.get("every")) or fault.get("count", -1) == 0:
+            applies = kind in fault["kinds"] if fault.get("kinds") else kind == "transfer" or fault.get("every")
+            if not fault.get("status") or not applies or fault.get("count", -1) == 0:
                 return False
             if fault.get("count", -1) > 0:
                 fault["count"] -= 1
@@ -206,6 +211,9 @@ class Handler(BaseHTTPRequestHandler):
             headers["Retry-After"] = formatdate(time.time() + fault["retry_after_in"], usegmt=True)
         elif fault.get("retry_after") is not None:
             headers["Retry-After"] = str(fault["retry_after"])
+        if fault.get("ratelimit_reset") is not None:
+            headers["RateLimit"] = f'"api";r=0;t={fault["ratelimit_reset"]}'
+            headers["RateLimit-Policy"] = '"fixed window";"api";q=500;w=300'
         if "Retry-After" in headers:
             entry["retry_after"] = headers["Retry-After"]
         self._send(fault["status"], {"error": f"fake outage ({fault['status']})"}, headers)

@@ -106,11 +106,13 @@ def test_the_runner_downloads_a_hub_jobs_recorded_revision_and_only_then(tmp_pat
     monkeypatch.setattr(runner, "download_revision", lambda repo, rev, dest, **kw:
                         calls.append((repo, rev, dest)) or options.append(kw) or Path("/downloaded"))
     settings = types.SimpleNamespace(db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", hub_download_attempts=4,
-                                     hub_retry_seconds=30.0, cancel_check_seconds=0.5)
+                                     hub_retry_seconds=30.0, cancel_check_seconds=0.5, hub_requeue_after_seconds=7.0)
     sha = new_sha()
 
+    hub_state = {"attempts": 1, "waited": 40.0, "started": 1.0}   # an earlier run's (jobstore.defer)
+
     def job(revision):
-        return Job(id="job_x", model=REPO, dataset="tweet-sentiment",
+        return Job(id="job_x", model=REPO, dataset="tweet-sentiment", hub_state=hub_state,
                    request={"model": REPO, "model_source": {"ref": REPO, "name": None, "version": None,
                                                             "revision": revision}})
 
@@ -120,9 +122,9 @@ def test_the_runner_downloads_a_hub_jobs_recorded_revision_and_only_then(tmp_pat
     check = lambda: None
     assert runner._inputs(settings, None, job(sha), tmp_path / "w", notes.append, check)[0] == "/downloaded"
     assert calls == [(REPO, sha, tmp_path / "w" / "hub-model")] and sha in notes[0]
-    # The job's cancel check and the operator's retry settings reach the download.
+    # The job's cancel check, the operator's retry settings and the job's hub waits so far reach the download.
     assert options == [{"check": check, "note": notes.append, "attempts": 4, "retry_seconds": 30.0,
-                        "poll_seconds": 0.5}]
+                        "poll_seconds": 0.5, "defer_after": 7.0, "state": hub_state}]
 
     source = runner._source(settings.db_url, job(sha))
     assert source.model_name == REPO and source.hub_id == REPO and sha in source.model_label

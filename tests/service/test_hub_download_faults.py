@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 
 from vtrans_core.errors import CompressionCancelled, CompressionError
-from worker import hub_download
 from worker.hub_download import download_revision, retry_after_seconds
 from worker.hub_fetch import classify
 
 from . import fake_hub
 from .conftest import wait_for
-from .hub_fixtures import children, commit_files, hub, leftovers, new_sha  # noqa: F401 (hub: a fixture)
+from .hub_fixtures import children, commit_files, failed, hub, leftovers, new_sha, scripted  # noqa: F401 (hub: a fixture)
 
 NOW = 1_700_000_000.0   # Tue, 14 Nov 2023 22:13:20 GMT
 
@@ -69,28 +68,11 @@ def test_the_child_reports_the_retry_after_of_a_429_or_503_only():
     assert classify(ValueError("disk full?"))["retry_after"] is None
 
 
-def _scripted(monkeypatch, outcomes: list[dict]):
-    """download_revision with the child's outcomes scripted and the waits recorded, not slept."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub_download, "_from_cache", lambda *a: None)
-    monkeypatch.setattr(hub_download, "_fetch_in_child", lambda *a: outcomes.pop(0))
-    waits: list[float] = []
-    monkeypatch.setattr(hub_download, "_wait", lambda seconds, check, poll: waits.append(seconds))
-    return waits
-
-
-def _failed(status: int, retry_after: str | None = None) -> dict:
-    return {"ok": False, "kind": "transient", "type": "HfHubHTTPError", "status": status,
-            "message": f"{status} Server Error", "retry_after": retry_after}
-
-
 def test_retry_after_lengthens_a_wait_within_the_budget_and_fails_when_asked_for_more_than_is_left(
         monkeypatch, tmp_path):
     """4 attempts over 7 s: 1, 2, 4. A Retry-After of 3 makes the first wait 3 (4 s left), the
     second is the schedule's 2 (2 s left), then a Retry-After of 5 is more than is left: fail now."""
-    waits = _scripted(monkeypatch, [_failed(503, "3"), _failed(503), _failed(429, "5")])
+    waits = scripted(monkeypatch, [failed(503, "3"), failed(503), failed(429, "5")])
     notes = []
     with pytest.raises(CompressionError) as info:
         download_revision("acme/x", new_sha(), tmp_path / "dest", endpoint="http://hub.invalid", attempts=4,
@@ -107,7 +89,7 @@ def test_retry_after_lengthens_a_wait_within_the_budget_and_fails_when_asked_for
 
 def test_the_waits_never_add_up_past_the_budget_after_a_retry_after(monkeypatch, tmp_path):
     """3 attempts over 3 s: 1, 2. A Retry-After of 2 uses 2 of the 3 s: the next wait is the 1 s left."""
-    waits = _scripted(monkeypatch, [_failed(503, "2"), _failed(503), _failed(503)])
+    waits = scripted(monkeypatch, [failed(503, "2"), failed(503), failed(503)])
     with pytest.raises(CompressionError) as info:
         download_revision("acme/x", new_sha(), tmp_path / "dest", endpoint="http://hub.invalid", attempts=3,
                           retry_seconds=3)
@@ -125,9 +107,8 @@ def _gap_after_the_fault(requests: list[dict], repo: str) -> tuple[dict, dict]:
 
 @pytest.mark.parametrize("status", [429, 503])
 def test_a_retry_after_of_2_s_is_waited_out_then_the_download_succeeds(hub, tmp_path, status):
-    """The schedule alone would retry after 0.4 s. (huggingface_hub retries a 429 on a transfer
-    itself, honouring Retry-After: that 429 never reaches the worker's loop, the 503 does; either
-    way the hub must not see the retry before it said.)"""
+    """The schedule alone would retry after 0.4 s. Both reach the worker's loop (huggingface_hub
+    would have retried the 429 itself: hub_fetch.use_one_retry_layer stops it), which waits as asked."""
     repo, sha = f"acme/{secrets.token_hex(4)}", new_sha()
     fake_hub._add_commit(repo, sha, str(commit_files(tmp_path / "a", "commit-a")))
     fake_hub.FAULTS[repo] = {"status": status, "count": 1, "retry_after": "2"}
@@ -140,8 +121,8 @@ def test_a_retry_after_of_2_s_is_waited_out_then_the_download_succeeds(hub, tmp_
     faulted, retry = _gap_after_the_fault(hub.requests(), repo)
     assert faulted["fault"] == status
     assert retry["at"] - faulted["at"] >= 2.0, "the hub was asked again before its Retry-After"
-    if status == 503:
-        assert len(notes) == 1 and notes[0].endswith("retrying in 2 s, as the hub asked (Retry-After: 2)")
+    assert len(notes) == 1 and notes[0].endswith("retrying in 2 s, as the hub asked (Retry-After: 2)")
+    assert f"{status} " in notes[0]
 
 
 def test_a_retry_after_http_date_is_waited_for(hub, tmp_path):

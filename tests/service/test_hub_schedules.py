@@ -10,56 +10,18 @@ import json
 import secrets
 import sys
 import time
-import urllib.request
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import pytest
 from sqlalchemy import update
 
-from .automation import Clock, free_port, hook_settings, start_scheduler, tenants  # noqa: F401
+from .automation import Clock, hook_settings, start_scheduler, tenants  # noqa: F401
 from .conftest import settings_env, wait_for
+from .hub_fixtures import SHA_1, fake_hub, submit_hub_job  # noqa: F401 (fake_hub: a fixture)
 from .jobpath import BUDGET, FAST_OPTIONS, wait_job
 
 UTC = timezone.utc
-REPO = "acme/tiny-bert"
-SHA_1 = "1" * 8 + secrets.token_hex(16)
+REPO = "acme/tiny-bert"   # served by the fake_hub fixture at SHA_1
 SHA_2 = "2" * 8 + secrets.token_hex(16)
-
-
-class FakeHub:
-    def __init__(self, proc, port: int):
-        self.proc, self.url = proc, f"http://127.0.0.1:{port}"
-
-    def set_sha(self, repo: str, sha: str, files: Path | None = None) -> None:
-        """Move main to `sha`; `files`: the folder whose files that commit serves."""
-        body = {"sha": sha, **({"dir": str(files)} if files else {})}
-        req = urllib.request.Request(f"{self.url}/_fake/repos/{repo}", data=json.dumps(body).encode(),
-                                     method="PUT", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            assert r.status == 200
-
-    def fault(self, repo: str, **fault) -> None:
-        """An outage or a slow link for `repo` (tests/service/fake_hub.py's PUT /_fake/faults)."""
-        req = urllib.request.Request(f"{self.url}/_fake/faults/{repo}", data=json.dumps(fault).encode(),
-                                     method="PUT", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=5) as r:
-            assert r.status == 200
-
-    def requests(self) -> list[dict]:
-        with urllib.request.urlopen(f"{self.url}/_fake/requests", timeout=5) as r:
-            return json.loads(r.read())
-
-
-@pytest.fixture
-def fake_hub(start_proc):
-    port = free_port()
-    script = Path(__file__).with_name("fake_hub.py")
-    proc = start_proc([sys.executable, str(script), str(port), f"{REPO}={SHA_1}"], {"PATH": "/usr/bin:/bin"},
-                      "fake-hub")
-    wait_for(lambda: "listening" in proc.output() or proc.p.poll() is not None, 30, what="fake hub ready")
-    assert proc.p.poll() is None, proc.output()
-    return FakeHub(proc, port)
 
 
 def _runs(t, schedule_id: str) -> list[dict]:
@@ -216,7 +178,7 @@ def test_worker_ends_a_download_on_cancel_and_waits_out_a_hub_outage(
     from sqlalchemy import select
 
     from api.db import session_scope
-    from api.models import Job, JobEvent
+    from api.models import JobEvent
     from worker.celery_app import send_job
 
     settings = hook_settings.model_copy(update={"hub_download_attempts": 3, "hub_retry_seconds": 2.0,
@@ -230,18 +192,10 @@ def test_worker_ends_a_download_on_cancel_and_waits_out_a_hub_outage(
     ds = t.http.post("/v1/datasets", files={"file": ("d.csv", tiny_dataset_csv.read_bytes(), "text/csv")})
     assert ds.status_code == 201, ds.text
 
-    def hub_job(repo: str, files: Path, **fault) -> str:
-        sha = secrets.token_hex(20)
-        fake_hub.set_sha(repo, sha, files)
-        fake_hub.fault(repo, **fault)
-        r = t.http.post("/v1/jobs", json={"model": repo, "dataset": ds.json()["id"], "budget": BUDGET,
-                                          "options": FAST_OPTIONS})
-        assert r.status_code == 202, r.text
-        with session_scope(settings.db_url) as s:   # the revision a firing would have recorded
-            row = s.get(Job, r.json()["id"])
-            row.request = {**row.request, "model_source": {**row.request["model_source"], "revision": sha}}
-        send_job(settings, row.id)
-        return row.id
+    def hub_job(repo: str, files, **fault) -> str:
+        job_id = submit_hub_job(t.http, settings.db_url, fake_hub, repo, files, ds.json()["id"], **fault)
+        send_job(settings, job_id)
+        return job_id
 
     def notes(job_id: str) -> list[str]:
         with session_scope(settings.db_url) as s:

@@ -33,6 +33,7 @@ from . import Context, Method, Origin, reconstruct_cut, refine_weight, restore_t
 # Relative cost of one step, in forward+backward batches of the dense model (for the ETA).
 MASK_STEP_COST = 1.3     # gates, KL and expected-size terms, teacher logits on first sight
 FINETUNE_STEP_COST = 0.7  # the pruned model is smaller
+FISHER_COST = 0.25        # per micro-batch of 4 rows (vib+fisher: forward + backward, no update)
 
 
 class VTrans(Method):
@@ -55,7 +56,8 @@ class VTrans(Method):
     def stage_plan(self, n_rows: int, options) -> dict[str, float]:
         plan: dict[str, float] = {}
         for r in range(1, options.prune_rounds + 1):
-            plan[f"masks#{r}"] = self.mask_steps(n_rows, options) * MASK_STEP_COST
+            plan[f"masks#{r}"] = self.mask_steps(n_rows, options) * MASK_STEP_COST + (
+                min(n_rows, options.fisher_rows) / 4 * FISHER_COST if options.importance == "vib+fisher" else 0.0)
             plan[f"prune#{r}"] = 1.0
         if options.reconstruct != "off":   # parse() allows it only with finetune_from "dense"
             plan["refine"] = refine_weight(n_rows, options)
@@ -97,6 +99,8 @@ class VTrans(Method):
             if r < first:
                 continue
             ctx.progress.start(f"masks#{r}")
+            if opts.importance == "vib+fisher":
+                fisher_start(ctx, pm, r)
             with torch.no_grad():
                 start = float(pm.expected_fraction(budget.kind, budget.seq_len))
             rnd = MaskRound(steps, start, target, budget.kind, budget.seq_len,
@@ -156,6 +160,23 @@ class VTrans(Method):
                         finetune_from=opts.finetune_from, train_rows=len(ctx.enc_train),
                         lambda1=round(lagrangian.lambda1, 4), lambda2=round(lagrangian.lambda2, 4))
         return model, final_plan
+
+
+def fisher_start(ctx: Context, pm, r: int) -> None:
+    """importance "vib+fisher": the round's gates start at a log alpha set by each unit's Fisher
+    rank (importance.init_gates_from_fisher) instead of all at gate_init. Why: a round of a few
+    dozen steps barely moves gates that all start at log alpha 9 (SmolLM2, `fast` at params 0.8,
+    32 steps: the expected kept size was still 0.9997 when the cut came), so the cut ranked units
+    by the noise of those few Adam steps; started by their Fisher rank, the least salient units sit
+    near the decision region and the VIB training decides between them. The Fisher pass reads
+    `fisher_rows` of the round's rows (the pruned model of the previous round from round 2 on)."""
+    from ..importance import fisher_information, fisher_scores, init_gates_from_fisher
+
+    budget = ctx.budget
+    info = fisher_information(pm, ctx.enc_train.head(ctx.options.fisher_rows), ctx.device, loss_fn=ctx.loss_fn)
+    init_gates_from_fisher(pm, fisher_scores(pm, info, budget.kind, budget.seq_len))
+    ctx.info.setdefault("fisher_rows", min(len(ctx.enc_train), ctx.options.fisher_rows))
+    ctx.info.setdefault("fisher_rounds", []).append(r)
 
 
 def _state(r: int, done: int, plans: list, lagrangian: BudgetLagrangian, ctx: Context) -> dict:
