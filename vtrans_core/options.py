@@ -266,8 +266,15 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 # the least-squares refit now (what made hidden pruning work with frozen weights on encoders), but
 # on SmolLM2 at params 0.8 the planner kept all 576 channels even with prune_hidden on (same plan,
 # benchmarks/README.md): off until measured at lower targets.
+# vtrans/fast on a language model start each mask round's gates by Fisher rank ("vib+fisher"):
+# their rounds are a few dozen steps of a few windows, too short to move gates that all start at
+# log alpha 9. SmolLM2-135M, `fast` at params 0.8 (32 mask steps, refit, 32 distillation steps):
+# "vib" expected to keep 0.9997 when the cut came, cut hidden to 504 and reached perplexity 22.42
+# (dense 14.73); "vib+fisher" 15.45, in the same schedule (benchmarks/README.md, session 19).
 TASK_METHOD_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("language-modeling", "faster"): {"prune_hidden": False},
+    ("language-modeling", "fast"): {"importance": "vib+fisher"},
+    ("language-modeling", "vtrans"): {"importance": "vib+fisher"},
 }
 # A default round_to leaves at least this many groups in the narrowest prunable width: with
 # fewer, the planner's steps are too coarse to land near a budget (a 64-wide FFN would be one

@@ -135,6 +135,13 @@ def test_task_defaults_apply_only_to_unset_options():
     assert opts["task"] == "language-modeling" and opts["batch_size"] == 2 and opts["seq_len"] == 512
     cls = validate_request(None, {"kind": "params", "target": 0.8}, "faster", None)["options"]
     assert cls["seq_len"] == 128 and cls["batch_size"] == 32
+    # vtrans/fast on a decoder start their mask rounds by Fisher rank unless told otherwise
+    for method in ("fast", "vtrans"):
+        lm = validate_request(decoder_config("llama-gqa").to_dict(), {"kind": "params", "target": 0.8}, method, None)
+        told = validate_request(decoder_config("llama-gqa").to_dict(), {"kind": "params", "target": 0.8}, method,
+                                {"importance": "vib"})
+        assert (lm["options"]["importance"], told["options"]["importance"]) == ("vib+fisher", "vib")
+    assert validate_request(None, {"kind": "params", "target": 0.8}, "fast", None)["options"]["importance"] == "vib"
 
 
 def test_model_data_task_mismatches_name_the_field(llama_dir, tmp_path, tiny_model_dir):
