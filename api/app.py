@@ -6,11 +6,12 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
-from . import contract, limits, outage, problems
+from . import contract, outage, problems
 from .artifacts import ArtifactStore
 from .db import check_migrated, configure_pool
+from .middleware import RefuseOversizedUploads
 from .settings import Settings, get_settings
 
 log = logging.getLogger("vtrans.api")
@@ -61,12 +62,9 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     app.state.enqueue = enqueue if enqueue is not None else celery_enqueue(settings)
     problems.install(app)
 
-    @app.middleware("http")
-    async def refuse_oversized_uploads(request: Request, call_next):
-        # Answer 401/411/413 (tenant's limit, from Content-Length) before the multipart body is
-        # read and spooled to disk (api/limits.py).
-        refused = await limits.refuse_upload(request, settings)
-        return refused if refused is not None else await call_next(request)
+    # Middleware added later wraps the earlier ones (Starlette): the request timing of
+    # api/routes/metrics.py is outermost, then Retry-After on 503 (api/outage.py), then this.
+    app.add_middleware(RefuseOversizedUploads, settings=settings)
 
     outage.install(app, settings)  # database / broker unreachable -> 503 + Retry-After
 
