@@ -82,7 +82,7 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
     db.commit()
     jobstore.publish(job.id, [ev])
     try:
-        request.app.state.enqueue(job.id)
+        _enqueue(request.app.state.enqueue, job)
     except Exception as exc:
         # The row exists but no worker will hear of it: say so on the job instead of leaving it queued.
         job.status, job.finished_at = "failed", utcnow()
@@ -95,6 +95,13 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
         raise Problem(503, f"the job queue is unreachable ({type(exc).__name__}); job {job.id} was marked failed",
                       slug="broker-unavailable", headers={"Retry-After": str(settings.retry_after_seconds)}) from None
     return job_out(job)
+
+
+def _enqueue(enqueue, job: Job) -> None:
+    if getattr(enqueue, "takes_queue", False):   # api/app.celery_enqueue
+        enqueue(job.id, queue=job.queue)
+    else:
+        enqueue(job.id)
 
 
 def _encode_cursor(job: Job) -> str:
