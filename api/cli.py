@@ -174,7 +174,7 @@ def _run_uvicorn(settings: Settings, host: str, port: int) -> None:
     from .app import create_app
 
     print(f"vtrans: serving at http://{host}:{port}  (API docs: http://{host}:{port}/docs)", flush=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=settings.access_log)
 
 
 def _api(settings: Settings, args) -> int:

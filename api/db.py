@@ -85,6 +85,11 @@ def _sessionmaker(url: str) -> sessionmaker:
     return sessionmaker(get_engine(url), expire_on_commit=False)
 
 
+def open_session(url: str) -> Session:
+    """A new session on the process's engine for `url` (no connection until its first query)."""
+    return _sessionmaker(url)()
+
+
 @contextmanager
 def session_scope(url: str) -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""

@@ -2,29 +2,71 @@
 test (or the embedded server) can build an app with its own configuration."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import AsyncIterator
+
+import anyio
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .artifacts import ArtifactStore
-from .db import session_scope
+from .db import open_session
 from .problems import Problem
 from .settings import Settings
 
 
-def get_app_settings(request: Request) -> Settings:
+# async: FastAPI runs a plain `def` dependency in a worker thread, a hop that costs more than
+# reading an attribute (issue #16 load benchmark). These two never block.
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> ArtifactStore:
+async def get_store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
-def get_db(request: Request) -> Iterator[Session]:
-    with session_scope(request.app.state.settings.db_url) as session:
+async def get_db(request: Request) -> AsyncIterator[Session]:
+    """The request's session, committed after the route (rolled back if it raised), as
+    session_scope does. A plain generator would cost two worker-thread hops per request, one
+    to open and one to close; opening a Session does no I/O (it connects on its first query),
+    so it happens here on the event loop, and closing goes to a thread only when a transaction
+    is open or a change is pending (the route read or wrote without committing). The hand-offs
+    are shielded from cancellation (a client that disconnects): the connection always returns to
+    the pool."""
+    session = open_session(request.app.state.settings.db_url)
+    try:
         yield session
+    except GeneratorExit:   # dropped unfinished (never by FastAPI): no await is possible here
+        session.close()
+        raise
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(_rollback_and_close, session)
+        raise
+    if session.in_transaction() or session.new or session.dirty or session.deleted:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(_commit_and_close, session)
+    else:
+        session.close()   # no transaction, no connection: nothing to wait for
+
+
+def _commit_and_close(session: Session) -> None:
+    try:
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _rollback_and_close(session: Session) -> None:
+    try:
+        session.rollback()
+    finally:
+        session.close()
 
 
 def owned_or_404(db: Session, row_class, row_id: str, tenant: str, noun: str):

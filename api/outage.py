@@ -9,6 +9,7 @@ import logging
 from fastapi import FastAPI, Request
 from sqlalchemy import exc as sa_exc
 
+from .middleware import RetryAfterOn503
 from .problems import problem_response
 from .settings import Settings
 
@@ -61,10 +62,5 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.add_exception_handler(sa_exc.DataError, unstorable_value)
 
-    @app.middleware("http")
-    async def retry_after_on_503(request: Request, call_next):
-        # Every 503 (readiness, a route's own "queue unreachable") tells clients when to retry.
-        response = await call_next(request)
-        if response.status_code == 503 and "retry-after" not in response.headers:
-            response.headers["Retry-After"] = retry["Retry-After"]
-        return response
+    # Every 503 (readiness, a route's own "queue unreachable") tells clients when to retry.
+    app.add_middleware(RetryAfterOn503, seconds=settings.retry_after_seconds)

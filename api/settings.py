@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     worker_stale_seconds: float = 0.0
     host: str = "127.0.0.1"
     port: int = 8000
+    # uvicorn's access log: a line per request on stdout. On by default (an operator expects a
+    # record of requests); off saves its formatting cost per request when a proxy in front of the
+    # API already logs them (benchmarks/README.md, "API load").
+    access_log: bool = True
     api_key: str | None = None           # accepted as a key of tenant "default" (scripts, tests)
 
     # Per-tenant limits (issue #5). tenant_limits overrides them per tenant (an API key acts for its

@@ -33,7 +33,7 @@ from ..jobstore import event_to_dict
 from ..models import TERMINAL_STATUSES, Artifact, Job, JobEvent
 from ..problems import Problem, field_problem
 from ..settings import Settings
-from ..tenancy import get_tenant
+from ..tenancy import get_tenant_own_session
 
 router = APIRouter(tags=["events"])
 log = logging.getLogger("vtrans.api")
@@ -159,7 +159,7 @@ async def job_events(job_id: str, request: Request,
                      format: str | None = Query(None, description="json: the history as a JSON list"),
                      after: int | None = Query(None, ge=0, description="only events with seq > after"),
                      last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-                     tenant: str = Depends(get_tenant)):
+                     tenant: str = Depends(get_tenant_own_session)):
     settings: Settings = request.app.state.settings
     start = _parse_after(last_event_id, after)
     as_json = _wants_json(request, format)

@@ -46,6 +46,14 @@ def job_out(job: Job, artifacts: list[Artifact] | None = None, waiting: str | No
         artifacts=None if artifacts is None else [artifact_out(job.id, a) for a in artifacts])
 
 
+def model_json(model: schemas.ResponseModel, status_code: int = 200) -> Response:
+    """The response model as JSON, the bytes FastAPI would send for it. A `def` route's return
+    value is validated against its response_model in a worker thread of its own, a hop per
+    request that checks nothing for an instance of that very model; the hot routes (submit,
+    get, list, cancel) answer with the bytes directly, and keep response_model for the document."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
 def job_to_dict(job: Job, artifacts: list[Artifact] | None = None) -> dict[str, Any]:
     return job_out(job, artifacts).model_dump(mode="json")
 
@@ -87,7 +95,7 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
     db.commit()
     jobstore.publish(job.id, [ev])
     try:
-        request.app.state.enqueue(job.id)
+        _enqueue(request.app.state.enqueue, job)
     except Exception as exc:
         # The row exists but no worker will hear of it: say so on the job instead of leaving it queued.
         job.status, job.finished_at = "failed", utcnow()
@@ -99,7 +107,14 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
         db.commit()
         raise Problem(503, f"the job queue is unreachable ({type(exc).__name__}); job {job.id} was marked failed",
                       slug="broker-unavailable", headers={"Retry-After": str(settings.retry_after_seconds)}) from None
-    return job_out(job)
+    return model_json(job_out(job), 202)
+
+
+def _enqueue(enqueue, job: Job) -> None:
+    if getattr(enqueue, "takes_queue", False):   # api/app.celery_enqueue
+        enqueue(job.id, queue=job.queue)
+    else:
+        enqueue(job.id)
 
 
 def _encode_cursor(job: Job) -> str:
@@ -121,7 +136,7 @@ def list_jobs(status: str | None = Query(None, description="comma-separated stat
               model: str | None = None, created_after: datetime | None = None,
               created_before: datetime | None = None, limit: int = Query(20, ge=1, le=100),
               cursor: str | None = None, db: Session = Depends(get_db),
-              tenant: str = Depends(get_tenant), settings: Settings = Depends(get_app_settings)) -> schemas.JobList:
+              tenant: str = Depends(get_tenant), settings: Settings = Depends(get_app_settings)) -> Response:
     q = select(Job).where(Job.tenant_id == tenant)
     if status:
         wanted = [s.strip() for s in status.split(",") if s.strip()]
@@ -141,8 +156,8 @@ def list_jobs(status: str | None = Query(None, description="comma-separated stat
     rows = db.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
     page = rows[:limit]
     live = _live_queues(db, settings, page)
-    return schemas.JobList(data=[job_out(j, waiting=_waiting(settings, j, live)) for j in page],
-                           next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None)
+    return model_json(schemas.JobList(data=[job_out(j, waiting=_waiting(settings, j, live)) for j in page],
+                                      next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None))
 
 
 def _get_job(db: Session, tenant: str, job_id: str) -> Job:
@@ -157,10 +172,10 @@ def _final_artifacts(db: Session, job: Job) -> list[Artifact]:
 @router.get("/{job_id}", operation_id="getJob", response_model=schemas.Job, summary="Get a job",
             responses=contract.problems(401, 404))
 def get_job(job_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant),
-            settings: Settings = Depends(get_app_settings)) -> schemas.Job:
+            settings: Settings = Depends(get_app_settings)) -> Response:
     job = _get_job(db, tenant, job_id)
     waiting = _waiting(settings, job, _live_queues(db, settings, [job]))
-    return job_out(job, _final_artifacts(db, job) if job.status == "succeeded" else [], waiting)
+    return model_json(job_out(job, _final_artifacts(db, job) if job.status == "succeeded" else [], waiting))
 
 
 def _live_queues(db: Session, settings: Settings, jobs: list[Job]) -> dict[str, int] | None:
@@ -178,7 +193,7 @@ def _waiting(settings: Settings, job: Job, live: dict[str, int] | None) -> str |
              summary="Cancel a job", response_description="the job: cancelled at once when queued, "
              "cancel_requested while its worker stops", responses=contract.problems(401, 404, 409))
 def cancel_job(job_id: str, settings: Settings = Depends(get_app_settings), db: Session = Depends(get_db),
-               store: ArtifactStore = Depends(get_store), tenant: str = Depends(get_tenant)) -> schemas.Job:
+               store: ArtifactStore = Depends(get_store), tenant: str = Depends(get_tenant)) -> Response:
     job = _get_job(db, tenant, job_id)
     if job.status in ("succeeded", "failed"):
         raise Problem(409, f"job {job_id} already {job.status}; nothing to cancel", slug="job-finished")
@@ -186,7 +201,7 @@ def cancel_job(job_id: str, settings: Settings = Depends(get_app_settings), db: 
         # requeued after a lost worker, cancelled before a new attempt: no worker will remove it
         store.delete_prefix(checkpoint_prefix(job_id))
     db.expire_all()
-    return job_out(_get_job(db, tenant, job_id))
+    return model_json(job_out(_get_job(db, tenant, job_id)), 202)
 
 
 @router.get("/{job_id}/artifacts", operation_id="listJobArtifacts", response_model=schemas.ArtifactList,

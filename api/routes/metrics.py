@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import worker_registry
 from ..db import session_scope
@@ -145,23 +146,43 @@ def registry_for(app: FastAPI) -> CollectorRegistry:
     return reg
 
 
+class TimeRequests:
+    """Observes each request's latency until its response starts, labelled by the route template
+    (not the raw path: one series per endpoint, whatever the ids). Plain ASGI: it only watches the
+    `http.response.start` message go by (api/middleware.py says why not @app.middleware)."""
+
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app, self.histogram = app, histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        observed = False
+
+        def observe(status: int) -> None:
+            nonlocal observed
+            observed = True
+            path = getattr(scope.get("route"), "path", None) or "unmatched"   # set by the router in place
+            self.histogram.labels(scope["method"], path, str(status)).observe(time.perf_counter() - start)
+
+        async def timed_send(message: Message) -> None:
+            if not observed and message["type"] == "http.response.start":
+                observe(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            if not observed:   # raised before answering: the outer error handler answers 500
+                observe(500)
+
+
 def install(app: FastAPI) -> None:
     """Add the request-latency middleware (called once by create_app)."""
     registry_for(app)
-
-    @app.middleware("http")
-    async def time_requests(request: Request, call_next):
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            # The route template, not the raw path: one series per endpoint, whatever the ids.
-            route = request.scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            app.state.request_latency.labels(request.method, path, str(status)).observe(time.perf_counter() - start)
+    app.add_middleware(TimeRequests, histogram=app.state.request_latency)
 
 
 @router.get("/metrics", include_in_schema=False)
