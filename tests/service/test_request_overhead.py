@@ -131,8 +131,8 @@ def test_submit_enqueues_on_the_routed_queue_without_reading_it_back(service_set
     sent = []
 
     class FakeCelery:
-        def send_task(self, name, args, queue):
-            sent.append((name, args, queue))
+        def send_task(self, name, args, queue, eta=None):
+            sent.append((name, args, queue, eta))
 
     def no_read_back(*_args):
         raise AssertionError("send_job read the job's queue back although the route passed it")
@@ -143,7 +143,7 @@ def test_submit_enqueues_on_the_routed_queue_without_reading_it_back(service_set
     with TestClient(create_app(settings), headers=auth(settings)) as c:
         r = c.post("/v1/jobs", json=BODY)
         assert r.status_code == 202, r.text
-    assert sent == [(celery_app.TASK_NAME, [r.json()["id"]], "overhead-cpu")]
+    assert sent == [(celery_app.TASK_NAME, [r.json()["id"]], "overhead-cpu", None)]   # a new job is due now
 
 
 def test_access_log_is_a_setting(monkeypatch, service_settings):
