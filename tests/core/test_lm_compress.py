@@ -141,6 +141,7 @@ def test_task_defaults_apply_only_to_unset_options():
         told = validate_request(decoder_config("llama-gqa").to_dict(), {"kind": "params", "target": 0.8}, method,
                                 {"importance": "vib"})
         assert (lm["options"]["importance"], told["options"]["importance"]) == ("vib+fisher", "vib")
+        assert lm["options"]["prune_hidden"] is False and told["options"]["prune_hidden"] is False
     assert validate_request(None, {"kind": "params", "target": 0.8}, "fast", None)["options"]["importance"] == "vib"
 
 
