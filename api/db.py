@@ -96,10 +96,27 @@ def session_scope(url: str) -> Iterator[Session]:
     session = _sessionmaker(url)()
     try:
         yield session
+    except BaseException:
+        rollback_and_close(session)
+        raise
+    commit_and_close(session)
+
+
+def commit_and_close(session: Session) -> None:
+    """Commit (rolled back if the commit itself fails); the session is closed either way.
+    Also what the request-scoped session of api/deps.py runs in a worker thread at the end."""
+    try:
         session.commit()
     except BaseException:
         session.rollback()
         raise
+    finally:
+        session.close()
+
+
+def rollback_and_close(session: Session) -> None:
+    try:
+        session.rollback()
     finally:
         session.close()
 

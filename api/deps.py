@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .artifacts import ArtifactStore
-from .db import open_session
+from .db import commit_and_close, open_session, rollback_and_close
 from .problems import Problem
 from .settings import Settings
 
@@ -43,30 +43,13 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
         raise
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await run_in_threadpool(_rollback_and_close, session)
+            await run_in_threadpool(rollback_and_close, session)
         raise
     if session.in_transaction() or session.new or session.dirty or session.deleted:
         with anyio.CancelScope(shield=True):
-            await run_in_threadpool(_commit_and_close, session)
+            await run_in_threadpool(commit_and_close, session)
     else:
         session.close()   # no transaction, no connection: nothing to wait for
-
-
-def _commit_and_close(session: Session) -> None:
-    try:
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-
-
-def _rollback_and_close(session: Session) -> None:
-    try:
-        session.rollback()
-    finally:
-        session.close()
 
 
 def owned_or_404(db: Session, row_class, row_id: str, tenant: str, noun: str):
