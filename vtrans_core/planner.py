@@ -305,7 +305,9 @@ def make_plan(shape: ModelShape, reference: ModelShape, scores: dict[str, Any], 
     if layout == "uniform" and shape.hidden_divisible_by_heads:
         st, removed = _divisible_hidden(st, removed, live, layout, blocks, round_to)
     if target > 0 and frac(st) > target + 1e-12:
-        raise CompressionError("budget.target", f"{kind} target {target:.3f} cannot be reached with the enabled "
+        # with size_fraction the fractions are predicted time (a speedup budget), not `kind`
+        what = f"{kind} target" if size_fraction is None else "predicted-time target (1 / speedup)"
+        raise CompressionError("budget.target", f"{what} {target:.3f} cannot be reached with the enabled "
                                f"structures and layout {layout!r}: the reachable minimum is {frac(st):.3f}")
     return _build(shape, reference, live, removed, st, layout)
 
