@@ -105,8 +105,15 @@ def test_speedup_budget_parsing_and_checks():
 
 def test_compress_to_a_speedup_reports_target_predicted_and_measured(tiny_model_dir, tiny_dataset_csv, tmp_path,
                                                                      monkeypatch):
-    from vtrans_core import compress
+    from vtrans_core import compress, latency
 
+    # The table's block timings come from the fake timer (scaled so the calibrated base, the real
+    # dense time minus the blocks, stays 0): a tiny model's real block latencies are mostly overhead,
+    # and with the cores shared (a CI run beside a benchmark) the measured table once left 1/1.1 out
+    # of reach ("reachable minimum 0.958"). The dense time and the reported speedup stay measured.
+    fake = fake_measure()
+    monkeypatch.setattr(latency, "torch_measure",
+                        lambda head_dim, device: lambda kind, hidden, width: 1000.0 * fake(kind, hidden, width))
     monkeypatch.setenv("VTRANS_CACHE_DIR", str(tmp_path / "cache"))
     opts = {"latency_runs": 1, "round_to": 4, "fast_min_examples": 32, "calibration_rows": 64, "fisher_rows": 32}
     m = compress(tiny_model_dir, tiny_dataset_csv, {"kind": "speedup", "target": 1.1}, "faster", opts,
