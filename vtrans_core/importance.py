@@ -29,6 +29,12 @@ from .flops import shape_size
 
 IMPORTANCES = ("vib", "fisher", "vib+fisher")
 FISHER_MICRO_BATCH = 4          # rows per backward: near per-sample Fisher at a tolerable CPU cost
+FISHER_BATCH_COST = 0.25        # one micro-batch (forward + backward, no update) in dense training batches
+
+
+def fisher_stage_weight(n_rows: int, fisher_rows: int) -> float:
+    """Progress weight (ETA) of a Fisher pass over the method's first `fisher_rows` rows."""
+    return min(n_rows, fisher_rows) / FISHER_MICRO_BATCH * FISHER_BATCH_COST
 FISHER_INIT_RANGE = (1.0, 6.0)  # log alpha of the least / most salient unit at the start (vib+fisher)
 
 

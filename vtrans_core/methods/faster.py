@@ -17,6 +17,7 @@ import time
 import torch
 
 from ..data import Encoded, Split
+from ..importance import fisher_stage_weight
 from ..training import BudgetLagrangian, MaskRound, epoch_steps, train_masks
 from . import Context, Method, Origin, reconstruct_cut, refine_weight, restore_teacher, teacher_tensors
 from .fast import subset_size
@@ -25,7 +26,6 @@ from .fast import subset_size
 # measured with); 30 steps at mask_lr 0.1 did as well as 60 at 0.05 on the benchmark, in half the time.
 MIN_MASK_STEPS = 32
 MASK_STEP_COST = 0.9        # backward through frozen weights, no weight update
-FISHER_COST = 0.25          # per micro-batch of 4 rows (forward + backward)
 
 
 class FasterVTrans(Method):
@@ -46,7 +46,7 @@ class FasterVTrans(Method):
     def stage_plan(self, n_rows: int, options) -> dict[str, float]:
         plan: dict[str, float] = {}
         if options.importance != "vib":
-            plan["masks#fisher"] = min(n_rows, options.fisher_rows) / 4 * FISHER_COST
+            plan["masks#fisher"] = fisher_stage_weight(n_rows, options.fisher_rows)
         if options.importance != "fisher":
             plan["masks#1"] = self.mask_steps(n_rows, options) * MASK_STEP_COST
         plan["prune#1"] = 1.0

@@ -26,6 +26,7 @@ import math
 import torch
 
 from ..budget import Budget
+from ..importance import fisher_stage_weight
 from ..schedule import finetune_steps, mask_cost_in_finetune_steps, reconstruct_cost_in_finetune_steps
 from ..training import BudgetLagrangian, MaskRound, train_masks, train_supervised
 from . import Context, Method, Origin, reconstruct_cut, refine_weight, restore_teacher, teacher_tensors
@@ -33,7 +34,6 @@ from . import Context, Method, Origin, reconstruct_cut, refine_weight, restore_t
 # Relative cost of one step, in forward+backward batches of the dense model (for the ETA).
 MASK_STEP_COST = 1.3     # gates, KL and expected-size terms, teacher logits on first sight
 FINETUNE_STEP_COST = 0.7  # the pruned model is smaller
-FISHER_COST = 0.25        # per micro-batch of 4 rows (vib+fisher: forward + backward, no update)
 
 
 class VTrans(Method):
@@ -57,7 +57,7 @@ class VTrans(Method):
         plan: dict[str, float] = {}
         for r in range(1, options.prune_rounds + 1):
             plan[f"masks#{r}"] = self.mask_steps(n_rows, options) * MASK_STEP_COST + (
-                min(n_rows, options.fisher_rows) / 4 * FISHER_COST if options.importance == "vib+fisher" else 0.0)
+                fisher_stage_weight(n_rows, options.fisher_rows) if options.importance == "vib+fisher" else 0.0)
             plan[f"prune#{r}"] = 1.0
         if options.reconstruct != "off":   # parse() allows it only with finetune_from "dense"
             plan["refine"] = refine_weight(n_rows, options)
