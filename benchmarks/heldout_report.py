@@ -115,8 +115,12 @@ def faster_targets(cases) -> list[dict]:
                 continue
             out.append({"target": f"#12 {task}: faster within {limit} points of dense at {t} FLOPs",
                         "measured": round(dense - f["accuracy"], 2), "met": dense - f["accuracy"] <= limit})
+            # "on this CPU": the run that had the machine to itself when there is one (the lanes share it)
+            a = _get(cases, task, "faster", t, "alone")
+            secs, how = ((a["compression_seconds"], f" (alone, {a.get('torch_threads')} threads)") if a
+                         else (f["compression_seconds"], " (one thread, lanes sharing the cores)"))
             out.append({"target": f"#12 {task}: faster compression time <= {FASTER_SECONDS:.0f} s at {t} FLOPs",
-                        "measured": f"{f['compression_seconds']:.0f} s", "met": f["compression_seconds"] <= FASTER_SECONDS})
+                        "measured": f"{secs:.0f} s{how}", "met": secs <= FASTER_SECONDS})
             vs = _runs(cases, task, "vtrans", t)
             if vs:
                 ratio = _mean_sd([c["compression_seconds"] for c in vs])[0] / max(f["compression_seconds"], 1e-9)
