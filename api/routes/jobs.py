@@ -82,8 +82,12 @@ def create_job(body: JobRequest, request: Request, db: Session = Depends(get_db)
     body_hash = idempotency.request_hash(body.model_dump(mode="json")) if idem else ""
     if idem and (earlier := idempotency.replay(db, tenant, idem, body_hash)) is not None:
         return _replayed(earlier)
-    limits.check_active_jobs(db, settings, tenant)
     prepared = job_requests.prepare(db, tenant, body)
+    # After the checks, not before: on Postgres the quota check holds the tenant's submit lock until
+    # the commit below, and every other submit of the tenant waits for it; the validation (the
+    # core's option and budget checks, the model/dataset lookups) kept it held for most of a submit,
+    # so under load a tenant's submits queued behind each other (issue #16's 30 s submit stalls).
+    limits.check_active_jobs(db, settings, tenant)
     job, ev = job_requests.insert_job(db, tenant, prepared, queue=routing.queue_for(settings, tenant, prepared))
     if idem:
         try:

@@ -29,6 +29,10 @@ def test_active_job_quota_is_per_tenant_and_answers_429(service_settings):
         r = a.post("/v1/jobs", json=BODY)
         body = assert_problem(r, 429)
         assert int(r.headers["retry-after"]) > 0 and "limit 2" in body["detail"]
+        # the request is checked before the quota (the tenant's submit lock is only held for the
+        # count and the insert): a wrong request says what is wrong with it even at the limit
+        bad = assert_problem(a.post("/v1/jobs", json={**BODY, "budget": {"kind": "flops", "target": 1.5}}), 422)
+        assert any(e.get("field", "").startswith("budget") for e in bad.get("errors", [])) or "budget" in bad["detail"]
         assert _jobs_of(settings, a_name) == 2  # the refused submit wrote nothing
         assert b.post("/v1/jobs", json=BODY).status_code == 202  # another tenant has its own quota
         assert a.post(f"/v1/jobs/{ids[0]}/cancel").json()["status"] == "cancelled"
