@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, Iterable
+from datetime import datetime, timedelta
+from typing import Any, Callable, Iterable
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import event_bus, webhooks
@@ -60,9 +60,21 @@ class Claim:
 
 
 # A delivery this close before a job's retry_at still claims it: Celery fires an eta task by the
-# receiving worker's clock (a hair early at times, or a machine whose clock runs a little ahead).
-# A delivery refused as early is dropped; the reaper re-sends the job once it is overdue.
+# receiving worker's clock, a hair early at times. An earlier delivery of the job's own retry
+# message is re-scheduled for the time left (reschedule_early); any other early one is dropped.
 RETRY_AT_SLACK = timedelta(seconds=1)
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock, for retry_at: the worker that writes it and the one that checks it
+    (another machine, maybe hours later) then read the same clock, so a worker whose clock runs
+    ahead or behind cannot claim a job early nor hold it back; only the broker's eta is still
+    timed by the receiving worker's clock (see reschedule_early). Postgres now() is the
+    transaction's start, constant within it. SQLite runs inside the worker process, and every
+    worker sharing its file shares the machine and its clock: that clock is the database's."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.execute(select(func.now())).scalar_one()
+    return utcnow()
 
 
 def claim(db_url: str, job_id: str, worker_id: str, lease_seconds: float, max_attempts: int) -> Claim | None:
@@ -72,15 +84,17 @@ def claim(db_url: str, job_id: str, worker_id: str, lease_seconds: float, max_at
     limit is about workers dying, and the hub waits have their own bounds (hub_download.py)."""
     now = utcnow()
     with session_scope(db_url) as s:
+        due = db_now(s) + RETRY_AT_SLACK   # retry_at is the database's time (db_now)
         stmt = (update(Job)
                 .where(Job.id == job_id, Job.cancel_requested.is_(False),
                        Job.attempts - Job.deferrals < max_attempts,
                        or_(and_(Job.status == "queued",
-                                or_(Job.retry_at.is_(None), Job.retry_at <= now + RETRY_AT_SLACK)),
+                                or_(Job.retry_at.is_(None), Job.retry_at <= due)),
                            and_(Job.status == "running", Job.lease_expires_at < now)))
                 .values(status="running", worker_id=worker_id, attempts=Job.attempts + 1,
                         lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now,
-                        started_at=now, stage="load", progress=0.0, retry_at=None, wait_reason=None)
+                        started_at=now, stage="load", progress=0.0, retry_at=None, wait_reason=None,
+                        retry_message_id=None)
                 .returning(Job.attempts, Job.tenant_id)
                 .execution_options(synchronize_session=False))
         row = s.execute(stmt).first()
@@ -131,24 +145,50 @@ def note(db_url: str, claim_: Claim, message: str) -> bool:
     return True
 
 
-def defer(db_url: str, claim_: Claim, retry_at, reason: str, hub_state: dict) -> bool:
-    """End the attempt by sending the job back to the queue until `retry_at` (it waits for the
-    hub: a long wait must not hold a worker). The caller then sends its message with that eta;
-    the claim refuses any delivery before it. False when the attempt no longer owns the job or a
-    cancel was requested meanwhile (the caller ends it as cancelled instead)."""
+def defer(db_url: str, claim_: Claim, wait_seconds: float, reason: Callable[[datetime], str], hub_state: dict,
+          message_id: str) -> datetime | None:
+    """End the attempt by sending the job back to the queue for `wait_seconds` (it waits for the
+    hub: a long wait must not hold a worker). retry_at is counted on the database's clock
+    (db_now), the one the claim checks it against; `reason(retry_at)` is the waiting_reason.
+    The caller then sends the broker message `message_id` with eta retry_at (recorded on the
+    row: only that message re-schedules itself when it arrives early). Returns retry_at; None
+    when the attempt no longer owns the job or a cancel was requested meanwhile (the caller
+    ends it as cancelled instead)."""
     now = utcnow()
     with session_scope(db_url) as s:
+        retry_at = db_now(s) + timedelta(seconds=wait_seconds)
+        message = reason(retry_at)
         row = s.execute(update(Job).where(_owned(claim_), Job.cancel_requested.is_(False))
                         .values(status="queued", stage="hub-wait", worker_id=None, lease_expires_at=None,
-                                retry_at=retry_at, wait_reason=reason, hub_state=hub_state,
-                                deferrals=Job.deferrals + 1, updated_at=now)
+                                retry_at=retry_at, wait_reason=message, hub_state=hub_state,
+                                retry_message_id=message_id, deferrals=Job.deferrals + 1, updated_at=now)
                         .returning(Job.id).execution_options(synchronize_session=False)).first()
         if row is None:
-            return False
+            return None
         ev = add_event(s, claim_.job_id, claim_.tenant_id, "status", status="queued", stage="hub-wait",
-                       message=reason, attempt=claim_.attempt)
+                       message=message, attempt=claim_.attempt)
     publish(claim_.job_id, [ev])
-    return True
+    return retry_at
+
+
+def reschedule_early(db_url: str, job_id: str, delivered_id: str | None, new_id: str) -> float | None:
+    """A delivery the claim refused: when it is the job's current retry message (`delivered_id`
+    = retry_message_id) and the job still waits for a retry_at that has not come, hand the row
+    `new_id` and return the seconds left until retry_at; the caller sends message `new_id` that
+    much later. Early because its eta was read on a clock running ahead of the database's (the
+    sending or the receiving worker's), or delivered early: dropping it would leave the job to
+    the reaper's re-send, up to resend_queued_after_seconds late. The conditional UPDATE lets one
+    of several deliveries of the same message win: a duplicate, or a delivery of a message this
+    already replaced, finds another id on the row and does nothing (None), as does any other."""
+    if not delivered_id:
+        return None
+    with session_scope(db_url) as s:
+        now = db_now(s)
+        row = s.execute(update(Job).where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False),
+                                          Job.retry_message_id == delivered_id, Job.retry_at > now + RETRY_AT_SLACK)
+                        .values(retry_message_id=new_id).returning(Job.retry_at)
+                        .execution_options(synchronize_session=False)).first()
+    return None if row is None else (row[0] - now).total_seconds()
 
 
 def cancel_state(db_url: str, claim_: Claim) -> tuple[bool, bool]:
@@ -202,7 +242,7 @@ def request_cancel(db_url: str, job_id: str, tenant_id: str) -> str | None:
     with session_scope(db_url) as s:
         done = s.execute(update(Job).where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status == "queued")
                          .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now,
-                                 retry_at=None)
+                                 retry_at=None, retry_message_id=None)
                          .returning(Job.wait_reason).execution_options(synchronize_session=False)).first()
         if done:
             # A job waiting in the queue for the hub (jobstore.defer) has run before: say what it was doing.

@@ -124,6 +124,9 @@ class Job(Base):
     deferrals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     wait_reason: Mapped[str | None] = mapped_column(Text, default=None)
     hub_state: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # The id of the broker message sent for retry_at (migration 0008): an early delivery of that
+    # message re-schedules itself for the time left (jobstore.reschedule_early); others are dropped.
+    retry_message_id: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -60,12 +60,16 @@ def job_queue(settings: Settings, job_id: str) -> str:
     return queue or settings.queue
 
 
-def send_job(settings: Settings, job_id: str, queue: str | None = None, eta: datetime | None = None) -> None:
+def send_job(settings: Settings, job_id: str, queue: str | None = None, eta: datetime | None = None,
+             countdown: float | None = None, task_id: str | None = None) -> None:
     """`eta`: a job waiting in the queue until then (jobstore.defer). The worker that receives it
     holds it unacknowledged until then without taking a slot (Celery counts eta tasks outside
-    the prefetch limit); the visibility timeout, above the longest job, is far above any hub wait."""
-    _app_for(settings.model_dump_json()).send_task(TASK_NAME, args=[job_id], eta=eta,
-                                                   queue=queue or job_queue(settings, job_id))
+    the prefetch limit); the visibility timeout, above the longest job, is far above any hub wait.
+    `countdown`: the same, counted from now on this machine's clock (what an early delivery
+    re-schedules itself with: jobstore.reschedule_early). `task_id`: the message's id (recorded
+    on the job row for a deferred job; Celery makes one up otherwise)."""
+    _app_for(settings.model_dump_json()).send_task(TASK_NAME, args=[job_id], eta=eta, countdown=countdown,
+                                                   task_id=task_id, queue=queue or job_queue(settings, job_id))
 
 
 # `celery -A worker.celery_app worker` and `vtrans worker` use this instance (env configuration).

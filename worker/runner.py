@@ -7,6 +7,7 @@ import logging
 import shutil
 import tarfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -206,21 +207,19 @@ def _package(settings: Settings, store: ArtifactStore, job: Job, result: Any, wo
 def _defer(settings: Settings, claim: jobstore.Claim, progress: Progress, wait: HubDeferred) -> str:
     """End the attempt, the job queued again until the hub's wait is over (jobstore.defer), then
     tell the broker to deliver it then. A cancel that came meanwhile ends it as cancelled."""
-    from datetime import timedelta
-
-    from api.models import utcnow
-
     from .celery_app import send_job
 
-    retry_at = utcnow() + timedelta(seconds=wait.seconds)
-    reason = (f"{wait.message}; the job waits in the queue meanwhile, its worker free for other jobs, "
-              f"and is tried again at {retry_at:%Y-%m-%d %H:%M:%S} UTC")
+    def reason(retry_at) -> str:
+        return (f"{wait.message}; the job waits in the queue meanwhile, its worker free for other jobs, "
+                f"and is tried again at {retry_at:%Y-%m-%d %H:%M:%S} UTC")
+
+    message_id = str(uuid.uuid4())
     try:
-        deferred = jobstore.defer(settings.db_url, claim, retry_at, reason, _jsonable(wait.state))
+        retry_at = jobstore.defer(settings.db_url, claim, wait.seconds, reason, _jsonable(wait.state), message_id)
     except DB_DOWN:   # the lease runs out and the reaper requeues it: the hub is tried again sooner, no harm
         log.warning("job %s: could not record the wait for the hub (database unreachable)", claim.job_id)
         return "lost"
-    if not deferred:
+    if retry_at is None:
         try:
             progress.poll()   # why not: a cancel (raises CompressionCancelled) or a lost lease
         except CompressionCancelled as stop:
@@ -229,13 +228,40 @@ def _defer(settings: Settings, claim: jobstore.Claim, progress: Progress, wait: 
             _finish(settings, claim, "cancelled", message="cancelled while waiting for the Hugging Face hub")
             return "cancelled"
         return "lost"
-    log.warning("job %s: %s", claim.job_id, reason)
+    log.warning("job %s: %s", claim.job_id, reason(retry_at))
     try:
-        # eta = the row's retry_at, from the same clock: the delivery is due exactly when the claim accepts it.
-        send_job(settings, claim.job_id, eta=retry_at)
+        # eta = the row's retry_at, on the database's clock (jobstore.db_now); a receiving worker
+        # whose clock runs ahead of it gets the message early and re-schedules it (_early_delivery).
+        send_job(settings, claim.job_id, eta=retry_at, task_id=message_id)
     except Exception:   # the row is the truth: the reaper re-sends a due queued job whose message is lost
         log.exception("job %s: message for the retry at %s not sent; the reaper will send it", claim.job_id, retry_at)
     return "deferred"
+
+
+def _early_delivery(settings: Settings, job_id: str, delivery_id: str | None) -> str:
+    """A delivery the claim refused. The job's own retry message arriving before retry_at is sent
+    again for the time left, counted on this worker's clock (the one that fired it early), so a
+    clock running ahead of the database's costs a message, not the reaper's re-send interval;
+    jobstore.reschedule_early lets one delivery do so. Anything else: nothing to do."""
+    from .celery_app import send_job
+
+    new_id = str(uuid.uuid4())
+    try:
+        left = jobstore.reschedule_early(settings.db_url, job_id, delivery_id, new_id)
+    except DB_DOWN:   # the broker redelivers an unacked message; failing that, the reaper re-sends
+        log.warning("job %s: early delivery not re-scheduled (database unreachable)", job_id)
+        return "skipped"
+    if left is None:
+        log.info("job %s: not claimable (already taken, finished, cancelled, or waiting for the hub until "
+                 "later); duplicate delivery ignored", job_id)
+        return "skipped"
+    log.warning("job %s: its retry message came %.1f s before retry_at (a clock running ahead of the "
+                "database's?); sent again for then", job_id, left)
+    try:
+        send_job(settings, job_id, countdown=left, task_id=new_id)
+    except Exception:   # the row names a message that was not sent: the reaper sends one once it is due
+        log.exception("job %s: re-scheduled message not sent; the reaper will send it", job_id)
+    return "rescheduled"
 
 
 def _ended(checkpoint: StoreCheckpoint | None) -> None:
@@ -243,17 +269,18 @@ def _ended(checkpoint: StoreCheckpoint | None) -> None:
         checkpoint.remove()
 
 
-def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStore | None = None) -> str:
-    """Returns what happened: skipped (not ours to run), succeeded, failed, cancelled, lost, or
-    deferred (queued again to wait for the hub, worker released)."""
+def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStore | None = None,
+            delivery_id: str | None = None) -> str:
+    """Returns what happened: skipped (not ours to run), rescheduled (the job's retry message came
+    before its retry_at and was sent again for then), succeeded, failed, cancelled, lost, or
+    deferred (queued again to wait for the hub, worker released). `delivery_id`: the broker
+    message's id."""
     # Import torch & co. before claiming, so the lease clock does not run during a slow import.
     from vtrans_core import compress
 
     claim = jobstore.claim(settings.db_url, job_id, worker_id, settings.lease_seconds, settings.max_attempts)
     if claim is None:
-        log.info("job %s: not claimable (already taken, finished, cancelled, or waiting for the hub until "
-                 "later); duplicate delivery ignored", job_id)
-        return "skipped"
+        return _early_delivery(settings, job_id, delivery_id)
     store = store or ArtifactStore(settings.artifacts)
     prefix = f"jobs/{job_id}/attempt-{claim.attempt}"
     work = settings.work_dir / job_id / f"attempt-{claim.attempt}"

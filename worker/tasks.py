@@ -25,9 +25,10 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{_WORKER_TAG}"
 
 
-@app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)
-def run_compression(job_id: str) -> str:
-    return run_job(get_settings(), job_id, worker_id())
+@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_compression(self, job_id: str) -> str:
+    # The message's id: an early delivery of a deferred job's retry message re-schedules itself (runner).
+    return run_job(get_settings(), job_id, worker_id(), delivery_id=self.request.id)
 
 
 def reap_once() -> list[str]:

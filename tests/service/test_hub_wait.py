@@ -90,11 +90,13 @@ def _due_now(url: str, job_id: str) -> None:
 def test_a_deferred_job_waits_in_the_queue_until_its_time_and_says_so(service_settings, client, job_id):
     url, state = service_settings.db_url, {"attempts": 1, "waited": 60.0, "started": 1.0}
     first = jobstore.claim(url, job_id, "worker-a", 60, 1)       # max_attempts=1: one death allowed
-    retry_at = utcnow() + timedelta(seconds=60)
-    assert jobstore.defer(url, first, retry_at, "waiting on the hub: try at noon", state)
+    before = utcnow()
+    retry_at = jobstore.defer(url, first, 60, lambda at: "waiting on the hub: try at noon", state, "message-1")
+    assert before + timedelta(seconds=59) < retry_at < utcnow() + timedelta(seconds=61)
     row = _job(url, job_id)
     assert (row.status, row.stage, row.worker_id, row.lease_expires_at) == ("queued", "hub-wait", None, None)
     assert row.retry_at == retry_at and row.deferrals == 1 and row.hub_state == state
+    assert row.retry_message_id == "message-1"
     got = client.get(f"/v1/jobs/{job_id}").json()
     assert got["status"] == "queued" and got["waiting_reason"] == "waiting on the hub: try at noon"
     assert datetime.fromisoformat(got["retry_at"]) == retry_at
@@ -109,13 +111,14 @@ def test_a_deferred_job_waits_in_the_queue_until_its_time_and_says_so(service_se
     assert second is not None and second.attempt == 2
     row = _job(url, job_id)
     assert row.retry_at is None and row.wait_reason is None and row.hub_state == state   # kept for the download
+    assert row.retry_message_id is None
     assert client.get(f"/v1/jobs/{job_id}").json()["retry_at"] is None
 
 
 def test_a_job_waiting_for_the_hub_is_cancelled_at_once_and_never_claimed(service_settings, client, job_id):
     url = service_settings.db_url
     claim = jobstore.claim(url, job_id, "worker-a", 60, 3)
-    assert jobstore.defer(url, claim, utcnow() + timedelta(seconds=60), "waiting on the hub", {"attempts": 1})
+    assert jobstore.defer(url, claim, 60, lambda at: "waiting on the hub", {"attempts": 1}, "m")
     r = client.post(f"/v1/jobs/{job_id}/cancel")
     assert r.status_code == 202 and r.json()["status"] == "cancelled" and r.json()["retry_at"] is None
     with session_scope(url) as s:
@@ -129,7 +132,7 @@ def test_no_requeue_once_a_cancel_was_requested(service_settings, job_id):
     url = service_settings.db_url
     claim = jobstore.claim(url, job_id, "worker-a", 60, 3)
     assert jobstore.request_cancel(url, job_id, claim.tenant_id) == "running"
-    assert not jobstore.defer(url, claim, utcnow() + timedelta(seconds=60), "waiting", {})
+    assert jobstore.defer(url, claim, 60, lambda at: "waiting", {}, "m") is None
     assert _job(url, job_id).status == "running"     # the worker ends it as cancelled (runner._defer)
 
 
@@ -138,7 +141,7 @@ def test_the_reaper_counts_deaths_not_hub_waits_and_resends_only_due_jobs(servic
 
     url = service_settings.db_url
     claim = jobstore.claim(url, job_id, "worker-a", 60, 1)
-    assert jobstore.defer(url, claim, utcnow() + timedelta(seconds=60), "waiting", {})
+    assert jobstore.defer(url, claim, 60, lambda at: "waiting", {}, "m")
     resend_all = service_settings.model_copy(update={"resend_queued_after_seconds": 0.0})
     assert job_id not in _stale_queued(resend_all)    # not due: a message would only be refused
     _due_now(url, job_id)
@@ -162,7 +165,8 @@ def test_the_runner_ends_the_attempt_and_sends_the_job_for_its_retry_time(servic
 
     sent = []
     monkeypatch.setattr(runner, "download_revision", refused)
-    monkeypatch.setattr(celery_app, "send_job", lambda settings, job, eta=None: sent.append((job, eta)))
+    monkeypatch.setattr(celery_app, "send_job", lambda settings, job, eta=None, task_id=None:
+                        sent.append((job, eta, task_id)))
     before = utcnow()
     assert runner.run_job(service_settings, job_id, "worker-a") == "deferred"
     row = _job(url, job_id)
@@ -170,7 +174,7 @@ def test_the_runner_ends_the_attempt_and_sends_the_job_for_its_retry_time(servic
     assert before + timedelta(seconds=39) < row.retry_at < utcnow() + timedelta(seconds=41)
     assert row.wait_reason.startswith("waiting on the Hugging Face hub (x)")
     assert "its worker free for other jobs" in row.wait_reason and f"{row.retry_at:%H:%M:%S} UTC" in row.wait_reason
-    assert sent == [(job_id, row.retry_at)]
+    assert sent == [(job_id, row.retry_at, row.retry_message_id)] and row.retry_message_id
     assert not (service_settings.work_dir / job_id).exists()
 
 
