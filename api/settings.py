@@ -90,12 +90,15 @@ class Settings(BaseSettings):
     # Retry-After lengthens a wait, within that total (asking for more fails the job). A hub
     # outage usually lasts minutes; the heartbeat keeps the lease meanwhile and a cancel ends the
     # wait. A definite answer (no such revision or repository, gated, 401/403) is never retried.
+    # These are the only retries: huggingface_hub's and hf_xet's own are turned off in the
+    # download's process (worker/hub_fetch.use_one_retry_layer, hub_download.CHILD_ENV).
     hub_download_attempts: int = Field(default=5, ge=1)
     hub_retry_seconds: float = Field(default=600.0, ge=0)
     # A wait for the hub longer than this does not hold the worker: the attempt ends and the job
     # goes back to the queue until the wait is over (status queued, waiting_reason and retry_at
     # say so), so a GPU worker runs other jobs meanwhile. Shorter waits are slept on the worker:
-    # a new attempt costs a fresh process, a claim and the download from the start.
+    # a new attempt costs a fresh process and a claim (the files so far are kept on the worker,
+    # and a run on another machine downloads them again).
     hub_requeue_after_seconds: float = Field(default=30.0, ge=0)
 
     # Schedules and webhooks (issue #14), run by `vtrans scheduler` (and by `vtrans serve`).

@@ -35,6 +35,13 @@ the worker waits on, calling `check` (the job's cancel/lease check) every `poll_
   statuses and connection errors (hub_fetch.use_one_retry_layer), which would otherwise sleep
   unseen inside an attempt (up to 5 times, as long as each Retry-After asks) before this loop
   even knew of a failure. So every wait is counted here, announced, and cut short by a cancel.
+- the same holds for Xet-backed repos: hf_xet's Rust client retries on its own (5 times, waits
+  from 3 s up to 6 min: HF_XET_CLIENT_RETRY_MAX_ATTEMPTS / _BASE_DELAY / _MAX_DURATION, read in
+  hf_xet 1.8), outside the child's HTTP client. The child runs with HF_HUB_DISABLE_XET=1
+  (CHILD_ENV), so huggingface_hub fetches those files over plain HTTP through the client above:
+  an xet failure would reach us as a Rust error string that classify() cannot tell transient from
+  definite, and xet truncates a partial file rather than continue it. The xet retries are set
+  to none as well, should anything still reach hf_xet. The cost: xet's chunk deduplication.
 - a wait longer than `defer_after` is not slept here: HubDeferred ends the attempt, and the
   runner sends the job back to the queue until then (jobstore.defer), so the worker (a GPU's)
   runs other jobs meanwhile. `state` carries the attempts and waiting used into the next run,
@@ -69,6 +76,20 @@ ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.txt", "tokenizer.model", "spiece
 # precisions) would be downloaded for nothing.
 IGNORE_PATTERNS = ["*/*"]
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]   # so the child finds `worker.hub_fetch` from any cwd
+# What the download child runs with, over the worker's own environment (see the module docstring:
+# this loop is the only layer that retries). Online was decided by the parent (constants.HF_HUB_OFFLINE,
+# possibly set after start-up): the child must not read a different answer from the environment.
+CHILD_ENV = {"HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+             "HF_HUB_DISABLE_XET": "1",   # Xet-backed files over plain HTTP, through hub_fetch's client
+             "HF_XET_CLIENT_RETRY_MAX_ATTEMPTS": "0",   # (hf_xet: "retry at most this many times")
+             "HF_XET_CLIENT_RETRY_BASE_DELAY": "0s", "HF_XET_CLIENT_RETRY_MAX_DURATION": "0s"}
+
+
+def child_environment() -> dict[str, str]:
+    """The download child's environment: the worker's (HF_TOKEN, HF_ENDPOINT, ...), CHILD_ENV
+    over it whatever the operator set, and this package importable."""
+    return dict(os.environ, **CHILD_ENV,
+                PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])))
 
 
 def retry_delays(attempts: int, total_seconds: float) -> list[float]:
@@ -123,10 +144,7 @@ def _fetch_in_child(repo_id: str, revision: str, dest: Path, endpoint: str | Non
     result.unlink(missing_ok=True)
     args = {"repo": repo_id, "revision": revision, "dest": str(dest), "endpoint": endpoint,
             "result": str(result), "allow": ALLOW_PATTERNS, "ignore": IGNORE_PATTERNS}
-    # Online was decided here (constants.HF_HUB_OFFLINE, possibly set after start-up); the child
-    # must not read a different answer from the environment. HF_TOKEN etc. are inherited.
-    env = dict(os.environ, HF_HUB_OFFLINE="0", HF_HUB_DISABLE_PROGRESS_BARS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])))
+    env = child_environment()
     try:
         with log_file.open("wb") as out:
             # Its own session: killpg reaches the child and anything it started, nothing of ours.

@@ -155,7 +155,9 @@ def use_one_retry_layer() -> bool:
     configuration is copied (its request hook: offline check, request ids; redirects; timeouts).
     Left as it is: a connection that breaks while a file's body is streaming is resumed from the
     byte it reached after 1 s (http_get; it gives up after 5 breaks in a row without a new byte);
-    ending the attempt there would cost the file so far and the parent's longer wait for a blip.
+    ending the attempt there would cost the parent's longer wait for a blip.
+    Xet-backed files come through this client too: the parent starts us with HF_HUB_DISABLE_XET=1
+    and hf_xet's own retries set to none (hub_download.CHILD_ENV, and why there).
     False (nothing changed) with a huggingface_hub whose client is not an httpx one."""
     import huggingface_hub
 

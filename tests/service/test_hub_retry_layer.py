@@ -5,16 +5,22 @@ http_backoff: the file listing, the second HEAD pass of hf_hub_download; the tra
 408/429), sleeping up to 5 times per request, a Retry-After or RateLimit reset each time. The
 download child replaces its HTTP client through the documented huggingface_hub.set_client_factory
 (worker/hub_fetch.use_one_retry_layer) so that each failure reaches the worker's loop at once:
-counted here with the fake hub's request log, one faulted request per attempt of ours."""
+counted here with the fake hub's request log, one faulted request per attempt of ours. Xet-backed
+repos: hf_xet's Rust client retries on its own; the child runs with xet transfers off and those
+retries at none (hub_download.CHILD_ENV), checked as the installed packages read the environment."""
 from __future__ import annotations
 
+import json
 import secrets
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
 from vtrans_core.errors import CompressionError
+from worker import hub_download
 from worker.hub_download import download_revision
 
 from . import fake_hub
@@ -84,3 +90,46 @@ def test_a_hub_that_refuses_connections_fails_each_attempt_at_once(tmp_path, mon
     assert "after 2 attempts" in info.value.message and "Connect" in info.value.message, info.value.message
     assert len(notes) == 1 and "retrying in 0.5 s" in notes[0], notes
     assert elapsed < 20, f"{elapsed:.0f} s: retried underneath the worker's loop"
+
+
+XET_SETTINGS = """
+import json, hf_xet
+from huggingface_hub import constants
+from huggingface_hub.utils._runtime import is_xet_available
+config = hf_xet.XetConfig()
+print(json.dumps({"attempts": config.get("client.retry_max_attempts"),
+                  "base_delay": str(config.get("client.retry_base_delay")),
+                  "max_duration": str(config.get("client.retry_max_duration")),
+                  "xet_disabled": constants.HF_HUB_DISABLE_XET, "xet_used": is_xet_available()}))
+"""
+
+
+def test_the_download_child_leaves_the_retrying_of_xet_repos_to_our_loop(tmp_path, monkeypatch):
+    """Whatever the operator set, the child that downloads gets xet off and hf_xet's retries at none."""
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "0")
+    monkeypatch.setenv("HF_XET_CLIENT_RETRY_MAX_ATTEMPTS", "7")
+    monkeypatch.setenv("HF_XET_CLIENT_RETRY_BASE_DELAY", "10s")
+    monkeypatch.setenv("HF_TOKEN", "hf_operator_token")
+    environments = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(args, **kw):
+        environments.append(kw["env"])
+        return real_popen(args, **kw)
+
+    monkeypatch.setattr(hub_download.subprocess, "Popen", recording_popen)
+    with socket.socket() as s:   # a hub that refuses connections: the child fails at once
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    outcome = hub_download._fetch_in_child("acme/x", new_sha(), tmp_path / "dest", closed, lambda: None, 0.1)
+    assert outcome["ok"] is False and outcome["kind"] == "transient", outcome
+    assert len(environments) == 1
+    env = environments[0]
+    assert env["HF_HUB_DISABLE_XET"] == "1" and env["HF_XET_CLIENT_RETRY_MAX_ATTEMPTS"] == "0"
+
+    # ... and the installed huggingface_hub and hf_xet read it that way.
+    seen = json.loads(subprocess.run([sys.executable, "-c", XET_SETTINGS], env=env, capture_output=True,
+                                     text=True, check=True, timeout=60).stdout)
+    assert seen == {"attempts": 0, "base_delay": "0:00:00", "max_duration": "0:00:00",
+                    "xet_disabled": True, "xet_used": False}, seen
+    assert env["HF_TOKEN"] == "hf_operator_token"   # the worker's environment otherwise
