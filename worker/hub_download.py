@@ -2,9 +2,11 @@
 record names rather than whatever the hub's `main` points at when the job runs.
 
 The job's `request.model_source.revision` is the commit sha resolved at submit/firing time.
-The worker downloads that revision into the attempt's work directory (removed with it when the
-attempt ends, so recurring jobs leave no growing cache behind) and hands the folder to
-vtrans_core.compress, which stays free of hub revisions. Only safetensors weights, JSON configs
+The worker downloads that revision into a folder of the job's under its data dir, kept while the
+job waits for the hub (so a requeued run resumes the files where the last one stopped:
+hub_fetch.fetch_file) and removed when the job ends (worker/runner.py: recurring jobs leave no
+growing cache behind), and hands the folder to vtrans_core.compress, which stays free of hub
+revisions. Only safetensors weights, JSON configs
 and tokenizer files are fetched: never pickled weights (*.bin, *.pt, ...) nor code (*.py).
 
 huggingface_hub reads HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE and HF_HOME / HF_HUB_CACHE from the
@@ -21,7 +23,8 @@ the worker waits on, calling `check` (the job's cancel/lease check) every `poll_
 - a transient failure (connection refused/reset, timeout, HTTP 408/429/5xx) is retried up to
   `attempts` times, the waits doubling and adding up to `retry_seconds`; each wait is announced
   with a job event ("waiting on the Hugging Face hub ...") and cut short by a cancel. Files that
-  completed in an earlier attempt are kept. A definite answer (revision or repository not
+  completed in an earlier attempt are kept, and a file cut short is continued from its last byte
+  (a Range request: hub_fetch.fetch_file), in this run or a requeued one. A definite answer (revision or repository not
   found, gated, 401/403) fails at once: waiting would not change it.
 - a child that dies without writing its outcome (killed by a signal: the kernel's OOM killer, an
   operator's kill -9; or crashed) fails the job at once with an error naming the signal or exit
@@ -268,6 +271,8 @@ def download_revision(repo_id: str, revision: str, dest: Path, *, endpoint: str 
             _wait(wait, check, poll_seconds)
         raise CompressionError("model", f"could not download {where} from {hub}: still failing after {attempts} "
                                f"attempts over {time.time() - started:.0f} s (last error: {error}), {no_copy}")
+    except HubDeferred:   # the job runs again later, on this worker maybe: its next run continues these files
+        raise
     except BaseException:   # failed or cancelled: no partial model is left behind
         shutil.rmtree(dest, ignore_errors=True)
         raise

@@ -16,11 +16,14 @@ would keep writing into a folder the parent deletes). See hub_download.py.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import sys
 import threading
 import time
+from pathlib import Path
 
 # Transient: the hub (or the way to it) may answer later. Matched by class name along the MRO
 # because the package allows huggingface_hub versions built on requests, httpx or httpx2.
@@ -31,6 +34,7 @@ TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 # The statuses RFC 9110 §10.2.3 gives Retry-After a meaning for when it comes with an error
 # ("too many requests", "unavailable, come back then"); on others the header is not about waiting.
 RETRY_AFTER_STATUS = {429, 503}
+PARTIAL_DIR = ".partial"   # in `dest`: the files still being downloaded (fetch_file)
 
 
 def first_line(err: BaseException) -> str:
@@ -195,9 +199,8 @@ def fetch(repo: str, revision: str, dest: str, endpoint: str | None, allow: list
 
     Not snapshot_download: when its listing call fails it may fall back to whatever `dest`
     already holds (a retry's partial folder) and call that a snapshot; here a failed listing is
-    an error, and success means every listed file arrived. A file completed by an earlier attempt
-    is kept (hf_hub_download checks it against the hub and skips it)."""
-    from huggingface_hub import HfApi, hf_hub_download
+    an error, and success means every listed file arrived."""
+    from huggingface_hub import HfApi
     from huggingface_hub.utils import filter_repo_objects
 
     api = HfApi(endpoint=endpoint)
@@ -205,8 +208,60 @@ def fetch(repo: str, revision: str, dest: str, endpoint: str | None, allow: list
              if type(f).__name__ == "RepoFile"]
     wanted = list(filter_repo_objects(names, allow_patterns=allow, ignore_patterns=ignore))
     for name in wanted:
-        hf_hub_download(repo, name, revision=revision, local_dir=dest, endpoint=endpoint)
+        fetch_file(repo, revision, name, Path(dest), endpoint)
+    shutil.rmtree(Path(dest) / PARTIAL_DIR, ignore_errors=True)   # (empty by now: every file arrived)
     return wanted
+
+
+def fetch_file(repo: str, revision: str, name: str, dest: Path, endpoint: str | None) -> None:
+    """One file into dest/name, resuming the bytes an earlier attempt got (issue #14).
+
+    Not hf_hub_download: huggingface_hub 2.x downloads to a file name unique to the process and
+    deletes it when the transfer fails, so every attempt (each a new child process) would start
+    the file from byte 0, a multi-GB safetensors again after every outage. Here the bytes go to
+    dest/.partial/<name>.<etag>.part, kept when the attempt fails; the next attempt (the same
+    `dest`: the worker keeps it across the job's runs, worker/hub_downloads.py) asks for the rest
+    with a Range request through huggingface_hub's own http_get (which restarts from 0 if the
+    server ignores the Range). http_get writes whole 10 MiB chunks: a cut keeps those that arrived. The etag in the name: bytes of another version of the file
+    are never continued. A resumed file is checked against the etag (sha256 of an LFS file, git
+    blob id of a small one) before it takes its name: bytes appended to a wrong prefix fail the
+    attempt as a consistency error, and the next one starts from 0 (a whole transfer is trusted,
+    as hf_hub_download does: so an etag of some other form costs one retry, never the job). A
+    file already in `dest` with the size the hub announces is kept: `dest` is this revision's
+    alone, its files cannot change."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    meta = get_hf_file_metadata(hf_hub_url(repo, name, revision=revision, endpoint=endpoint), endpoint=endpoint)
+    target = dest / name
+    if target.is_file() and meta.size is not None and target.stat().st_size == meta.size:
+        return
+    etag = "".join(c for c in (meta.etag or "") if c.isalnum())[:64] or "unknown"
+    partial = dest / PARTIAL_DIR / f"{name}.{etag}.part"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with partial.open("ab") as out:
+        have = out.tell()
+        if meta.size is not None and have > meta.size:   # not this file's bytes after all
+            out.truncate(0)
+            have = 0
+        http_get(meta.location, out, resume_size=have, headers=build_hf_headers(), expected_size=meta.size)
+    if have and not _matches_etag(partial, etag):
+        partial.unlink(missing_ok=True)
+        raise OSError(f"Consistency check failed: {name} does not match its etag {etag} after the download")
+    os.replace(partial, target)
+
+
+def _matches_etag(path: Path, etag: str) -> bool:
+    """The hub's etag is the sha256 of an LFS file's bytes, the git blob id (sha1 of
+    "blob <size>\0" + bytes) of a small file's; another form (a proxy's) is not checked."""
+    if len(etag) not in (40, 64):
+        return True
+    digest = hashlib.sha256() if len(etag) == 64 else hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest() == etag.lower()
 
 
 def _exit_with_parent() -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from vtrans_core.errors import CompressionCancelled, CompressionError
 
+from . import hub_downloads
 from .checkpoints import StoreCheckpoint
 from .events import note
 from .heartbeat import Heartbeat
@@ -123,7 +124,9 @@ def _inputs(settings: Settings, store: ArtifactStore, job: Job, work: Path,
     elif (revision := hub_revision_of(job)) is not None:
         # The recorded commit, not the hub's `main` of today: the job record names these bytes.
         note(f"downloading {job.model} at revision {revision} from the Hugging Face hub")
-        model_arg = str(download_revision(job.model, revision, work / "hub-model", check=check, note=note,
+        # Kept while the job waits for the hub: its next run here continues the files (hub_downloads.py).
+        dest = hub_downloads.hub_download_dir(settings.work_dir, job.id, job.model, revision)
+        model_arg = str(download_revision(job.model, revision, dest, check=check, note=note,
                                           attempts=settings.hub_download_attempts,
                                           retry_seconds=settings.hub_retry_seconds,
                                           poll_seconds=settings.cancel_check_seconds,
@@ -264,9 +267,11 @@ def _early_delivery(settings: Settings, job_id: str, delivery_id: str | None) ->
     return "rescheduled"
 
 
-def _ended(checkpoint: StoreCheckpoint | None) -> None:
+def _ended(settings: Settings, job_id: str, checkpoint: StoreCheckpoint | None) -> None:
+    """The job ended with this attempt: what was kept for a next one goes."""
     if checkpoint is not None:
         checkpoint.remove()
+    hub_downloads.forget(settings.work_dir, job_id)
 
 
 def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStore | None = None,
@@ -282,6 +287,10 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
     if claim is None:
         return _early_delivery(settings, job_id, delivery_id)
     store = store or ArtifactStore(settings.artifacts)
+    try:
+        hub_downloads.sweep_ended(settings.db_url, settings.work_dir)
+    except Exception:   # a leftover folder, no harm to this job: the next sweep tries again
+        log.exception("sweeping the hub downloads of ended jobs")
     prefix = f"jobs/{job_id}/attempt-{claim.attempt}"
     work = settings.work_dir / job_id / f"attempt-{claim.attempt}"
     # Earlier attempts of this job are dead (we could claim only because their lease expired):
@@ -311,14 +320,14 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
                                artifacts=artifacts, message="compressed model ready"):
             store.delete_prefix(prefix)
             return "lost"
-        _ended(checkpoint)
+        _ended(settings, job_id, checkpoint)
         return "succeeded"
     except HubDeferred as wait:   # a long wait for the hub: in the queue, not on this worker
         store.delete_prefix(prefix)
         heartbeat.stop()
         outcome = _defer(settings, claim, progress, wait)
         if outcome == "cancelled":
-            _ended(checkpoint)   # (an earlier attempt's, if the job had got further before)
+            _ended(settings, job_id, checkpoint)   # (an earlier attempt's, if the job had got further before)
         return outcome
     except LeaseLost:   # the checkpoint stays: the attempt that owns the job now may be using it
         heartbeat.stop()
@@ -329,14 +338,14 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
         store.delete_prefix(prefix)
         heartbeat.stop()
         if _finish(settings, claim, "cancelled", message="cancelled while running; partial files removed"):
-            _ended(checkpoint)   # (not when another attempt owns the job now: it may be using it)
+            _ended(settings, job_id, checkpoint)   # (not when another attempt owns the job now: it may be using it)
         return "cancelled"
     except CompressionError as err:
         store.delete_prefix(prefix)
         heartbeat.stop()
         if _finish(settings, claim, "failed",
                    error={"type": "CompressionError", "field": err.field, "message": err.message}):
-            _ended(checkpoint)
+            _ended(settings, job_id, checkpoint)
         return "failed"
     except Exception as err:  # a bug or a resource problem: the user sees the type and message
         log.exception("job %s failed", job_id)
@@ -344,7 +353,7 @@ def run_job(settings: Settings, job_id: str, worker_id: str, store: ArtifactStor
         heartbeat.stop()
         if _finish(settings, claim, "failed",
                    error={"type": type(err).__name__, "message": str(err)[:2000] or type(err).__name__}):
-            _ended(checkpoint)
+            _ended(settings, job_id, checkpoint)
         return "failed"
     finally:
         heartbeat.stop()

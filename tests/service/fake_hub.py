@@ -35,6 +35,11 @@ Outages and slow links, per repo, with PUT /_fake/faults/{org}/{name}:
   load balancer: the client sits in a blocking read); the handler waits for the client to close
   the connection and records when in the entry's `closed`.
 - {"bytes_per_second": B}: file transfers trickle at that rate (a multi-GB file on a slow link).
+- {"cut_after": N, "then": {...}[, "file": name]}: the next file transfer (of that file) sends its headers (the full length)
+  and N bytes of the body, then closes the connection (a link that broke mid-file); then the
+  fault `then` applies (e.g. a 503: the transfer cannot be resumed at once). Entry: `cut`: N.
+- a transfer with a `Range: bytes=N-` header is answered 206 from byte N, as the hub's CDN does;
+  the entry's `range`: the header as sent.
 - {}: back to normal.
 Run: python tests/service/fake_hub.py PORT [org/name=sha[=DIR] ...]
 """
@@ -150,7 +155,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _resolve(self, path: str, parts: list[str]) -> None:
         repo, rev, name = f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:])
-        entry = self._record(path, repo, rev, file=name)
+        asked_range = self.headers.get("Range") if self.command == "GET" else None
+        entry = self._record(path, repo, rev, file=name, **({"range": asked_range} if asked_range else {}))
         if self._fault(repo, entry, "transfer" if self.command == "GET" else "head"):
             return
         sha, error = self._commit(repo, rev)
@@ -162,16 +168,31 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(404, {"error": f"Entry not found: {name}"},
                               {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha})
         data = file.read_bytes()
-        self.send_response(200)
+        start = int(asked_range[len("bytes="):].split("-")[0]) if asked_range else 0
+        self.send_response(206 if start else 200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(len(data) - start))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.send_header("ETag", f'"{_git_oid(data)}"')
         self.send_header("X-Repo-Commit", sha)
         self.end_headers()
         if self.command == "HEAD":
             return
+        data = data[start:]
         with LOCK:
-            rate = FAULTS.get(repo, {}).get("bytes_per_second")
+            fault = FAULTS.get(repo, {})
+            cut, rate = fault.get("cut_after"), fault.get("bytes_per_second")
+            if fault.get("file") not in (None, name):
+                cut = None
+            if cut is not None:   # used up: what comes next applies
+                FAULTS[repo] = dict(fault.get("then") or {})
+                entry["cut"] = cut
+        if cut is not None:
+            self.wfile.write(data[:cut])
+            self.wfile.flush()
+            self.close_connection = True   # (the server closes it: the client gets less than announced)
+            return
         if not rate:
             return self.wfile.write(data)
         step = max(1, int(rate) // 10)   # ten writes a second

@@ -106,7 +106,8 @@ def test_the_runner_downloads_a_hub_jobs_recorded_revision_and_only_then(tmp_pat
     monkeypatch.setattr(runner, "download_revision", lambda repo, rev, dest, **kw:
                         calls.append((repo, rev, dest)) or options.append(kw) or Path("/downloaded"))
     settings = types.SimpleNamespace(db_url=f"sqlite:///{tmp_path / 'db.sqlite'}", hub_download_attempts=4,
-                                     hub_retry_seconds=30.0, cancel_check_seconds=0.5, hub_requeue_after_seconds=7.0)
+                                     hub_retry_seconds=30.0, cancel_check_seconds=0.5, hub_requeue_after_seconds=7.0,
+                                     work_dir=tmp_path / "data" / "work")
     sha = new_sha()
 
     hub_state = {"attempts": 1, "waited": 40.0, "started": 1.0}   # an earlier run's (jobstore.defer)
@@ -121,7 +122,9 @@ def test_the_runner_downloads_a_hub_jobs_recorded_revision_and_only_then(tmp_pat
     assert calls == [] and notes == []
     check = lambda: None
     assert runner._inputs(settings, None, job(sha), tmp_path / "w", notes.append, check)[0] == "/downloaded"
-    assert calls == [(REPO, sha, tmp_path / "w" / "hub-model")] and sha in notes[0]
+    # Not in the attempt's folder: kept for the job's next run here (worker/hub_downloads.py).
+    dest = tmp_path / "data" / "work" / "job_x" / "hub-download" / f"{REPO.replace('/', '--')}@{sha}"
+    assert calls == [(REPO, sha, dest)] and sha in notes[0]
     # The job's cancel check, the operator's retry settings and the job's hub waits so far reach the download.
     assert options == [{"check": check, "note": notes.append, "attempts": 4, "retry_seconds": 30.0,
                         "poll_seconds": 0.5, "defer_after": 7.0, "state": hub_state}]

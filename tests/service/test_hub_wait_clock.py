@@ -27,7 +27,9 @@ def _worker_clock(monkeypatch, offset: timedelta) -> None:
     import api.jobstore
     import api.models
 
-    skewed = lambda: datetime.now(timezone.utc) + offset  # noqa: E731
+    def skewed() -> datetime:
+        return datetime.now(timezone.utc) + offset
+
     monkeypatch.setattr(api.jobstore, "utcnow", skewed)
     monkeypatch.setattr(api.models, "utcnow", skewed)
 
