@@ -149,3 +149,22 @@ def submit_hub_job(http, db_url: str, hub: FakeHub, repo: str, files: Path, data
         row = s.get(Job, r.json()["id"])
         row.request = {**row.request, "model_source": {**row.request["model_source"], "revision": sha}}
     return row.id
+
+
+@pytest.fixture
+def settled_job_id(client, service_settings):
+    """A queued hub job row (as test_claims.job_id) that is ended when the test is over: one left
+    queued or running in the session's database would be re-sent by a later test's reaper and
+    run by its worker (against that test's fake hub)."""
+    from sqlalchemy import update
+
+    from api.db import session_scope
+    from api.models import Job
+
+    r = client.post("/v1/jobs", json={"model": "org/some-bert", "dataset": "tweet-sentiment",
+                                      "budget": {"kind": "params", "target": 0.5}})
+    assert r.status_code == 202, r.text
+    yield r.json()["id"]
+    with session_scope(service_settings.db_url) as s:
+        s.execute(update(Job).where(Job.id == r.json()["id"], Job.status.in_(("queued", "running")))
+                  .values(status="cancelled", cancel_requested=True, retry_at=None, lease_expires_at=None))

@@ -21,7 +21,8 @@ from worker.hub_download import HubDeferred, download_revision
 
 from . import fake_hub
 from .hub_fixtures import commit_files, hub, new_sha  # noqa: F401 (hub: a fixture)
-from .test_claims import _job, job_id  # noqa: F401 (job_id: a fixture, a queued hub job)
+from .hub_fixtures import settled_job_id  # noqa: F401 (a fixture: a queued hub job, ended after the test)
+from .test_claims import _job
 
 
 def test_a_requeued_run_continues_a_file_cut_short_with_a_range_request(hub, tmp_path):
@@ -77,13 +78,13 @@ def test_a_resumed_file_that_does_not_match_its_etag_is_started_again(hub, tmp_p
 
 # ------------------------------------------------------------------ the folder's life (runner, Postgres)
 
-def test_the_download_folder_outlives_a_deferred_run_and_goes_when_the_job_ends(service_settings, job_id,
+def test_the_download_folder_outlives_a_deferred_run_and_goes_when_the_job_ends(service_settings, settled_job_id,
                                                                                  monkeypatch):
     from worker import celery_app, runner
 
     url, revision = service_settings.db_url, new_sha()
     with session_scope(url) as s:
-        row = s.get(Job, job_id)
+        row = s.get(Job, settled_job_id)
         row.request = {**row.request, "model_source": {**row.request["model_source"], "revision": revision}}
     folders = []
 
@@ -100,27 +101,27 @@ def test_the_download_folder_outlives_a_deferred_run_and_goes_when_the_job_ends(
 
     monkeypatch.setattr(celery_app, "send_job", lambda *a, **kw: None)
     monkeypatch.setattr(runner, "download_revision", first_run)
-    assert runner.run_job(service_settings, job_id, "worker-a") == "deferred"
-    expected = service_settings.work_dir / job_id / "hub-download" / f"org--some-bert@{revision}"
+    assert runner.run_job(service_settings, settled_job_id, "worker-a") == "deferred"
+    expected = service_settings.work_dir / settled_job_id / "hub-download" / f"org--some-bert@{revision}"
     assert folders == [expected] and expected.is_dir()
 
     with session_scope(url) as s:
-        s.execute(update(Job).where(Job.id == job_id).values(retry_at=utcnow()))
+        s.execute(update(Job).where(Job.id == settled_job_id).values(retry_at=utcnow()))
     monkeypatch.setattr(runner, "download_revision", second_run)
-    assert runner.run_job(service_settings, job_id, "worker-a") == "failed"
+    assert runner.run_job(service_settings, settled_job_id, "worker-a") == "failed"
     assert folders == [expected, expected]
-    assert not (service_settings.work_dir / job_id).exists()   # the job ended: nothing of it is left
+    assert not (service_settings.work_dir / settled_job_id).exists()   # the job ended: nothing of it is left
 
 
-def test_the_downloads_of_jobs_that_ended_elsewhere_are_swept(service_settings, client, job_id, tmp_path):
+def test_the_downloads_of_jobs_that_ended_elsewhere_are_swept(service_settings, client, settled_job_id, tmp_path):
     url = service_settings.db_url
     ended = client.post("/v1/jobs", json={"model": "org/other-bert", "dataset": "tweet-sentiment",
                                           "budget": {"kind": "params", "target": 0.5}}).json()["id"]
     assert jobstore.request_cancel(url, ended, _job(url, ended).tenant_id) == "cancelled"
     work = tmp_path / "work"
-    for job in (job_id, ended):
+    for job in (settled_job_id, ended):
         folder = hub_downloads.hub_download_dir(work, job, "org/some-bert", "a" * 40)
         folder.mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(b"w")
     assert hub_downloads.sweep_ended(url, work) == [ended]
-    assert not (work / ended).exists() and (work / job_id / "hub-download").is_dir()   # still queued: kept
+    assert not (work / ended).exists() and (work / settled_job_id / "hub-download").is_dir()   # still queued: kept
