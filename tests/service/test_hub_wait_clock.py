@@ -55,7 +55,8 @@ def test_a_worker_clock_an_hour_ahead_neither_claims_early_nor_delays_the_retry(
 
     _worker_clock(monkeypatch, timedelta(hours=-1))   # and one behind takes it once the database says it is due
     with session_scope(url) as s:
-        s.execute(update(Job).where(Job.id == settled_job_id).values(retry_at=jobstore.db_now(s) - timedelta(seconds=1)))
+        due = jobstore.db_now(s) - timedelta(seconds=1)
+        s.execute(update(Job).where(Job.id == settled_job_id).values(retry_at=due))
     assert jobstore.claim(url, settled_job_id, "worker-behind", 60, 3) is not None
 
 
