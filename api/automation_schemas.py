@@ -2,9 +2,10 @@
 models so the OpenAPI document describes exactly what is sent and answered."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, PlainSerializer, WithJsonSchema
 
 from .schemas import ResponseModel
 from .webhooks import EVENT_TYPES
@@ -14,6 +15,21 @@ from .webhooks import EVENT_TYPES
 # closed type (adding a kind is then a contract change, tests/contract/test_compat.py).
 EventType = Literal["job.succeeded", "job.failed", "job.cancelled", "schedule.run"]
 assert set(EventType.__args__) == set(EVENT_TYPES)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc)
+
+
+# A timestamp of these answers: a timezone-aware datetime, kept in UTC, declared `format:
+# date-time` like the Job's. On the wire it stays datetime.isoformat() ("...+00:00"), what these
+# routes sent when the fields were plain strings, not pydantic's "...Z" (the Job's form): the
+# `schedule.run` webhook's data is run_out's JSON dump, and a receiver may compare or parse those
+# strings with a pre-3.11 fromisoformat that refuses "Z". WithJsonSchema keeps the format in the
+# response (serialization) schema, which PlainSerializer alone reduces to a bare string.
+UTCTime = Annotated[AwareDatetime, AfterValidator(_utc),
+                    PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),
+                    WithJsonSchema({"type": "string", "format": "date-time"})]
 
 # Examples for the document (tests/contract checks each one validates against its model).
 _NOW = "2026-01-15T03:00:00+00:00"
@@ -68,14 +84,14 @@ class ScheduleRunOut(ResponseModel):
     model_config = _examples(_RUN)
     id: str
     schedule_id: str
-    due_at: str
+    due_at: UTCTime
     trigger: Literal["cron", "new_version"]
     outcome: Literal["job_created", "skipped", "missed"]
     reason: str | None = Field(description="why no job was created (skipped / missed)")
     job_id: str | None
     source: str | None = Field(description="the model version (id) or hub revision the firing saw")
     missed: int = Field(description="earlier due times folded into this catch-up firing")
-    created_at: str
+    created_at: UTCTime
 
 
 class ScheduleOut(ResponseModel):
@@ -87,9 +103,9 @@ class ScheduleOut(ResponseModel):
     timezone: str
     on_new_version: bool
     paused: bool
-    next_due_at: str | None
-    created_at: str
-    updated_at: str
+    next_due_at: UTCTime | None
+    created_at: UTCTime
+    updated_at: UTCTime
     last_run: ScheduleRunOut | None
 
 
@@ -117,7 +133,7 @@ class WebhookOut(ResponseModel):
     url: str
     events: list[EventType]
     description: str | None
-    created_at: str
+    created_at: UTCTime
 
 
 class WebhookCreated(WebhookOut):
@@ -135,7 +151,7 @@ class WebhookAttemptOut(ResponseModel):
     status_code: int | None
     latency_ms: float | None
     error: str | None
-    created_at: str
+    created_at: UTCTime
 
 
 class WebhookDeliveryOut(ResponseModel):
@@ -144,9 +160,9 @@ class WebhookDeliveryOut(ResponseModel):
     event_type: EventType
     status: Literal["pending", "delivered", "failed"]
     attempts: int
-    next_attempt_at: str | None
-    created_at: str
-    delivered_at: str | None
+    next_attempt_at: UTCTime | None
+    created_at: UTCTime
+    delivered_at: UTCTime | None
     payload: dict[str, Any]
     attempt_log: list[WebhookAttemptOut]
 

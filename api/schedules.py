@@ -156,14 +156,13 @@ def _skip_reason(db: Session, settings: Settings, sch: Schedule, run: ScheduleRu
 
 def run_out(r: ScheduleRun) -> ScheduleRunOut:
     """The one serializer of a firing: the API's runs and the `schedule.run` webhook's data."""
-    return ScheduleRunOut(id=r.id, schedule_id=r.schedule_id, due_at=r.due_at.isoformat(), trigger=r.trigger,
+    return ScheduleRunOut(id=r.id, schedule_id=r.schedule_id, due_at=r.due_at, trigger=r.trigger,
                           outcome=r.outcome, reason=r.reason, job_id=r.job_id, source=r.source, missed=r.missed,
-                          created_at=r.created_at.isoformat())
+                          created_at=r.created_at)
 
 
 def schedule_out(s: Schedule, last_run: ScheduleRun | None = None) -> ScheduleOut:
     return ScheduleOut(id=s.id, name=s.name, template=s.template, cron=s.cron, timezone=s.timezone,
                        on_new_version=s.on_new_version, paused=s.paused,
-                       next_due_at=s.next_due_at.isoformat() if s.next_due_at else None,
-                       created_at=s.created_at.isoformat(), updated_at=s.updated_at.isoformat(),
+                       next_due_at=s.next_due_at, created_at=s.created_at, updated_at=s.updated_at,
                        last_run=run_out(last_run) if last_run else None)

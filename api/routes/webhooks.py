@@ -25,7 +25,7 @@ MAX_ENDPOINTS = 20  # per tenant: each event is sent to every endpoint subscribe
 
 def webhook_out(ep: WebhookEndpoint, cls: type[WebhookOut] = WebhookOut, **extra) -> WebhookOut:
     return cls(id=ep.id, url=ep.url, events=ep.events, description=ep.description,
-               created_at=ep.created_at.isoformat(), **extra)
+               created_at=ep.created_at, **extra)
 
 
 def _get(db: Session, tenant: str, webhook_id: str) -> WebhookEndpoint:
@@ -81,11 +81,11 @@ def delete_webhook(webhook_id: str, db: Session = Depends(get_db), tenant: str =
 def delivery_out(m: WebhookMessage, attempts: list[WebhookAttempt]) -> WebhookDeliveryOut:
     return WebhookDeliveryOut(
         id=m.id, event_type=m.event_type, status=m.status, attempts=m.attempts,
-        next_attempt_at=m.next_attempt_at.isoformat() if m.status == "pending" else None,
-        created_at=m.created_at.isoformat(), delivered_at=m.delivered_at.isoformat() if m.delivered_at else None,
+        next_attempt_at=m.next_attempt_at if m.status == "pending" else None,
+        created_at=m.created_at, delivered_at=m.delivered_at,
         payload=json.loads(m.body),  # the body exactly as signed and sent
         attempt_log=[WebhookAttemptOut(attempt=a.attempt, status_code=a.status_code, latency_ms=a.latency_ms,
-                                       error=a.error, created_at=a.created_at.isoformat()) for a in attempts])
+                                       error=a.error, created_at=a.created_at) for a in attempts])
 
 
 @router.get("/{webhook_id}/deliveries", response_model=WebhookDeliveryList, operation_id="listWebhookDeliveries", responses=contract.problems(401, 404))

@@ -4,7 +4,13 @@ model (and so the document). Parsing an answer stays lenient, since api/client.p
 newer server sends with these same models."""
 from __future__ import annotations
 
+import json
+import re
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
 import pytest
+from pydantic import ValidationError
 
 from api import automation_schemas, schemas
 
@@ -52,3 +58,44 @@ def test_nested_models_refuse_too():
                                              created_at="2026-01-15T03:00:00+00:00", latency=1.0)
     with pytest.raises(TypeError, match="bytes"):
         schemas.ModelFile(name="config.json", size=1, bytes=1)
+
+
+def test_every_timestamp_in_an_answer_is_declared_a_date_time(document):
+    """Generated clients type a `*_at` field as a datetime only when the document says
+    `format: date-time`; the schedule and webhook answers once declared bare strings."""
+    untyped = []
+    for name in _response_models(document):
+        for comp in _reachable(document, name):
+            for prop, schema in document["components"]["schemas"][comp].get("properties", {}).items():
+                options = [s for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
+                if prop.endswith("_at") and any(s.get("format") != "date-time" for s in options):
+                    untyped.append(f"{comp}.{prop}")
+    assert not untyped, untyped
+
+
+def _reachable(document: dict, name: str) -> set[str]:
+    """`name` and every component schema its properties refer to."""
+    seen, todo = set(), [name]
+    while todo:
+        comp = todo.pop()
+        if comp not in seen:
+            seen.add(comp)
+            text = json.dumps(document["components"]["schemas"][comp])
+            todo += re.findall(r'"#/components/schemas/([^"]+)"', text)
+    return seen
+
+
+def test_schedule_and_webhook_times_keep_their_wire_form():
+    """Typed as datetimes, they are still sent as datetime.isoformat() in UTC ("+00:00", as when
+    they were strings; the `schedule.run` webhook's data is this same dump), and parse either form."""
+    berlin = datetime(2026, 1, 15, 4, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    run = automation_schemas.ScheduleRunOut(
+        id="run_1", schedule_id="sch_1", due_at=berlin, trigger="cron", outcome="job_created", reason=None,
+        job_id="job_1", source=None, missed=0, created_at=datetime(2026, 1, 15, 3, 0, 0, 5, tzinfo=timezone.utc))
+    dumped = run.model_dump(mode="json")
+    assert (dumped["due_at"], dumped["created_at"]) == ("2026-01-15T03:00:00+00:00", "2026-01-15T03:00:00.000005+00:00")
+    assert json.loads(run.model_dump_json())["due_at"] == "2026-01-15T03:00:00+00:00"
+    parsed = automation_schemas.ScheduleRunOut.model_validate({**dumped, "due_at": "2026-01-15T03:00:00Z"})
+    assert parsed.due_at == berlin and parsed.due_at.tzinfo == timezone.utc
+    with pytest.raises(ValidationError, match="timezone"):  # a naive time would be ambiguous on the wire
+        automation_schemas.ScheduleRunOut.model_validate({**dumped, "due_at": "2026-01-15T03:00:00"})
