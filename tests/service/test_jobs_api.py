@@ -187,6 +187,18 @@ def test_list_rejects_bad_filters(client):
     assert_problem(client.get("/v1/jobs", params={"created_after": "yesterday"}), 422, "created_after")
 
 
+
+def test_event_format_is_an_enum_that_refuses_other_values(client):
+    """?format= is declared as the enum json/sse (generated clients get the choices); any other
+    value is the same 422 problem+json naming `format` that the route's own check answered."""
+    for bad in ("xml", "JSON", ""):
+        body = assert_problem(client.get("/v1/jobs/job_nope/events", params={"format": bad}), 422, "format")
+        assert "'json'" in body["detail"] and "'sse'" in body["detail"], body
+    assert_problem(client.get("/v1/jobs/job_nope/events", params={"format": "json"}), 404)  # accepted, no such job
+    param = next(p for p in client.get("/openapi.json").json()["paths"]["/v1/jobs/{job_id}/events"]["get"]["parameters"]
+                 if p["name"] == "format")
+    assert {"enum": ["json", "sse"], "type": "string"} in param["schema"]["anyOf"] and not param["required"]
+
 def test_health_ready_and_openapi(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
