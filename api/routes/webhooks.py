@@ -5,6 +5,7 @@ Signing, the outbox and delivery are in api/webhooks.py and api/webhook_delivery
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy import select
@@ -89,7 +90,9 @@ def delivery_out(m: WebhookMessage, attempts: list[WebhookAttempt]) -> WebhookDe
 
 
 @router.get("/{webhook_id}/deliveries", response_model=WebhookDeliveryList, operation_id="listWebhookDeliveries", responses=contract.problems(401, 404))
-def list_deliveries(webhook_id: str, status: str | None = Query(None, pattern="^(pending|delivered|failed)$"),
+def list_deliveries(webhook_id: str,
+                    # the enum of WebhookDeliveryOut.status, so generated clients get the choices
+                    status: Literal["pending", "delivered", "failed"] | None = Query(None),
                     limit: int = Query(50, ge=1, le=200), db: Session = Depends(get_db),
                     tenant: str = Depends(get_tenant)) -> WebhookDeliveryList:
     """Newest first: each message (its webhook-id, payload, status) with every attempt to send

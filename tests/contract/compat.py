@@ -15,6 +15,7 @@ becoming nullable and a response field no longer null are not breaking.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 
@@ -73,7 +74,14 @@ def _enum(doc: dict, schema: dict) -> set | None:
         return {_hashable(schema["const"])} - {None}
     if "enum" in schema:
         return {_hashable(v) for v in schema["enum"]} - {None}
+    # a pattern that is a plain alternation of words, ^(a|b|c)$, limits a string as an enum does
+    # (what a parameter declared with Query(pattern=...) documented before it became an enum)
+    if schema.get("type") == "string" and (m := _WORD_ALTERNATION.fullmatch(schema.get("pattern", ""))):
+        return set(m.group(1).split("|"))
     return None
+
+
+_WORD_ALTERNATION = re.compile(r"\^\(([\w.-]+(?:\|[\w.-]+)*)\)\$")
 
 
 def _hashable(value: Any) -> Any:

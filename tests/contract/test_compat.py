@@ -212,6 +212,10 @@ def _with_sub_kind(doc: dict, enum: list) -> dict:
     (_doc(_obj(), _obj(s=STR)), _doc(_obj(), _obj(s=AB)), "op request.s: now limited to the enum values"),
     (_doc(_obj(), params=_param(AB)), _doc(_obj(), params=_param(A)),
      "op parameter query:q: enum values ['b'] no longer accepted"),
+    (_doc(_obj(), params=_param({"type": "string", "pattern": "^(a|b|c)$"})), _doc(_obj(), params=_param(AB)),
+     "op parameter query:q: enum values ['c'] no longer accepted"),
+    (_doc(_obj(), params=_param({"type": "string", "pattern": "^a.*$"})), _doc(_obj(), params=_param(AB)),
+     "op parameter query:q: now limited to the enum values"),
     (_doc(_obj(), params=_param(STR)), _doc(_obj(), params=_param(STR, required=True)),
      "operation op: parameter query:q newly required"),
 ])
@@ -226,6 +230,8 @@ def test_enum_and_nested_changes_that_break_clients(old, new, expected):
     (_doc(_obj(), _obj(s=AB)), _doc(_obj(), _obj(s=ABC))),      # a request accepting more
     (_doc(_obj(), _obj(s=AB)), _doc(_obj(), _obj(s=STR))),      # a request accepting any string
     (_doc(_obj(), params=_param(A)), _doc(_obj(), params=_param(ABC))),
+    # a parameter whose pattern already allowed only these words, declared as their enum
+    (_doc(_obj(), params=_param({"type": "string", "pattern": "^(a|b)$"})), _doc(_obj(), params=_param(AB))),
 ])
 def test_enum_changes_that_keep_clients_working(old, new):
     assert breaking_changes(old, new) == []

@@ -44,6 +44,9 @@ def test_endpoint_secret_is_shown_once_and_other_tenants_get_404(tenants, receiv
     for call in (other.http.get, other.http.delete):
         assert_problem(call(f"/v1/webhooks/{hook['id']}"), 404)
     assert_problem(other.http.get(f"/v1/webhooks/{hook['id']}/deliveries"), 404)
+    # the delivery filter takes the statuses a delivery can have, and names itself otherwise
+    assert me.http.get(f"/v1/webhooks/{hook['id']}/deliveries", params={"status": "failed"}).json()["data"] == []
+    assert_problem(me.http.get(f"/v1/webhooks/{hook['id']}/deliveries", params={"status": "lost"}), 422, "status")
     assert other.http.get("/v1/webhooks").json()["data"] == []
     assert me.http.delete(f"/v1/webhooks/{hook['id']}").status_code == 204
     assert_problem(me.http.get(f"/v1/webhooks/{hook['id']}"), 404)
