@@ -131,8 +131,8 @@ def test_submit_enqueues_on_the_routed_queue_without_reading_it_back(service_set
     sent = []
 
     class FakeCelery:
-        def send_task(self, name, args, queue, eta=None):
-            sent.append((name, args, queue, eta))
+        def send_task(self, name, args, queue, eta=None, countdown=None, task_id=None):
+            sent.append((name, args, queue, eta or countdown))
 
     def no_read_back(*_args):
         raise AssertionError("send_job read the job's queue back although the route passed it")
