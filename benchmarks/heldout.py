@@ -183,12 +183,12 @@ class LoadSampler:
 def run_pair(spec: str, log) -> int:
     """`task:target:seed` -> that seed's vtrans and peer cases side by side (see the docstring)."""
     task, target, seed = spec.split(":")
-    suffix = f"-seed{seed}" if int(seed) else ""
-    names = [f"{task}-{method}{suffix}-{float(target)}" for method in ("vtrans", "peer")]
-    known = {c["name"] for c in cases()}
-    missing = [n for n in names if n not in known]
-    if missing:
-        raise SystemExit(f"--pair {spec}: no such case {missing} (seeds: 0 or {SEEDS}, pairs: {SEEDED})")
+    # the default-recipe cases of that task, budget and seed (seed 0: the first runs, no seed field)
+    names = [c["name"] for method in ("vtrans", "peer") for c in cases()
+             if c["task"] == task and c["method"] == method and not c.get("ablation")
+             and abs(c["target"] - float(target)) < 1e-9 and (c.get("seed") or 0) == int(seed)]
+    if len(names) != 2:
+        raise SystemExit(f"--pair {spec}: no such vtrans and peer cases (seeds: 0 or {SEEDS}, pairs: {SEEDED})")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VTRANS_BENCH_PAIR": f"{spec}@{int(time.time())}"}
     log.info("pair %s: %s side by side", spec, " and ".join(names))
     procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.heldout", "--case", n, "--no-report"], env=env)
