@@ -78,7 +78,7 @@ class CompressionOptions:
     # --- recovery after pruning ---
     finetune_steps: int | None = None   # distillation fine-tuning steps (None: finetune_epochs; 0: skip)
     finetune_epochs: float = 2.0     # passes over the method's rows, mask rounds included; >= min_finetune_steps
-    min_finetune_steps: int = 150
+    min_finetune_steps: int | None = None   # null = the method's (method_defaults)
     # "dense": the learned plan slices the dense model's ORIGINAL weights, which are then
     # fine-tuned; "trained": keep the weights as the mask rounds trained them (before session 11).
     # Measured (issue #11): the trained-while-gated weights recover worse than the untouched ones.
@@ -243,7 +243,7 @@ class CompressionOptions:
 # Options whose null default is resolved per method by parse() (value: a sample of the type).
 METHOD_DEPENDENT: dict[str, Any] = {"prune_hidden": True, "prune_heads": True, "hidden_distill_weight": 1.0,
                                     "mask_lr": 0.05, "beta": 1e-5, "importance": "vib", "gate_init": 9.0,
-                                    "reconstruct": "off", "calibration_tokens": 1}
+                                    "reconstruct": "off", "calibration_tokens": 1, "min_finetune_steps": 1}
 IMPORTANCES = ("vib", "fisher", "vib+fisher")
 # Options whose default is null and stays null unless set (value: a sample of the type).
 NULLABLE_SAMPLES: dict[str, Any] = {"task": "language-modeling", "dtype": "float32", "max_memory_gb": 1.0}
@@ -324,17 +324,23 @@ def method_defaults(method: str, layout: str) -> dict[str, Any]:
     emails) with a 5.8x shorter refit, which keeps `faster` near its 2-minute budget on CPU.
     vtrans/fast distil afterwards: 128k (all 2,048 tweets, ~1,090 emails; on spam the refit on
     all rows scored higher at 0.5/0.4 but took 1.6-2x the time, see benchmarks/README.md).
+    min_finetune_steps: the fewest distillation steps. `fast` fine-tunes for exactly this many on
+    any file under ~130,000 rows (two epochs of its 1,024-row subset are 64 steps); measured with 150. `vtrans` reaches
+    it only on a small file (schedule.is_small_file), where it fine-tunes for 120 after a short
+    ranking so that the whole recipe takes no longer than two epochs of plain distillation (held-
+    out spam, 3,000 rows: the peer's Taylor prune + 188 steps; see benchmarks/README.md).
     """
     if method == "faster":
         return {"prune_hidden": True, "prune_heads": True, "hidden_distill_weight": 0.0,
                 "mask_lr": 0.1, "beta": 1e-4, "importance": "fisher", "gate_init": 9.0, "reconstruct": "weights",
-                "calibration_tokens": 64 * 1024}
+                "calibration_tokens": 64 * 1024, "min_finetune_steps": 150}
     # vtrans/fast: the sliced dense weights are refitted ("weights") before distillation (issue #11,
     # held-out tweets at 0.4 FLOPs: the learned plan on the dense weights scored 48.30 untrained,
     # 74.50 after the refit, still untrained; dense 76.25). Fine-tuning the weights the rounds
     # trained (finetune_from "trained") has no dense-matching start to refit: off there.
     return {"prune_hidden": True, "prune_heads": True, "hidden_distill_weight": 0.0, "mask_lr": 0.05, "beta": 1e-5,
-            "importance": "vib", "gate_init": 9.0, "reconstruct": "weights", "calibration_tokens": 1024 * 128}
+            "importance": "vib", "gate_init": 9.0, "reconstruct": "weights", "calibration_tokens": 1024 * 128,
+            "min_finetune_steps": 120 if method == "vtrans" else 150}
 
 
 def _check_type(name: str, value: Any, default: Any, nullable: bool = False) -> None:

@@ -18,6 +18,11 @@ job, evaluated on rows neither saw):
   converted into fine-tuning steps of the pruned model (`mask_cost_in_finetune_steps`), is
   taken from the fine-tuning, so vtrans takes about as long as the plain prune-then-distil
   recipe it is compared with (issue #11: "the same compression wall time as the peer or less").
+- A small file cannot hold that: when the default ranking leaves the fine-tuning under its floor
+  (`is_small_file`), the ranking itself shrinks to SHORT_MASK_STEPS a round and a refit of
+  SHORT_CALIBRATION_TOKENS, and the fine-tuning gets the floor. Held-out spam (3,000 rows, two
+  epochs = 188 steps), side by side with the peer: rounds of 40 steps (308 s), a 131k-token
+  refit (142 s) and the 150-step floor (544 s) took 1,000 s against the peer's 740 s.
 """
 from __future__ import annotations
 
@@ -27,6 +32,11 @@ MIN_MASK_STEPS = 40
 MAX_MASK_STEPS = 2000
 MASK_EPOCHS_PER_ROUND = 0.1
 MAX_FINETUNE_STEPS = 50_000
+# The short ranking of a small file. Rounds of 20, 40 or 60 steps ranked alike on 6,000 tweets
+# (sessions 9-10; `fast`, whose rounds then trained the weights too, lost 1.55 points with 20);
+# 64k tokens is `faster`'s refit (spam at 0.5: 96.67 against 96.80 on all 247k tokens).
+SHORT_MASK_STEPS = 20
+SHORT_CALIBRATION_TOKENS = 64 * 1024
 
 
 def epoch_steps(n_rows: int, batch_size: int, epochs: float = 1.0) -> int:
@@ -66,6 +76,16 @@ RECONSTRUCT_BATCH_COST = 0.3
 
 def reconstruct_cost_in_finetune_steps(batches: int, kept_fraction: float) -> int:
     return int(round(batches * RECONSTRUCT_BATCH_COST * _finetune_step(0.5) / _finetune_step(kept_fraction)))
+
+
+def is_small_file(n_rows: int, options, default_ranking_cost: int) -> bool:
+    """Whether `finetune_epochs` of `n_rows` cannot hold the default ranking's cost (in fine-tuning
+    steps, at 0.5 FLOPs kept: a property of the data and the options, not of the budget) plus
+    `min_finetune_steps`. Explicit step counts are the user's schedule: never small then."""
+    if options.mask_steps or options.finetune_steps is not None:
+        return False
+    total = epoch_steps(n_rows, options.batch_size, options.finetune_epochs)
+    return total - default_ranking_cost < options.min_finetune_steps
 
 
 def finetune_steps(n_rows: int, options, spent_steps: int = 0) -> int:

@@ -97,6 +97,22 @@ def test_refit_rows_stop_at_the_token_cap(tiny_model_dir, tiny_dataset_csv, tmp_
     assert 0 < info["rows"] < 48 and info["tokens"] <= 60
 
 
+def test_a_small_file_runs_the_short_ranking_end_to_end(tiny_model_dir, tiny_dataset_csv, tmp_path, monkeypatch):
+    """With no step counts given, a file too small for two epochs to hold the ranking and the
+    floor (schedule.is_small_file) gets short mask rounds, the short refit's token cap and the
+    fine-tuning floor; the metrics say which schedule ran."""
+    import vtrans_core.methods.vtrans as vtrans_method
+
+    monkeypatch.setattr(vtrans_method, "SHORT_CALIBRATION_TOKENS", 60)   # small enough to bite on 96 short rows
+    opts = {"latency_runs": 1, "round_to": 1, "seq_len": 16, "batch_size": 8, "max_eval_examples": 8,
+            "layout": "per_layer"}
+    r = compress(str(tiny_model_dir), str(tiny_dataset_csv), BUDGET, "vtrans", opts, tmp_path / "small")
+    info = r.metrics["method_info"]
+    assert (info["schedule"], info["mask_steps_per_round"], info["finetune_steps"]) == ("small-file", 20, 120)
+    assert 0 < info["reconstruct"]["tokens"] <= 60 and info["reconstruct"]["rows"] < info["train_rows"]
+    assert r.metrics["flops_fraction"] <= BUDGET["target"] + 1e-6
+
+
 def test_reconstruct_needs_the_dense_weights(tiny_model_dir, tiny_dataset_csv, tmp_path):
     import pytest
 

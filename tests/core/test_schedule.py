@@ -1,8 +1,8 @@
 """Step counts that scale with the data (vtrans_core/schedule.py)."""
 from vtrans_core.methods import get_method
 from vtrans_core.options import CompressionOptions
-from vtrans_core.schedule import (MAX_MASK_STEPS, MIN_MASK_STEPS, epoch_steps, mask_cost_in_finetune_steps,
-                                  reconstruct_cost_in_finetune_steps)
+from vtrans_core.schedule import (MAX_MASK_STEPS, MIN_MASK_STEPS, SHORT_CALIBRATION_TOKENS, SHORT_MASK_STEPS,
+                                  epoch_steps, mask_cost_in_finetune_steps, reconstruct_cost_in_finetune_steps)
 
 
 def test_mask_rounds_cost_is_taken_from_the_finetune_epochs():
@@ -27,8 +27,43 @@ def test_mask_rounds_cost_is_taken_from_the_finetune_epochs():
 def test_small_data_keeps_the_floors_and_explicit_steps_win():
     opts = CompressionOptions.parse({}, "vtrans")
     vtrans = get_method("vtrans")
-    assert vtrans.mask_steps(100, opts) == MIN_MASK_STEPS
+    assert vtrans.mask_steps(100, opts) == SHORT_MASK_STEPS
     assert vtrans.finetune_steps(100, opts) == opts.min_finetune_steps
     explicit = CompressionOptions.parse({"mask_steps": 7, "finetune_steps": 9}, "vtrans")
     assert vtrans.mask_steps(20_000, explicit) == 7
     assert vtrans.finetune_steps(20_000, explicit) == 9
+
+
+def test_a_small_file_gets_the_short_ranking_and_the_floor():
+    """Two epochs of 3,000 rows (188 steps) cannot hold the default ranking (2 x 40 mask steps and
+    a 2,048-row refit) plus the floor: vtrans ranks on 20-step rounds and a 64k-token refit and
+    fine-tunes for its floor (120), so the recipe stays near two epochs of plain distillation.
+    6,000 rows hold it: the ranking is the default one and the fine-tuning the epochs' rest."""
+    vtrans, opts = get_method("vtrans"), CompressionOptions.parse({}, "vtrans")
+    assert opts.min_finetune_steps == 120
+    small = (vtrans.mask_steps(3000, opts), vtrans.calibration_tokens(3000, opts), vtrans.finetune_steps(3000, opts, 0.4))
+    assert small == (SHORT_MASK_STEPS, SHORT_CALIBRATION_TOKENS, 120)
+    assert vtrans.small_file(3000, opts) and not vtrans.small_file(6000, opts)
+    big = (vtrans.mask_steps(6000, opts), vtrans.calibration_tokens(6000, opts))
+    assert big == (MIN_MASK_STEPS, opts.calibration_tokens) and opts.calibration_tokens > SHORT_CALIBRATION_TOKENS
+    assert vtrans.finetune_steps(6000, opts, 0.5) > opts.min_finetune_steps
+    # where the default ranking first fits beside the floor, the fine-tuning starts at the floor:
+    # the step count does not jump at the boundary (the ranking does)
+    boundary = next(n for n in range(3000, 6000, 32) if not vtrans.small_file(n, opts))
+    assert opts.min_finetune_steps <= vtrans.finetune_steps(boundary, opts, 0.5) < opts.min_finetune_steps + 5
+    # a user's own steps or floor are the schedule
+    assert vtrans.mask_steps(3000, CompressionOptions.parse({"finetune_steps": 50}, "vtrans")) == MIN_MASK_STEPS
+    assert not vtrans.small_file(3000, CompressionOptions.parse({"mask_steps": 30}, "vtrans"))
+    assert vtrans.calibration_tokens(3000, CompressionOptions.parse({"calibration_tokens": 9000}, "vtrans")) == 9000
+    floor = CompressionOptions.parse({"min_finetune_steps": 200}, "vtrans")
+    assert vtrans.finetune_steps(3000, floor, 0.5) == 200 and vtrans.mask_steps(3000, floor) == SHORT_MASK_STEPS
+
+
+def test_fast_keeps_its_schedule_on_its_small_subset():
+    """fast's 1,024 rows are always a small file; it was measured with 40-step rounds, the
+    128k-token refit and 150 fine-tuning steps, and keeps them."""
+    fast, opts = get_method("fast"), CompressionOptions.parse({}, "fast")
+    assert (opts.min_finetune_steps, CompressionOptions.parse({}, "faster").min_finetune_steps) == (150, 150)
+    assert not fast.small_file(1024, opts)
+    assert (fast.mask_steps(1024, opts), fast.calibration_tokens(1024, opts), fast.finetune_steps(1024, opts)) == (
+        MIN_MASK_STEPS, 128 * 1024, 150)

@@ -112,20 +112,22 @@ def row_lengths(enc, n: int) -> list[int]:
     return [int(enc.seq_len)] * min(n, len(enc))
 
 
-def refit_rows(enc, options: CompressionOptions) -> int:
+def refit_rows(enc, options: CompressionOptions, max_tokens: int | None = None) -> int:
     """How many of `enc`'s first rows the refit uses: up to calibration_rows, stopping before the
-    real tokens exceed calibration_tokens (the least-squares statistics cost per token)."""
+    real tokens exceed `max_tokens` (default calibration_tokens; the least-squares statistics
+    cost per token)."""
+    max_tokens = options.calibration_tokens if max_tokens is None else max_tokens
     lengths = row_lengths(enc, options.calibration_rows)
     n, tokens = 0, 0
     for length in lengths:
         tokens += length
-        if n and tokens > options.calibration_tokens:
+        if n and tokens > max_tokens:
             break
         n += 1
     return n
 
 
-def reconstruct_cut(ctx: Context, model, plan, enc, mode: str) -> dict:
+def reconstruct_cut(ctx: Context, model, plan, enc, mode: str, max_tokens: int | None = None) -> dict:
     """Least-squares refit of the sliced `model` against ctx.dense on the first refit_rows() rows
     of `enc` (reconstruct.py); `plan` holds indices of ctx.dense. Returns the summary for
     method_info["reconstruct"]."""
@@ -137,7 +139,7 @@ def reconstruct_cut(ctx: Context, model, plan, enc, mode: str) -> dict:
     ctx.progress.start("refine")
     # length-sorted batches: ~40% less padding on tweets (reconstruct holds out every 5th batch);
     # head(): row numbers are kept, so the teacher's logit cache stays valid
-    rows = refit_rows(enc, ctx.options)
+    rows = refit_rows(enc, ctx.options, max_tokens)
     batches = list(iterate_batches(enc.head(rows), ctx.options.batch_size, ctx.device, shuffle=False))
     summary = reconstruct(model, ctx.dense, plan, batches, mode, tick=lambda d, t: ctx.progress.update(d, t))
     return {**summary, "tokens": sum(row_lengths(enc, rows))}

@@ -27,7 +27,8 @@ import torch
 
 from ..budget import Budget
 from ..importance import fisher_stage_weight
-from ..schedule import finetune_steps, mask_cost_in_finetune_steps, reconstruct_cost_in_finetune_steps
+from ..schedule import (SHORT_CALIBRATION_TOKENS, SHORT_MASK_STEPS, finetune_steps, is_small_file,
+                        mask_cost_in_finetune_steps, mask_steps_per_round, reconstruct_cost_in_finetune_steps)
 from ..training import BudgetLagrangian, MaskRound, train_masks, train_supervised
 from . import Context, Method, Origin, reconstruct_cut, refine_weight, restore_teacher, teacher_tensors
 
@@ -39,18 +40,40 @@ FINETUNE_STEP_COST = 0.7  # the pruned model is smaller
 class VTrans(Method):
     name = "vtrans"
     trains_weights = True
+    # A small file gets the short ranking (schedule.is_small_file). Not `fast`: its 1,024-row
+    # subset is always "small", and its schedule was measured as it is.
+    shortens_ranking_on_small_files = True
 
     def round_targets(self, target: float, rounds: int) -> list[float]:
         return [1.0 - (1.0 - target) * r / rounds for r in range(1, rounds + 1)]
 
-    def finetune_steps(self, n_rows: int, options, kept_fraction: float = 0.5, refit: int | None = None) -> int:
-        """`refit`: rows the refit really used (refit_rows); before the run, calibration_rows."""
-        spent = mask_cost_in_finetune_steps(options.prune_rounds * self.mask_steps(n_rows, options),
-                                            options.mask_weights, kept_fraction)
+    def _ranking_cost(self, n_rows: int, options, mask_steps: int, kept_fraction: float, refit: int | None) -> int:
+        """The mask rounds' and the refit's cost in fine-tuning steps. `refit`: rows the refit
+        really used (refit_rows); before the run, calibration_rows."""
+        spent = mask_cost_in_finetune_steps(options.prune_rounds * mask_steps, options.mask_weights, kept_fraction)
         if options.reconstruct != "off":
             rows = min(n_rows, options.calibration_rows) if refit is None else refit
-            batches = math.ceil(rows / options.batch_size)
-            spent += reconstruct_cost_in_finetune_steps(batches, kept_fraction)
+            spent += reconstruct_cost_in_finetune_steps(math.ceil(rows / options.batch_size), kept_fraction)
+        return spent
+
+    def small_file(self, n_rows: int, options) -> bool:
+        return self.shortens_ranking_on_small_files and is_small_file(
+            n_rows, options, self._ranking_cost(n_rows, options, mask_steps_per_round(n_rows, options), 0.5, None))
+
+    def mask_steps(self, n_rows: int, options) -> int:
+        return SHORT_MASK_STEPS if self.small_file(n_rows, options) else mask_steps_per_round(n_rows, options)
+
+    def calibration_tokens(self, n_rows: int, options) -> int:
+        """Real tokens the refit may read: a small file's short ranking reads fewer, unless the
+        user set calibration_tokens."""
+        if self.small_file(n_rows, options) and "calibration_tokens" not in getattr(options, "_explicit", ()):
+            return min(options.calibration_tokens, SHORT_CALIBRATION_TOKENS)
+        return options.calibration_tokens
+
+    def finetune_steps(self, n_rows: int, options, kept_fraction: float = 0.5, refit: int | None = None) -> int:
+        if options.finetune_steps is None and self.small_file(n_rows, options):
+            return options.min_finetune_steps    # the epochs are spent: the short ranking + the floor
+        spent = self._ranking_cost(n_rows, options, self.mask_steps(n_rows, options), kept_fraction, refit)
         return finetune_steps(n_rows, options, spent)
 
     def stage_plan(self, n_rows: int, options) -> dict[str, float]:
@@ -127,7 +150,8 @@ class VTrans(Method):
             model = slice_dense(ctx, final_plan)
             if opts.reconstruct != "off" and late is None:
                 # least-squares refit toward the dense outputs before distillation: a closer start
-                ctx.info["reconstruct"] = reconstruct_cut(ctx, model, final_plan, ctx.enc_train, opts.reconstruct)
+                ctx.info["reconstruct"] = reconstruct_cut(ctx, model, final_plan, ctx.enc_train, opts.reconstruct,
+                                                          self.calibration_tokens(len(ctx.enc_train), opts))
         state = _state(opts.prune_rounds, done, plans, lagrangian, ctx)
         loop = None
         if late is not None:
@@ -156,6 +180,7 @@ class VTrans(Method):
                                       resume=loop, on_step=on_step if session is not None else None)
         ctx.history.extend({"step": done + h["step"], "finetune_loss": h["loss"]} for h in ft_history)
         ctx.info.update(mask_steps_per_round=steps, prune_rounds=opts.prune_rounds, finetune_steps=ft,
+                        schedule="small-file" if self.small_file(len(ctx.enc_train), opts) else "epochs",
                         mask_weights=opts.mask_weights,
                         finetune_from=opts.finetune_from, train_rows=len(ctx.enc_train),
                         lambda1=round(lagrangian.lambda1, 4), lambda2=round(lagrangian.lambda2, 4))
