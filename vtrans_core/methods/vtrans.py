@@ -83,7 +83,9 @@ class VTrans(Method):
                 fisher_stage_weight(n_rows, options.fisher_rows) if options.importance == "vib+fisher" else 0.0)
             plan[f"prune#{r}"] = 1.0
         if options.reconstruct != "off":   # parse() allows it only with finetune_from "dense"
-            plan["refine"] = refine_weight(n_rows, options)
+            # the refit's cost follows its tokens: a small file's shorter refit weighs less
+            plan["refine"] = refine_weight(n_rows, options) * min(
+                1.0, self.calibration_tokens(n_rows, options) / options.calibration_tokens)
         plan["finetune"] = self.finetune_steps(n_rows, options) * FINETUNE_STEP_COST
         return plan
 
