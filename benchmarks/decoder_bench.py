@@ -144,8 +144,62 @@ def report() -> str:
                      f"{r['flops_fraction']:.3f} | "
                      f"{r['dense_ppl']:.2f} | {r['pruned_ppl']:.2f} ({r['ppl_ratio']:.2f}x) | {r['prefill_speedup']} | "
                      f"{r['decode_tps'][0]} -> {r['decode_tps'][1]} | {refit} | "
-                     f"{r['seconds'] - r['stage_seconds'].get('evaluate', 0.0):.0f} ({r['seconds']:.0f}) |")
+                     f"{r['seconds'] - r['stage_seconds'].get('evaluate', 0.0):.0f} ({r['seconds']:.0f})"
+                     + (f" ({r['time_note']})" if r.get("time_note") else "") + " |")
     return f"perplexity: held-out Bible chapters, {WINDOW}-token windows, stride {WINDOW}\n" + "\n".join(lines)
+
+
+PLOT = BENCH_DIR / "results" / "decoder_ppl_vs_params.png"
+TABLE = BENCH_DIR / "results" / "decoder_bench.md"
+
+
+def _current(r: dict) -> bool:
+    """A row of the current defaults: no option overridden but the budget kind, and not marked as
+    produced by an earlier, superseded version of the code (other notes only explain the row)."""
+    return "superseded" not in (r.get("note") or "") and not (set(r.get("overrides", {})) - {"budget_kind"})
+
+
+def write_plot(rows: list[dict]) -> None:
+    """Perplexity (x dense, log scale) against the params fraction kept, one line per method:
+    the current defaults of faster / fast and the torch-pruning peer one-shot and with recovery;
+    FLOPs-budget rows are marked apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = {"faster (no weight training)": lambda r: r["method"] == "faster",
+              "fast (32 mask + 32 distillation steps)": lambda r: r["method"] == "fast",
+              "torch-pruning Taylor, one-shot": lambda r: r["method"].startswith("torch-pruning") and not r.get("recovery"),
+              "torch-pruning Taylor + 64 recovery steps": lambda r: r["method"].startswith("torch-pruning")
+              and bool(r.get("recovery"))}
+    for i, (label, pick) in enumerate(series.items()):
+        pts = sorted((r for r in rows if _current(r) and pick(r)), key=lambda r: r["params_fraction"])
+        for kind, marker in (("params", "o"), ("flops", "s")):
+            sel = [r for r in pts if r.get("budget_kind", "params") == kind]
+            if sel:
+                ax.plot([r["params_fraction"] for r in sel], [r["ppl_ratio"] for r in sel], marker=marker,
+                        color=f"C{i}", linestyle="-" if kind == "params" else "none",
+                        label=label + (" (FLOPs budget)" if kind == "flops" else ""))
+    ax.axhline(1.0, color="gray", linestyle="--", label="dense (ppl 14.73)")
+    ax.set_yscale("log")
+    ax.set_xlabel("params fraction kept")
+    ax.set_ylabel(f"perplexity / dense ({WINDOW}-token windows)")
+    ax.set_title("SmolLM2-135M, held-out Bible chapters")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+
+
+def write_report() -> str:
+    """The table (printed and written next to the JSON) and the plot, from every cached row."""
+    table = report()
+    TABLE.write_text(table + "\n")
+    write_plot([json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))])
+    return table
 
 
 def main(argv=None) -> int:
@@ -155,7 +209,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     CACHE.mkdir(parents=True, exist_ok=True)
     if args.report:
-        print(report())
+        print(write_report())
         return 0
     model_dir = smollm2_model()
     if model_dir is None:
