@@ -57,7 +57,8 @@ def _examples(*values: Any) -> ConfigDict:
 
 
 class ScheduleCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {k: _SCHEDULE[k] for k in ("name", "template", "cron", "timezone", "on_new_version")}]})
     name: str | None = Field(None, max_length=128, description="a label for people")
     template: dict[str, Any] = Field(description="a job request (as POST /v1/jobs takes); `model` may be a model "
                                                  "name (its latest version when the schedule fires) or a hub ID")
@@ -71,7 +72,7 @@ class ScheduleCreate(BaseModel):
 class ScheduleUpdate(BaseModel):
     """Only the fields sent change; `cron: null` removes the timetable."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"cron": "0 4 * * *", "paused": False}]})
     name: str | None = Field(None, max_length=128)
     template: dict[str, Any] | None = None
     cron: str | None = Field(None, max_length=128)
@@ -121,7 +122,8 @@ class ScheduleRunList(ResponseModel):
 
 
 class WebhookCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {k: _WEBHOOK[k] for k in ("url", "events", "description")}]})
     url: HttpUrl = Field(description="http(s) URL receiving POSTs; must resolve to a public address")
     events: list[EventType] = Field(min_length=1)
     description: str | None = Field(None, max_length=255)

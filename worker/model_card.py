@@ -50,14 +50,18 @@ def budget_line(budget: dict[str, Any]) -> str:
     return f"keep at most {_fmt(budget.get('target'), '.0%')} of the dense model's {budget.get('kind')}"
 
 
-def model_name_for_upload(config: dict[str, Any], filename: str) -> tuple[str, str | None]:
-    """(name, hub id or None) of an uploaded model: the name it was saved under when config.json
-    records it, else the archive's name without its suffix (`my-bert.tar.gz` -> `my-bert`)."""
+def model_name_for_upload(config: dict[str, Any], filename: str, name: str | None = None) -> tuple[str, str | None]:
+    """(name, hub id or None) of an uploaded model: the name it was uploaded under (a named,
+    versioned upload), else the name it was saved under when config.json records it, else the
+    archive's name without its suffix (`my-bert.tar.gz` -> `my-bert`). The upload name comes
+    first because transformers 5 no longer writes _name_or_path, and a named upload's archive is
+    often just `model.tar.gz`; the hub id (base_model) still comes from config.json."""
     saved = str(config.get("_name_or_path") or "").strip().rstrip("/")
+    hub_id = saved if saved and HUB_ID.match(saved) and not saved.startswith((".", "/")) else None
+    if name:
+        return name, hub_id
     if saved:
-        if HUB_ID.match(saved) and not saved.startswith((".", "/")):
-            return saved, saved
-        return saved.rsplit("/", 1)[-1], None
+        return (saved, hub_id) if hub_id else (saved.rsplit("/", 1)[-1], None)
     stem = filename
     for suffix in ARCHIVE_SUFFIXES:
         if stem.lower().endswith(suffix):

@@ -168,8 +168,10 @@ def _source(db_url: str, job: Job) -> Source:
         with session_scope(db_url) as s:
             m = s.get(Model, job.model) if job.model.startswith("mdl_") else None
             if m is not None:
-                source.model_name, source.hub_id = model_name_for_upload(m.config or {}, m.filename)
-                source.model_label = f"{source.model_name} (uploaded as {m.filename}, model `{m.id}`, {m.model_type})"
+                source.model_name, source.hub_id = model_name_for_upload(m.config or {}, m.filename, m.name)
+                version = f"version {m.version} of `{m.name}`, " if m.name else ""
+                source.model_label = (f"{source.model_name} ({version}uploaded as {m.filename}, model `{m.id}`, "
+                                      f"{m.model_type})")
             for ref, name_attr, label_attr in ((job.dataset, "dataset_name", "dataset_label"),
                                                (eval_ref, "eval_dataset_name", "eval_dataset_label")):
                 d = s.get(Dataset, ref) if ref and ref.startswith("ds_") else None

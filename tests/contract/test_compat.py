@@ -153,6 +153,23 @@ def test_every_response_model_has_an_example_that_it_accepts(document):
             model.model_validate(example)
 
 
+def test_every_json_request_body_has_an_example_that_it_accepts(document):
+    """What an operation reads is documented with an example too (issue #15: every operation
+    "with examples"), one the pydantic model that parses the request accepts."""
+    from api import automation_schemas, job_requests
+
+    names = {op["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+             for item in document["paths"].values() for op in item.values()
+             if "application/json" in op.get("requestBody", {}).get("content", {})}
+    assert {"JobRequest", "ScheduleCreate", "ScheduleUpdate", "WebhookCreate"} <= names, names
+    components = document["components"]["schemas"]
+    assert not [n for n in sorted(names) if not components[n].get("examples")], "request bodies without examples"
+    for name in sorted(names):
+        model = getattr(job_requests, name, None) or getattr(automation_schemas, name)
+        for example in components[name]["examples"]:
+            model.model_validate(example)
+
+
 # ---------------------------------------------------------------- enums, on small documents
 
 def _doc(out: dict, body: dict | None = None, params: list[dict] | None = None) -> dict:

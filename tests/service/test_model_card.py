@@ -43,6 +43,10 @@ def test_uploaded_model_has_no_base_model_and_is_titled_with_its_name():
     assert model_name_for_upload({}, "my-bert.tar.gz") == ("my-bert", None)
     assert model_name_for_upload({"_name_or_path": "org/tiny-bert"}, "m.tar.gz") == ("org/tiny-bert", "org/tiny-bert")
     assert model_name_for_upload({"_name_or_path": "/home/me/models/sst2-bert"}, "m.zip") == ("sst2-bert", None)
+    # a named (versioned) upload is titled with its name; base_model still comes from config.json
+    assert model_name_for_upload({}, "model.tar.gz", "support-bert") == ("support-bert", None)
+    assert model_name_for_upload({"_name_or_path": "org/tiny-bert"}, "m.tar.gz", "support-bert") == (
+        "support-bert", "org/tiny-bert")
     assert _card(hub_id=None).text.lstrip().startswith("# my-bert, pruned with VTrans")
 
 

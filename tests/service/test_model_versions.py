@@ -90,3 +90,27 @@ def test_another_tenants_names_are_invisible(client, service_settings, tiny_mode
         # The same name is theirs to use, numbered from 1.
         mine = upload(theirs, tiny_model_dir, name)
         assert mine.status_code == 201 and mine.json()["version"] == 1
+
+
+def test_the_model_card_of_a_named_upload_is_titled_with_its_name(client, tiny_model_dir, name, service_settings):
+    """Issue #15: the card's title is the model's name, not the upload's archive name. A model
+    saved by transformers 5 records no _name_or_path, so for a named upload (README:
+    `-F name=support-bert -F file=@model.tar.gz`) the name it was uploaded under is its name."""
+    from huggingface_hub import ModelCard
+
+    from api.db import session_scope
+    from api.models import Job
+    from worker.model_card import model_card
+    from worker.runner import _source
+
+    v1 = client.post("/v1/models", data={"name": name},
+                     files={"file": ("model.tar.gz", tar_gz_of(tiny_model_dir), "application/gzip")}).json()
+    job = client.post("/v1/jobs", json={"model": name, "dataset": "tweet-sentiment", "budget": BUDGET}).json()
+    with session_scope(service_settings.db_url) as s:
+        row = s.get(Job, job["id"])
+        source, request = _source(service_settings.db_url, row), dict(row.request)
+    assert source.model_name == name and source.hub_id is None
+    assert f"version 1 of `{name}`" in source.model_label and v1["id"] in source.model_label
+    card = ModelCard(model_card(source, request, {"pruned": {"accuracy": 80.0}}, job["id"]))
+    assert card.text.lstrip().startswith(f"# {name}, pruned with VTrans")
+    assert card.data.to_dict()["model-index"][0]["name"] == f"{name}-vtrans-pruned"
