@@ -1,0 +1,80 @@
+"""Leases on the database's clock (issue #14, with workers on several machines as in #16).
+
+A job's lease (claim, progress renewals, the heartbeat, the reaper), the reaper's re-send cutoff
+and a webhook sender's lock are written and checked on the database's clock (db_now), so a worker
+whose clock runs an hour ahead cannot take over an attempt that is alive on another machine
+(two attempts at once), one running behind does not renew a lease that others already see as
+expired, and one running behind still sees a really expired lease as expired. The clocks are
+skewed in this process, as test_hub_wait_clock.py does for retry_at. Real Postgres."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import update
+
+from api import jobstore
+from api.db import session_scope
+from api.models import Job
+
+from .hub_fixtures import settled_job_id  # noqa: F401 (a fixture: a queued hub job, ended after the test)
+from .test_claims import _job
+
+AHEAD, BEHIND = timedelta(hours=1), timedelta(hours=-1)
+
+
+@contextmanager
+def _clock(monkeypatch, offset: timedelta):
+    """Within the block, every clock this process reads as utcnow (the service's modules import
+    it by name) runs `offset` off the database's: a worker on a machine with a wrong clock."""
+    def skewed() -> datetime:
+        return datetime.now(timezone.utc) + offset
+
+    with monkeypatch.context() as m:
+        for name, module in list(sys.modules.items()):
+            if name.split(".")[0] in ("api", "worker") and callable(getattr(module, "utcnow", None)):
+                m.setattr(module, "utcnow", skewed)
+        yield
+
+
+def _expire_lease(url: str, job_id: str) -> None:
+    """The lease really ran out, by the database's clock: its worker died a while ago."""
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=jobstore.db_now(s) - timedelta(seconds=1)))
+
+
+def test_a_worker_an_hour_ahead_cannot_take_over_a_live_lease(service_settings, settled_job_id, monkeypatch):
+    url = service_settings.db_url
+    live = jobstore.claim(url, settled_job_id, "worker-a", 600, 3)
+    with _clock(monkeypatch, AHEAD):
+        assert jobstore.claim(url, settled_job_id, "worker-ahead", 600, 3) is None
+        assert jobstore.reap(url, max_attempts=3) == []     # nor does its reaper requeue it
+    job = _job(url, settled_job_id)
+    assert (job.status, job.worker_id, job.attempts) == ("running", "worker-a", 1)
+    assert jobstore.renew_lease(url, live, 600)          # the live attempt still owns it
+
+
+def test_a_lease_renewed_by_a_worker_an_hour_behind_stays_valid_for_the_others(service_settings, settled_job_id,
+                                                                                monkeypatch):
+    url = service_settings.db_url
+    with _clock(monkeypatch, BEHIND):
+        live = jobstore.claim(url, settled_job_id, "worker-behind", 600, 3)
+        assert jobstore.renew_lease(url, live, 600)                                   # the heartbeat
+        assert jobstore.report_progress(url, live, "masks", 0.2, {}, 600, renew=True) == (True, False)
+    # the other workers' clocks are right
+    assert jobstore.claim(url, settled_job_id, "worker-b", 600, 3) is None
+    assert jobstore.reap(url, max_attempts=3) == []
+    assert _job(url, settled_job_id).worker_id == "worker-behind"
+
+
+def test_a_worker_an_hour_behind_still_sees_an_expired_lease_expired(service_settings, settled_job_id, monkeypatch):
+    url = service_settings.db_url
+    jobstore.claim(url, settled_job_id, "worker-dead", 600, 3)
+    _expire_lease(url, settled_job_id)
+    with _clock(monkeypatch, BEHIND):
+        assert settled_job_id in jobstore.reap(url, max_attempts=3)                    # its reaper requeues it
+        taken = jobstore.claim(url, settled_job_id, "worker-behind", 600, 3)
+        assert taken is not None and taken.attempt == 2
+        _expire_lease(url, settled_job_id)                                            # and takes over a dead one
+        assert jobstore.claim(url, settled_job_id, "worker-behind-2", 600, 3).attempt == 3
