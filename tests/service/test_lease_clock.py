@@ -78,3 +78,21 @@ def test_a_worker_an_hour_behind_still_sees_an_expired_lease_expired(service_set
         assert taken is not None and taken.attempt == 2
         _expire_lease(url, settled_job_id)                                            # and takes over a dead one
         assert jobstore.claim(url, settled_job_id, "worker-behind-2", 600, 3).attempt == 3
+
+
+def test_the_reaper_resends_a_due_job_by_the_database_clock(service_settings, settled_job_id, monkeypatch):
+    """A job waiting for the hub whose retry message was lost, or is held by a receiving worker
+    whose clock runs behind (it fires the eta late by its lag): any worker's reaper re-sends it
+    resend_queued_after_seconds after retry_at by the database's clock, whatever its own clock."""
+    from worker.tasks import _stale_queued
+
+    url = service_settings.db_url
+    claim = jobstore.claim(url, settled_job_id, "worker-a", 600, 3)
+    jobstore.defer(url, claim, 60, lambda at: "waiting", {}, "m-1")
+    with _clock(monkeypatch, AHEAD):
+        assert settled_job_id not in _stale_queued(service_settings)   # not due: a message would only be refused
+    with session_scope(url) as s:
+        long_ago = jobstore.db_now(s) - timedelta(seconds=service_settings.resend_queued_after_seconds + 5)
+        s.execute(update(Job).where(Job.id == settled_job_id).values(retry_at=long_ago, updated_at=long_ago))
+    with _clock(monkeypatch, BEHIND):
+        assert settled_job_id in _stale_queued(service_settings)
