@@ -14,9 +14,9 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import update
 
-from api import jobstore
+from api import jobstore, webhook_delivery, webhooks
 from api.db import session_scope
-from api.models import Job
+from api.models import Job, WebhookEndpoint, WebhookMessage, new_id
 
 from .hub_fixtures import settled_job_id  # noqa: F401 (a fixture: a queued hub job, ended after the test)
 from .test_claims import _job
@@ -96,3 +96,43 @@ def test_the_reaper_resends_a_due_job_by_the_database_clock(service_settings, se
         s.execute(update(Job).where(Job.id == settled_job_id).values(retry_at=long_ago, updated_at=long_ago))
     with _clock(monkeypatch, BEHIND):
         assert settled_job_id in _stale_queued(service_settings)
+
+
+def _message(url: str, tenant: str) -> str:
+    """A pending outbox row of an endpoint of its own, written by this process (its clock)."""
+    with session_scope(url) as s:
+        s.add(WebhookEndpoint(id=new_id("wh"), tenant_id=tenant, url="http://127.0.0.1:9/hook",
+                              events=["job.succeeded"], secret=webhooks.new_secret()))
+        s.flush()
+        (msg_id,) = webhooks.emit(s, tenant, "job.succeeded", {"id": "job_x"})
+    return msg_id
+
+
+def _claim(url: str, msg_id: str, lease: float) -> bool:
+    """claim_due, putting back any other test's message it took (the database is shared)."""
+    claimed = webhook_delivery.claim_due(url, lease, limit=1000)
+    with session_scope(url) as s:
+        for c in claimed:
+            if c.id != msg_id:
+                s.execute(update(WebhookMessage).where(WebhookMessage.id == c.id)
+                          .values(locked_until=None, attempts=c.attempt - 1))
+    return any(c.id == msg_id for c in claimed)
+
+
+def test_webhook_locks_and_due_times_are_on_the_database_clock(service_settings, monkeypatch):
+    url, tenant = service_settings.db_url, f"t-{new_id('clock')}"
+    with _clock(monkeypatch, AHEAD):
+        msg_id = _message(url, tenant)       # emitted by a process an hour ahead: due now all the same
+    assert _claim(url, msg_id, 60)
+    with _clock(monkeypatch, AHEAD):         # a sender an hour ahead leaves a live lock alone
+        assert not _claim(url, msg_id, 60)
+    with session_scope(url) as s:            # the lock ran out (its sender died)
+        s.execute(update(WebhookMessage).where(WebhookMessage.id == msg_id)
+                  .values(locked_until=jobstore.db_now(s) - timedelta(seconds=1)))
+    with _clock(monkeypatch, BEHIND):        # a sender an hour behind sees that and takes the message
+        assert _claim(url, msg_id, 60)
+    with session_scope(url) as s:
+        row = s.get(WebhookMessage, msg_id)
+        now = jobstore.db_now(s)
+    assert now + timedelta(seconds=50) < row.locked_until <= now + timedelta(seconds=60)
+    assert row.attempts == 2
