@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from .models import utcnow
+
 
 def _migrations_dir() -> Path:
     """The Alembic scripts: `migrations/` of a source checkout, or the copy an installed wheel
@@ -100,6 +104,20 @@ def session_scope(url: str) -> Iterator[Session]:
         rollback_and_close(session)
         raise
     commit_and_close(session)
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock, for every time one process writes and another checks: retry_at,
+    job leases, the reaper's cutoff, webhook locks and due times. Workers on several machines
+    then read one clock, so one whose clock runs ahead cannot take over a live attempt (or claim
+    a waiting job early), and one whose clock runs behind cannot renew a lease that others
+    already see as expired. Only the broker's eta is still timed by the receiving worker's clock
+    (jobstore.reschedule_early). Postgres now() is the transaction's start, constant within it.
+    SQLite runs inside the worker process, and every worker sharing its file shares the
+    machine and its clock: that clock is the database's."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.execute(select(func.now())).scalar_one()
+    return utcnow()
 
 
 def commit_and_close(session: Session) -> None:

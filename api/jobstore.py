@@ -5,6 +5,11 @@ message, a worker and the reaper, a worker and a cancel request) can never both 
 Events are recorded in the same transaction as the change they describe and published to the
 event bus only after that transaction commits; so are the webhook outbox rows of a job that
 reaches a terminal status (api/webhooks.emit_job_status).
+
+Leases and retry_at are written and compared on the database's clock (db.db_now), never on
+the worker's: with workers on several machines, one whose clock runs ahead by more than a lease
+would otherwise take over an attempt alive elsewhere, and one whose clock runs behind would
+renew a lease that the others already see as expired.
 """
 from __future__ import annotations
 
@@ -13,11 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import event_bus, webhooks
-from .db import session_scope
+from .db import db_now, session_scope
 from .models import Artifact, Job, JobEvent, utcnow
 
 log = logging.getLogger("vtrans.jobs")
@@ -65,26 +70,14 @@ class Claim:
 RETRY_AT_SLACK = timedelta(seconds=1)
 
 
-def db_now(session: Session) -> datetime:
-    """The database's clock, for retry_at: the worker that writes it and the one that checks it
-    (another machine, maybe hours later) then read the same clock, so a worker whose clock runs
-    ahead or behind cannot claim a job early nor hold it back; only the broker's eta is still
-    timed by the receiving worker's clock (see reschedule_early). Postgres now() is the
-    transaction's start, constant within it. SQLite runs inside the worker process, and every
-    worker sharing its file shares the machine and its clock: that clock is the database's."""
-    if session.get_bind().dialect.name == "postgresql":
-        return session.execute(select(func.now())).scalar_one()
-    return utcnow()
-
-
 def claim(db_url: str, job_id: str, worker_id: str, lease_seconds: float, max_attempts: int) -> Claim | None:
     """Take the job if it is queued (and its retry_at, if any, has come), or running on a lease
     that expired. None: someone else has it, or it is not due yet. Attempts that ended by going
     back to the queue to wait for the hub (`deferrals`) do not count against max_attempts: that
     limit is about workers dying, and the hub waits have their own bounds (hub_download.py)."""
-    now = utcnow()
     with session_scope(db_url) as s:
-        due = db_now(s) + RETRY_AT_SLACK   # retry_at is the database's time (db_now)
+        now = db_now(s)   # the lease and retry_at are the database's time, whoever wrote them
+        due = now + RETRY_AT_SLACK
         stmt = (update(Job)
                 .where(Job.id == job_id, Job.cancel_requested.is_(False),
                        Job.attempts - Job.deferrals < max_attempts,
@@ -115,13 +108,12 @@ def _owned(claim_: Claim):
 def report_progress(db_url: str, claim_: Claim, stage: str, fraction: float, metrics: dict,
                     lease_seconds: float, renew: bool) -> tuple[bool, bool]:
     """Record a progress event (and renew the lease). Returns (still_owned, cancel_requested)."""
-    now = utcnow()
-    values: dict[str, Any] = {"stage": stage, "progress": fraction, "updated_at": now}
+    values: dict[str, Any] = {"stage": stage, "progress": fraction, "updated_at": utcnow()}
     if metrics:
         values["metrics"] = metrics
-    if renew:
-        values["lease_expires_at"] = now + timedelta(seconds=lease_seconds)
     with session_scope(db_url) as s:
+        if renew:   # on the clock the other workers check it against (db_now)
+            values["lease_expires_at"] = db_now(s) + timedelta(seconds=lease_seconds)
         row = s.execute(update(Job).where(_owned(claim_)).values(**values).returning(Job.cancel_requested)
                         .execution_options(synchronize_session=False)).first()
         if row is None:
@@ -154,9 +146,9 @@ def defer(db_url: str, claim_: Claim, wait_seconds: float, reason: Callable[[dat
     row: only that message re-schedules itself when it arrives early). Returns retry_at; None
     when the attempt no longer owns the job or a cancel was requested meanwhile (the caller
     ends it as cancelled instead)."""
-    now = utcnow()
     with session_scope(db_url) as s:
-        retry_at = db_now(s) + timedelta(seconds=wait_seconds)
+        now = db_now(s)   # also updated_at: the reaper's re-send cutoff reads it on this clock
+        retry_at = now + timedelta(seconds=wait_seconds)
         message = reason(retry_at)
         row = s.execute(update(Job).where(_owned(claim_), Job.cancel_requested.is_(False))
                         .values(status="queued", stage="hub-wait", worker_id=None, lease_expires_at=None,
@@ -202,10 +194,9 @@ def cancel_state(db_url: str, claim_: Claim) -> tuple[bool, bool]:
 def renew_lease(db_url: str, claim_: Claim, lease_seconds: float) -> bool:
     """Extend the lease of an attempt that is alive but has nothing to report (the worker's
     heartbeat thread). No event is written. False when the attempt no longer owns the job."""
-    now = utcnow()
     with session_scope(db_url) as s:
         row = s.execute(update(Job).where(_owned(claim_))
-                        .values(lease_expires_at=now + timedelta(seconds=lease_seconds))
+                        .values(lease_expires_at=db_now(s) + timedelta(seconds=lease_seconds))
                         .returning(Job.id).execution_options(synchronize_session=False)).first()
     return row is not None
 
@@ -267,10 +258,11 @@ def reap(db_url: str, max_attempts: int, on_reaped=None) -> list[str]:
     """Jobs whose worker stopped renewing its lease: requeue them, or end them after max_attempts
     (or as cancelled when a cancel was requested). Returns the ids to enqueue again.
     `on_reaped(job_id, attempt, status)` is called after commit for each dead attempt (to clean its
-    files); `status` is the job's new one (queued again, or failed / cancelled: the job ended)."""
-    now = utcnow()
+    files); `status` is the job's new one (queued again, or failed / cancelled: the job ended).
+    Expired by the database's clock (db_now), the one the leases are written on."""
     requeue, events = [], []
     with session_scope(db_url) as s:
+        now = db_now(s)
         expired = s.execute(select(Job.id, Job.tenant_id, Job.attempts, Job.cancel_requested, Job.deferrals)
                             .where(Job.status == "running", Job.lease_expires_at < now)).all()
         for job_id, tenant, attempts, cancel, deferrals in expired:

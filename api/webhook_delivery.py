@@ -3,7 +3,10 @@
 At-least-once: a sender takes a message with a conditional UPDATE that sets a lease
 (`locked_until`) and bumps `attempts`; it records the outcome only while that attempt number is
 still the message's. A sender that dies mid-delivery leaves the lease to expire and another one
-(or itself, restarted) sends the message again, with the same `webhook-id`.
+(or itself, restarted) sends the message again, with the same `webhook-id`. The lease and the
+due time (`next_attempt_at`) are on the database's clock (db_now), as job leases are: a sender
+whose clock runs ahead would otherwise send a message another one is still sending, and one
+running behind would leave due messages unsent for its lag.
 
 SSRF: the URL's host is resolved once per attempt, every address it resolves to must be public
 (unless settings.webhook_allow_private), and the connection goes to that checked address (no
@@ -26,8 +29,8 @@ from urllib.parse import urlsplit
 from sqlalchemy import and_, or_, select, update
 
 from . import secretbox, webhooks
-from .db import session_scope
-from .models import WebhookAttempt, WebhookEndpoint, WebhookMessage, utcnow
+from .db import db_now, session_scope
+from .models import WebhookAttempt, WebhookEndpoint, WebhookMessage
 from .settings import Settings
 
 log = logging.getLogger("vtrans.webhooks")
@@ -164,11 +167,11 @@ class Claimed:
 
 
 def claim_due(db_url: str, lease_seconds: float, limit: int = 20) -> list[Claimed]:
-    now = utcnow()
-    due = and_(WebhookMessage.status == "pending", WebhookMessage.next_attempt_at <= now,
-               or_(WebhookMessage.locked_until.is_(None), WebhookMessage.locked_until < now))
     out = []
     with session_scope(db_url) as s:
+        now = db_now(s)
+        due = and_(WebhookMessage.status == "pending", WebhookMessage.next_attempt_at <= now,
+                   or_(WebhookMessage.locked_until.is_(None), WebhookMessage.locked_until < now))
         ids = s.scalars(select(WebhookMessage.id).where(due).order_by(WebhookMessage.next_attempt_at)
                         .limit(limit)).all()
         for msg_id in ids:
@@ -186,14 +189,14 @@ def claim_due(db_url: str, lease_seconds: float, limit: int = 20) -> list[Claime
 
 
 def record(db_url: str, c: Claimed, outcome: Outcome, delays: list[float]) -> None:
-    now = utcnow()
-    if outcome.ok:
-        values = {"status": "delivered", "delivered_at": now}
-    elif c.attempt > len(delays):
-        values = {"status": "failed"}
-    else:
-        values = {"next_attempt_at": now + timedelta(seconds=delays[c.attempt - 1])}
     with session_scope(db_url) as s:
+        now = db_now(s)   # next_attempt_at: checked on this clock by whichever sender runs then
+        if outcome.ok:
+            values = {"status": "delivered", "delivered_at": now}
+        elif c.attempt > len(delays):
+            values = {"status": "failed"}
+        else:
+            values = {"next_attempt_at": now + timedelta(seconds=delays[c.attempt - 1])}
         s.add(WebhookAttempt(message_id=c.id, attempt=c.attempt, status_code=outcome.status_code,
                              latency_ms=outcome.latency_ms, error=outcome.error, created_at=now))
         s.execute(update(WebhookMessage).where(WebhookMessage.id == c.id, WebhookMessage.attempts == c.attempt)
@@ -240,6 +243,6 @@ def redeliver(db_url: str, tenant: str, endpoint_id: str, msg_id: str) -> bool:
     with session_scope(db_url) as s:
         row = s.execute(update(WebhookMessage).where(WebhookMessage.id == msg_id, WebhookMessage.tenant_id == tenant,
                                                      WebhookMessage.endpoint_id == endpoint_id)
-                        .values(status="pending", attempts=0, next_attempt_at=utcnow(), locked_until=None)
+                        .values(status="pending", attempts=0, next_attempt_at=db_now(s), locked_until=None)
                         .returning(WebhookMessage.id).execution_options(synchronize_session=False)).first()
     return row is not None

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .db import db_now
 from .models import Job, WebhookEndpoint, WebhookMessage, new_id, utcnow
 
 EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled", "schedule.run")
@@ -51,19 +52,19 @@ def emit(session: Session, tenant: str, event_type: str, data: dict[str, Any]) -
     """Queue `event_type` for every endpoint of the tenant subscribed to it, in the caller's
     transaction. Returns the message ids."""
     endpoints = session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant)).all()
-    now = utcnow()
+    subscribed = [ep for ep in endpoints if event_type in (ep.events or [])]
+    if not subscribed:
+        return []
+    now = db_now(session)   # next_attempt_at: the senders check it on the database's clock
     ids = []
-    for ep in endpoints:
-        if event_type not in (ep.events or []):
-            continue
+    for ep in subscribed:
         msg_id = new_id("msg")
         body = json.dumps({"type": event_type, "timestamp": now.isoformat(), "data": data},
                           separators=(",", ":"), sort_keys=True, default=str)
         session.add(WebhookMessage(id=msg_id, endpoint_id=ep.id, tenant_id=tenant, event_type=event_type,
                                    body=body, status="pending", attempts=0, next_attempt_at=now, created_at=now))
         ids.append(msg_id)
-    if ids:
-        session.flush()
+    session.flush()
     return ids
 
 

@@ -55,17 +55,20 @@ def reap_once() -> list[str]:
 def _stale_queued(settings) -> list[str]:
     """Queued jobs untouched for resend_queued_after_seconds; their updated_at is bumped by a
     conditional UPDATE, so only one reaper re-sends each and only once per period. A job waiting
-    for the hub (retry_at) counts from its retry time: before it, a message would only be refused."""
+    for the hub (retry_at) counts from its retry time: before it, a message would only be refused.
+    The cutoff is on the database's clock, retry_at's: a retry message held by a receiving worker
+    whose clock runs behind (Celery fires an eta by the receiver's clock) is re-sent this long
+    after retry_at, whichever worker's reaper runs and whatever its clock."""
     from datetime import timedelta
 
     from sqlalchemy import or_, select, update
 
-    from api.db import session_scope
-    from api.models import Job, utcnow
+    from api.db import db_now, session_scope
+    from api.models import Job
 
-    now = utcnow()
-    cutoff = now - timedelta(seconds=settings.resend_queued_after_seconds)
     with session_scope(settings.db_url) as s:
+        now = db_now(s)
+        cutoff = now - timedelta(seconds=settings.resend_queued_after_seconds)
         stale = (Job.status == "queued", Job.updated_at < cutoff, or_(Job.retry_at.is_(None), Job.retry_at < cutoff))
         ids = s.scalars(select(Job.id).where(*stale).limit(100)).all()
         return [job_id for job_id in ids if s.execute(
