@@ -325,10 +325,11 @@ def method_defaults(method: str, layout: str) -> dict[str, Any]:
     vtrans/fast distil afterwards: 128k (all 2,048 tweets, ~1,090 emails; on spam the refit on
     all rows scored higher at 0.5/0.4 but took 1.6-2x the time, see benchmarks/README.md).
     min_finetune_steps: the fewest distillation steps. `fast` fine-tunes for exactly this many on
-    any file under ~130,000 rows (two epochs of its 1,024-row subset are 64 steps); measured with 150. `vtrans` reaches
-    it only on a small file (schedule.is_small_file), where it fine-tunes for 120 after a short
-    ranking so that the whole recipe takes no longer than two epochs of plain distillation (held-
-    out spam, 3,000 rows: the peer's Taylor prune + 188 steps; see benchmarks/README.md).
+    any file under ~130,000 rows (two epochs of its 1,024-row subset are 64 steps); it was
+    measured with 150. `vtrans` reaches it only on a small file (schedule.is_small_file), where it
+    fine-tunes for 120 after a short ranking, so that the whole recipe takes no longer than two
+    epochs of plain distillation (held-out spam, 3,000 rows: side by side 717 s against the
+    peer's 749 s for its Taylor prune + 188 steps; see benchmarks/README.md).
     """
     if method == "faster":
         return {"prune_hidden": True, "prune_heads": True, "hidden_distill_weight": 0.0,
