@@ -79,7 +79,7 @@ def bench_windows(tokenizer):
 
 def write_results() -> None:
     """Every cached row (vtrans cases and decoder_peer.py's) into the committed record."""
-    RESULTS.write_text(json.dumps([json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))], indent=1))
+    RESULTS.write_text(json.dumps(cached_rows(), indent=1))
 
 
 def parse_case(case: str) -> tuple[str, float, dict, str]:
@@ -125,8 +125,12 @@ def run_case(method: str, target: float, model_dir: Path, overrides: dict | None
             "reconstruct_blocks": m["method_info"].get("reconstruct", {}).get("per_block")}
 
 
-def report() -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))]
+def cached_rows() -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))]
+
+
+def report(rows: list[dict] | None = None) -> str:
+    rows = cached_rows() if rows is None else rows
     lines = ["| method | variant | target | params kept | FLOPs kept | ppl dense | ppl pruned (x) | "
              "prefill speedup | decode tok/s dense->pruned | refit | compression s (with evaluation) |", "|---" * 11 + "|"]
     for r in rows:
@@ -196,9 +200,10 @@ def write_plot(rows: list[dict]) -> None:
 
 def write_report() -> str:
     """The table (printed and written next to the JSON) and the plot, from every cached row."""
-    table = report()
+    rows = cached_rows()
+    table = report(rows)
     TABLE.write_text(table + "\n")
-    write_plot([json.loads(p.read_text()) for p in sorted(CACHE.glob("case-*.json"))])
+    write_plot(rows)
     return table
 
 
