@@ -35,12 +35,14 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, trains_weights: bool,
-                        refit_tokens: int = 0, device: Any = "cpu") -> dict:
+                        refit_tokens: int = 0, device: Any = "cpu", lora_rank: int | None = None) -> dict:
     """Peak memory of a compression job, from the config alone (docs/DECODERS.md, "Memory").
 
     weights:     2 * P * b          the student (with masks) and the frozen dense teacher
     then the larger of two stages (they never overlap: the refit runs after the masks are gone):
     training     + P * (b + 8)      only when weights train (vtrans/fast): gradients + Adam's two fp32 moments
+                                    (recovery "lora": A * (b + 8), A = r * L * (8 * H + 3 * (H + F)) adapter
+                                    parameters, an upper bound; the frozen weights get no gradient)
                  + activations: B * T * L * (16 * H + 4 * F) * b   kept for the backward pass (no checkpointing)
                  + logits:    5 * B * T * V * 4  student logits, their log-softmax and gradient, the teacher's (fp32)
     refit        (refit_tokens N > 0: the least-squares refit of reconstruct.py on N calibration tokens)
@@ -54,6 +56,7 @@ def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, train
     """
     from .families import adapter_for
     from .flops import shape_size
+    from .recovery import lora_param_count
 
     shape = adapter_for(config).shape_from_config(config)
     P = shape_size(shape, "params")
@@ -62,7 +65,8 @@ def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, train
     logits = 5 * batch * seq_len * V * 4
     parts = {
         "weights": 2 * P * b,
-        "training_state": P * (b + 8) if trains_weights else 0,
+        "training_state": (0 if not trains_weights else
+                           P * (b + 8) if lora_rank is None else lora_param_count(shape, lora_rank) * (b + 8)),
         "activations": batch * seq_len * L * (ACT_PER_TOKEN_LAYER * H + ACT_FFN_PER_TOKEN * F) * b,
         "logits": logits,
     }
@@ -76,7 +80,8 @@ def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, train
     total = int((parts["weights"] + max(training, refit)) * OVERHEAD) + runtime
     parts["runtime"] = runtime
     return {"total_bytes": total, "parts": parts, "params": P, "dtype": dtype, "batch": batch, "seq_len": seq_len,
-            "refit_tokens": N, "peak_stage": "refit" if refit > training else "training"}
+            "refit_tokens": N, "peak_stage": "refit" if refit > training else "training",
+            "recovery": None if not trains_weights else ("full" if lora_rank is None else "lora")}
 
 
 def available_bytes(device: Any, max_memory_gb: float | None) -> int:
@@ -95,10 +100,18 @@ def available_bytes(device: Any, max_memory_gb: float | None) -> int:
 
 
 def check_memory(config: Any, dtype: str, batch: int, seq_len: int, trains_weights: bool, device: Any,
-                 max_memory_gb: float | None, refit_tokens: int = 0) -> dict:
-    """The estimate, or CompressionError naming needed and available memory (never an OOM mid-run)."""
-    est = estimate_peak_bytes(config, dtype, batch, seq_len, trains_weights, refit_tokens, device)
+                 max_memory_gb: float | None, refit_tokens: int = 0, recovery: str = "full",
+                 lora_rank: int = 16) -> dict:
+    """The estimate, or CompressionError naming needed and available memory (never an OOM mid-run).
+    recovery "auto" takes "full" when it fits, else "lora" (recovery.py); the estimate returned
+    says which ("recovery")."""
     have = available_bytes(device, max_memory_gb)
+    modes = ["full", "lora"] if recovery == "auto" else [recovery]
+    for mode in modes:
+        est = estimate_peak_bytes(config, dtype, batch, seq_len, trains_weights, refit_tokens, device,
+                                  lora_rank if mode == "lora" else None)
+        if est["total_bytes"] <= have:
+            break
     est["available_bytes"] = have
     if est["total_bytes"] > have:
         need = f"this job needs about {est['total_bytes'] / 1e9:.1f} GB ({est['params'] / 1e6:.0f}M params in {dtype}, "
@@ -107,8 +120,11 @@ def check_memory(config: Any, dtype: str, batch: int, seq_len: int, trains_weigh
             raise CompressionError("options.calibration_tokens", f"{need}least-squares refit on {refit_tokens} "
                                    f"calibration tokens) but {have_text}; lower calibration_tokens or "
                                    "calibration_rows, use dtype bfloat16, or set reconstruct 'off'")
-        raise CompressionError("options.batch_size", f"{need}batch {batch} x {seq_len} tokens) but {have_text}; "
-                               "lower batch_size or seq_len, use dtype bfloat16, or method 'faster' (no weight gradients)")
+        lora = " (with LoRA recovery)" if est["recovery"] == "lora" else ""
+        hint = "" if est["recovery"] != "full" else "recovery 'lora', "
+        raise CompressionError("options.batch_size", f"{need}batch {batch} x {seq_len} tokens{lora}) but {have_text}; "
+                               f"lower batch_size or seq_len, use dtype bfloat16, {hint}or method 'faster' "
+                               "(no weight gradients)")
     return est
 
 

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
 from .errors import CompressionError
+from .recovery import RECOVERY_MODES
 
 METHODS = ("vtrans", "fast", "faster")
 LAYOUTS = ("uniform", "per_layer")
@@ -93,6 +94,12 @@ class CompressionOptions:
     # the teacher's logits alone recovered better, and the hidden-state pass costs ~15% a step)
     hidden_distill_weight: float | None = None
     rescale: bool = False            # legacy switch: true = reconstruct "scales" when reconstruct is "off"
+    # which weights the fine-tuning trains (recovery.py): "full" (all), "lora" (peft adapters of
+    # rank lora_rank at lora_lr, merged into the weights before saving: the output never needs
+    # peft), "auto" = full when its training fits in memory (lm_runtime's estimate), else lora
+    recovery: str = "auto"
+    lora_rank: int = 16
+    lora_lr: float = 2e-4            # adapters start at zero and need a higher rate than full weights
 
     # --- faster: ranking and retraining-free reconstruction (importance.py, reconstruct.py) ---
     # null = the method's default (method_defaults). importance: "vib" (log alpha after mask-only
@@ -203,11 +210,13 @@ class CompressionOptions:
             raise CompressionError("options", "at least one of prune_hidden, prune_heads, prune_ffn, prune_blocks must be true")
         if self.importance not in IMPORTANCES:
             raise CompressionError("options.importance", f"must be one of {', '.join(IMPORTANCES)}, got {self.importance!r}")
+        if self.recovery not in RECOVERY_MODES:
+            raise CompressionError("options.recovery", f"must be one of {', '.join(RECOVERY_MODES)}, got {self.recovery!r}")
         if self.reconstruct not in RECONSTRUCT_MODES:
             raise CompressionError("options.reconstruct",
                                    f"must be one of {', '.join(RECONSTRUCT_MODES)}, got {self.reconstruct!r}")
         positive = ["round_to", "seq_len", "batch_size", "fast_min_examples", "prune_rounds", "latency_runs",
-                    "calibration_rows", "calibration_tokens", "fisher_rows"]
+                    "calibration_rows", "calibration_tokens", "fisher_rows", "lora_rank"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise CompressionError(f"options.{name}", "must be at least 1")
@@ -222,7 +231,7 @@ class CompressionOptions:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise CompressionError(f"options.{name}", "must be between 0 and 1")
         for name in ["teacher_epochs", "finetune_epochs", "min_finetune_steps", "teacher_lr", "lr", "mask_lr", "beta", "budget_lambda_lr",
-                     "finetune_lr", "distill_temperature", "hidden_distill_weight"]:
+                     "finetune_lr", "lora_lr", "distill_temperature", "hidden_distill_weight"]:
             if getattr(self, name) < 0:
                 raise CompressionError(f"options.{name}", "must not be negative")
         if self.task is not None and self.task not in TASK_NAMES:

@@ -62,6 +62,8 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
     progress.start("load")
     seed_everything(opts.seed)
     device = pick_device(opts.device)
+    if opts.recovery == "auto":   # an encoder's full-weight training fits wherever it loads (recovery.py)
+        opts.recovery = "full"
     task = load_task(data)
     if eval_data is not None:
         task = with_eval_data(task, eval_data)

@@ -59,7 +59,9 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
     window_tokens = opts.calibration_rows * opts.seq_len
     refit_tokens = 0 if opts.reconstruct == "off" else min(window_tokens, opts.calibration_tokens or window_tokens)
     memory = check_memory(config, dtype, opts.batch_size, opts.seq_len, strategy.trains_weights, device,
-                          opts.max_memory_gb, refit_tokens)
+                          opts.max_memory_gb, refit_tokens, opts.recovery, opts.lora_rank)
+    if memory["recovery"] is not None:   # "auto" resolved: full when it fits, else LoRA (recovery.py)
+        opts.recovery = memory["recovery"]
     splits = task.load_data(data, opts.seed)
     held_docs = splits.eval
     if eval_data is not None:   # a separate text: every document of `data` calibrates, all of this is held out

@@ -27,6 +27,7 @@ import torch
 
 from ..budget import Budget
 from ..importance import fisher_stage_weight
+from ..recovery import trainable_fraction, unwrap as unwrap_lora, wrap as wrap_lora
 from ..schedule import (SHORT_CALIBRATION_TOKENS, SHORT_MASK_STEPS, finetune_steps, is_small_file,
                         mask_cost_in_finetune_steps, mask_steps_per_round, reconstruct_cost_in_finetune_steps)
 from ..training import BudgetLagrangian, MaskRound, train_masks, train_supervised
@@ -156,6 +157,12 @@ class VTrans(Method):
                                                           self.calibration_tokens(len(ctx.enc_train), opts))
         state = _state(opts.prune_rounds, done, plans, lagrangian, ctx)
         loop = None
+        # recovery "lora" (recovery.py): adapters train, merged into the weights after the loop.
+        # A fine-tuning checkpoint holds the wrapped model's tensors, so it is wrapped before loading.
+        lora = opts.recovery == "lora"
+        wrapped = lora and late is not None and late.stage == "finetune"
+        if wrapped:
+            model = wrap_lora(model, opts.lora_rank)
         if late is not None:
             load_module(model, late.tensors("model"), "the model")
             session.restore_rng(late)
@@ -164,6 +171,8 @@ class VTrans(Method):
                 loop = {"state": late.state["loop"], "tensors": late.tensors("optim")}
         elif session is not None:
             session.save("refine", done, {"method": state}, {"model": model.state_dict(), **teacher_tensors(ctx)})
+        if lora and not wrapped:
+            model = wrap_lora(model, opts.lora_rank)
 
         def on_step(step, snapshot):   # every checkpoint_seconds of fine-tuning
             if session.due():
@@ -174,13 +183,20 @@ class VTrans(Method):
         ctx.progress.start("finetune")
         refit = ctx.info.get("reconstruct", {}).get("rows", 0)
         ft = self.finetune_steps(len(ctx.enc_train), opts, final_plan.fraction("flops", budget.seq_len), refit)
-        ft_history = train_supervised(model, ctx.enc_train, ft, opts.finetune_lr, opts.batch_size, ctx.device,
+        ft_history = train_supervised(model, ctx.enc_train, ft, opts.lora_lr if lora else opts.finetune_lr,
+                                      opts.batch_size, ctx.device,
                                       opts.seed + 1, ctx.progress.update, teacher=ctx.teacher,
                                       temperature=opts.distill_temperature, distill_weight=opts.distill_weight,
                                       hidden_weight=opts.hidden_distill_weight,
                                       constant_lr=opts.finetune_schedule == "constant", loss_fn=ctx.loss_fn,
                                       resume=loop, on_step=on_step if session is not None else None)
         ctx.history.extend({"step": done + h["step"], "finetune_loss": h["loss"]} for h in ft_history)
+        if lora:
+            ctx.info["recovery"] = {"mode": "lora", "rank": opts.lora_rank, "lr": opts.lora_lr,
+                                    "trained_fraction": round(trainable_fraction(model), 5)}
+            model = unwrap_lora(model)
+        else:
+            ctx.info["recovery"] = {"mode": "full", "lr": opts.finetune_lr}
         ctx.info.update(mask_steps_per_round=steps, prune_rounds=opts.prune_rounds, finetune_steps=ft,
                         schedule="small-file" if self.small_file(len(ctx.enc_train), opts) else "epochs",
                         mask_weights=opts.mask_weights,
