@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import BATCH, load_json, save_json, setup_logging  # noqa: E402
-from benchmarks.heldout_tasks import HELDOUT_DIR, TASKS, ensure_task  # noqa: E402
+from benchmarks.heldout_tasks import HELDOUT_DIR, LARGE_TASKS, TASKS, ensure_task  # noqa: E402
 
 CASES_DIR = HELDOUT_DIR / "cases"
 TARGETS = (0.6, 0.5, 0.4, 0.3)
@@ -92,7 +92,14 @@ def cases() -> list[dict]:
             + ablations("tweets", ["norecon"], 0.3)
             + [c for t in (0.3, 0.4) for c in ablations("spam", ["refit-all"], t)]
             + [c for task in TASKS for c in ablations(task, ["min512"], 0.5, "fast")]
-            + seeded() + faster() + earlier_schedule())
+            + seeded() + faster() + earlier_schedule() + larger_file())
+
+
+def larger_file() -> list[dict]:
+    """Issue #12's speed ratio on a 20,000-row file (heldout_tasks: tweets-20k): faster first (a
+    minute or two), then vtrans (~2 epochs of the file)."""
+    return [{"name": f"{task}-{method}-0.5", "task": task, "method": method, "target": 0.5}
+            for task in LARGE_TASKS for method in ("faster", "vtrans")]
 
 
 def earlier_schedule() -> list[dict]:
