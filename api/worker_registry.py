@@ -8,15 +8,15 @@ from datetime import timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from .db import session_scope
-from .models import Worker, utcnow
+from .db import db_now, session_scope
+from .models import Worker
 
 FORGET_AFTER = timedelta(days=1)   # rows of workers gone this long are deleted by any live worker
 
 
 def beat(db_url: str, worker_id: str, hostname: str, queues: list[str]) -> None:
-    now = utcnow()
     with session_scope(db_url) as s:
+        now = db_now(s)
         found = s.execute(update(Worker).where(Worker.id == worker_id).values(last_seen=now, queues=queues)
                           .returning(Worker.id).execution_options(synchronize_session=False)).first()
         if found is None:  # the id is unique to this process, so no one else inserts it
@@ -33,7 +33,7 @@ def forget(db_url: str, worker_id: str) -> None:
 
 def live_queues(db: Session, stale_after: float) -> dict[str, int]:
     """{queue: number of workers seen within stale_after seconds that consume it}."""
-    cutoff = utcnow() - timedelta(seconds=stale_after)
+    cutoff = db_now(db) - timedelta(seconds=stale_after)
     counts: dict[str, int] = {}
     for queues in db.scalars(select(Worker.queues).where(Worker.last_seen >= cutoff)):
         for q in queues or []:

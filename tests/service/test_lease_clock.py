@@ -138,3 +138,24 @@ def test_webhook_locks_and_due_times_are_on_the_database_clock(service_settings,
         now = jobstore.db_now(s)
     assert now + timedelta(seconds=50) < row.locked_until <= now + timedelta(seconds=60)
     assert row.attempts == 2
+
+
+def test_a_worker_an_hour_behind_is_still_a_live_worker_of_its_queue(service_settings, monkeypatch):
+    """The registry's beats (worker_registry) are on the database's clock too: read on an API
+    process with a right clock, a worker whose machine runs an hour behind is alive, and one whose
+    machine runs ahead does not keep a dead worker's queue looking served."""
+    from api import worker_registry
+
+    url, queue = service_settings.db_url, f"q-{new_id('clock')}"
+    worker_id = f"clock-host:1:{queue}"
+    try:
+        with _clock(monkeypatch, BEHIND):
+            worker_registry.beat(url, worker_id, "clock-host", [queue])
+        with session_scope(url) as s:
+            assert worker_registry.live_queues(s, stale_after=60).get(queue) == 1
+            s.execute(update(worker_registry.Worker).where(worker_registry.Worker.id == worker_id)
+                      .values(last_seen=jobstore.db_now(s) - timedelta(seconds=120)))   # it stopped beating
+        with _clock(monkeypatch, AHEAD), session_scope(url) as s:
+            assert worker_registry.live_queues(s, stale_after=60).get(queue) is None
+    finally:
+        worker_registry.forget(url, worker_id)
