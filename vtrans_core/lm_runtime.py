@@ -140,6 +140,68 @@ def peak_memory_bytes(device: Any) -> int | None:
         return None
 
 
+class StagePeaks:
+    """Peak memory of each stage (masks, prune, refine, finetune, evaluate, ...), so a measured
+    peak can be set against the estimate's stage (training or refit) and recovery modes compared
+    where they differ. Reads the CUDA allocator's peak, or on Linux the process's VmHWM, and
+    resets it at each stage change (torch.cuda.reset_peak_memory_stats; writing 5 to
+    /proc/self/clear_refs). Where the reset is refused, each figure is the peak so far and
+    `resettable` says so."""
+
+    def __init__(self, device: Any):
+        self.cuda = torch.device(device).type == "cuda"
+        self.device = torch.device(device)
+        self.peaks: dict[str, int] = {}
+        self.stage: str | None = None
+        self.resettable = True
+        self._reset()
+
+    def wrap(self, callback):
+        """A progress callback that notes each stage change, then calls `callback`."""
+        def noting(stage, fraction, metrics):
+            if stage != self.stage:
+                self._close()
+                self.stage = stage
+            if callback is not None:
+                callback(stage, fraction, metrics)
+        return noting
+
+    def summary(self) -> dict:
+        self._close()
+        self.stage = None
+        return {"bytes": dict(self.peaks), "resettable": self.resettable,
+                "kind": "cuda max allocated" if self.cuda else "process VmHWM"}
+
+    def _read(self) -> int | None:
+        if self.cuda:
+            return int(torch.cuda.max_memory_allocated(self.device))
+        try:
+            with open("/proc/self/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
+    def _reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+                fh.write("5")
+        except OSError:
+            self.resettable = False
+
+    def _close(self) -> None:
+        if self.stage is not None:
+            peak = self._read()
+            if peak is not None:
+                self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), peak)
+        self._reset()
+
+
 def _sync(device: Any):
     return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 

@@ -16,7 +16,7 @@ from .budget import BUDGET_TOLERANCE, Budget
 from .entry import dense_copy, load_tokenizer, structures_of
 from .errors import CompressionError
 from .flops import count_flops, count_params
-from .lm_runtime import (check_memory, decode_tokens_per_s, peak_memory_bytes, pick_dtype, prefill_ms,
+from .lm_runtime import (StagePeaks, check_memory, decode_tokens_per_s, peak_memory_bytes, pick_dtype, prefill_ms,
                          torch_dtype)
 from .methods import Context, get_method, method_rows_for
 from .options import CompressionOptions
@@ -49,7 +49,9 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
 
     started = time.perf_counter()
     strategy = get_method(method)
-    progress = Progress(callback, {"load": 5.0, "masks#1": 50.0, "finetune": 20.0, "evaluate": 10.0, "save": 2.0},
+    stage_peaks = StagePeaks(pick_device(opts.device))   # memory per stage, next to the estimate's
+    progress = Progress(stage_peaks.wrap(callback),
+                        {"load": 5.0, "masks#1": 50.0, "finetune": 20.0, "evaluate": 10.0, "save": 2.0},
                         floor=session.fraction if session is not None else 0.0)   # a resumed run reports on from there
     progress.start("load")
     seed_everything(opts.seed)
@@ -154,7 +156,8 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
         "latency": latency, "generation_samples": samples,
         "memory": {"estimate_bytes": memory["total_bytes"], "estimate_parts": memory["parts"],
                    "estimate_peak_stage": memory["peak_stage"],
-                   "available_bytes": memory["available_bytes"], "peak_bytes": peak_memory_bytes(device),
+                   "available_bytes": memory["available_bytes"], **_measured_peaks(stage_peaks, device),
+                   "recovery": memory["recovery"],
                    "peak_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS"},
         "kept": final_plan.kept_summary(), "method_info": _jsonable_info(ctx.info),
         "warnings": task.quality_warnings(dense_eval, pruned_eval, enc_eval),
@@ -177,6 +180,15 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
 
 def _ppl(m: dict) -> dict:
     return {"perplexity": round(m["perplexity"], 4), "nll": round(m["nll"], 5)}
+
+
+def _measured_peaks(stage_peaks: StagePeaks, device) -> dict:
+    """The whole run's peak and each stage's. Resetting the stage peak also resets what the
+    whole-run reading reports (CUDA's max allocated; on Linux ru_maxrss follows VmHWM), so the
+    run's peak is the largest of both readings."""
+    stages = stage_peaks.summary()
+    overall = max([peak_memory_bytes(device) or 0, *stages["bytes"].values()]) or None
+    return {"peak_bytes": overall, "stage_peak_bytes": stages}
 
 
 def _jsonable_info(info: dict) -> dict:

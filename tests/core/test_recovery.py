@@ -90,6 +90,9 @@ def test_fast_with_lora_recovery_saves_a_plain_smaller_model(lm_inputs, tmp_path
     rec = m["method_info"]["recovery"]
     assert rec["mode"] == "lora" and rec["rank"] == 4 and 0 < rec["trained_fraction"] < 0.5
     assert m["options"]["recovery"] == "lora" and m["params_fraction"] <= 0.71
+    stages = m["memory"]["stage_peak_bytes"]["bytes"]   # where the peak was, next to the estimate
+    assert {"masks", "finetune", "evaluate"} <= set(stages) and min(stages.values()) > 0
+    assert m["memory"]["peak_bytes"] >= max(stages.values()) and m["memory"]["recovery"] == "lora"
     weights = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert not any("lora" in k or "base_layer" in k for k in weights)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
@@ -122,3 +125,26 @@ def test_a_lora_fine_tuning_stopped_mid_way_resumes_to_the_same_weights(lm_input
     assert result.metrics["checkpoint"]["resumed_from"]["stage"] == "finetune"
     a, b = load_file(str(ref.output_dir / "model.safetensors")), load_file(str(result.output_dir / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage_peaks_tell_which_stage_set_the_peak():
+    """lm_runtime.StagePeaks: each stage's own peak (the reading is reset at every stage change),
+    so a 400 MB stage stands out from a quiet one after it."""
+    from vtrans_core.lm_runtime import StagePeaks
+
+    peaks = StagePeaks("cpu")
+    seen = []
+    note = peaks.wrap(lambda stage, fraction, metrics: seen.append(stage))
+    note("masks", 0.0, {})
+    big = torch.ones(100 * 1024 * 1024)       # 400 MB, touched
+    del big
+    note("masks", 0.5, {})                    # same stage: nothing closes
+    note("finetune", 0.6, {})
+    note("evaluate", 0.9, {})
+    summary = peaks.summary()
+    assert seen == ["masks", "masks", "finetune", "evaluate"]
+    assert set(summary["bytes"]) == {"masks", "finetune", "evaluate"}
+    if summary["resettable"]:
+        assert summary["bytes"]["masks"] - summary["bytes"]["finetune"] > 300 * 1024 * 1024
+    else:                                     # no reset here: peaks so far, never decreasing
+        assert summary["bytes"]["finetune"] >= summary["bytes"]["masks"]
