@@ -97,6 +97,7 @@ class CompressionOptions:
     # which weights the fine-tuning trains (recovery.py): "full" (all), "lora" (peft adapters of
     # rank lora_rank at lora_lr, merged into the weights before saving: the output never needs
     # peft), "auto" = full when its training fits in memory (lm_runtime's estimate), else lora
+    # (on a GPU; on CPU LoRA measured no lower process memory, so "auto" stays full there)
     recovery: str = "auto"
     lora_rank: int = 16
     lora_lr: float = 2e-4            # adapters start at zero and need a higher rate than full weights
