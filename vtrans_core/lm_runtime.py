@@ -106,7 +106,7 @@ def check_memory(config: Any, dtype: str, batch: int, seq_len: int, trains_weigh
     recovery "auto" takes "full" when it fits, else "lora" (recovery.py); the estimate returned
     says which ("recovery"). On CPU LoRA is counted like full training and "auto" stays "full":
     measured (SmolLM2-135M, docs/DECODERS.md) the process RSS with LoRA was no lower than with
-    full recovery (12.8 vs 11.4 GB) although autograd keeps no more tensors: the CPU allocator
+    full recovery (11.9-12.8 vs 11.4 GB) although autograd keeps no more tensors: the CPU allocator
     keeps what many small adapter tensors leave behind, so the saving the formula counts is not
     there to rely on. The CUDA allocator's peak follows the live tensors."""
     have = available_bytes(device, max_memory_gb)
