@@ -49,13 +49,13 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
 
     started = time.perf_counter()
     strategy = get_method(method)
-    stage_peaks = StagePeaks(pick_device(opts.device))   # memory per stage, next to the estimate's
+    device = pick_device(opts.device)
+    stage_peaks = StagePeaks(device)   # memory per stage, next to the estimate's
     progress = Progress(stage_peaks.wrap(callback),
                         {"load": 5.0, "masks#1": 50.0, "finetune": 20.0, "evaluate": 10.0, "save": 2.0},
                         floor=session.fraction if session is not None else 0.0)   # a resumed run reports on from there
     progress.start("load")
     seed_everything(opts.seed)
-    device = pick_device(opts.device)
     dtype = pick_dtype(opts.dtype, device)
     # the refit reads at most calibration_rows windows, stopping at calibration_tokens (methods.refit_rows)
     window_tokens = opts.calibration_rows * opts.seq_len
