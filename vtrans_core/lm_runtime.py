@@ -35,7 +35,8 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, trains_weights: bool,
-                        refit_tokens: int = 0, device: Any = "cpu", lora_rank: int | None = None) -> dict:
+                        refit_tokens: int = 0, device: Any = "cpu", lora_rank: int | None = None,
+                        checkpointing: bool = False) -> dict:
     """Peak memory of a compression job, from the config alone (docs/DECODERS.md, "Memory").
 
     weights:     2 * P * b          the student (with masks) and the frozen dense teacher
@@ -43,7 +44,9 @@ def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, train
     training     + P * (b + 8)      only when weights train (vtrans/fast): gradients + Adam's two fp32 moments
                                     (recovery "lora": A * (b + 8), A = r * L * (8 * H + 3 * (H + F)) adapter
                                     parameters, an upper bound; the frozen weights get no gradient)
-                 + activations: B * T * L * (16 * H + 4 * F) * b   kept for the backward pass (no checkpointing)
+                 + activations: B * T * L * (16 * H + 4 * F) * b   kept for the backward pass
+                                    (activation checkpointing: B * T * (L * H + 16 * H + 4 * F) * b, each
+                                    layer's input plus the one layer being recomputed)
                  + logits:    5 * B * T * V * 4  student logits, their log-softmax and gradient, the teacher's (fp32)
     refit        (refit_tokens N > 0: the least-squares refit of reconstruct.py on N calibration tokens)
                  + P * b                       the pruned weights kept to revert to (at most the dense size)
@@ -67,7 +70,8 @@ def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, train
         "weights": 2 * P * b,
         "training_state": (0 if not trains_weights else
                            P * (b + 8) if lora_rank is None else lora_param_count(shape, lora_rank) * (b + 8)),
-        "activations": batch * seq_len * L * (ACT_PER_TOKEN_LAYER * H + ACT_FFN_PER_TOKEN * F) * b,
+        "activations": batch * seq_len * b * (L * H + ACT_PER_TOKEN_LAYER * H + ACT_FFN_PER_TOKEN * F if checkpointing
+                                              else L * (ACT_PER_TOKEN_LAYER * H + ACT_FFN_PER_TOKEN * F)),
         "logits": logits,
     }
     if N:
@@ -81,7 +85,8 @@ def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, train
     parts["runtime"] = runtime
     return {"total_bytes": total, "parts": parts, "params": P, "dtype": dtype, "batch": batch, "seq_len": seq_len,
             "refit_tokens": N, "peak_stage": "refit" if refit > training else "training",
-            "recovery": None if not trains_weights else ("full" if lora_rank is None else "lora")}
+            "recovery": None if not trains_weights else ("full" if lora_rank is None else "lora"),
+            "activation_checkpointing": "on" if checkpointing else "off"}
 
 
 def available_bytes(device: Any, max_memory_gb: float | None) -> int:
@@ -101,22 +106,30 @@ def available_bytes(device: Any, max_memory_gb: float | None) -> int:
 
 def check_memory(config: Any, dtype: str, batch: int, seq_len: int, trains_weights: bool, device: Any,
                  max_memory_gb: float | None, refit_tokens: int = 0, recovery: str = "full",
-                 lora_rank: int = 16) -> dict:
+                 lora_rank: int = 16, activation_checkpointing: str = "off") -> dict:
     """The estimate, or CompressionError naming needed and available memory (never an OOM mid-run).
-    recovery "auto" takes "full" when it fits, else "lora" (recovery.py); the estimate returned
-    says which ("recovery"). On CPU LoRA is counted like full training and "auto" stays "full":
-    measured (SmolLM2-135M, docs/DECODERS.md) the process RSS with LoRA was no lower than with
-    full recovery (11.9-12.8 vs 11.4 GB) although autograd keeps no more tensors: the CPU allocator
-    keeps what many small adapter tensors leave behind, so the saving the formula counts is not
-    there to rely on. The CUDA allocator's peak follows the live tensors."""
+
+    "auto" settings resolve to the first setting that fits, best quality and speed first: full
+    recovery without checkpointing, then with activation checkpointing (the same result, ~1/3
+    more compute a step), then LoRA (recovery.py), then LoRA with checkpointing. The estimate
+    returned says which ("recovery", "activation_checkpointing"). On CPU LoRA is counted like
+    full training and "auto" never picks it: measured (SmolLM2-135M, docs/DECODERS.md) the
+    process RSS with LoRA was no lower than with full recovery (11.9-12.8 vs 11.4 GB) although
+    autograd keeps no more tensors: the CPU allocator keeps what many small adapter tensors leave
+    behind, so the saving the formula counts is not there to rely on. The CUDA allocator's peak
+    follows the live tensors."""
     have = available_bytes(device, max_memory_gb)
     cuda = torch.device(device).type == "cuda"
     modes = ["full", "lora"] if recovery == "auto" and cuda else ["full" if recovery == "auto" else recovery]
+    recompute = [False, True] if activation_checkpointing == "auto" else [activation_checkpointing == "on"]
     for mode in modes:
-        est = estimate_peak_bytes(config, dtype, batch, seq_len, trains_weights, refit_tokens, device,
-                                  lora_rank if mode == "lora" and cuda else None)
-        if trains_weights:
-            est["recovery"] = mode
+        for ckpt in recompute:
+            est = estimate_peak_bytes(config, dtype, batch, seq_len, trains_weights, refit_tokens, device,
+                                      lora_rank if mode == "lora" and cuda else None, ckpt)
+            if trains_weights:
+                est["recovery"] = mode
+            if est["total_bytes"] <= have:
+                break
         if est["total_bytes"] <= have:
             break
     est["available_bytes"] = have
@@ -128,10 +141,12 @@ def check_memory(config: Any, dtype: str, batch: int, seq_len: int, trains_weigh
                                    f"calibration tokens) but {have_text}; lower calibration_tokens or "
                                    "calibration_rows, use dtype bfloat16, or set reconstruct 'off'")
         lora = " (with LoRA recovery)" if est["recovery"] == "lora" else ""
-        hint = "" if est["recovery"] != "full" or not cuda else "recovery 'lora', "
-        raise CompressionError("options.batch_size", f"{need}batch {batch} x {seq_len} tokens{lora}) but {have_text}; "
-                               f"lower batch_size or seq_len, use dtype bfloat16, {hint}or method 'faster' "
-                               "(no weight gradients)")
+        ckpt = " with activation checkpointing" if est["activation_checkpointing"] == "on" else ""
+        hint = ("activation_checkpointing 'on', " if est["activation_checkpointing"] == "off" else "")
+        hint += "" if est["recovery"] != "full" or not cuda else "recovery 'lora', "
+        raise CompressionError("options.batch_size", f"{need}batch {batch} x {seq_len} tokens{lora}{ckpt}) but "
+                               f"{have_text}; lower batch_size or seq_len, use dtype bfloat16, {hint}or method "
+                               "'faster' (no weight gradients)")
     return est
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
+from .checkpointing import MODES as CHECKPOINTING_MODES
 from .errors import CompressionError
 from .recovery import RECOVERY_MODES
 
@@ -103,6 +104,10 @@ class CompressionOptions:
     # adapters start at zero and need a higher rate than full weights: SmolLM2, fast@0.8, 32
     # recovery steps: 1e-3 -> perplexity 15.55, 2e-4 -> 16.36 (full weights at 5e-5: 15.35)
     lora_lr: float = 1e-3
+    # recompute each transformer layer's activations in backward instead of keeping them
+    # (checkpointing.py): "on", "off", or "auto" = on only when the job would not fit without it
+    # (lm_runtime's estimate; encoders: off). Costs about one more forward a training step.
+    activation_checkpointing: str = "auto"
 
     # --- faster: ranking and retraining-free reconstruction (importance.py, reconstruct.py) ---
     # null = the method's default (method_defaults). importance: "vib" (log alpha after mask-only
@@ -215,6 +220,9 @@ class CompressionOptions:
             raise CompressionError("options.importance", f"must be one of {', '.join(IMPORTANCES)}, got {self.importance!r}")
         if self.recovery not in RECOVERY_MODES:
             raise CompressionError("options.recovery", f"must be one of {', '.join(RECOVERY_MODES)}, got {self.recovery!r}")
+        if self.activation_checkpointing not in CHECKPOINTING_MODES:
+            raise CompressionError("options.activation_checkpointing",
+                                   f"must be one of {', '.join(CHECKPOINTING_MODES)}, got {self.activation_checkpointing!r}")
         if self.reconstruct not in RECONSTRUCT_MODES:
             raise CompressionError("options.reconstruct",
                                    f"must be one of {', '.join(RECONSTRUCT_MODES)}, got {self.reconstruct!r}")

@@ -64,6 +64,8 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
     device = pick_device(opts.device)
     if opts.recovery == "auto":   # an encoder's full-weight training fits wherever it loads (recovery.py)
         opts.recovery = "full"
+    if opts.activation_checkpointing == "auto":   # likewise its activations (checkpointing.py)
+        opts.activation_checkpointing = "off"
     task = load_task(data)
     if eval_data is not None:
         task = with_eval_data(task, eval_data)

@@ -61,9 +61,10 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
     window_tokens = opts.calibration_rows * opts.seq_len
     refit_tokens = 0 if opts.reconstruct == "off" else min(window_tokens, opts.calibration_tokens or window_tokens)
     memory = check_memory(config, dtype, opts.batch_size, opts.seq_len, strategy.trains_weights, device,
-                          opts.max_memory_gb, refit_tokens, opts.recovery, opts.lora_rank)
+                          opts.max_memory_gb, refit_tokens, opts.recovery, opts.lora_rank, opts.activation_checkpointing)
     if memory["recovery"] is not None:   # "auto" resolved: full when it fits, else LoRA (recovery.py)
         opts.recovery = memory["recovery"]
+    opts.activation_checkpointing = memory["activation_checkpointing"]   # "auto" resolved the same way
     splits = task.load_data(data, opts.seed)
     held_docs = splits.eval
     if eval_data is not None:   # a separate text: every document of `data` calibrates, all of this is held out
@@ -157,7 +158,7 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
         "memory": {"estimate_bytes": memory["total_bytes"], "estimate_parts": memory["parts"],
                    "estimate_peak_stage": memory["peak_stage"],
                    "available_bytes": memory["available_bytes"], **_measured_peaks(stage_peaks, device),
-                   "recovery": memory["recovery"],
+                   "recovery": memory["recovery"], "activation_checkpointing": memory["activation_checkpointing"],
                    "peak_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS"},
         "kept": final_plan.kept_summary(), "method_info": _jsonable_info(ctx.info),
         "warnings": task.quality_warnings(dense_eval, pruned_eval, enc_eval),

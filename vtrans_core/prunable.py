@@ -22,7 +22,8 @@ Where the gates act (the wrapped model stays the stock HF model; `remove_hooks()
   config can only drop whole layers; per_layer has separate "attn_block" and "ffn_block".
   Uniform also ties hidden width to heads (H = heads * head_dim), so asking for either of
   "hidden" / "heads" creates both masks.
-Gates are sampled once per forward (cached between the top-level pre- and post-hooks).
+Gates are sampled once per forward (cached between the top-level pre- and post-hooks; with
+activation checkpointing until the next forward, so backward's recomputation sees the same sample).
 
 Masks (`pm.masks`): hidden [H], heads [L, max heads], ffn [L, max FFN], attn_block [L],
 ffn_block [L] (per_layer) or layer [L] (uniform). Rows are rectangular; entries a sliced layer
@@ -53,6 +54,13 @@ from .families import adapter_for
 from .flops import ModelShape, expected_size, shape_size, unit_costs
 from .masks import VIBMask
 from .plan import STRUCTURES, PruningPlan, make_plan, mask_keys
+
+
+# The order in which a forward first reads each gate (embeddings, then layer 0's heads, its block
+# gate, its FFN): drawing them up front in this order (activation checkpointing: a gate drawn
+# inside a recomputed layer would be drawn again there) takes the same random numbers as drawing
+# them where they are used.
+FIRST_USE_ORDER = ("hidden", "heads", "layer", "attn_block", "ffn", "ffn_block")
 
 
 class PrunableModel:
@@ -98,6 +106,9 @@ class PrunableModel:
         self._resid: dict[tuple[int, str], torch.Tensor] = {}
         self._handles: list[Any] = []
         self._patched: list[nn.Module] = []
+        # True while activation checkpointing recomputes layers in backward (checkpointing.py):
+        # the gate samples then live until the next forward, not only until this one returns.
+        self.keep_gates = False
         self._install()
 
     # ---- gates -------------------------------------------------------------------------------
@@ -128,12 +139,23 @@ class PrunableModel:
             self._cache.clear()
             self._resid.clear()
 
+        def clear_after(*_args):
+            if not self.keep_gates:
+                clear()
+
+        def clear_and_draw(*_args):
+            clear()
+            if self.keep_gates:   # checkpointing: every draw outside the recomputed layers (checkpointing.py)
+                for key in FIRST_USE_ORDER:
+                    if key in self.masks:
+                        self._gate(key)
+
         # Fresh gate samples at every forward. The base model gets a pre-hook too, so calling
         # model.bert(...) directly never reuses a previous forward's (freed) graph; the
         # post-hook drops references once the top-level forward is done.
         self._handles.append(m.register_forward_pre_hook(clear))
-        self._handles.append(a.base(m).register_forward_pre_hook(clear))
-        self._handles.append(m.register_forward_hook(clear))
+        self._handles.append(a.base(m).register_forward_pre_hook(clear_and_draw))
+        self._handles.append(m.register_forward_hook(clear_after))
         if a.norm_placement == "pre":
             self._install_pre_ln(has_hidden)
             return

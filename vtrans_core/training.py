@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpointing import checkpointed_layers
 from .data import Encoded, endless_batches
 from .schedule import epoch_steps  # noqa: F401  (re-exported: pipeline, benchmarks)
 
@@ -141,14 +142,16 @@ def hidden_distillation(student_hidden, teacher_hidden, attention_mask, hidden_o
 def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int, device, seed: int,
                      tick: Tick, teacher: Teacher | None = None, temperature: float = 2.0,
                      distill_weight: float = 0.0, hidden_weight: float = 0.0, constant_lr: bool = False,
-                     loss_fn=classification_loss, resume: dict | None = None, on_step=None) -> list[dict]:
+                     loss_fn=classification_loss, resume: dict | None = None, on_step=None,
+                     checkpoint_layers: bool = False) -> list[dict]:
     """AdamW with linear warmup/decay (or a constant rate) for `steps` batches; distils from
     `teacher` when given.
 
     Used for the dense teacher (no teacher) and for recovery fine-tuning of a pruned model.
     Checkpoints (resume.py): `on_step(step, snapshot)` is called after every step, `snapshot()`
     giving the loop's state (JSON, tensors); `resume` is such a snapshot to continue from (the
-    model's weights and the RNG states are the caller's to restore).
+    model's weights and the RNG states are the caller's to restore). `checkpoint_layers`:
+    recompute the layers' activations in backward (checkpointing.py).
     """
     from .checkpoint import load_optimizer, optimizer_tensors
     from .resume import BatchStream
@@ -178,14 +181,15 @@ def train_supervised(model, enc: Encoded, steps: int, lr: float, batch_size: int
     origin = student_origin(model) if want_hidden else (None, None)
     for step in range(first, steps + 1):
         batch = next(batches)
-        out = model(**_strip(batch), output_hidden_states=want_hidden)
-        t_logits, t_hidden = teacher.outputs(batch, want_hidden) if teacher is not None else (None, None)
-        loss, task, distill = loss_fn(out.logits, t_logits, batch, temperature,
-                                      distill_weight if teacher is not None else 0.0)
-        if want_hidden:
-            loss = loss + hidden_weight * hidden_distillation(out.hidden_states, t_hidden, batch["attention_mask"], *origin)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with checkpointed_layers(model, checkpoint_layers):
+            out = model(**_strip(batch), output_hidden_states=want_hidden)
+            t_logits, t_hidden = teacher.outputs(batch, want_hidden) if teacher is not None else (None, None)
+            loss, task, distill = loss_fn(out.logits, t_logits, batch, temperature,
+                                          distill_weight if teacher is not None else 0.0)
+            if want_hidden:
+                loss = loss + hidden_weight * hidden_distillation(out.hidden_states, t_hidden, batch["attention_mask"], *origin)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if sched is not None:
@@ -260,22 +264,24 @@ def train_masks(pm, enc: Encoded, rnd: MaskRound, options, device, tick: Tick, t
     warm = max(1, rnd.steps // 2)
     want_hidden = options.hidden_distill_weight > 0 and teacher is not None
     running = None
+    recompute = getattr(options, "activation_checkpointing", "off") == "on"   # resolved by the pipeline
     for step in range(1, rnd.steps + 1):
         batch = next(batches)
         t_now = rnd.start_fraction + (rnd.target - rnd.start_fraction) * min(1.0, step / warm)
-        out = model(**_strip(batch), output_hidden_states=want_hidden)
-        t_logits, t_hidden = teacher.outputs(batch, want_hidden) if teacher is not None else (None, None)
-        loss, task, distill = loss_fn(out.logits, t_logits, batch, options.distill_temperature,
-                                      options.distill_weight if teacher is not None else 0.0)
-        if want_hidden:
-            loss = loss + options.hidden_distill_weight * hidden_distillation(
-                out.hidden_states, t_hidden, batch["attention_mask"], pm.hidden_origin, pm.layer_origin)
-        kl = pm.kl()
-        s = pm.expected_fraction(rnd.kind, rnd.seq_len) * fraction_scale
-        total = loss + options.beta * kl + lagrangian.term(s, t_now)
-        for opt in groups:
-            opt.zero_grad(set_to_none=True)
-        total.backward()
+        with checkpointed_layers(model, recompute, pm):
+            out = model(**_strip(batch), output_hidden_states=want_hidden)
+            t_logits, t_hidden = teacher.outputs(batch, want_hidden) if teacher is not None else (None, None)
+            loss, task, distill = loss_fn(out.logits, t_logits, batch, options.distill_temperature,
+                                          options.distill_weight if teacher is not None else 0.0)
+            if want_hidden:
+                loss = loss + options.hidden_distill_weight * hidden_distillation(
+                    out.hidden_states, t_hidden, batch["attention_mask"], pm.hidden_origin, pm.layer_origin)
+            kl = pm.kl()
+            s = pm.expected_fraction(rnd.kind, rnd.seq_len) * fraction_scale
+            total = loss + options.beta * kl + lagrangian.term(s, t_now)
+            for opt in groups:
+                opt.zero_grad(set_to_none=True)
+            total.backward()
         if weight_params:
             torch.nn.utils.clip_grad_norm_(weight_params, 1.0)
         for opt in groups:

@@ -189,7 +189,8 @@ class VTrans(Method):
                                       temperature=opts.distill_temperature, distill_weight=opts.distill_weight,
                                       hidden_weight=opts.hidden_distill_weight,
                                       constant_lr=opts.finetune_schedule == "constant", loss_fn=ctx.loss_fn,
-                                      resume=loop, on_step=on_step if session is not None else None)
+                                      resume=loop, on_step=on_step if session is not None else None,
+                                      checkpoint_layers=opts.activation_checkpointing == "on")
         ctx.history.extend({"step": done + h["step"], "finetune_loss": h["loss"]} for h in ft_history)
         if lora:
             ctx.info["recovery"] = {"mode": "lora", "rank": opts.lora_rank, "lr": opts.lora_lr,
