@@ -4,6 +4,8 @@ the gates' noise and dropout on) are those of the plain forward, "auto" turns it
 job does not fit without it, and a compression with it on gives the same model."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -112,6 +114,17 @@ def test_a_compression_with_checkpointing_gives_the_same_model(tmp_path):
         torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4, msg=k)
     assert on["pruned"]["perplexity"] == pytest.approx(off["pruned"]["perplexity"], rel=1e-4)
     AutoModelForCausalLM.from_pretrained(runs["on"].output_dir)   # a stock checkpoint, as without it
+    # "auto" (the default): off while the job fits, on when only the checkpointed job fits
+    assert compress(str(model_dir), str(corpus), budget, "fast", opts, output_dir=tmp_path / "auto"
+                    ).metrics["memory"]["activation_checkpointing"] == "off"
+    # (without the refit, whose stage would set this tiny model's peak whatever the activations)
+    cfg, batch = json.loads((model_dir / "config.json").read_text()), off["options"]["batch_size"]
+    totals = [estimate_peak_bytes(cfg, "float32", batch, SEQ, True, checkpointing=c)["total_bytes"] for c in (False, True)]
+    assert totals[1] < totals[0]
+    tight = compress(str(model_dir), str(corpus), budget, "fast",
+                     {**opts, "reconstruct": "off", "max_memory_gb": sum(totals) / 2 / 1e9},
+                     output_dir=tmp_path / "tight").metrics
+    assert tight["memory"]["activation_checkpointing"] == "on" and tight["options"]["activation_checkpointing"] == "on"
     with pytest.raises(CompressionError) as bad:
         compress(str(model_dir), str(corpus), budget, "fast", {**opts, "activation_checkpointing": "yes"},
                  output_dir=tmp_path / "bad")
