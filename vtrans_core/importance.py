@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from .checkpointing import checkpointed_layers
 from .data import Encoded, iterate_batches
 from .flops import shape_size
 
@@ -47,11 +48,13 @@ def _summed_ce(logits, _teacher, batch: dict, _t: float, _w: float):
 
 
 def fisher_information(pm, enc: Encoded, device, tick: Callable[[int, int], None] | None = None,
-                       micro_batch: int = FISHER_MICRO_BATCH, loss_fn=None) -> dict[str, torch.Tensor]:
+                       micro_batch: int = FISHER_MICRO_BATCH, loss_fn=None,
+                       recompute: bool = False) -> dict[str, torch.Tensor]:
     """Per mask key, the summed squared gradient of the task loss w.r.t. each gate at z = mu = 1.
 
     `loss_fn`: a Task.loss (its first output, the mean task loss, is scaled to a per-row sum);
-    default: the classification cross-entropy summed over rows."""
+    default: the classification cross-entropy summed over rows. `recompute`: activation
+    checkpointing of the layers (checkpointing.py; a backward like training's, as large)."""
     model = pm.model
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in frozen:
@@ -65,12 +68,13 @@ def fisher_information(pm, enc: Encoded, device, tick: Callable[[int, int], None
     batches = list(iterate_batches(enc, micro_batch, device, shuffle=False))
     try:
         for n, batch in enumerate(batches, 1):
-            logits = model(**_strip(batch)).logits
-            if loss_fn is None:
-                loss = _summed_ce(logits, None, batch, 1.0, 0.0)[0]
-            else:   # the task's mean loss (no distillation: teacher None, weight 0) times the rows
-                loss = loss_fn(logits, None, batch, 1.0, 0.0)[0] * batch["input_ids"].shape[0]
-            grads = torch.autograd.grad(loss, [m.mu for m in pm.masks.values()], allow_unused=True)
+            with checkpointed_layers(model, recompute, pm):
+                logits = model(**_strip(batch)).logits
+                if loss_fn is None:
+                    loss = _summed_ce(logits, None, batch, 1.0, 0.0)[0]
+                else:   # the task's mean loss (no distillation: teacher None, weight 0) times the rows
+                    loss = loss_fn(logits, None, batch, 1.0, 0.0)[0] * batch["input_ids"].shape[0]
+                grads = torch.autograd.grad(loss, [m.mu for m in pm.masks.values()], allow_unused=True)
             for (k, m), g in zip(pm.masks.items(), grads):
                 if g is not None:
                     info[k] += g.detach().pow(2)

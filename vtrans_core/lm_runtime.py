@@ -47,13 +47,15 @@ def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, train
                  + activations: B * T * L * (16 * H + 4 * F) * b   kept for the backward pass
                                     (activation checkpointing: B * T * (L * H + 16 * H + 4 * F) * b, each
                                     layer's input plus the one layer being recomputed)
-                 + logits:    5 * B * T * V * 4  student logits, their log-softmax and gradient, the teacher's (fp32)
+                 + logits:    (3 * B * T + 8 * T) * V * 4   the student's logits, their gradient, the teacher's
+                                    (fp32), and one window's loss intermediates (the LM loss runs window by
+                                    window under checkpointing: tasks/language_modeling.lm_loss)
     refit        (refit_tokens N > 0: the least-squares refit of reconstruct.py on N calibration tokens)
                  + P * b                       the pruned weights kept to revert to (at most the dense size)
                  + 2 * N * H * b               every calibration row's input to the current layer, pruned and dense
                  + N * (F + 8 * H) * 4         one layer's recorded fp32 taps: projection inputs, sums, outputs
                  + (F + 1)^2 * 12 + (F + 1) * H * 8   the normal matrix (fp64 sum + fp32 batch product), its right side
-                 + logits                      the held-out logit comparison, before and after
+                 + 5 * B * T * V * 4           the held-out logit comparison, before and after (fp32)
     all times 1.2 (allocator slack and the rest of the process),
     plus on CPU      + 400 MiB          the loaded libraries, which the measured RSS includes.
     """
@@ -65,7 +67,7 @@ def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, train
     P = shape_size(shape, "params")
     b = DTYPE_BYTES[dtype]
     H, F, L, V, N = shape.hidden, max(shape.ffn, default=0), shape.n_layers, shape.vocab, refit_tokens
-    logits = 5 * batch * seq_len * V * 4
+    logits = (3 * batch * seq_len + 8 * seq_len) * V * 4
     parts = {
         "weights": 2 * P * b,
         "training_state": (0 if not trains_weights else
@@ -77,9 +79,10 @@ def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, train
     if N:
         parts.update({"refit_revert_copy": P * b, "refit_hidden_states": 2 * N * H * b,
                       "refit_records": N * (F + 8 * H) * 4,
-                      "refit_normal_matrix": (F + 1) ** 2 * 12 + (F + 1) * H * 8})
+                      "refit_normal_matrix": (F + 1) ** 2 * 12 + (F + 1) * H * 8,
+                      "refit_logits": 5 * batch * seq_len * V * 4})
     training = parts["training_state"] + parts["activations"] + logits
-    refit = sum(v for k, v in parts.items() if k.startswith("refit_")) + logits if N else 0
+    refit = sum(v for k, v in parts.items() if k.startswith("refit_")) if N else 0
     runtime = CPU_RUNTIME_BYTES if torch.device(device).type == "cpu" else 0
     total = int((parts["weights"] + max(training, refit)) * OVERHEAD) + runtime
     parts["runtime"] = runtime

@@ -94,6 +94,33 @@ def test_the_estimate_counts_one_layer_and_auto_turns_it_on_only_when_needed():
     assert refused.value.field == "options.batch_size" and "activation_checkpointing 'on'" in refused.value.message
 
 
+def test_faster_s_fisher_pass_with_checkpointing_gives_the_same_model(tmp_path, monkeypatch):
+    """`faster` ranks by Fisher information (one backward per micro-batch, no mask training): the
+    same plan and weights with the layers recomputed."""
+    import vtrans_core.checkpointing as ckpt
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return torch.utils.checkpoint.checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "checkpoint", counted)
+    model_dir = save_tiny_lm("gpt2", tmp_path / "model")
+    corpus = write_text_corpus(tmp_path / "corpus.txt", n_docs=40, words=60)
+    budget = {"kind": "params", "target": 0.7, "seq_len": SEQ}
+    opts = {"seq_len": SEQ, "prefill_batch": 2, "prefill_seq": 32, "decode_tokens": 4, "latency_runs": 1,
+            "generation_samples": 1, "round_to": 1}
+    runs = {"off": compress(str(model_dir), str(corpus), budget, "faster", {**opts, "activation_checkpointing": "off"},
+                            output_dir=tmp_path / "off").metrics}
+    assert not calls
+    runs["on"] = compress(str(model_dir), str(corpus), budget, "faster", {**opts, "activation_checkpointing": "on"},
+                          output_dir=tmp_path / "on").metrics
+    assert runs["on"]["method_info"]["importance"] == "fisher" and calls   # the layers were recomputed
+    assert runs["on"]["kept"] == runs["off"]["kept"]
+    assert runs["on"]["pruned"]["perplexity"] == pytest.approx(runs["off"]["pruned"]["perplexity"], rel=1e-4)
+
+
 def test_a_compression_with_checkpointing_gives_the_same_model(tmp_path):
     from transformers import AutoModelForCausalLM
 

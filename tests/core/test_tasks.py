@@ -111,6 +111,40 @@ def test_lm_loss_is_next_token_ce_plus_distillation(tokenizer):
     assert abs(alone.item() - out.loss.item()) < 1e-5 and zero.item() == 0
 
 
+def _whole_batch_lm_loss(student, teacher, labels, t=2.0, w=0.5):
+    """The loss as one vocabulary-wide computation over the batch (what lm_loss computed before
+    it went window by window)."""
+    import torch.nn.functional as F
+
+    s, y, v = student[:, :-1].reshape(-1, student.shape[-1]), labels[:, 1:].reshape(-1), student.shape[-1]
+    ce = F.cross_entropy(s, y)
+    kl = F.kl_div(F.log_softmax(s / t, -1), F.log_softmax(teacher[:, :-1].reshape(-1, v) / t, -1),
+                  log_target=True, reduction="batchmean") * t * t
+    return (1 - w) * ce + w * kl
+
+
+def test_lm_loss_window_by_window_is_the_same_loss_and_keeps_only_its_inputs():
+    torch.manual_seed(0)
+    student = torch.randn(4, 33, 500, requires_grad=True)
+    teacher, labels = torch.randn(4, 33, 500), torch.randint(0, 500, (4, 33))
+    saved = [0]
+
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        total, _, _ = lm_loss(student, teacher, {"labels": labels}, 2.0, 0.5)
+    grad, = torch.autograd.grad(total, student)
+    ref = _whole_batch_lm_loss(student, teacher, labels)
+    ref_grad, = torch.autograd.grad(ref, student)
+    torch.testing.assert_close(total, ref)
+    torch.testing.assert_close(grad, ref_grad)
+    # kept for backward: the windows' inputs (views of the two logit tensors), not the ~6
+    # vocabulary-wide intermediates a whole-batch loss keeps
+    assert saved[0] <= 2.1 * student.numel() * 4, saved[0] / (student.numel() * 4)
+
+
 def test_perplexity_states_its_window_and_matches_transformers(tokenizer):
     model = tiny_decoder("gpt2")
     win = pack(tokenizer, [_doc(i) for i in range(8)], 10)

@@ -72,7 +72,7 @@ class FasterVTrans(Method):
             ctx.progress.start("masks#fisher")   # reported as the `masks` stage (contract)
             rows = _head(enc, opts.fisher_rows)
             info = fisher_information(pm, rows, ctx.device, lambda d, t: ctx.progress.update(d, t),
-                                      loss_fn=ctx.loss_fn)
+                                      loss_fn=ctx.loss_fn, recompute=opts.activation_checkpointing == "on")
             scores = fisher_scores(pm, info, budget.kind, budget.seq_len)
             ctx.info["fisher_rows"] = len(rows)
         if opts.importance != "fisher" and ranked is None:

@@ -217,7 +217,8 @@ def fisher_start(ctx: Context, pm, r: int) -> None:
     from ..importance import fisher_information, fisher_scores, init_gates_from_fisher
 
     budget = ctx.budget
-    info = fisher_information(pm, ctx.enc_train.head(ctx.options.fisher_rows), ctx.device, loss_fn=ctx.loss_fn)
+    info = fisher_information(pm, ctx.enc_train.head(ctx.options.fisher_rows), ctx.device, loss_fn=ctx.loss_fn,
+                              recompute=ctx.options.activation_checkpointing == "on")
     init_gates_from_fisher(pm, fisher_scores(pm, info, budget.kind, budget.seq_len))
     ctx.info.setdefault("fisher_rows", min(len(ctx.enc_train), ctx.options.fisher_rows))
     ctx.info.setdefault("fisher_rounds", []).append(r)
