@@ -55,7 +55,7 @@ def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, train
                  + 2 * N * H * b               every calibration row's input to the current layer, pruned and dense
                  + N * (F + 8 * H) * 4         one layer's recorded fp32 taps: projection inputs, sums, outputs
                  + (F + 1)^2 * 12 + (F + 1) * H * 8   the normal matrix (fp64 sum + fp32 batch product), its right side
-                 + 5 * B * T * V * 4           the held-out logit comparison, before and after (fp32)
+                 + (2 * B * T + 6 * T) * V * 4  the held-out logit comparison: both models' logits, one window's statistics
     all times 1.2 (allocator slack and the rest of the process),
     plus on CPU      + 400 MiB          the loaded libraries, which the measured RSS includes.
     """
@@ -80,7 +80,7 @@ def estimate_peak_bytes(config: Any, dtype: str, batch: int, seq_len: int, train
         parts.update({"refit_revert_copy": P * b, "refit_hidden_states": 2 * N * H * b,
                       "refit_records": N * (F + 8 * H) * 4,
                       "refit_normal_matrix": (F + 1) ** 2 * 12 + (F + 1) * H * 8,
-                      "refit_logits": 5 * batch * seq_len * V * 4})
+                      "refit_logits": (2 * batch * seq_len + 6 * seq_len) * V * 4})
     training = parts["training_state"] + parts["activations"] + logits
     refit = sum(v for k, v in parts.items() if k.startswith("refit_")) if N else 0
     runtime = CPU_RUNTIME_BYTES if torch.device(device).type == "cpu" else 0

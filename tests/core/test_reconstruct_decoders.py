@@ -226,3 +226,30 @@ def test_an_lm_refit_that_lowers_the_kl_but_makes_the_text_less_likely_is_revert
         assert summary["held_out_nll_after"] <= summary["held_out_nll_before"]
     else:
         assert "reverted" in summary["reason"] or "no block" in summary["reason"]
+
+
+def test_the_held_out_comparison_window_by_window_equals_the_whole_batch_one():
+    """_logit_gap takes an LM's statistics one window at a time (memory: reconstruct.py); on padded
+    batches its figures are the whole-batch formulas' (mean squared gap per row, KL(dense ||
+    pruned) per real token, next-token losses where both tokens are real)."""
+    import torch.nn.functional as F
+
+    from vtrans_core.reconstruct import _logit_gap
+
+    a, b = tiny_decoder("llama-gqa", seed=0), tiny_decoder("llama-gqa", seed=1)
+    batches = _lm_batches(n=3, padded=True)
+    mse, kl, nll = _logit_gap(a, b, batches)
+    ref_mse, ref_kl, tokens, ref_nll = 0.0, 0.0, 0, []
+    with torch.no_grad():
+        for bt in batches:
+            inputs = {"input_ids": bt["input_ids"], "attention_mask": bt["attention_mask"]}
+            p, d = a(**inputs).logits, b(**inputs).logits
+            real = bt["attention_mask"].bool()
+            ref_mse += float((p - d).pow(2)[real].sum())
+            lp, ld = F.log_softmax(p[real], -1), F.log_softmax(d[real], -1)
+            ref_kl += float((ld.exp() * (ld - lp)).sum())
+            tokens += int(real.sum())
+            both = real[:, :-1] & real[:, 1:]
+            ref_nll.append(F.cross_entropy(p[:, :-1][both], bt["labels"][:, 1:][both], reduction="none"))
+    assert mse == pytest.approx(ref_mse / 12, rel=1e-5) and kl == pytest.approx(ref_kl / tokens, rel=1e-5)
+    torch.testing.assert_close(nll, torch.cat(ref_nll).double())
