@@ -174,10 +174,10 @@ def test_memory_estimate_formula_and_refusal_before_any_work(llama_dir, corpus, 
     logits = (3 * 4 * 512 + 8 * 512) * 100 * 4   # student, its gradient, teacher + one window's loss
     assert est["parts"] == {"weights": 2 * P * 4, "training_state": 0, "activations": act,
                             "logits": logits, "runtime": CPU_RUNTIME_BYTES}
-    assert est["total_bytes"] == int((2 * P * 4 + act + logits) * 1.2) + CPU_RUNTIME_BYTES
+    assert est["total_bytes"] == int((2 * P * 4 + act + logits) * 1.5) + CPU_RUNTIME_BYTES   # CPU: RSS slack
     # on CUDA the measured peak is the allocator's, which holds no libraries
     on_gpu = estimate_peak_bytes(cfg.to_dict(), "float32", 4, 512, trains_weights=False, device="cuda")
-    assert on_gpu["total_bytes"] == est["total_bytes"] - CPU_RUNTIME_BYTES and on_gpu["parts"]["runtime"] == 0
+    assert on_gpu["total_bytes"] == int((2 * P * 4 + act + logits) * 1.2) and on_gpu["parts"]["runtime"] == 0
     trained = estimate_peak_bytes(cfg.to_dict(), "bfloat16", 4, 512, trains_weights=True)
     assert trained["parts"]["training_state"] == P * (2 + 8) and trained["parts"]["weights"] == 2 * P * 2
     with pytest.raises(CompressionError) as e:
@@ -204,7 +204,7 @@ def test_memory_estimate_counts_the_refit_and_names_it_when_it_sets_the_peak():
              "refit_logits": (2 * 4 * 512 + 6 * 512) * 100 * 4}   # the held-out logit comparison
     assert {k: v for k, v in est["parts"].items() if k.startswith("refit_")} == refit
     assert est["peak_stage"] == "refit"
-    assert est["total_bytes"] == int((2 * P * 4 + sum(refit.values())) * 1.2) + CPU_RUNTIME_BYTES
+    assert est["total_bytes"] == int((2 * P * 4 + sum(refit.values())) * 1.5) + CPU_RUNTIME_BYTES
     small = estimate_peak_bytes(cfg, "float32", 4, 512, trains_weights=True, refit_tokens=64)
     assert small["peak_stage"] == "training"
     assert small["total_bytes"] == estimate_peak_bytes(cfg, "float32", 4, 512, trains_weights=True)["total_bytes"]
