@@ -43,6 +43,7 @@ def checkpointed_layers(model: nn.Module, enabled: bool = True, pm=None) -> Iter
 
     base = _base(model)
     layers = list(adapter_for(base).layers(base))
+    own = [vars(layer).get("forward") for layer in layers]   # a forward patched on the instance before us
     for layer in layers:
         layer.forward = _checkpointed(layer.forward)   # an instance attribute shadows the class's forward
     previous = pm.keep_gates if pm is not None else None
@@ -55,8 +56,11 @@ def checkpointed_layers(model: nn.Module, enabled: bool = True, pm=None) -> Iter
     try:
         yield
     finally:
-        for layer in layers:
-            del layer.forward
+        for layer, before in zip(layers, own):
+            if before is None:
+                del layer.forward
+            else:
+                layer.forward = before
         if pm is not None:
             pm.keep_gates = previous
         if use_cache is not None:

@@ -74,6 +74,11 @@ def test_layers_get_their_own_forward_back():
         with torch.no_grad():   # no grad: the layers run as they are
             torch.testing.assert_close(model(**batch).logits, before)
     assert not any("forward" in vars(layer) for layer in model.model.layers)
+    patched = model.model.layers[0].forward = lambda *a, **k: type(model.model.layers[0]).forward(
+        model.model.layers[0], *a, **k)   # an instance patch made before ours is kept
+    with checkpointed_layers(model):
+        assert model.model.layers[0].forward is not patched
+    assert model.model.layers[0].forward is patched
 
 
 def test_the_estimate_counts_one_layer_and_auto_turns_it_on_only_when_needed():
