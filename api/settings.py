@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     # Refuse webhook URLs that resolve to loopback/private/link-local addresses (SSRF); tests and
     # single-machine set-ups with a local receiver set this to true.
     webhook_allow_private: bool = False
-    webhook_timeout_seconds: float = 10.0     # connect and read, per attempt
+    webhook_timeout_seconds: float = 10.0     # each connect/read, and the whole attempt
     # Encrypts webhook signing secrets at rest (api/secretbox.py); the same value on every API
     # and scheduler process. Unset: secrets are stored in plain text, as before.
     secret_key: SecretStr | None = None

@@ -10,8 +10,9 @@ running behind would leave due messages unsent for its lag.
 
 SSRF: the URL's host is resolved once per attempt, every address it resolves to must be public
 (unless settings.webhook_allow_private), and the connection goes to that checked address (no
-second DNS lookup an attacker could answer differently). Redirects are never followed; connect
-and read have timeouts; at most RESPONSE_LIMIT bytes of the answer are read.
+second DNS lookup an attacker could answer differently). Redirects are never followed; each socket
+operation and the whole attempt are bounded by webhook_timeout_seconds (a receiver trickling its
+answer is cut off); at most RESPONSE_LIMIT bytes of the answer are read.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -101,22 +103,58 @@ def check_url(url: str, allow_private: bool, resolve: Callable = socket.getaddri
     return Target(parts.scheme, parts.hostname, port, path, addresses[0])
 
 
+class _Deadline:
+    """Bounds a whole attempt, not each socket operation: a socket timeout alone lets a receiver
+    that answers a byte at a time hold the sender as long as it likes (every read is quick), and
+    with it every other message behind it, past the message's lease (another sender would then
+    send it again meanwhile). When the time is up the connection's socket is shut down, which
+    ends whatever read, write or TLS handshake is waiting on it."""
+
+    def __init__(self, seconds: float):
+        self.expired = threading.Event()
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.expired.is_set():
+                raise TimeoutError("the attempt's time ran out while connecting")
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired.set()
+            if self._sock is not None:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class _PinnedHTTP(http.client.HTTPConnection):
-    def __init__(self, target: Target, timeout: float):
+    def __init__(self, target: Target, timeout: float, deadline: _Deadline):
         super().__init__(target.host, target.port, timeout=timeout)
-        self._address = target.address
+        self._address, self._deadline = target.address, deadline
 
     def connect(self):
         self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self._deadline.watch(self.sock)
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
-    def __init__(self, target: Target, timeout: float):
+    def __init__(self, target: Target, timeout: float, deadline: _Deadline):
         super().__init__(target.host, target.port, timeout=timeout, context=ssl.create_default_context())
-        self._address = target.address
+        self._address, self._deadline = target.address, deadline
 
     def connect(self):
         sock = socket.create_connection((self._address, self.port), self.timeout)
+        self._deadline.watch(sock)  # the raw socket: shutting it down ends a stalled handshake too
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # certificate checked for the host
 
 
@@ -139,16 +177,23 @@ def post(url: str, body: str, headers: dict[str, str], settings: Settings) -> Ou
     except UnsafeURL as exc:
         return done(False, error=f"refused: the URL {exc}")
     conn_class = _PinnedHTTPS if target.scheme == "https" else _PinnedHTTP
-    conn = conn_class(target, settings.webhook_timeout_seconds)
+    limit = settings.webhook_timeout_seconds
+    deadline = _Deadline(limit)  # the whole attempt; the socket timeout below bounds each operation
+    conn = conn_class(target, limit, deadline)
+    timed_out = (f"timed out: no complete answer within {limit:g} s "
+                 "(VTRANS_WEBHOOK_TIMEOUT_SECONDS bounds the whole attempt)")
     try:
         conn.request("POST", target.path, body=body.encode(), headers=headers)
         resp = conn.getresponse()
         resp.read(RESPONSE_LIMIT)  # bounded: a receiver cannot make us read (or wait for) more
         code = resp.status
     except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
-        return done(False, error=f"{type(exc).__name__}: {exc}"[:500])
+        return done(False, error=timed_out if deadline.expired.is_set() else f"{type(exc).__name__}: {exc}"[:500])
     finally:
+        deadline.cancel()
         conn.close()
+    if deadline.expired.is_set():  # cut off mid-answer (a body without a length reads as complete)
+        return done(False, code, timed_out)
     if 200 <= code < 300:
         return done(True, code)
     if 300 <= code < 400:

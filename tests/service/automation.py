@@ -3,6 +3,7 @@ private webhook targets allowed (the receiver is on 127.0.0.1), a fresh tenant p
 real `vtrans scheduler` processes."""
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 import sys
@@ -93,9 +94,10 @@ def start_scheduler(start_proc, hook_settings):
         env = settings_env(settings or hook_settings)
         env.update(extra_env or {})
         proc = start_proc(args, env, name)
-        # Up to minutes on a loaded 2-core machine: it imports the validation code before running.
-        wait_for(lambda: "scheduler: running" in proc.output() or proc.p.poll() is not None, 300,
-                 what=f"{name} ready")
+        # Up to minutes on a loaded 2-core machine: it imports the validation code before running
+        # (VTRANS_TEST_START_SECONDS, as for the API processes, when a niced run shares the cores).
+        wait_for(lambda: "scheduler: running" in proc.output() or proc.p.poll() is not None,
+                 max(300.0, float(os.environ.get("VTRANS_TEST_START_SECONDS", "300"))), what=f"{name} ready")
         assert proc.p.poll() is None, proc.output()
         return proc
     return start

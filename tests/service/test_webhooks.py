@@ -231,3 +231,51 @@ def test_no_outbox_row_when_the_state_change_rolls_back(hook_settings, tenants, 
     assert jobstore.request_cancel(hook_settings.db_url, job_id, t.name) == "cancelled"
     with session_scope(hook_settings.db_url) as s:
         assert s.scalar(select(func.count()).select_from(WebhookMessage).where(WebhookMessage.tenant_id == t.name)) == 1
+
+
+@pytest.mark.parametrize("trickled", ["body", "whole answer"])
+def test_a_receiver_trickling_its_answer_is_cut_off_at_the_attempt_timeout(trickled):
+    """VTRANS_WEBHOOK_TIMEOUT_SECONDS bounds the whole attempt, not each socket read: a receiver
+    that answers a byte at a time (every byte well within the read timeout) cannot hold the
+    sender, and every other tenant's deliveries queued behind it, for as long as it likes, nor
+    outlive the message's lease (which would send it again while this attempt still runs)."""
+    import socket
+    import threading
+    import time
+
+    from api.settings import Settings
+    from api.webhook_delivery import post
+
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\n" + b"x" * 64
+    head, rest = (answer.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n", answer.split(b"\r\n\r\n", 1)[1]) \
+        if trickled == "body" else (b"", answer)
+    srv = socket.create_server(("127.0.0.1", 0))
+    cut_off = threading.Event()
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            conn.recv(65536)
+            try:
+                conn.sendall(head)
+                for i in range(len(rest)):
+                    conn.sendall(rest[i:i + 1])
+                    time.sleep(0.3)  # < the 1 s read timeout: each read alone never times out
+            except OSError:
+                cut_off.set()
+                return
+            if conn.recv(1) == b"":  # the sender closed its side early
+                cut_off.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    settings = Settings(webhook_allow_private=True, webhook_timeout_seconds=1.0)
+    try:
+        start = time.monotonic()
+        outcome = post(f"http://127.0.0.1:{srv.getsockname()[1]}/hooks", "{}", {"content-type": "application/json"},
+                       settings)
+        took = time.monotonic() - start
+    finally:
+        srv.close()
+    # The whole answer takes ~19 s to trickle in; the attempt must end near its 1 s.
+    assert took < 8, (took, outcome)
+    assert not outcome.ok and "timed out" in outcome.error, outcome
