@@ -45,7 +45,7 @@ def checkpointed_layers(model: nn.Module, enabled: bool = True, pm=None) -> Iter
     layers = list(adapter_for(base).layers(base))
     own = [vars(layer).get("forward") for layer in layers]   # a forward patched on the instance before us
     for layer in layers:
-        layer.forward = _checkpointed(layer.forward)   # an instance attribute shadows the class's forward
+        layer.forward = recomputed_in_backward(layer.forward)   # an instance attribute shadows the class's forward
     previous = pm.keep_gates if pm is not None else None
     if pm is not None:
         pm.keep_gates = True
@@ -67,9 +67,11 @@ def checkpointed_layers(model: nn.Module, enabled: bool = True, pm=None) -> Iter
             base.config.use_cache = use_cache
 
 
-def _checkpointed(forward):
+def recomputed_in_backward(fn):
+    """`fn` under non-reentrant checkpointing whenever grad is enabled (keeps only its inputs for
+    backward), called as it is otherwise."""
     def run(*args, **kwargs):
         if not torch.is_grad_enabled():   # evaluation: nothing is kept for backward anyway
-            return forward(*args, **kwargs)
-        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            return fn(*args, **kwargs)
+        return checkpoint(fn, *args, use_reentrant=False, **kwargs)
     return run

@@ -14,18 +14,17 @@ import torch
 from .errors import CompressionError
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-OVERHEAD = 1.2             # allocator slack, tokenizer, Python objects: measured peaks sit under this
-# On CPU the measured peak is the process's RSS, and glibc keeps what earlier stages freed: a
-# stage starts on a heap grown by the previous one and fragments it. SmolLM2 faster@0.8 with
-# activation checkpointing: the refit stage's RSS was 1.47x its live tensors' estimate
-# (6.32 GB measured against 4.02 GB counted); full recovery 1.29x. CUDA's allocator peak follows
-# the live tensors (1.2 holds there).
-CPU_OVERHEAD = 1.5
 ACT_PER_TOKEN_LAYER = 16   # hidden-sized tensors kept for backward per token and layer (q,k,v,o, norms,
 ACT_FFN_PER_TOKEN = 4      # residuals, ...) and FFN-sized ones (gate, up, activation, product)
-# On CPU the measured peak is the process's RSS, which also holds the loaded libraries (torch,
-# transformers, the service: 0.32 GB measured after import); CUDA's allocator peak does not.
-# Without it the SmolLM2 estimate was 2.4% under the measured RSS (8.24 vs 8.44 GB).
+OVERHEAD = 1.2             # allocator slack, tokenizer, Python objects: CUDA's peak follows the live tensors
+# On CPU the measured peak is the process's RSS. glibc keeps what earlier stages freed (a stage
+# starts on a heap the previous one grew and fragments it): SmolLM2 faster@0.8 with activation
+# checkpointing, the refit stage's RSS was 1.47x its live tensors' count (6.32 vs 4.02 GB); full
+# recovery 1.29x.
+CPU_OVERHEAD = 1.5
+# The RSS also holds the loaded libraries (torch, transformers, the service: 0.32 GB measured after
+# import); CUDA's allocator peak does not. Without this the SmolLM2 estimate was 2.4% under the
+# measured RSS (8.24 vs 8.44 GB).
 CPU_RUNTIME_BYTES = 400 * 1024 ** 2
 
 
@@ -132,14 +131,11 @@ def check_memory(config: Any, dtype: str, batch: int, seq_len: int, trains_weigh
     cuda = torch.device(device).type == "cuda"
     modes = ["full", "lora"] if recovery == "auto" and cuda else ["full" if recovery == "auto" else recovery]
     recompute = [False, True] if activation_checkpointing == "auto" else [activation_checkpointing == "on"]
-    for mode in modes:
-        for ckpt in recompute:
-            est = estimate_peak_bytes(config, dtype, batch, seq_len, trains_weights, refit_tokens, device,
-                                      lora_rank if mode == "lora" and cuda else None, ckpt)
-            if trains_weights:
-                est["recovery"] = mode
-            if est["total_bytes"] <= have:
-                break
+    for mode, ckpt in [(mode, ckpt) for mode in modes for ckpt in recompute]:   # best first
+        est = estimate_peak_bytes(config, dtype, batch, seq_len, trains_weights, refit_tokens, device,
+                                  lora_rank if mode == "lora" and cuda else None, ckpt)
+        if trains_weights:
+            est["recovery"] = mode
         if est["total_bytes"] <= have:
             break
     est["available_bytes"] = have

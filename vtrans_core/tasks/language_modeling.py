@@ -254,16 +254,17 @@ def lm_loss(student_logits, teacher_logits, batch: dict, temperature: float, wei
     the largest part of a small-hidden, large-vocabulary model's peak (SmolLM2-135M at 4 x 512:
     +2.4 GB over the forward; per window ~0.5 GB, freed after it)."""
     import torch
-    from torch.utils.checkpoint import checkpoint
+
+    from ..checkpointing import recomputed_in_backward
 
     labels = batch["labels"]
     distil = weight > 0 and teacher_logits is not None
     rows = student_logits.split(1)   # one gradient buffer in backward (split's backward concatenates)
     teacher_rows = teacher_logits.split(1) if distil else [None] * len(rows)
     ce_sum = kl_sum = student_logits.new_zeros((), dtype=torch.float32)
+    window_losses = recomputed_in_backward(_window_losses)
     for s, t, y in zip(rows, teacher_rows, labels.split(1)):
-        ce, kl = (checkpoint(_window_losses, s, t, y, temperature, use_reentrant=False) if torch.is_grad_enabled()
-                  else _window_losses(s, t, y, temperature))
+        ce, kl = window_losses(s, t, y, temperature)
         ce_sum, kl_sum = ce_sum + ce, kl_sum + kl
     targets = labels[:, 1:]
     task = ce_sum / (targets != -100).sum().clamp(min=1)   # = cross_entropy's mean over real targets
