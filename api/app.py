@@ -6,9 +6,10 @@ import logging
 from contextlib import asynccontextmanager
 from typing import Callable
 
+import anyio.to_thread
 from fastapi import FastAPI
 
-from . import contract, outage, problems
+from . import contract, core_bridge, outage, problems
 from .artifacts import ArtifactStore
 from .db import check_migrated, configure_pool
 from .middleware import RefuseOversizedUploads
@@ -55,6 +56,9 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         check_migrated(settings.db_url)  # refuse to serve on an un-migrated database
+        core_bridge.start_warm_up()
+        # Sync routes, sync dependencies and the SSE polls all run on anyio's default thread pool.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         yield
 
     app = FastAPI(title="vtrans", version="0.1.0", lifespan=lifespan, responses=PROBLEM_RESPONSES,

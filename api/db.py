@@ -1,6 +1,7 @@
 """Engine, sessions and the migration check shared by the API and the worker."""
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
@@ -57,6 +58,7 @@ def configure_pool(pool_size: int, max_overflow: int, pool_timeout: float) -> No
         while _made:
             _made.pop().dispose()
         get_engine.cache_clear()
+        autocommit_engine.cache_clear()
         _sessionmaker.cache_clear()
 
 
@@ -79,19 +81,62 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    engine = create_engine(url, pool_pre_ping=True, **_POOL)
+    engine = create_engine(url, **_POOL)
+    _ping_when_idle(engine)
     _made.add(engine)
     return engine
 
 
+# A pooled connection that sat unused this long is pinged before use (see _ping_when_idle).
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """pool_pre_ping, but only for a connection that has been idle in the pool for a while.
+
+    pool_pre_ping sends `SELECT 1` at every checkout: a round trip and ~0.3 ms of API CPU per
+    request (issue #16's load benchmark). What it guards against — a database restarted, or a
+    connection cut by a proxy's idle timeout — happens while connections sit in the pool; a
+    connection returned a moment ago was just used successfully. So the ping runs only after
+    PING_AFTER_IDLE_SECONDS in the pool; a connection found dead is replaced by the pool before
+    the request sees it (DisconnectionError at checkout), as with pool_pre_ping."""
+    from sqlalchemy.exc import DisconnectionError
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_conn, record) -> None:
+        record.info["vtrans_returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check(dbapi_conn, record, _proxy) -> None:
+        returned = record.info.get("vtrans_returned_at")
+        if returned is None or time.monotonic() - returned < PING_AFTER_IDLE_SECONDS:
+            return   # a new connection, or one in use a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection failed its ping")
+
+
 @lru_cache(maxsize=8)
-def _sessionmaker(url: str) -> sessionmaker:
-    return sessionmaker(get_engine(url), expire_on_commit=False)
+def autocommit_engine(url: str) -> Engine:
+    """get_engine(url) in autocommit: the same pool, each statement its own transaction, so no
+    BEGIN and no COMMIT round trip around a read."""
+    return get_engine(url).execution_options(isolation_level="AUTOCOMMIT")
 
 
-def open_session(url: str) -> Session:
-    """A new session on the process's engine for `url` (no connection until its first query)."""
-    return _sessionmaker(url)()
+@lru_cache(maxsize=8)
+def _sessionmaker(url: str, autocommit: bool = False) -> sessionmaker:
+    return sessionmaker(autocommit_engine(url) if autocommit else get_engine(url), expire_on_commit=False)
+
+
+def open_session(url: str, autocommit: bool = False) -> Session:
+    """A new session on the process's engine for `url` (no connection until its first query).
+
+    autocommit=True is for reads that need no snapshot across their statements (the API's GET
+    routes): without a transaction to open and end, a GET makes two fewer round trips."""
+    return _sessionmaker(url, autocommit)()
 
 
 @contextmanager
@@ -104,6 +149,16 @@ def session_scope(url: str) -> Iterator[Session]:
         rollback_and_close(session)
         raise
     commit_and_close(session)
+
+
+@contextmanager
+def read_scope(url: str) -> Iterator[Session]:
+    """A session for reads only, in autocommit (open_session): closed after, nothing to commit."""
+    session = open_session(url, autocommit=True)
+    try:
+        yield session
+    finally:
+        session.close()
 
 
 def db_now(session: Session) -> datetime:

@@ -261,8 +261,8 @@ def insert_job(db: Session, tenant: str, prepared: PreparedJob, *, message: str 
     job = Job(id=new_id("job"), tenant_id=tenant, status="queued", model=prepared.model.target,
               dataset=body.dataset, request=request, queue=queue, created_at=now, updated_at=now)
     db.add(job)
+    ev = jobstore.add_first_event(db, job, "status", status="queued", message=message)
     db.flush()
-    ev = jobstore.add_event(db, job.id, tenant, "status", status="queued", message=message)
     return job, ev
 
 

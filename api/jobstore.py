@@ -48,6 +48,17 @@ def add_event(session: Session, job_id: str, tenant_id: str, kind: str, *, statu
     return event_to_dict(ev)
 
 
+def add_first_event(session: Session, job: Job, kind: str, **fields: Any) -> dict[str, Any]:
+    """add_event for a job row not yet written (insert_job): its first event is seq 1, set on
+    the row itself, so the submit spends no UPDATE round trip on the counter and both rows go
+    out in one flush. No other writer can know the job before it is committed."""
+    job.event_seq = 1
+    ev = JobEvent(job_id=job.id, tenant_id=job.tenant_id, seq=1, kind=kind, created_at=utcnow(), attempt=0,
+                  **fields)
+    session.add(ev)
+    return event_to_dict(ev)
+
+
 def publish(job_id: str, events: Iterable[dict[str, Any]]) -> None:
     for ev in events:
         try:

@@ -6,4 +6,4 @@ presented key, not revoked) returning that key's tenant_id; routes need no chang
 from __future__ import annotations
 
 # Issue #5: the real dependency lives in api/auth.py (Bearer API key -> tenant, 401 otherwise).
-from .auth import get_tenant, get_tenant_own_session  # noqa: F401  (re-exported: routes import them from here)
+from .auth import get_tenant  # noqa: F401  (re-exported: routes import them from here)

@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks import load_api
+from benchmarks.load_cpu import process_cpu
 
 REPO = Path(__file__).resolve().parent.parent
 PG_ADMIN_DSN = os.environ.get("VTRANS_LOAD_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
@@ -183,11 +184,6 @@ def upload_model(url: str, key: str, workdir: Path) -> str:
     return r.json()["id"]
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
-
-
 def cpu_probe(stack: Stack, key: str, model: str, n: int) -> dict:
     """API CPU per request, one request at a time: milliseconds of the API processes' CPU (user +
     system) per request of each kind. Unlike latency this hardly depends on what else the machine
@@ -207,9 +203,9 @@ def cpu_probe(stack: Stack, key: str, model: str, n: int) -> dict:
     out = {}
     for kind, call in calls.items():
         count = max(5, n // 10) if kind == "metrics" else n
-        before = sum(_cpu_seconds(pid) for pid in pids)
+        before = sum(process_cpu(pid) for pid in pids)
         codes = [call(clients[i % len(clients)], i).status_code for i in range(count)]
-        cpu_ms = (sum(_cpu_seconds(pid) for pid in pids) - before) * 1000 / count
+        cpu_ms = (sum(process_cpu(pid) for pid in pids) - before) * 1000 / count
         out[kind] = {"n": count, "cpu_ms_per_request": round(cpu_ms, 2), "errors": sum(c >= 400 for c in codes)}
     for c in clients:
         c.close()
@@ -264,6 +260,8 @@ def _rates(args) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--warmup-seconds", type=float, default=5,
+                   help="unmeasured submits/gets/lists at 0.1x the rates before the measured run (0: none)")
     p.add_argument("--scale", type=float, default=1.0, help="fraction of the issue's target rates and SSE count")
     p.add_argument("--submit-rate", type=float, help="submits/s (default 50 x scale)")
     p.add_argument("--get-rate", type=float, help="gets/s (default 200 x scale)")
@@ -293,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             url=stack.urls, key=key, tenant=TENANT, model=model, dataset=DATASET, seconds=args.seconds,
             submit_rate=rates["submit_rate"], get_rate=rates["get_rate"],
             list_rate=rates["list_rate"], sse=int(rates["sse"]), seed_jobs=args.seed_jobs, db_url=stack.db_url,
-            metrics_rate=args.metrics_rate)
+            metrics_rate=args.metrics_rate, warmup_seconds=args.warmup_seconds, api_pid=[proc.pid for proc, _ in stack.procs])
         report = asyncio.run(load_api.run(load_args))
         for name, step in (("query_plans", lambda: explain_list(stack.db_url)),
                            ("cpu_probe", lambda: cpu_probe(stack, key, model, args.cpu_probe) if args.cpu_probe

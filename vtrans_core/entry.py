@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +57,16 @@ def _check_config(config: dict, budget: Budget, opts: CompressionOptions, data: 
     if config.get("auto_map"):
         raise CompressionError("model", "models with custom code (auto_map in config.json) are not supported")
     from .families import adapter_for
-    from .plan import min_fraction
     from .tasks import choose_task
 
-    adapter = adapter_for(config)  # raises CompressionError("model", ...) for an unknown family
+    adapter_for(config)  # raises CompressionError("model", ...) for an unknown family
     task = choose_task(config, data, opts.task)
-    shape = adapter.shape_from_config(config)
+    key = json.dumps(config, sort_keys=True, default=str)
+    shape = copy.deepcopy(_shape_of_config(key))
     opts.apply_task_defaults(task.name, lambda o: _prunable_widths(shape, o))
     opts.task = task.name
-    floor = min_fraction(config, budget.size_kind, budget.seq_len, structures=structures_of(opts), layout=opts.layout,
-                         round_to=opts.round_to)
+    floor = _min_fraction_of_config(key, budget.size_kind, budget.seq_len, tuple(sorted(structures_of(opts))),
+                                    opts.layout, opts.round_to)
     if budget.kind == "speedup":   # FLOPs bound the speedup from above (the exact check is the latency planner's)
         if budget.size_target < floor:
             raise CompressionError("budget.target", f"a {budget.target:g}x speedup needs fewer FLOPs than the smallest "
@@ -76,6 +77,26 @@ def _check_config(config: dict, budget: Budget, opts: CompressionOptions, data: 
         raise CompressionError("budget.target", f"{budget.target:g} is below the smallest {budget.kind} fraction this "
                                f"architecture can reach with these options ({floor:.3f}) in layout {opts.layout!r}")
     return task
+
+
+# The API validates every submit, and turning a config.json into a transformers config costs about
+# a millisecond (twice: for the shape and for the floor): the answers are kept per distinct config
+# (issue #16's load benchmark). Both are pure functions of the config's JSON.
+@lru_cache(maxsize=64)
+def _shape_of_config(config_json: str):
+    from .families import adapter_for
+
+    config = json.loads(config_json)
+    return adapter_for(config).shape_from_config(config)
+
+
+@lru_cache(maxsize=256)
+def _min_fraction_of_config(config_json: str, kind: str, seq_len: int, structures: tuple[str, ...], layout: str,
+                            round_to: int) -> float:
+    from .plan import min_fraction
+
+    return min_fraction(json.loads(config_json), kind, seq_len, structures=structures, layout=layout,
+                        round_to=round_to)
 
 
 def _prunable_widths(shape, opts: CompressionOptions) -> list[int]:

@@ -11,7 +11,7 @@ from ..deps import get_app_settings, get_db, get_store, owned_or_404
 from ..limits import tenant_limit
 from ..models import Dataset, new_id
 from ..settings import Settings
-from ..tenancy import get_tenant, get_tenant_own_session
+from ..tenancy import get_tenant
 from ..uploads import UploadError, dataset_format, validate_dataset
 from .uploads_common import safe_filename, save_limited, temp_workspace, upload_problem
 
@@ -30,7 +30,7 @@ async def upload_dataset(file: UploadFile = File(..., description="CSV or JSONL 
                                                                     "or .txt plain text for a language model"),
                          settings: Settings = Depends(get_app_settings), store: ArtifactStore = Depends(get_store),
                          db: Session = Depends(get_db),
-                         tenant: str = Depends(get_tenant_own_session)) -> schemas.Dataset:
+                         tenant: str = Depends(get_tenant)) -> schemas.Dataset:
     filename = safe_filename(file.filename)
     with temp_workspace(settings.tmp_dir) as work:
         try:

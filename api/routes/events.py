@@ -28,12 +28,12 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
 from .. import contract, event_bus, schemas
-from ..db import session_scope
+from ..db import read_scope
 from ..jobstore import event_to_dict
 from ..models import TERMINAL_STATUSES, Artifact, Job, JobEvent
 from ..problems import Problem, field_problem
 from ..settings import Settings
-from ..tenancy import get_tenant_own_session
+from ..tenancy import get_tenant
 
 router = APIRouter(tags=["events"])
 log = logging.getLogger("vtrans.api")
@@ -59,7 +59,7 @@ def public_event(job_id: str, ev: dict[str, Any]) -> dict[str, Any]:
 def _job_state(settings: Settings, tenant: str, job_id: str) -> dict[str, Any] | None:
     from .jobs import job_to_dict  # the service's serializer: `end` carries what GET returns
 
-    with session_scope(settings.db_url) as s:
+    with read_scope(settings.db_url) as s:
         job = s.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant))
         if job is None:
             return None
@@ -74,7 +74,7 @@ def _events_since(settings: Settings, tenant: str, job_id: str, after: int) -> t
     """Events with seq > after, and whether the job had finished. The status is read FIRST:
     a terminal status is committed together with its event, so when we see "finished" the
     events query (a later statement) sees every event of the job."""
-    with session_scope(settings.db_url) as s:
+    with read_scope(settings.db_url) as s:
         status = s.scalar(select(Job.status).where(Job.id == job_id, Job.tenant_id == tenant))
         rows = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after)
                          .order_by(JobEvent.seq)).all()
@@ -164,7 +164,7 @@ async def job_events(job_id: str, request: Request,
                                                                          "the stream, whatever Accept says"),
                      after: int | None = Query(None, ge=0, description="only events with seq > after"),
                      last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-                     tenant: str = Depends(get_tenant_own_session)):
+                     tenant: str = Depends(get_tenant)):
     settings: Settings = request.app.state.settings
     start = _parse_after(last_event_id, after)
     as_json = _wants_json(request, format)

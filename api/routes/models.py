@@ -20,7 +20,7 @@ from ..limits import tenant_limit
 from ..models import Model, new_id
 from ..problems import Problem
 from ..settings import Settings
-from ..tenancy import get_tenant, get_tenant_own_session
+from ..tenancy import get_tenant
 from ..uploads import UploadError, extract_archive, validate_model_dir
 from .uploads_common import safe_filename, save_limited, temp_workspace, upload_problem
 
@@ -61,7 +61,7 @@ async def upload_model(request: Request,
                                                "`name@version`"),
                        settings: Settings = Depends(get_app_settings), store: ArtifactStore = Depends(get_store),
                        db: Session = Depends(get_db),
-                       tenant: str = Depends(get_tenant_own_session)) -> schemas.Model:
+                       tenant: str = Depends(get_tenant)) -> schemas.Model:
     if name is not None:
         check_model_name(name)
     unpacked_limit = tenant_limit(settings, tenant, "max_model_unpacked_bytes")

@@ -1,8 +1,8 @@
 """What the per-request CPU cuts of the issue #16 load work must not change (benchmarks/README.md,
 "API load"): the plain-ASGI middleware still adds Retry-After to 503s, still times every request
 by route template (500s and unmatched paths included) and still refuses uploads before their
-body; authentication shares the route's session (one pool checkout per request) and still
-refuses a revoked key at once; a submit sends the job to its routed queue without reading it back."""
+body; authentication holds no connection into the route, GETs run without BEGIN/COMMIT, and a
+revoked key is still refused at once; a submit sends the job to its routed queue without reading it back."""
 from __future__ import annotations
 
 import secrets
@@ -89,32 +89,51 @@ def db_key(service_settings):
     revoke_key(service_settings.db_url, created.id)
 
 
-def test_a_request_checks_out_one_connection_and_revocation_is_immediate(service_settings, db_key):
+def test_authentication_holds_no_connection_into_the_route_and_revocation_is_immediate(service_settings, db_key):
+    """The key's lookup gives its connection back before the route runs (a connection held across
+    FastAPI's thread hops deadlocked the pool under overload), GETs send neither BEGIN nor COMMIT,
+    every request returns its connections, and a revoked key is refused at once."""
     from api.app import create_app
     from api.auth import revoke_key
     from api.db import get_engine
+    from api.deps import get_db
+    from api.tenancy import get_tenant
+    from fastapi import Depends
 
-    checkouts = []
     engine = get_engine(service_settings.db_url)
+    held_at_route_start = []
 
-    def count(*_args):
-        checkouts.append(1)
+    def probe(tenant: str = Depends(get_tenant), db=Depends(get_db)):
+        held_at_route_start.append(engine.pool.checkedout())
+        return {"tenant": tenant}
 
+    statements = []
+
+    def record(_conn, _cursor, statement, *_args):
+        statements.append(statement.split()[0].upper())
+
+    app = create_app(service_settings, enqueue=Recorder())
+    app.add_api_route("/test/probe", probe)
+    app.add_api_route("/test/probe", probe, methods=["POST"])
     headers = {"Authorization": f"Bearer {db_key.key}"}
-    with TestClient(create_app(service_settings, enqueue=Recorder()), headers=headers) as c:
+    with TestClient(app, headers=headers) as c:
         job = c.post("/v1/jobs", json=BODY)
         assert job.status_code == 202, job.text
-        event.listen(engine, "checkout", count)
+        assert c.get("/test/probe").json() == {"tenant": db_key.tenant_id}
+        assert c.post("/test/probe").json() == {"tenant": db_key.tenant_id}
+        assert held_at_route_start == [0, 0]        # the lookup's connection was back in the pool
+
+        event.listen(engine, "before_cursor_execute", record)
         try:
             for path in (f"/v1/jobs/{job.json()['id']}", "/v1/jobs?status=queued&limit=20"):
-                checkouts.clear()
+                statements.clear()
                 assert c.get(path).status_code == 200
-                assert len(checkouts) == 1, path   # the key's lookup ran on the route's connection
+                assert statements and set(statements) == {"SELECT"}, (path, statements)
         finally:
-            event.remove(engine, "checkout", count)
+            event.remove(engine, "before_cursor_execute", record)
         assert engine.pool.checkedout() == 0       # get_db's close gave the connection back
 
-        missing = c.get("/v1/jobs/job_00000000000000000000")   # the route raises: rolled back, closed
+        missing = c.get("/v1/jobs/job_00000000000000000000")   # the route raises: closed all the same
         assert_problem(missing, 404)
         assert engine.pool.checkedout() == 0
 
@@ -161,3 +180,19 @@ def test_access_log_is_a_setting(monkeypatch, service_settings):
     assert Settings().access_log is False
     cli._run_uvicorn(service_settings.model_copy(update={"access_log": False}), "127.0.0.1", 0)
     assert seen["access_log"] is False
+
+
+def test_the_warm_up_request_passes_the_checks_it_warms(caplog):
+    """api/core_bridge.warm_up validates a sample request at start so the first real submit does
+    not pay the imports (~2 s of CPU holding the GIL): a sample the checks refuse would only log a
+    warning, and the warm-up would silently stop warming."""
+    import logging
+
+    from api import core_bridge
+
+    with caplog.at_level(logging.WARNING, logger="api.core_bridge"):
+        core_bridge.warm_up()
+    assert not [r for r in caplog.records if "warming up" in r.getMessage()]
+    normalized = core_bridge.validate_job(core_bridge._WARM_UP_CONFIG, {"kind": "flops", "target": 0.5}, "fast", {},
+                                          data_kind="labelled")
+    assert normalized["options"]["task"] == "sequence-classification"
