@@ -60,7 +60,7 @@ def check_active_jobs(db: Session, settings: Settings, tenant: str) -> None:
     active = db.scalar(select(func.count()).select_from(active_rows))
     if active >= limit:
         raise problems.Problem(
-            429, f"this tenant already has its limit of {limit} queued or running jobs; wait for one "
+            429, f"this tenant already has {active} queued or running jobs (limit {limit}); wait for one "
                  "to finish or cancel one", slug="too-many-active-jobs",
             headers={"Retry-After": str(JOB_RETRY_AFTER)})
 
