@@ -91,8 +91,12 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def _is_env_key(key: str, env_key: str | None) -> bool:
+    return bool(env_key) and hmac.compare_digest(key.encode(), env_key.encode())
+
+
 def tenant_for_key(db: Session | Connection, key: str, env_key: str | None) -> str | None:
-    if env_key and hmac.compare_digest(key.encode(), env_key.encode()):
+    if _is_env_key(key, env_key):
         return DEFAULT_TENANT
     # The lookup is by hash (an index hit); comparing hashes leaks nothing useful about the key.
     return db.scalar(select(ApiKey.tenant_id).where(ApiKey.hashed_key == hash_key(key),
@@ -153,7 +157,7 @@ def get_tenant(request: Request, credentials: HTTPAuthorizationCredentials | Non
     no connection either."""
     key = _presented_key(credentials)
     settings = request.app.state.settings
-    if settings.api_key and hmac.compare_digest(key.encode(), settings.api_key.encode()):
+    if _is_env_key(key, settings.api_key):   # no connection needed for the configured key
         return _authorized(request, DEFAULT_TENANT)
     with autocommit_engine(settings.db_url).connect() as conn:   # a Core connection: no ORM session to run
         tenant = tenant_for_key(conn, key, None)

@@ -3,7 +3,6 @@ from its reaper loop; the API reads the rows seen recently to tell a job that wa
 from one that waits for a kind of worker nobody runs (e.g. a gpu job with only cpu workers up)."""
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
 
@@ -19,8 +18,8 @@ FORGET_AFTER = timedelta(days=1)   # rows of workers gone this long are deleted 
 # reuse changes no answer that matters, and spares every GET and list of a queued job a query
 # (issue #16's load benchmark: the filtered list of queued jobs asked on every request).
 LIVE_QUEUES_TTL_SECONDS = 1.0
+# One dict assignment per refresh: atomic, so readers on other threads need no lock.
 _live_cache: dict[tuple[str, float], tuple[float, dict[str, int]]] = {}
-_live_lock = threading.Lock()
 
 
 def beat(db_url: str, worker_id: str, hostname: str, queues: list[str]) -> None:
@@ -50,13 +49,13 @@ def live_queues(db: Session, stale_after: float) -> dict[str, int]:
     cached = _live_cache.get(key)
     if cached is not None and now - cached[0] < LIVE_QUEUES_TTL_SECONDS:
         return dict(cached[1])
-    counts = _read_live_queues(db, stale_after)
-    with _live_lock:
-        _live_cache[key] = (now, counts)
+    counts = read_live_queues(db, stale_after)
+    _live_cache[key] = (now, counts)
     return dict(counts)
 
 
-def _read_live_queues(db: Session, stale_after: float) -> dict[str, int]:
+def read_live_queues(db: Session, stale_after: float) -> dict[str, int]:
+    """live_queues read from the table now, without the process's one-second reuse."""
     window = timedelta(seconds=stale_after)
     # The database's clock (db_now), computed in the query itself on Postgres: one round trip.
     cutoff = func.now() - window if db.get_bind().dialect.name == "postgresql" else db_now(db) - window

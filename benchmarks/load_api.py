@@ -168,9 +168,9 @@ async def run(args) -> dict[str, Any]:
     # The SSE followers connect during the warm-up, spread over it, and stay to the end of the
     # measured run: the target is 100 followers held during the load, not 100 connecting in the
     # same instant (a herd that cost the first seconds' requests ~0.4 s of p99).
-    followers = [asyncio.create_task(_follow(next(pick), random.choice(follow_ids), warmup + s - i * warmup / max(1, args.sse),
-                                             results, delay=i * warmup / max(1, args.sse)))
-                 for i in range(args.sse)]
+    delays = [i * warmup / max(1, args.sse) for i in range(args.sse)]
+    followers = [asyncio.create_task(_follow(next(pick), random.choice(follow_ids), warmup + s - d, results, delay=d))
+                 for d in delays]
     if warmup > 0:
         # A tenth of the rates, not measured: a server that has just started fills its connection
         # pools, compiles its queries and opens its broker channel on the first requests; the

@@ -154,10 +154,10 @@ def test_a_worker_an_hour_behind_is_still_a_live_worker_of_its_queue(service_set
         with session_scope(url) as s:
             # The query itself, not the API process's one-second reuse of its answer: the rows
             # are changed behind the registry's back here.
-            assert worker_registry._read_live_queues(s, stale_after=60).get(queue) == 1
+            assert worker_registry.read_live_queues(s, stale_after=60).get(queue) == 1
             s.execute(update(worker_registry.Worker).where(worker_registry.Worker.id == worker_id)
                       .values(last_seen=jobstore.db_now(s) - timedelta(seconds=120)))   # it stopped beating
         with _clock(monkeypatch, AHEAD), session_scope(url) as s:
-            assert worker_registry._read_live_queues(s, stale_after=60).get(queue) is None
+            assert worker_registry.read_live_queues(s, stale_after=60).get(queue) is None
     finally:
         worker_registry.forget(url, worker_id)
