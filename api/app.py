@@ -9,7 +9,7 @@ from typing import Callable
 import anyio.to_thread
 from fastapi import FastAPI
 
-from . import contract, core_bridge, outage, problems
+from . import contract, core_bridge, key_cache, outage, problems
 from .artifacts import ArtifactStore
 from .db import check_migrated, configure_pool
 from .middleware import RefuseOversizedUploads
@@ -59,7 +59,13 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
         core_bridge.start_warm_up()
         # Sync routes, sync dependencies and the SSE polls all run on anyio's default thread pool.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
-        yield
+        listener = key_cache.start_listener(settings.db_url, settings.db_connect_timeout,
+                                            settings.api_key_cache_seconds)
+        try:
+            yield
+        finally:
+            if listener is not None:
+                listener.stop()
 
     app = FastAPI(title="vtrans", version="0.1.0", lifespan=lifespan, responses=PROBLEM_RESPONSES,
                   description="Compress transformer models with VTrans structured pruning.",

@@ -20,11 +20,13 @@ from pathlib import Path
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from .db import autocommit_engine, session_scope
+from .key_cache import recent_lookups
 from .models import DEFAULT_TENANT, ApiKey, new_id, utcnow
 from .problems import Problem
 
@@ -77,7 +79,9 @@ def revoke_key(db_url: str, key_id: str) -> bool:
         done = s.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                          .values(revoked_at=utcnow()).returning(ApiKey.id)
                          .execution_options(synchronize_session=False)).first()
+    recent_lookups.clear()   # other processes hear it from the trigger of migration 0009 (api/key_cache.py)
     return done is not None
+
 
 
 def list_keys(db_url: str) -> list[dict]:
@@ -98,9 +102,12 @@ def _is_env_key(key: str, env_key: str | None) -> bool:
 def tenant_for_key(db: Session | Connection, key: str, env_key: str | None) -> str | None:
     if _is_env_key(key, env_key):
         return DEFAULT_TENANT
+    return _tenant_for_hash(db, hash_key(key))
+
+
+def _tenant_for_hash(db: Session | Connection, hashed: str) -> str | None:
     # The lookup is by hash (an index hit); comparing hashes leaks nothing useful about the key.
-    return db.scalar(select(ApiKey.tenant_id).where(ApiKey.hashed_key == hash_key(key),
-                                                    ApiKey.revoked_at.is_(None)))
+    return db.scalar(select(ApiKey.tenant_id).where(ApiKey.hashed_key == hashed, ApiKey.revoked_at.is_(None)))
 
 
 def local_key(db_url: str, data_dir: Path) -> tuple[str, bool]:
@@ -141,24 +148,48 @@ def _authorized(request: Request, tenant: str | None) -> str:
     return tenant
 
 
-def get_tenant(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
+async def get_tenant(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> str:
     """The tenant of the presented API key; 401 when there is no valid key.
 
-    The key is looked up on every request (a revoked key is refused at once, whichever process
-    revoked it), in a short autocommit session of its own whose connection is back in the pool
-    before this returns: one indexed SELECT, no BEGIN/COMMIT, and a pool checkout that needs no
-    ping (connections in use a moment ago are not pinged, api/db.py).
+    A revoked key is refused at once, whichever process revoked it. A valid key's lookup is reused
+    for a few seconds only while this process hears revocations as they commit (Postgres LISTEN,
+    api/key_cache.py); otherwise every request looks its key up.
 
     Why not the route's own session (one checkout per request): FastAPI runs this dependency and
     a `def` route in separate worker-thread hops, and a connection held between the two made a
     deadlock under overload (issue #16's load benchmark): every worker thread waited in the pool
     for a connection while every connection belonged to a request waiting for a thread to run its
     route. Holding nothing across the hop rules that out; streaming routes (SSE) and uploads hold
-    no connection either."""
-    key = _presented_key(credentials)
-    settings = request.app.state.settings
-    if _is_env_key(key, settings.api_key):   # no connection needed for the configured key
-        return _authorized(request, DEFAULT_TENANT)
-    with autocommit_engine(settings.db_url).connect() as conn:   # a Core connection: no ORM session to run
-        tenant = tenant_for_key(conn, key, None)
+    no connection either.
+
+    async: a reused lookup is answered on the event loop, without a worker-thread hop; only a
+    lookup in the database goes to a thread."""
+    settings, key = request.app.state.settings, _presented_key(credentials)
+    tenant = recent_tenant(settings, key)
+    if tenant is None:
+        tenant = await run_in_threadpool(lookup_tenant, settings, key)
     return _authorized(request, tenant)
+
+
+def recent_tenant(settings, key: str) -> str | None:
+    """The tenant of `key` when known without the database (the configured key, a reusable recent
+    lookup); None: ask lookup_tenant."""
+    if _is_env_key(key, settings.api_key):
+        return DEFAULT_TENANT
+    return recent_lookups.get(settings.db_url, hash_key(key))
+
+
+def lookup_tenant(settings, key: str) -> str | None:
+    """The tenant of `key` (None: unknown or revoked), from a recent lookup when one may be reused,
+    else by one indexed SELECT in a short autocommit connection of its own, back in the pool before
+    this returns (no BEGIN/COMMIT; a checkout that needs no ping, api/db.py)."""
+    tenant = recent_tenant(settings, key)
+    if tenant is not None:
+        return tenant
+    hashed = hash_key(key)
+    generation = recent_lookups.generation
+    with autocommit_engine(settings.db_url).connect() as conn:   # a Core connection: no ORM session to run
+        tenant = _tenant_for_hash(conn, hashed)
+    if tenant is not None:
+        recent_lookups.put(settings.db_url, hashed, tenant, settings.api_key_cache_seconds, generation)
+    return tenant

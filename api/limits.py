@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from . import problems
-from .db import session_scope
 from .models import Job
 from .settings import Settings
 
@@ -66,13 +65,12 @@ def check_active_jobs(db: Session, settings: Settings, tenant: str) -> None:
 
 
 def _tenant_of(settings: Settings, request: Request) -> str | None:
-    from .auth import tenant_for_key
+    from .auth import lookup_tenant
 
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip() or len(key) > 256:
         return None
-    with session_scope(settings.db_url) as s:
-        return tenant_for_key(s, key.strip(), settings.api_key)
+    return lookup_tenant(settings, key.strip())
 
 
 async def refuse_upload(request: Request, settings: Settings) -> JSONResponse | None:

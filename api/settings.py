@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     # API already logs them (benchmarks/README.md, "API load").
     access_log: bool = True
     api_key: str | None = None           # accepted as a key of tenant "default" (scripts, tests)
+    # How long an API process may reuse a valid key's lookup (seconds; 0: look it up on every
+    # request). Only on Postgres, and only while the process hears revocations as they commit
+    # (api/key_cache.py): a revoked key is refused at once either way. Saves ~20-30% of a GET's
+    # API CPU (issue #16's load benchmark).
+    api_key_cache_seconds: float = Field(default=10.0, ge=0)
 
     # Per-tenant limits (issue #5). tenant_limits overrides them per tenant (an API key acts for its
     # tenant), e.g. VTRANS_TENANT_LIMITS='{"acme": {"max_active_jobs": 20, "max_model_upload_bytes":
