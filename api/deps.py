@@ -69,9 +69,12 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
         session.close()   # no transaction, no connection: nothing to wait for
 
 
-def owned_or_404(db: Session, row_class, row_id: str, tenant: str, noun: str):
-    """The tenant's row with this id, or 404 — never 403, so ids of other tenants stay unknowable."""
-    row = db.scalar(select(row_class).where(row_class.id == row_id, row_class.tenant_id == tenant))
+def owned_or_404(db: Session, row_class, row_id: str, tenant: str, noun: str, columns: tuple = ()):
+    """The tenant's row with this id, or 404 — never 403, so ids of other tenants stay unknowable.
+    With `columns`: a plain row of just those (read-only answers), not an ORM instance."""
+    where = (row_class.id == row_id, row_class.tenant_id == tenant)
+    row = (db.execute(select(*columns).where(*where)).first() if columns
+           else db.scalar(select(row_class).where(*where)))
     if row is None:
         raise Problem(404, f"no {noun} with id {row_id!r}", slug="not-found")
     return row

@@ -46,6 +46,14 @@ def job_out(job: Job, artifacts: list[Artifact] | None = None, waiting: str | No
         artifacts=None if artifacts is None else [artifact_out(job.id, a) for a in artifacts])
 
 
+# What job_out, the cursor and the waiting reason read: the GET and list answers load these columns
+# as plain rows (attribute access like the ORM's), not Job instances. Skipping the ORM's identity
+# map and the unused columns (hub_state, worker_id, leases...) is ~10% of a list's API CPU.
+JOB_OUT_COLUMNS = (Job.id, Job.status, Job.queue, Job.wait_reason, Job.retry_at, Job.stage, Job.progress,
+                   Job.created_at, Job.updated_at, Job.started_at, Job.finished_at, Job.request, Job.metrics,
+                   Job.error, Job.attempts, Job.cancel_requested)
+
+
 def model_json(model: schemas.ResponseModel, status_code: int = 200) -> Response:
     """The response model as JSON, the bytes FastAPI would send for it. A `def` route's return
     value is validated against its response_model in a worker thread of its own, a hop per
@@ -141,7 +149,7 @@ def list_jobs(status: str | None = Query(None, description="comma-separated stat
               created_before: datetime | None = None, limit: int = Query(20, ge=1, le=100),
               cursor: str | None = None, db: Session = Depends(get_db),
               tenant: str = Depends(get_tenant), settings: Settings = Depends(get_app_settings)) -> Response:
-    q = select(Job).where(Job.tenant_id == tenant)
+    q = select(*JOB_OUT_COLUMNS).where(Job.tenant_id == tenant)
     if status:
         wanted = [s.strip() for s in status.split(",") if s.strip()]
         bad = [s for s in wanted if s not in JOB_STATUSES]
@@ -157,7 +165,7 @@ def list_jobs(status: str | None = Query(None, description="comma-separated stat
     if cursor:
         c_created, c_id = _decode_cursor(cursor)
         q = q.where(or_(Job.created_at < c_created, and_(Job.created_at == c_created, Job.id < c_id)))
-    rows = db.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+    rows = db.execute(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
     page = rows[:limit]
     live = _live_queues(db, settings, page)
     return model_json(schemas.JobList(data=[job_out(j, waiting=_waiting(settings, j, live)) for j in page],
@@ -177,7 +185,7 @@ def _final_artifacts(db: Session, job: Job) -> list[Artifact]:
             responses=contract.problems(401, 404))
 def get_job(job_id: str, db: Session = Depends(get_db), tenant: str = Depends(get_tenant),
             settings: Settings = Depends(get_app_settings)) -> Response:
-    job = _get_job(db, tenant, job_id)
+    job = owned_or_404(db, Job, job_id, tenant, "job", columns=JOB_OUT_COLUMNS)
     waiting = _waiting(settings, job, _live_queues(db, settings, [job]))
     return model_json(job_out(job, _final_artifacts(db, job) if job.status == "succeeded" else [], waiting))
 
