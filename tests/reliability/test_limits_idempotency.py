@@ -30,13 +30,30 @@ def test_active_job_quota_is_per_tenant_and_answers_429(service_settings):
         body = assert_problem(r, 429)
         assert int(r.headers["retry-after"]) > 0 and "limit 2" in body["detail"]
         # the request is checked before the quota (the tenant's submit lock is only held for the
-        # count and the insert): a wrong request says what is wrong with it even at the limit
+        # count and the commit): a wrong request says what is wrong with it even at the limit
         bad = assert_problem(a.post("/v1/jobs", json={**BODY, "budget": {"kind": "flops", "target": 1.5}}), 422)
         assert any(e.get("field", "").startswith("budget") for e in bad.get("errors", [])) or "budget" in bad["detail"]
         assert _jobs_of(settings, a_name) == 2  # the refused submit wrote nothing
         assert b.post("/v1/jobs", json=BODY).status_code == 202  # another tenant has its own quota
         assert a.post(f"/v1/jobs/{ids[0]}/cancel").json()["status"] == "cancelled"
         assert a.post("/v1/jobs", json=BODY).status_code == 202  # a freed slot can be used again
+
+
+def test_a_submit_refused_at_the_quota_keeps_no_idempotency_key(service_settings):
+    """The quota is checked after the job row and the key's record are flushed (the tenant's lock
+    is held only to the commit): a 429 must roll both back, so the same key works once a slot
+    frees up."""
+    settings = service_settings.model_copy(update={"max_active_jobs": 1})
+    name, headers = new_tenant(settings, "quota-idem")
+    with make_client(settings, headers) as c:
+        first = c.post("/v1/jobs", json=BODY).json()["id"]
+        refused = c.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "retry-me"})
+        assert_problem(refused, 429)
+        assert _jobs_of(settings, name) == 1
+        assert c.post(f"/v1/jobs/{first}/cancel").json()["status"] == "cancelled"
+        again = c.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": "retry-me"})
+        assert again.status_code == 202 and "idempotent-replayed" not in again.headers
+        assert _jobs_of(settings, name) == 2
 
 
 def test_tenant_override_of_the_quota(service_settings):
