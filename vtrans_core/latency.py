@@ -28,9 +28,13 @@ from pathlib import Path
 from typing import Callable
 
 BATCH, SEQ = 32, 128
-RUNS = 5
+RUNS = 5                                # timed forwards of the dense model (calibration)
+PASSES = 3                              # sweeps over the table's entries (measure_table)
+ENTRY_RUNS = 3                          # timed forwards of an entry per sweep (after one warm-up)
 HIDDEN_GRID = (1.0, 0.75, 0.5, 0.25)   # hidden widths measured (share of the dense width) when hidden is pruned
 FFN_STEPS = 16                          # FFN widths measured: 0 and max * k / FFN_STEPS
+
+TABLE_VERSION = 2                       # 2: sweeps + monotone rows (tables cached before are measured again)
 
 Measure = Callable[[str, int, int], float]
 
@@ -95,23 +99,52 @@ def table_key(shape, device: str, hidden_pruned: bool) -> str:
 
     desc = {"family": shape.family, "hidden": shape.hidden, "head_dim": shape.head_dim, "heads": max(shape.heads),
             "ffn": max(shape.ffn), "device": device, "torch": torch.__version__, "batch": BATCH, "seq": SEQ,
-            "hidden_grid": hidden_pruned, "threads": torch.get_num_threads()}
+            "hidden_grid": hidden_pruned, "threads": torch.get_num_threads(), "table_version": TABLE_VERSION}
     return hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def measure_table(shape, measure: Measure, hidden_pruned: bool, round_to: int = 8) -> LatencyTable:
-    """Time every structure width once (`measure` returns milliseconds)."""
+def measure_table(shape, measure: Measure, hidden_pruned: bool, round_to: int = 8, passes: int = PASSES) -> LatencyTable:
+    """Time every structure width (`measure` returns milliseconds): `passes` sweeps over the whole
+    grid, the median per entry. Sweeping (rather than timing each entry `passes` times in a row)
+    spreads an entry's timings over the whole measurement, so a burst of other work on the
+    machine spoils one sweep of a few entries, not every timing of them: one row measured while
+    another process ran came out 2-14x too slow and the planner cut a 3x target to 3% of the
+    FLOPs (benchmarks/README.md, session 25)."""
     H, max_h, max_f = shape.hidden, max(shape.heads), max(shape.ffn)
     grid = sorted({max(round_to, int(round(H * s / round_to)) * round_to) for s in HIDDEN_GRID}) if hidden_pruned else [H]
     table = LatencyTable(key="", head_dim=shape.head_dim)
     widths = sorted({0, max_f} | {int(round(max_f * k / FFN_STEPS / round_to)) * round_to for k in range(1, FFN_STEPS)})
+    entries = [(kind, h, w) for h in grid for kind, ws in (("attn", range(1, max_h + 1)), ("ffn", widths))
+               for w in ws if w]
+    timings: dict[tuple, list[float]] = {e: [] for e in entries}
+    for _ in range(max(1, passes)):
+        for e in entries:
+            timings[e].append(measure(*e))
+    ms = {e: statistics.median(t) for e, t in timings.items()}
     for h in grid:
-        table.attn[str(h)] = [0.0] + [measure("attn", h, n) for n in range(1, max_h + 1)]
-        table.ffn[str(h)] = {str(w): (measure("ffn", h, w) if w else 0.0) for w in widths}
+        table.attn[str(h)] = monotone([0.0] + [ms[("attn", h, n)] for n in range(1, max_h + 1)])
+        table.ffn[str(h)] = dict(zip(map(str, widths), monotone([ms[("ffn", h, w)] if w else 0.0 for w in widths])))
     return table
 
 
-def torch_measure(head_dim: int, device, runs: int = RUNS) -> Measure:
+def monotone(values: list[float]) -> list[float]:
+    """The closest non-decreasing sequence (least squares, pool-adjacent-violators).
+
+    A block never gets faster by growing, but single timings on a busy CPU do: one slow run of a
+    wide block, or a fast one of a narrow block, made the planner buy too little or too much
+    speed (a table measured while another process ran delivered 2.76x for a 2x target). Pooling
+    the violators averages such a spike with its neighbours instead of trusting it."""
+    blocks: list[list[float]] = []   # [mean, count]
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            m2, n2 = blocks.pop()
+            m1, n1 = blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(int(n))]
+
+
+def torch_measure(head_dim: int, device, runs: int = ENTRY_RUNS) -> Measure:
     """Real timer: a standalone attention block (q, k, v, SDPA, o, LayerNorm) or FFN block (in,
     GELU, out, LayerNorm) of the given widths on random [BATCH, SEQ, hidden] inputs, median ms."""
     import torch
@@ -167,9 +200,13 @@ def latency_table(model, device, hidden_pruned: bool, round_to: int = 8, measure
             return LatencyTable.from_json(path.read_text())
         except (ValueError, TypeError, KeyError):
             pass   # a damaged cache entry is measured again
+    time_dense = dense_ms if dense_ms is not None else (lambda: measure_latency_ms([model], device, RUNS)[0])
+    before = time_dense()
     table = measure_table(shape, measure or torch_measure(shape.head_dim, device), hidden_pruned, round_to)
     table.key = key
-    measured = dense_ms() if dense_ms is not None else measure_latency_ms([model], device, RUNS)[0]
+    # Timed before and after the sweeps, the faster kept: other work only ever adds time, and a
+    # dense time too slow would make `base` (and every prediction) too slow with it.
+    measured = min(before, time_dense())
     table.base_ms = max(0.0, measured - table.blocks_ms(shape))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

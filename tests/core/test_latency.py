@@ -121,3 +121,36 @@ def test_compress_to_a_speedup_reports_target_predicted_and_measured(tiny_model_
     assert m["speedup_target"] == 1.1 and m["speedup_predicted"] >= 1.1
     assert m["speedup"] is not None and m["method_info"]["latency_table"]["key"]
     assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 1
+
+
+def test_a_burst_of_other_work_during_one_sweep_does_not_reach_the_table():
+    """Each entry is timed in several sweeps over the grid and the median kept: one sweep of a row
+    timed 10x too slow (another process on the machine) leaves the table as a quiet machine's;
+    rows come out non-decreasing in width whatever single timings said."""
+    from vtrans_core import latency
+
+    clean = measure_table(shape(), fake_measure(), hidden_pruned=True, round_to=8)
+    calls = {"n": 0}
+    quiet = fake_measure()
+
+    def bursty(kind, hidden, width):
+        calls["n"] += 1
+        slow = 1 <= calls["n"] % 400 <= 40          # a burst over 40 consecutive timings (a sweep is 112)
+        return quiet(kind, hidden, width) * (10.0 if slow else 1.0)
+
+    noisy = measure_table(shape(), bursty, hidden_pruned=True, round_to=8, passes=3)
+    assert noisy.attn == clean.attn and noisy.ffn == clean.ffn
+    assert latency.monotone([0.0, 3.0, 9.0, 4.0, 5.0]) == [0.0, 3.0, 6.0, 6.0, 6.0]
+    for row in clean.ffn.values():
+        values = [v for _, v in sorted((int(k), v) for k, v in row.items())]
+        assert values == sorted(values)
+
+
+def test_the_dense_calibration_keeps_the_faster_of_two_timings(tmp_path):
+    from vtrans_core.families import adapter_for
+
+    model = tiny_model("bert")
+    timings = iter([2500.0, 1000.0])    # the first one under load
+    t = latency_table(model, "cpu", False, 4, measure=fake_measure(), dense_ms=lambda: next(timings),
+                      directory=tmp_path)
+    assert t.base_ms == pytest.approx(1000.0 - t.blocks_ms(adapter_for(model).shape_of(model)))
