@@ -83,7 +83,6 @@ def revoke_key(db_url: str, key_id: str) -> bool:
     return done is not None
 
 
-
 def list_keys(db_url: str) -> list[dict]:
     with session_scope(db_url) as s:
         rows = s.scalars(select(ApiKey).order_by(ApiKey.tenant_id, ApiKey.created_at)).all()

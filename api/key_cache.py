@@ -36,10 +36,9 @@ class RecentLookups:
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], tuple[str, float]] = {}
-        self._listening: set[str] = set()
+        self._listening: dict[str, int] = {}   # connected listeners per database URL
         self._lock = threading.Lock()
         self.generation = 0   # bumped by every clear: a lookup that raced a revocation is not kept
-
 
     def get(self, db_url: str, hashed: str) -> str | None:
         if db_url not in self._listening:
@@ -69,11 +68,17 @@ class RecentLookups:
         return db_url in self._listening
 
     def set_listening(self, db_url: str, listening: bool) -> None:
-        # Emptied on both edges: what was revoked while nobody listened must not be served later.
+        """One listener of `db_url` connected (True) or gone (False). Every listener hears every
+        notification, so one connected is enough; several exist when a process runs several apps
+        (tests). Emptied on both edges: what was revoked while nobody listened is not served later."""
         with self._lock:
             self._entries.clear()
             self.generation += 1
-            (self._listening.add if listening else self._listening.discard)(db_url)
+            count = self._listening.get(db_url, 0) + (1 if listening else -1)
+            if count > 0:
+                self._listening[db_url] = count
+            else:
+                self._listening.pop(db_url, None)
 
 
 recent_lookups = RecentLookups()
@@ -94,7 +99,6 @@ class RevocationListener:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
-        self.lookups.set_listening(self.db_url, False)
 
     def _dsn(self) -> str:
         # SQLAlchemy's URL minus its driver suffix is a libpq URI psycopg connects with.
@@ -104,18 +108,21 @@ class RevocationListener:
         import psycopg
 
         while not self._stop.is_set():
+            listening = False
             try:
                 with psycopg.connect(self._dsn(), autocommit=True, connect_timeout=self.connect_timeout,
                                      application_name=APPLICATION_NAME) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.lookups.set_listening(self.db_url, True)
+                    listening = True
                     self._listen(conn)
             except Exception as exc:   # database down or restarted: serve without reuse meanwhile
                 if not self._stop.is_set():
                     log.warning("API-key revocation listener: %s; keys are looked up on every request "
                                 "until it reconnects", exc)
             finally:
-                self.lookups.set_listening(self.db_url, False)
+                if listening:
+                    self.lookups.set_listening(self.db_url, False)
             self._stop.wait(RETRY_SECONDS)
 
     def _listen(self, conn) -> None:

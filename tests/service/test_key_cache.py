@@ -107,7 +107,13 @@ def test_a_lookup_that_raced_a_revocation_is_not_kept():
     assert lookups.get("db", "h") is None
     lookups.put("db", "h", "acme", 10, lookups.generation)
     assert lookups.get("db", "h") == "acme"
-    lookups.set_listening("db", False)              # the listener lost: nothing served any more
+    lookups.set_listening("db", True)               # a second listener (a second app in the process)
+    lookups.put("db", "h", "acme", 10, lookups.generation)
+    lookups.set_listening("db", False)              # one of two lost: the other still hears everything
+    assert lookups.is_listening("db") and lookups.get("db", "h") is None   # emptied on the edge
+    lookups.put("db", "h", "acme", 10, lookups.generation)
+    assert lookups.get("db", "h") == "acme"
+    lookups.set_listening("db", False)              # no listener left: nothing served any more
     assert lookups.get("db", "h") is None
     lookups.put("db", "h", "acme", 10, lookups.generation)
     assert lookups.get("db", "h") is None
