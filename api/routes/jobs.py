@@ -31,7 +31,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 def job_out(job: Job, artifacts: list[Artifact] | None = None, waiting: str | None = None) -> schemas.Job:
-    """The one serializer of a job (GET, lists, cancel, the SSE `end` event)."""
+    """The one serializer of a job (GET, lists, cancel, the SSE `end` event). `job`: a Job, or a
+    row of JOB_OUT_COLUMNS (the read-only answers), which has the same attributes."""
     # A job queued again to wait for the hub (jobstore.defer) says so; once its time has come, a
     # missing worker for its queue is the reason that matters.
     retry_at = job.retry_at if job.status == "queued" else None
