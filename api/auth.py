@@ -98,12 +98,6 @@ def _is_env_key(key: str, env_key: str | None) -> bool:
     return bool(env_key) and hmac.compare_digest(key.encode(), env_key.encode())
 
 
-def tenant_for_key(db: Session | Connection, key: str, env_key: str | None) -> str | None:
-    if _is_env_key(key, env_key):
-        return DEFAULT_TENANT
-    return _tenant_for_hash(db, hash_key(key))
-
-
 def _tenant_for_hash(db: Session | Connection, hashed: str) -> str | None:
     # The lookup is by hash (an index hit); comparing hashes leaks nothing useful about the key.
     return db.scalar(select(ApiKey.tenant_id).where(ApiKey.hashed_key == hashed, ApiKey.revoked_at.is_(None)))
@@ -116,7 +110,7 @@ def local_key(db_url: str, data_dir: Path) -> tuple[str, bool]:
     if path.is_file():
         key = path.read_text(encoding="utf-8").strip()
         with session_scope(db_url) as s:
-            if key and tenant_for_key(s, key, None) is not None:
+            if key and _tenant_for_hash(s, hash_key(key)) is not None:
                 return key, False
     created = create_key(db_url, DEFAULT_TENANT)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -164,28 +158,32 @@ async def get_tenant(request: Request, credentials: HTTPAuthorizationCredentials
     async: a reused lookup is answered on the event loop, without a worker-thread hop; only a
     lookup in the database goes to a thread."""
     settings, key = request.app.state.settings, _presented_key(credentials)
-    tenant = recent_tenant(settings, key)
+    hashed = hash_key(key)
+    tenant = _known_tenant(settings, key, hashed)
     if tenant is None:
-        tenant = await run_in_threadpool(lookup_tenant, settings, key)
+        tenant = await run_in_threadpool(_stored_tenant, settings, hashed)
     return _authorized(request, tenant)
 
 
-def recent_tenant(settings, key: str) -> str | None:
+def lookup_tenant(settings, key: str) -> str | None:
+    """The tenant of `key` (None: unknown or revoked), as get_tenant finds it (the upload checks
+    ask before a route runs)."""
+    hashed = hash_key(key)
+    return _known_tenant(settings, key, hashed) or _stored_tenant(settings, hashed)
+
+
+def _known_tenant(settings, key: str, hashed: str) -> str | None:
     """The tenant of `key` when known without the database (the configured key, a reusable recent
-    lookup); None: ask lookup_tenant."""
+    lookup); None: ask _stored_tenant."""
     if _is_env_key(key, settings.api_key):
         return DEFAULT_TENANT
-    return recent_lookups.get(settings.db_url, hash_key(key))
+    return recent_lookups.get(settings.db_url, hashed)
 
 
-def lookup_tenant(settings, key: str) -> str | None:
-    """The tenant of `key` (None: unknown or revoked), from a recent lookup when one may be reused,
-    else by one indexed SELECT in a short autocommit connection of its own, back in the pool before
-    this returns (no BEGIN/COMMIT; a checkout that needs no ping, api/db.py)."""
-    tenant = recent_tenant(settings, key)
-    if tenant is not None:
-        return tenant
-    hashed = hash_key(key)
+def _stored_tenant(settings, hashed: str) -> str | None:
+    """One indexed SELECT in a short autocommit connection of its own, back in the pool before this
+    returns (no BEGIN/COMMIT; a checkout that needs no ping, api/db.py); a valid key is remembered
+    where that is allowed (api/key_cache.py)."""
     generation = recent_lookups.generation
     with autocommit_engine(settings.db_url).connect() as conn:   # a Core connection: no ORM session to run
         tenant = _tenant_for_hash(conn, hashed)

@@ -134,14 +134,14 @@ def monotone(values: list[float]) -> list[float]:
     wide block, or a fast one of a narrow block, made the planner buy too little or too much
     speed (a table measured while another process ran delivered 2.76x for a 2x target). Pooling
     the violators averages such a spike with its neighbours instead of trusting it."""
-    blocks: list[list[float]] = []   # [mean, count]
+    blocks: list[list] = []   # [mean, count]
     for v in values:
         blocks.append([v, 1])
         while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
             m2, n2 = blocks.pop()
             m1, n1 = blocks.pop()
             blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
-    return [m for m, n in blocks for _ in range(int(n))]
+    return [m for m, n in blocks for _ in range(n)]
 
 
 def torch_measure(head_dim: int, device, runs: int = ENTRY_RUNS) -> Measure:
