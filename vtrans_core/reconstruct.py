@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -179,6 +180,44 @@ def _record(layer, rows: list[_Rows], xs: list[torch.Tensor], modules: dict, out
         for h in handles:
             h.remove()
     return outs, got
+
+
+def _attention_core(parts) -> nn.Module | None:
+    """The module computing the o-projection's input when the o-projection lies outside it (BERT's
+    self-attention, its output projection a sibling): refitting o does not change that module's
+    output, so the FFN pass replays what the attention pass recorded instead of recomputing the
+    queries, keys, values and scores (~10% of a MiniLM refit). None where o is part of it (GPT-2,
+    DistilBERT, the decoders): those layers run whole again."""
+    core = parts.self_attn
+    if core is None or any(m is parts.o for m in core.modules()):
+        return None
+    return core
+
+
+@contextmanager
+def _capturing(module: nn.Module | None, store: list):
+    """Append every output of `module` to `store` while inside (nothing when module is None)."""
+    handle = module.register_forward_hook(lambda _m, _a, out: store.append(out)) if module is not None else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+@contextmanager
+def _replaying(module: nn.Module | None, outputs: list | None):
+    """Inside, each call of `module` returns the next of `outputs` without computing (its hooks
+    still run); nothing is replaced when module or outputs is None."""
+    if module is None or outputs is None:
+        yield
+        return
+    queue = iter(outputs)
+    module.forward = lambda *_a, **_k: next(queue)   # an instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        del module.forward
 
 
 def _split(n: int) -> tuple[list[int], list[int]]:
@@ -333,16 +372,25 @@ def _dense_sums(adapter, dense, i: int, rows, xs) -> tuple[list, dict]:
     return outs, {part: _pick(got[part], side) for part, (_, side) in taps.items()}
 
 
-def _logit_gap(pruned, dense, batches: list[dict]) -> tuple[float, float | None, torch.Tensor | None]:
+def _logit_gap(pruned, dense, batches: list[dict], dense_cache: list | None = None
+               ) -> tuple[float, float | None, torch.Tensor | None]:
     """(squared logit gap per row, summed over real tokens; for per-token logits (an LM) also the
     mean KL(dense || pruned) per real token and the pruned model's loss on each next token of the
     batches' own text, else None). An LM's vocabulary-wide statistics are taken one window at a
     time: whole-batch, their intermediates (fp32 copies, two log-softmaxes, the KL's terms) were
-    ~7 logit-sized tensors, the peak of SmolLM2's refit (+2.9 GB at 4 x 512; window by window +1.3 GB)."""
+    ~7 logit-sized tensors, the peak of SmolLM2's refit (+2.9 GB at 4 x 512; window by window +1.3 GB).
+    dense_cache: a classifier's dense logits are kept there by the first call and read by the
+    next (one small vector a row; an LM's vocabulary-wide logits are recomputed instead)."""
     mse, kl, tokens, nll = 0.0, 0.0, 0, []
     with torch.no_grad():
-        for b in batches:
-            p_all, d_all = pruned(**_strip(b)).logits, dense(**_strip(b)).logits
+        for n, b in enumerate(batches):
+            p_all = pruned(**_strip(b)).logits
+            if dense_cache is not None and n < len(dense_cache):
+                d_all = dense_cache[n]
+            else:
+                d_all = dense(**_strip(b)).logits
+                if dense_cache is not None and d_all.dim() < 3:
+                    dense_cache.append(d_all)
             if p_all.dim() < 3:   # one logit vector a row (a classifier)
                 mse += float((p_all.float() - d_all.float()).pow(2).sum())
                 continue
@@ -421,7 +469,8 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
     summary.fit_batches, summary.held_out_batches = len(idx_fit), len(idx_held)
     held_batches = [batches[i] for i in idx_held]
     before_state = copy.deepcopy(pruned.state_dict())
-    mse_before, kl_before, nll_before = _logit_gap(pruned, dense, held_batches)
+    dense_logits: list = []
+    mse_before, kl_before, nll_before = _logit_gap(pruned, dense, held_batches, dense_logits)
     summary.logit_mse_before, summary.kl_before = round(mse_before, 6), _round(kl_before)
     summary.nll_before = _round(float(nll_before.mean())) if nll_before is not None else None
 
@@ -440,16 +489,20 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
         xd_next, d_sums = _dense_sums(da, dense, i, d_rows, xd)
         if i in mapping:
             p_layer = pa.layers(pruned)[k]
-            next_xp = None
+            next_xp, core, attn_out = None, None, None
             for part in ("attn", "ffn"):
                 pp = pa.attention(pruned, k) if part == "attn" else pa.ffn(pruned, k)
                 if pp is None or part not in d_sums:
                     continue
                 proj = pp.o if part == "attn" else pp.out
                 tap, side = pa.block_sums(pruned, k)[part]
+                if part == "attn":
+                    core, attn_out = _attention_core(pp), []
                 # The FFN pass runs the whole layer anyway: keep its outputs, so the layer need
                 # not run again once the FFN is refitted (_outputs_after_ffn_refit).
-                outs, got = _record(p_layer, p_rows, xp, {"proj": proj, "sum": tap}, outputs=part == "ffn")
+                with _capturing(core if part == "attn" else None, attn_out), \
+                        _replaying(core if part == "ffn" and len(attn_out or ()) == len(p_rows) else None, attn_out):
+                    outs, got = _record(p_layer, p_rows, xp, {"proj": proj, "sum": tap}, outputs=part == "ffn")
                 unit = pa.head_dim(pp.self_attn) if part == "attn" and mode == "scales" else 1
                 res = _refit(proj, d_sums[part], got["proj"], _pick(got["sum"], side), keep_idx, unit, mode,
                              idx_fit, idx_held, damping, relative)
@@ -463,7 +516,7 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
         xd = xd_next
         if tick is not None:
             tick(i + 1, n_dense)
-    mse, kl, nll = _logit_gap(pruned, dense, held_batches)
+    mse, kl, nll = _logit_gap(pruned, dense, held_batches, dense_logits)
     summary.logit_mse_after, summary.kl_after = round(mse, 6), _round(kl)
     summary.nll_after = _round(float(nll.mean())) if nll is not None else None
     why = _rose({"mse": mse_before, "kl": kl_before, "nll": nll_before}, {"mse": mse, "kl": kl, "nll": nll})

@@ -107,3 +107,37 @@ def test_off_and_too_few_batches_are_reported():
     one = reconstruct(model, dense, plan, _batches(n=1), mode="scales")
     assert not one["applied"] and "hold out" in one["reason"]
     assert all(torch.equal(snapshot[k], v) for k, v in model.state_dict().items())
+
+
+def test_ffn_pass_replays_the_attention_instead_of_recomputing_it(monkeypatch):
+    """BERT's o-projection lies outside its self-attention module, so the FFN pass reuses the
+    attention pass's output: each batch's queries/keys/values are computed once per layer, and
+    the refitted weights are those of a run that recomputes them."""
+    import vtrans_core.reconstruct as rec
+    from transformers.models.bert.modeling_bert import BertSelfAttention
+
+    dense = tiny_model("bert", layers=3, ffn=64)
+    model, plan = _cut(copy.deepcopy(dense), ("heads", "ffn"), 0.6)
+    twin = copy.deepcopy(model)
+    batches = _batches(n=10, batch=8)
+    calls = []
+    real_forward = BertSelfAttention.forward
+
+    def counting(self, *a, **k):
+        calls.append(id(self))
+        return real_forward(self, *a, **k)
+
+    monkeypatch.setattr(BertSelfAttention, "forward", counting)
+    pruned_ids = {id(m) for m in model.modules()}
+    summary = reconstruct(model, dense, plan, batches, mode="weights")
+    computed = sum(1 for c in calls if c in pruned_ids)
+    # per layer: the attention pass (10 batches) only; plus the held-out logit checks (2 x 2 batches)
+    assert computed == 3 * 10 + 2 * 2 * 3
+    monkeypatch.setattr(rec, "_attention_core", lambda parts: None)   # recompute, as other families do
+    calls.clear()
+    twin_ids = {id(m) for m in twin.modules()}
+    reconstruct(twin, dense, plan, batches, mode="weights")
+    assert sum(1 for c in calls if c in twin_ids) == 3 * 20 + 2 * 2 * 3
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert summary["applied"]
