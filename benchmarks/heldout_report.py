@@ -125,10 +125,31 @@ def faster_targets(cases) -> list[dict]:
                         "measured": f"{secs:.0f} s{how}", "met": secs <= FASTER_SECONDS})
             vs = _runs(cases, task, "vtrans", t)
             if vs:
-                ratio = _mean_sd([c["compression_seconds"] for c in vs])[0] / max(f["compression_seconds"], 1e-9)
+                secs_f = max(f["compression_seconds"], 1e-9)
+                ratio = _mean_sd([c["compression_seconds"] for c in vs])[0] / secs_f
+                measured, met = f"{ratio:.1f}x (mean of {len(vs)} vtrans runs)", ratio >= FASTER_VS_VTRANS
+                # the runs' machines were loaded differently: where a vtrans run shared the machine
+                # as faster's run did (1-minute load within LOAD_MATCH), that ratio decides
+                alike = _same_load(f, vs)
+                if alike:
+                    like = _mean_sd([c["compression_seconds"] for c in alike])[0] / secs_f
+                    measured += f"; {like:.1f}x against the {len(alike)} run(s) at the same load"
+                    met = like >= FASTER_VS_VTRANS
                 out.append({"target": f"#12 {task}: faster >= {FASTER_VS_VTRANS:.0f}x faster than vtrans at {t} FLOPs",
-                            "measured": f"{ratio:.1f}x", "met": ratio >= FASTER_VS_VTRANS})
+                            "measured": measured, "met": met})
     return out
+
+
+LOAD_MATCH = 0.5   # 1-minute load averages this close count as the same machine conditions
+
+
+def _same_load(case: dict, others: list[dict]) -> list[dict]:
+    """The runs of `others` whose mean load is within LOAD_MATCH of `case`'s (both recorded)."""
+    load = (case.get("load") or {}).get("mean")
+    if load is None:
+        return []
+    return [o for o in others if (o.get("load") or {}).get("mean") is not None
+            and abs(o["load"]["mean"] - load) <= LOAD_MATCH]
 
 
 def _timing_note(case: dict) -> str:
