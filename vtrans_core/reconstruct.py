@@ -16,7 +16,8 @@ squared error is divided by the dense stream's mean square at that token (RELATI
 
 Layers are solved IN ORDER, each on the inputs it really sees: the calibration rows are pushed
 through the pruned model layer by layer, the layer's attention block is fitted, the layer is run
-again to see the FFN's inputs after that fix, the FFN is fitted, and the fixed layer's output
+again to see the FFN's inputs after that fix (replaying the self-attention's recorded output where
+the o-projection lies outside it: _attention_core), the FFN is fitted, and the fixed layer's output
 (derived from that run's recorded sums, not a fourth run: _outputs_after_ffn_refit) becomes the
 next layer's input. The dense model advances alongside (layers a uniform plan removed
 included), so the target is the dense layer's output on the DENSE input: the fit also absorbs the
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -48,6 +48,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .families import adapter_for
+from .layer_passes import (
+    _attention_core,
+    _capturing,
+    _layer0_inputs,
+    _outputs_after_ffn_refit,
+    _pick,
+    _record,
+    _replaying,
+    _run_layer,
+    _strip,
+)
 
 MODES = ("off", "scales", "weights")
 MAX_SCALE = 10.0        # Kwon clamps the tuned mask values to [-10, 10]
@@ -57,19 +68,6 @@ HOLDOUT_SHARE = 0.2     # calibration batches kept aside to accept / reject each
 # by that RMS; SmolLM2's few huge-norm tokens dominate the absolute error from layer 11 on). Same
 # SmolLM2 cut, "weights": ppl 19.40 absolute, 19.20 relative (benchmarks/README.md). Encoders: absolute.
 RELATIVE_FOR_PRE_LN = True
-
-
-class _Stop(Exception):
-    pass
-
-
-@dataclass
-class _Rows:
-    """One calibration batch as layer-0 sees it: hidden states plus the layer's other call args."""
-    x: torch.Tensor
-    args: tuple
-    kwargs: dict
-    valid: torch.Tensor          # [B, T] bool, real tokens
 
 
 @dataclass
@@ -101,123 +99,6 @@ class Summary:
                 "held_out_kl_before": self.kl_before, "held_out_kl_after": self.kl_after,
                 "held_out_nll_before": self.nll_before, "held_out_nll_after": self.nll_after,
                 "per_block": self.blocks}
-
-
-def _strip(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k not in ("labels", "index")}
-
-
-def _uncached(value):
-    from transformers.cache_utils import Cache
-
-    return None if isinstance(value, Cache) else value
-
-
-def _layer0_inputs(model, batches: list[dict]) -> list[_Rows]:
-    """What the first layer receives for each batch (embeddings, attention mask, position
-    embeddings...), without a KV cache (see the module docstring)."""
-    layers = adapter_for(model).layers(model)
-    seen: list[_Rows] = []
-
-    def grab(_m, args, kwargs):
-        kwargs = dict(kwargs)
-        x = args[0] if args else kwargs.pop("hidden_states")
-        kwargs = {k: _uncached(v) for k, v in kwargs.items()}
-        if "use_cache" in kwargs:
-            kwargs["use_cache"] = False
-        seen.append(_Rows(x.detach(), tuple(_uncached(a) for a in args[1:]), kwargs, torch.ones(1)))
-        raise _Stop
-
-    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for b in batches:
-            try:
-                model(**_strip(b))
-            except _Stop:
-                pass
-            mask = b.get("attention_mask")    # packed LM windows have no padding
-            seen[-1].valid = mask.bool() if mask is not None else torch.ones_like(b["input_ids"], dtype=torch.bool)
-    finally:
-        handle.remove()
-    return seen
-
-
-def _run_layer(layer, rows: _Rows, x: torch.Tensor) -> torch.Tensor:
-    out = layer(x, *rows.args, **rows.kwargs)
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _record(layer, rows: list[_Rows], xs: list[torch.Tensor], modules: dict, outputs: bool = True
-            ) -> tuple[list, dict]:
-    """Run `layer` on every batch; returns (layer outputs, {name: [(input, output) on valid tokens]}).
-    outputs=False: the layer stops once every module was seen (a refit of the attention block
-    needs no FFN), and the outputs list is empty."""
-    got: dict[str, list] = {k: [] for k in modules}
-    start: dict[str, int] = {}
-    handles = []
-    for name, mod in modules.items():
-        def hook(_m, args, output, name=name):
-            output = output[0] if isinstance(output, tuple) else output   # a layer's (hidden, ...)
-            got[name].append((args[0].detach(), output.detach()))
-            if not outputs and all(len(v) > start[k] for k, v in got.items()):
-                raise _Stop
-        handles.append(mod.register_forward_hook(hook))
-    outs = []
-    try:
-        for r, x in zip(rows, xs):
-            start.update({k: len(v) for k, v in got.items()})
-            try:
-                out = _run_layer(layer, r, x).detach()
-            except _Stop:
-                out = None
-            if outputs:
-                outs.append(out)
-            for k in got:   # keep only real tokens, flattened to [tokens, width]
-                if len(got[k]) > start[k]:
-                    i, o = got[k][-1]
-                    got[k][-1] = (i[r.valid].float(), o[r.valid].float())
-    finally:
-        for h in handles:
-            h.remove()
-    return outs, got
-
-
-def _attention_core(parts) -> nn.Module | None:
-    """The module computing the o-projection's input when the o-projection lies outside it (BERT's
-    self-attention, its output projection a sibling): refitting o does not change that module's
-    output, so the FFN pass replays what the attention pass recorded instead of recomputing the
-    queries, keys, values and scores (~10% of a MiniLM refit). None where o is part of it (GPT-2,
-    DistilBERT, the decoders): those layers run whole again."""
-    core = parts.self_attn
-    if core is None or any(m is parts.o for m in core.modules()):
-        return None
-    return core
-
-
-@contextmanager
-def _capturing(module: nn.Module | None, store: list):
-    """Append every output of `module` to `store` while inside (nothing when module is None)."""
-    handle = module.register_forward_hook(lambda _m, _a, out: store.append(out)) if module is not None else None
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.remove()
-
-
-@contextmanager
-def _replaying(module: nn.Module | None, outputs: list | None):
-    """Inside, each call of `module` returns the next of `outputs` without computing (its hooks
-    still run); nothing is replaced when module or outputs is None."""
-    if module is None or outputs is None:
-        yield
-        return
-    queue = iter(outputs)
-    module.forward = lambda *_a, **_k: next(queue)   # an instance attribute shadows the class's forward
-    try:
-        yield
-    finally:
-        del module.forward
 
 
 def _split(n: int) -> tuple[list[int], list[int]]:
@@ -336,33 +217,6 @@ def _refit(proj, dense_sums: list, proj_io: list, sums: list, keep_idx, unit: in
                     proj.bias.copy_(sol[-1].to(proj.bias.dtype))
     return {"kept": kept, "why": None if kept else "held-out error did not drop",
             "held_out_before": before, "held_out_after": after}
-
-
-def _outputs_after_ffn_refit(outs: list, got: dict, proj, tap, side: str, rows: list[_Rows]) -> list | None:
-    """The layer's outputs with the refitted FFN projection, from what the FFN pass recorded: the
-    sum moves by exactly the projection's change, and the layer's output is that sum (pre-LN) or
-    the closing norm of it (post-LN). This replaces a fourth run of the layer per calibration
-    batch (~13% of the refit on MiniLM). Padding positions keep their old values: no real token
-    attends to them. None (run the layer again) when the layer's output is not the tap's: a
-    family whose layer does more after its last residual sum."""
-    fixed = []
-    for n, (out, (p_in, p_out), (s_in, s_out), r) in enumerate(zip(outs, got["proj"], got["sum"], rows)):
-        if out is None:
-            return None
-        if n == 0:   # the layer must return the tap's output (the closing norm's, or its own): check once
-            if not torch.allclose(out[r.valid].float(), s_out, rtol=1e-4, atol=1e-5):
-                return None
-        old_sum = s_in if side == "input" else s_out
-        new_sum = old_sum - p_out + proj(p_in.to(proj.weight.dtype)).float()
-        new = tap(new_sum.to(out.dtype)) if side == "input" else new_sum   # an "input" tap is the closing norm
-        out = out.clone()
-        out[r.valid] = new.to(out.dtype)
-        fixed.append(out)
-    return fixed
-
-
-def _pick(io: list, side: str) -> list:
-    return [i if side == "input" else o for i, o in io]
 
 
 def _dense_sums(adapter, dense, i: int, rows, xs) -> tuple[list, dict]:
