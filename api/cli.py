@@ -187,8 +187,10 @@ def _api(settings: Settings, args) -> int:
 def _worker(settings: Settings, args) -> int:
     if not _checked(settings):
         return 1
+    from vtrans_core.process_memory import keep_freed_memory
     from worker.celery_app import app
 
+    keep_freed_memory()   # before the pool forks: jobs time latencies in one allocator state (its docstring)
     queues = [q.strip() for q in (args.queues or settings.worker_queues or settings.queue).split(",") if q.strip()]
     app.worker_main(["worker", "-Q", ",".join(queues), "--loglevel", args.loglevel, "--concurrency", "1",
                      "--pool", args.pool, "-n", f"vtrans-{os.getpid()}@%h"])

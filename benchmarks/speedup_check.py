@@ -112,6 +112,9 @@ def main() -> None:
         fresh = time_models([n for n in names if (OUT / n / "metrics.json").exists()], log)
         save_json(OUT / args.fresh_out, fresh)
         return
+    from vtrans_core.process_memory import keep_freed_memory
+
+    keep_freed_memory()   # as the worker's job processes do (process_memory.py): phase 1 is "the job"
     for name in names:
         if name not in rows:
             log.info("case %s", name)
@@ -138,6 +141,7 @@ def main() -> None:
         table.append(r)
     save_json(RESULT, {"conditions": "2-core CPU shared with other timed benchmarks; this script ran under nice -n 19",
                        "keep_memory_env": KEEP_MEMORY_ENV,
+                       "job_process": "keep_freed_memory() before the compressions (as the worker), since session 26",
                        "batch": 32, "seq": 128, "cases": table})
     log.info("wrote %s", RESULT)
 

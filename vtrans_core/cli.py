@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         budget = parse_budget(args.budget, args.seq_len)
         options = parse_options(args.option)
         from .entry import compress
+        from .process_memory import keep_freed_memory
 
+        keep_freed_memory()   # this process only compresses: see process_memory.py
         result = compress(args.model, args.data, budget, args.method, options, args.output, _Printer(args.quiet),
                           eval_data=args.eval_data, export=args.export, checkpoint=args.checkpoint)
     except CompressionError as err:
