@@ -109,8 +109,10 @@ def _attention_core(parts) -> nn.Module | None:
     """The module computing the o-projection's input when the o-projection lies outside it (BERT's
     self-attention, its output projection a sibling): refitting o does not change that module's
     output, so the FFN pass replays what the attention pass recorded instead of recomputing the
-    queries, keys, values and scores (~10% of a MiniLM refit). None where o is part of it (GPT-2,
-    DistilBERT, the decoders): those layers run whole again."""
+    queries, keys, values and scores (~10% of a MiniLM refit), at the cost of holding that output
+    for every calibration batch while the layer is refitted (as much again as the layer's inputs,
+    which are held anyway). None where o is part of it (GPT-2, DistilBERT, the decoders): those
+    layers run whole again."""
     core = parts.self_attn
     if core is None or any(m is parts.o for m in core.modules()):
         return None
