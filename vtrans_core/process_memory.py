@@ -27,6 +27,8 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 1024 * 1024      # glibc's largest allowed value on 64-bit systems
 TRIM_THRESHOLD = 2 ** 31 - 1           # mallopt takes an int: in effect, never trim
+# The same settings for a process started with them (a server; benchmarks/speedup_check.py)
+KEEP_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 
 def keep_freed_memory() -> bool:

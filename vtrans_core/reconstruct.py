@@ -354,8 +354,9 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
                     core, attn_out = _attention_core(pp), []
                 # The FFN pass runs the whole layer anyway: keep its outputs, so the layer need
                 # not run again once the FFN is refitted (_outputs_after_ffn_refit).
-                with _capturing(core if part == "attn" else None, attn_out), \
-                        _replaying(core if part == "ffn" and len(attn_out or ()) == len(p_rows) else None, attn_out):
+                capture = core if part == "attn" else None
+                replay = core if part == "ffn" and attn_out is not None and len(attn_out) == len(p_rows) else None
+                with _capturing(capture, attn_out), _replaying(replay, attn_out):
                     outs, got = _record(p_layer, p_rows, xp, {"proj": proj, "sum": tap}, outputs=part == "ffn")
                 unit = pa.head_dim(pp.self_attn) if part == "attn" and mode == "scales" else 1
                 res = _refit(proj, d_sums[part], got["proj"], _pick(got["sum"], side), keep_idx, unit, mode,
