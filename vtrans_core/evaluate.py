@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from .data import Encoded, iterate_batches
+from .precision import float32_section
 
 LATENCY_BATCH, LATENCY_SEQ = 32, 128
 
@@ -125,6 +126,11 @@ def measure_latency_ms(models: list, device, runs: int, batch: int = LATENCY_BAT
 
     The models are timed in alternation (A, B, A, B, ...) after two warm-up forwards each, so
     a load change on a shared machine hits all of them alike instead of biasing one."""
+    with float32_section(device):   # what a server runs, whatever the caller's autocast
+        return _timed(models, device, runs, batch, seq, tick)
+
+
+def _timed(models: list, device, runs: int, batch: int, seq: int, tick) -> list[float]:
     states = [m.training for m in models]
     for m in models:
         m.eval()

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from .checkpointing import MODES as CHECKPOINTING_MODES
 from .errors import CompressionError
+from .precision import MODES as PRECISION_MODES
 from .recovery import RECOVERY_MODES
 
 METHODS = ("vtrans", "fast", "faster")
@@ -108,6 +109,10 @@ class CompressionOptions:
     # (checkpointing.py): "on", "off", or "auto" = on only when the job would not fit without it
     # (lm_runtime's estimate; encoders: off). Costs about one more forward a training step.
     activation_checkpointing: str = "auto"
+    # matmuls in bfloat16 while compressing (precision.py): "auto" = where the device runs them
+    # faster (measured once on a CPU; a GPU's bf16 support), classification jobs only; "bfloat16";
+    # "off". Weights, evaluation, latency and the saved model stay float32.
+    mixed_precision: str = "auto"
 
     # --- faster: ranking and retraining-free reconstruction (importance.py, reconstruct.py) ---
     # null = the method's default (method_defaults). importance: "vib" (log alpha after mask-only
@@ -223,6 +228,9 @@ class CompressionOptions:
         if self.activation_checkpointing not in CHECKPOINTING_MODES:
             raise CompressionError("options.activation_checkpointing",
                                    f"must be one of {', '.join(CHECKPOINTING_MODES)}, got {self.activation_checkpointing!r}")
+        if self.mixed_precision not in PRECISION_MODES:
+            raise CompressionError("options.mixed_precision",
+                                   f"must be one of {', '.join(PRECISION_MODES)}, got {self.mixed_precision!r}")
         if self.reconstruct not in RECONSTRUCT_MODES:
             raise CompressionError("options.reconstruct",
                                    f"must be one of {', '.join(RECONSTRUCT_MODES)}, got {self.reconstruct!r}")

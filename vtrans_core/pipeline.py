@@ -18,6 +18,7 @@ from .families import adapter_for
 from .flops import count_flops, count_params
 from .methods import Context, get_method, method_rows_for
 from .options import CompressionOptions
+from . import precision
 from .progress import Progress
 from .training import Teacher, epoch_steps, pick_device, seed_everything, train_supervised
 
@@ -99,6 +100,7 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
     progress.update(1, 1, examples=len(train_split))
 
     model.to(device)
+    amp_dtype, amp_why = precision.resolve(opts.mixed_precision, device, next(model.parameters()).dtype, "sequence-classification")
     teacher_info = {"fine_tuned": False, "epochs": 0, "accuracy": None}
     if session is not None:
         session.progress = progress
@@ -116,8 +118,9 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
         # No head for these labels: fine-tune a dense teacher first (issue #2, item 8).
         progress.start("teacher")
         enc_teacher = encode(tokenizer, train_split, opts.seq_len)
-        train_supervised(model, enc_teacher, teacher_steps, opts.teacher_lr, opts.batch_size, device, opts.seed,
-                         progress.update)
+        with precision.autocast(amp_dtype, device):
+            train_supervised(model, enc_teacher, teacher_steps, opts.teacher_lr, opts.batch_size, device, opts.seed,
+                             progress.update)
         enc_val = encode(tokenizer, task.validation, opts.seq_len)
         val = evaluate(model, enc_val, task.num_labels, EVAL_BATCH, device)
         teacher_info = {"fine_tuned": True, "epochs": opts.teacher_epochs, "steps": teacher_steps,
@@ -132,7 +135,9 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
     ctx = Context(model=model, dense=dense, teacher=Teacher(dense, len(enc_train)), enc_train=enc_train,
                   options=opts, budget=budget, device=device, progress=progress, structures=structures_of(opts),
                   checkpoint=session)
-    pruned, final_plan = strategy.run(ctx)
+    ctx.info["mixed_precision"] = amp_why
+    with precision.autocast(amp_dtype, device):
+        pruned, final_plan = strategy.run(ctx)
     pruned.eval()
 
     progress.start("evaluate")

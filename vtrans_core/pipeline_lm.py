@@ -18,6 +18,7 @@ from .errors import CompressionError
 from .flops import count_flops, count_params
 from .lm_runtime import (StagePeaks, check_memory, decode_tokens_per_s, peak_memory_bytes, pick_dtype, prefill_ms,
                          torch_dtype)
+from . import precision
 from .methods import Context, get_method, method_rows_for
 from .options import CompressionOptions
 from .progress import Progress
@@ -102,7 +103,10 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
     ctx = Context(model=model, dense=dense, teacher=Teacher(dense, len(enc_train), cacheable=task.teacher_cacheable),
                   enc_train=enc_train, options=opts, budget=budget, device=device, progress=progress,
                   structures=structures_of(opts), task=task, checkpoint=session)
-    pruned, final_plan = strategy.run(ctx)
+    amp_dtype, ctx.info["mixed_precision"] = precision.resolve(opts.mixed_precision, device,
+                                                               next(model.parameters()).dtype, task.name)
+    with precision.autocast(amp_dtype, device):
+        pruned, final_plan = strategy.run(ctx)
     pruned.eval()
 
     progress.start("evaluate")

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .families import adapter_for
+from .precision import float32_section
 from .layer_passes import (
     _attention_core,
     _capturing,
@@ -359,8 +360,9 @@ def reconstruct(pruned, dense, plan, batches: list[dict], mode: str = "scales", 
                 with _capturing(capture, attn_out), _replaying(replay, attn_out):
                     outs, got = _record(p_layer, p_rows, xp, {"proj": proj, "sum": tap}, outputs=part == "ffn")
                 unit = pa.head_dim(pp.self_attn) if part == "attn" and mode == "scales" else 1
-                res = _refit(proj, d_sums[part], got["proj"], _pick(got["sum"], side), keep_idx, unit, mode,
-                             idx_fit, idx_held, damping, relative)
+                with float32_section(proj.weight.device):   # the layers may run in bf16, the solve does not
+                    res = _refit(proj, d_sums[part], got["proj"], _pick(got["sum"], side), keep_idx, unit, mode,
+                                 idx_fit, idx_held, damping, relative)
                 summary.blocks.append({"layer": i, "block": part, **{k2: (round(v, 4) if isinstance(v, float) else v)
                                                                       for k2, v in res.items()}})
                 if part == "ffn":
