@@ -76,6 +76,10 @@ ABLATIONS = {
     "fisher1024": {"fisher_rows": 1024},
     "calib4096": {"calibration_rows": 4096, "calibration_tokens": 128 * 1024},
     "vib+fisher": {"importance": "vib+fisher"},
+    # float32 matmuls throughout: every vtrans/fast/faster record before session 27, when the
+    # default became bfloat16 matmuls where the CPU runs them faster (precision.py; AMX here).
+    # Those records were renamed <task>-<method>-fp32-... and carry this ablation (float32_twins).
+    "fp32": {"mixed_precision": "off"},
 }
 FASTER_ONLY = ("fisher1024", "calib4096", "vib+fisher")   # options of faster's ranking/refit only
 
@@ -97,7 +101,7 @@ def cases() -> list[dict]:
                  "ablation": name, "extra": ABLATIONS[name]} for name in names]
 
     first = [c for c in main(0.5) if c["task"] == "tweets" and c["method"] != "fast"]
-    return (first + ablations("tweets", ["frozen", "per_layer", "linear-hidden", "linear"])
+    listed = (first + ablations("tweets", ["frozen", "per_layer", "linear-hidden", "linear"])
             + [c for c in main(0.5) if c not in first] + main(0.4) + ablations("tweets", ["plan-only", "trained", "1epoch"])
             + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a not in ("per_layer", "min1024", *FASTER_ONLY)])
             + ablations("tweets", ["plan-only", "plan-only-recon", "norecon", "recon-scales", "per_layer", "lr1e-4"], 0.4)
@@ -105,6 +109,21 @@ def cases() -> list[dict]:
             + [c for t in (0.3, 0.4) for c in ablations("spam", ["refit-all"], t)]
             + [c for task in TASKS for c in ablations(task, ["min512"], 0.5, "fast")]
             + seeded() + faster() + earlier_schedule() + larger_file() + small_file_refit())
+    names = {c["name"] for c in listed}
+    return listed + [c for c in float32_twins(listed) if c["name"] not in names]
+
+
+def float32_twins(listed: list[dict]) -> list[dict]:
+    """Each default-recipe vtrans/fast/faster case as it ran before session 27 (ABLATIONS["fp32"]):
+    <task>-<method>-fp32-<rest of the name>, so the float32 records stay beside the new default's."""
+    out = []
+    for c in listed:
+        if c["method"] == "peer" or c.get("ablation"):
+            continue
+        rest = c["name"][len(f"{c['task']}-{c['method']}-"):]
+        out.append({**c, "name": f"{c['task']}-{c['method']}-fp32-{rest}", "ablation": "fp32",
+                    "extra": ABLATIONS["fp32"]})
+    return out
 
 
 def small_file_refit() -> list[dict]:

@@ -25,9 +25,9 @@ def _get(cases, task, method, target, ablation=None):
                  and c.get("seed") is None and abs(c["target"] - target) < 1e-9), None)
 
 
-def _runs(cases, task, method, target) -> list[dict]:
-    """The default-recipe run and its reruns with other seeds (SEEDED cases)."""
-    return [c for c in cases if c["task"] == task and c["method"] == method and not c.get("ablation")
+def _runs(cases, task, method, target, ablation=None) -> list[dict]:
+    """The default-recipe run (or an ablation's) and its reruns with other seeds (SEEDED cases)."""
+    return [c for c in cases if c["task"] == task and c["method"] == method and c.get("ablation") == ablation
             and abs(c["target"] - target) < 1e-9]
 
 
@@ -43,20 +43,24 @@ def seed_rows(cases) -> list[str]:
     for task in TASKS:
         for t in TARGETS:
             vs, ps = _runs(cases, task, "vtrans", t), _runs(cases, task, "peer", t)
-            if len(vs) < 2 and len(ps) < 2:
+            vf = _runs(cases, task, "vtrans", t, "fp32")
+            if len(vs) < 2 and len(ps) < 2 and len(vf) < 2:
                 continue
             cells = []
-            for runs in (vs, ps):
+            for runs in (vs, vf, ps):
+                if not runs:
+                    cells.append("—")
+                    continue
                 mean, sd = _mean_sd([c["accuracy"] for c in runs])
                 secs = sum(c["compression_seconds"] for c in runs) / len(runs)
                 cells.append(f"{mean:.2f} ± {sd:.2f} (n={len(runs)}: "
                              + ", ".join(f"{c['accuracy']:.2f}" for c in runs) + f"), {secs:.0f} s")
-            lines.append(f"| {task} | {t} | {cells[0]} | {cells[1]} |")
+            lines.append(f"| {task} | {t} | " + " | ".join(cells) + " |")
     if not lines:
         return []
     return (["### Run-to-run noise: the closest head-to-heads rerun with other seeds", "",
-             "| task | FLOPs target | vtrans accuracy (mean ± sd, runs), mean time | peer accuracy, mean time |",
-             "|---|---|---|---|"] + lines + [""])
+             "| task | FLOPs target | vtrans accuracy (mean ± sd, runs), mean time | vtrans [fp32] | peer accuracy, mean time |",
+             "|---|---|---|---|---|"] + lines + [""])
 
 
 def _dense(cases, task):
@@ -161,8 +165,16 @@ def _timing_note(case: dict) -> str:
     return f" ({note})" if note else ""
 
 
+def _float32_era(case: dict) -> bool:
+    """A vtrans/fast/faster record from before options.mixed_precision existed: float32 matmuls."""
+    return case["method"] != "peer" and "mixed_precision" not in (case.get("options") or {})
+
+
 def write_table(cases, checks) -> str:
-    lines = []
+    lines = ["vtrans/fast/faster rows run the library's defaults, which since session 27 compress with "
+             "bfloat16 matmuls where the CPU runs them faster (`mixed_precision: auto`, precision.py; this "
+             "CPU has AMX). Rows marked [fp32] ran float32 matmuls (every record before session 27). The "
+             "peer runs float32, as its users' recipe does. Evaluation and speedups are float32 for all.", ""]
     for task in TASKS + LARGE_TASKS:
         dense = _dense(cases, task)
         if dense is None:
@@ -173,6 +185,7 @@ def write_table(cases, checks) -> str:
                   "|---|---|---|---|---|---|---|"]
         for c in sorted(tc, key=lambda c: (-c["target"], c["method"], c.get("ablation") or "", c.get("seed") or 0)):
             name = (LABELS[c["method"]] + (f" [{c['ablation']}]" if c.get("ablation") else "")
+                    + (" [fp32]" if _float32_era(c) and c.get("ablation") != "fp32" else "")
                     + (f" [seed {c['seed']}]" if c.get("seed") is not None else ""))
             one = f" (one-shot {c['one_shot_accuracy']:.2f})" if c.get("one_shot_accuracy") is not None else ""
             lines.append(f"| {name} | {c['target']} | {c['flops_fraction']:.3f} | {c['accuracy']:.2f}{one} | "

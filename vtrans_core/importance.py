@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .checkpointing import checkpointed_layers
 from .data import Encoded, iterate_batches
 from .flops import shape_size
+from .precision import float32_section
 
 IMPORTANCES = ("vib", "fisher", "vib+fisher")
 FISHER_MICRO_BATCH = 4          # rows per backward: near per-sample Fisher at a tolerable CPU cost
@@ -68,7 +69,9 @@ def fisher_information(pm, enc: Encoded, device, tick: Callable[[int, int], None
     batches = list(iterate_batches(enc, micro_batch, device, shuffle=False))
     try:
         for n, batch in enumerate(batches, 1):
-            with checkpointed_layers(model, recompute, pm):
+            # float32 whatever the job's mixed precision: on micro-batches of 4 rows bf16 only adds
+            # casts (AMX CPU, 256 tweets: 9.3 s in bf16 against 7.4 s in float32)
+            with checkpointed_layers(model, recompute, pm), float32_section(device):
                 logits = model(**_strip(batch)).logits
                 if loss_fn is None:
                     loss = _summed_ce(logits, None, batch, 1.0, 0.0)[0]

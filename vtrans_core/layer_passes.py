@@ -24,6 +24,14 @@ class _Rows:
     args: tuple
     kwargs: dict
     valid: torch.Tensor          # [B, T] bool, real tokens
+    _flat: torch.Tensor | None = None
+
+    def real(self, t: torch.Tensor) -> torch.Tensor:
+        """t[valid] for a [B, T, width] tensor, via index_select on the flattened rows (about
+        half the time of boolean indexing, which recomputes the indices at every call)."""
+        if self._flat is None:
+            self._flat = self.valid.reshape(-1).nonzero().squeeze(1)
+        return t.reshape(-1, t.shape[-1]).index_select(0, self._flat)
 
 
 def _strip(batch: dict) -> dict:
@@ -98,7 +106,7 @@ def _record(layer, rows: list[_Rows], xs: list[torch.Tensor], modules: dict, out
             for k in got:   # keep only real tokens, flattened to [tokens, width]
                 if len(got[k]) > start[k]:
                     i, o = got[k][-1]
-                    got[k][-1] = (i[r.valid].float(), o[r.valid].float())
+                    got[k][-1] = (r.real(i).float(), r.real(o).float())
     finally:
         for h in handles:
             h.remove()
