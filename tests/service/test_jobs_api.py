@@ -102,6 +102,7 @@ CASES = [
     ({"options": {"layout": "diagonal"}}, 422, "options.layout"),
     ({"options": {"batch_size": "many"}}, 422, "options.batch_size"),
     ({"options": {"prune_rounds": 0}}, 422, "options.prune_rounds"),
+    ({"options": {"mixed_precision": "fp8"}}, 422, "options.mixed_precision"),
     ({"options": [1, 2]}, 422, "options"),
     ({"model": "mdl_00000000000000000000"}, 404, "model"),
     ({"dataset": "ds_00000000000000000000"}, 404, "dataset"),
