@@ -200,8 +200,11 @@ def _refit(proj, dense_sums: list, proj_io: list, sums: list, keep_idx, unit: in
     for (p_in, p_out), total, dense in zip(proj_io, sums, dense_sums):
         target = dense if keep_idx is None else dense[:, keep_idx]
         b = target - bias - (total - p_out)
-        sw = dense.pow(2).mean(-1, keepdim=True).clamp_min(1e-12).rsqrt() if relative else torch.ones(len(b), 1)
-        data.append((p_in * sw, b * sw, sw))
+        if relative:
+            sw = dense.pow(2).mean(-1, keepdim=True).clamp_min(1e-12).rsqrt()
+            data.append((p_in * sw, b * sw, sw))
+        else:   # unit weights: multiplying by ones would only copy every recorded input
+            data.append((p_in, b, torch.ones(len(b), 1)))
     fit = _fit_scales(proj, unit, data, idx_fit, idx_held, damping) if mode == "scales" else \
         _fit_weights(proj, data, idx_fit, idx_held, damping)
     if fit is None:
