@@ -1,14 +1,14 @@
 """Mixed precision while compressing: matmuls in bfloat16 where the device runs them faster.
 
-Weights, optimiser state, norms, softmaxes, losses and the least-squares solves stay in float32
-(torch.autocast's lists); only the matmuls of the model's forward and backward run in bfloat16.
+Weights, optimiser state and the least-squares solves stay float32, and torch.autocast keeps its
+float32 ops (norms, losses) in float32; the matmuls of the forward and backward run in bfloat16.
 What is measured and delivered is unaffected: evaluation, latency tables and the saved model are
 float32 (`float32_section`).
 
 Why it is worth it: a CPU with AMX (Intel Sapphire Rapids and later) runs a bfloat16 matmul far
 faster than a float32 one (this project's 2-core machine: a 4096 x 384 x 1536 linear 50 ms in
 float32, 2.7 ms in bfloat16, one thread; a MiniLM-L6 forward at 32 x 64 ~3.5x faster, forward +
-backward ~1.8x), while most older CPUs run it slower than float32. So "auto" measures it once per
+backward ~1.8x), while a CPU without bfloat16 units emulates it, slower than float32. So "auto" measures it once per
 process instead of guessing from the CPU's name; on CUDA it follows the device's bf16 support.
 
 Classification only under "auto": decoders' perplexities (benchmarks/, docs/DECODERS.md) were

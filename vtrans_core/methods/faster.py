@@ -144,7 +144,6 @@ class FasterVTrans(Method):
         """Predicted time / dense time from the cached latency table of this shape and device."""
         from ..evaluate import measure_latency_ms
         from ..latency import RUNS, latency_fraction, latency_table
-
         from ..precision import float32_section
 
         started = time.perf_counter()
