@@ -150,6 +150,8 @@ def torch_measure(head_dim: int, device, runs: int = ENTRY_RUNS) -> Measure:
     import torch
     from torch import nn
 
+    from .precision import float32_section
+
     def build(kind: str, hidden: int, width: int):
         if kind == "ffn":
             lin1, lin2, ln = nn.Linear(hidden, width), nn.Linear(width, hidden), nn.LayerNorm(hidden)
@@ -167,6 +169,10 @@ def torch_measure(head_dim: int, device, runs: int = ENTRY_RUNS) -> Measure:
 
     @torch.no_grad()
     def measure(kind: str, hidden: int, width: int) -> float:
+        with float32_section(device):   # a served model runs float32, whatever the caller's autocast
+            return _median_ms(kind, hidden, width)
+
+    def _median_ms(kind: str, hidden: int, width: int) -> float:
         fwd, mods = build(kind, hidden, width)
         for m in mods:
             m.to(device)

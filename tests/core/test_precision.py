@@ -55,6 +55,16 @@ def test_float32_sections_and_latency_ignore_the_callers_autocast():
     assert seen and set(seen) == {torch.float32}
 
 
+def test_the_latency_tables_block_timer_ignores_the_callers_autocast(monkeypatch):
+    from vtrans_core.latency import torch_measure
+
+    seen, gelu = [], torch.nn.functional.gelu
+    monkeypatch.setattr(torch.nn.functional, "gelu", lambda x, *a, **k: seen.append(x.dtype) or gelu(x, *a, **k))
+    with precision.autocast(torch.bfloat16, "cpu"):
+        torch_measure(8, torch.device("cpu"), runs=1)("ffn", 16, 32)
+    assert seen and set(seen) == {torch.float32}
+
+
 def test_a_job_in_bfloat16_delivers_float32_weights_and_says_why(tiny_model_dir, tiny_dataset_csv, tmp_path):
     out = tmp_path / "bf16"
     r = compress(str(tiny_model_dir), str(tiny_dataset_csv), BUDGET, "vtrans",

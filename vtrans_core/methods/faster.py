@@ -144,12 +144,10 @@ class FasterVTrans(Method):
         """Predicted time / dense time from the cached latency table of this shape and device."""
         from ..evaluate import measure_latency_ms
         from ..latency import RUNS, latency_fraction, latency_table
-        from ..precision import float32_section
 
         started = time.perf_counter()
-        with float32_section(ctx.device):   # the served model runs in float32: time that, not the job's bf16
-            table = latency_table(ctx.dense, ctx.device, "hidden" in ctx.structures, ctx.options.round_to,
-                                  dense_ms=lambda: measure_latency_ms([ctx.dense], ctx.device, RUNS)[0])
+        table = latency_table(ctx.dense, ctx.device, "hidden" in ctx.structures, ctx.options.round_to,
+                              dense_ms=lambda: measure_latency_ms([ctx.dense], ctx.device, RUNS)[0])
         ctx.info["latency_table"] = {"key": table.key, "seconds": round(time.perf_counter() - started, 1)}
         return latency_fraction(table, pm.reference)
 
