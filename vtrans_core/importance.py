@@ -3,7 +3,8 @@
 `importance` option (faster):
 - "vib": the VIB gates' log alpha after mask-only training (the paper's ranking);
 - "fisher": no mask training at all. Each gate's empirical Fisher information on calibration rows,
-  F_u = sum over micro-batches of (dL/dz_u)^2 at z = 1 (L: cross-entropy on the task labels),
+  F_u = sum over rows of (dL_row/dz_u)^2 at z = 1 (L: cross-entropy on the task labels; each row's
+  own gradient, from one backward per batch through per-example probes, PrunableModel.probes),
   estimates the loss increase of removing unit u as 0.5 * F_u (Kwon et al. 2022, Taylor/Fisher
   pruning); the planner removes units in increasing F_u / cost_u (the knapsack ratio), so the
   scores handed to it are log(F_u / cost_u);
@@ -19,6 +20,7 @@ included at their full size, so a score compares "loss per FLOP saved" across st
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
@@ -27,17 +29,31 @@ import torch.nn.functional as F
 from .checkpointing import checkpointed_layers
 from .data import Encoded, iterate_batches
 from .flops import shape_size
-from .precision import float32_section
 
 IMPORTANCES = ("vib", "fisher", "vib+fisher")
-FISHER_MICRO_BATCH = 4          # rows per backward: near per-sample Fisher at a tolerable CPU cost
-FISHER_BATCH_COST = 0.25        # one micro-batch (forward + backward, no update) in dense training batches
+# Rows per backward. Each row's gradient is its own whatever the batch (per-example probes), so a
+# classification batch is as large as training's; a language model's packed windows are long,
+# so 4 of them (the memory of the old micro-batches, whose gradients were summed over 4 rows).
+FISHER_BATCH = 32
+FISHER_WINDOWS = 4
+FISHER_BATCH_COST = 0.6         # one batch of 32 (forward + backward, no update) in dense training batches
 
 
 def fisher_stage_weight(n_rows: int, fisher_rows: int) -> float:
     """Progress weight (ETA) of a Fisher pass over the method's first `fisher_rows` rows."""
-    return min(n_rows, fisher_rows) / FISHER_MICRO_BATCH * FISHER_BATCH_COST
+    return min(n_rows, fisher_rows) / FISHER_BATCH * FISHER_BATCH_COST
 FISHER_INIT_RANGE = (1.0, 6.0)  # log alpha of the least / most salient unit at the start (vib+fisher)
+
+
+def _attention_kernel(device):
+    """On a CPU, the math attention kernel: a pass that needs no weight gradients spends much of
+    its time in the flash kernel's backward (MiniLM-L6, 128 rows of ~30 / ~100 tokens in bfloat16:
+    3.9 -> 2.4 s / 9.7 -> 7.6 s with the math kernel; a training step gains nothing, it is
+    dominated by the weight gradients and the optimiser). GPUs keep their own choice."""
+    if torch.device(device).type != "cpu":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def _strip(batch: dict) -> dict:
@@ -49,13 +65,15 @@ def _summed_ce(logits, _teacher, batch: dict, _t: float, _w: float):
 
 
 def fisher_information(pm, enc: Encoded, device, tick: Callable[[int, int], None] | None = None,
-                       micro_batch: int = FISHER_MICRO_BATCH, loss_fn=None,
+                       batch_rows: int | None = None, loss_fn=None,
                        recompute: bool = False) -> dict[str, torch.Tensor]:
-    """Per mask key, the summed squared gradient of the task loss w.r.t. each gate at z = mu = 1.
+    """Per mask key, the sum over rows of each row's squared task-loss gradient w.r.t. each gate
+    at z = mu = 1.
 
     `loss_fn`: a Task.loss (its first output, the mean task loss, is scaled to a per-row sum);
     default: the classification cross-entropy summed over rows. `recompute`: activation
-    checkpointing of the layers (checkpointing.py; a backward like training's, as large)."""
+    checkpointing of the layers (checkpointing.py; a backward like training's, as large).
+    `batch_rows`: rows per backward (default FISHER_BATCH, FISHER_WINDOWS for packed windows)."""
     model = pm.model
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in frozen:
@@ -66,24 +84,29 @@ def fisher_information(pm, enc: Encoded, device, tick: Callable[[int, int], None
     pm.set_sampling(False)
     model.eval()
     info = {k: torch.zeros_like(m.mu) for k, m in pm.masks.items()}
-    batches = list(iterate_batches(enc, micro_batch, device, shuffle=False))
+    rows = batch_rows or (FISHER_BATCH if isinstance(enc, Encoded) else FISHER_WINDOWS)
+    batches = list(iterate_batches(enc, rows, device, shuffle=False))
     try:
         for n, batch in enumerate(batches, 1):
-            # float32 whatever the job's mixed precision: on micro-batches of 4 rows bf16 only adds
-            # casts (AMX CPU, 256 tweets: 9.3 s in bf16 against 7.4 s in float32)
-            with checkpointed_layers(model, recompute, pm), float32_section(device):
+            b = batch["input_ids"].shape[0]
+            pm.probes = {k: torch.ones((b, *m.mu.shape), device=m.mu.device, requires_grad=True)
+                         for k, m in pm.masks.items()}
+            # the job's mixed precision applies (batches of 32: bfloat16 ~2x float32 on an AMX CPU)
+            with checkpointed_layers(model, recompute, pm), _attention_kernel(device):
                 logits = model(**_strip(batch)).logits
                 if loss_fn is None:
                     loss = _summed_ce(logits, None, batch, 1.0, 0.0)[0]
                 else:   # the task's mean loss (no distillation: teacher None, weight 0) times the rows
-                    loss = loss_fn(logits, None, batch, 1.0, 0.0)[0] * batch["input_ids"].shape[0]
-                grads = torch.autograd.grad(loss, [m.mu for m in pm.masks.values()], allow_unused=True)
-            for (k, m), g in zip(pm.masks.items(), grads):
-                if g is not None:
-                    info[k] += g.detach().pow(2)
+                    loss = loss_fn(logits, None, batch, 1.0, 0.0)[0] * b
+                grads = torch.autograd.grad(loss, list(pm.probes.values()), allow_unused=True)
+            for k, g in zip(pm.probes, grads):
+                if g is not None:   # row b's gradient w.r.t. z is its probe's divided by mu = 1
+                    info[k] += g.detach().float().pow(2).sum(0)
+            pm.probes = None
             if tick is not None:
                 tick(n, len(batches))
     finally:
+        pm.probes = None
         for p, was in frozen:
             p.requires_grad_(was)
     return {k: v.masked_fill(pm.masks[k].pruned, 0.0) for k, v in info.items()}

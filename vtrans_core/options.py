@@ -129,7 +129,7 @@ class CompressionOptions:
     # ... and at most this many real tokens of them (null: the method's, method_defaults): the
     # refit's cost grows with tokens, not rows (2,048 emails are 3.7x the tokens of 2,048 tweets)
     calibration_tokens: int | None = None
-    fisher_rows: int = 512           # faster: rows whose per-micro-batch gradients give the Fisher scores
+    fisher_rows: int = 512           # faster: rows whose own (per-row) gate gradients give the Fisher scores
 
     # --- evaluation and runtime ---
     latency_runs: int = 10           # repeated timed forwards at batch 32 x seq 128 (median reported)

@@ -109,6 +109,10 @@ class PrunableModel:
         # True while activation checkpointing recomputes layers in backward (checkpointing.py):
         # the gate samples then live until the next forward, not only until this one returns.
         self.keep_gates = False
+        # Per-example probes (importance.fisher_information): per mask key a leaf tensor of ones
+        # [B, *mask shape] multiplied into the gates, so that one backward over a batch yields
+        # every row's own gate gradient (d loss / d probe[b] = row b's d loss / d z at z = mu).
+        self.probes: dict[str, torch.Tensor] | None = None
         self._install()
 
     # ---- gates -------------------------------------------------------------------------------
@@ -127,9 +131,29 @@ class PrunableModel:
             self._cache["_kept"] = (~pruned).nonzero().squeeze(-1) if bool(pruned.any()) else None
         return self._cache["_kept"]
 
-    def _block_gate(self, l: int, kind: str) -> torch.Tensor | None:
+    def _z(self, key: str, like: torch.Tensor, l: int | None = None, n: int | None = None,
+           repeat: int = 1) -> torch.Tensor:
+        """The gate of `key` (layer l's entries, the first n of them) ready to multiply the
+        [B, T, C] activation `like`: [C] (a scalar for a block gate), or with a per-example probe
+        [B, 1, C] ([B, 1, 1] for a block gate)."""
+        z = self._gate(key)
+        probe = self.probes.get(key) if self.probes else None
+        if l is not None:
+            z = z[l] if n is None else z[l, :n]
+            if probe is not None:
+                probe = probe[:, l] if n is None else probe[:, l, :n]
+        if probe is not None:
+            z = z * probe
+        if repeat > 1:
+            z = z.repeat_interleave(repeat, dim=-1)
+        if probe is not None:
+            lead = [1] * (like.dim() - 2)
+            z = z.view(z.shape[0], *lead, -1) if z.dim() == 2 else z.view(-1, *lead, 1)
+        return z.to(like.dtype)
+
+    def _block_gate(self, l: int, kind: str, like: torch.Tensor) -> torch.Tensor:
         key = "layer" if "layer" in self.masks else ("attn_block" if kind == "attn" else "ffn_block")
-        return self._gate(key)[l] if key in self.masks else None
+        return self._z(key, like, l)
 
     def _install(self) -> None:
         m, a = self.model, self.adapter
@@ -164,7 +188,7 @@ class PrunableModel:
             dense = a.head_dense(m)
             if dense is not None:
                 self._handles.append(dense.register_forward_hook(
-                    lambda mod, inp, out: out * self._gate("hidden").to(out.dtype)))
+                    lambda mod, inp, out: out * self._z("hidden", out)))
         d = self.shape.head_dim
         for l in range(self.shape.n_layers):
             for kind, parts in (("attn", a.attention(m, l)), ("ffn", a.ffn(m, l))):
@@ -190,7 +214,7 @@ class PrunableModel:
         if has_hidden:
             for emb in a.embedding_tables(m):
                 self._handles.append(emb.register_forward_hook(
-                    lambda mod, inp, out: out * self._gate("hidden").to(out.dtype)))
+                    lambda mod, inp, out: out * self._z("hidden", out)))
             self._patch_norm(a.final_norm(m), None, None)
         for l in range(self.shape.n_layers):
             for kind, parts in (("attn", a.attention(m, l)), ("ffn", a.ffn(m, l))):
@@ -213,9 +237,9 @@ class PrunableModel:
     def _scale_write(self, l: int, kind: str, gated: bool, has_hidden: bool):
         def hook(mod, args, out):
             if has_hidden:
-                out = out * self._gate("hidden").to(out.dtype)
+                out = out * self._z("hidden", out)
             if gated:
-                out = out * self._block_gate(l, kind).to(out.dtype)
+                out = out * self._block_gate(l, kind, out)
             return out
         return hook
 
@@ -224,10 +248,7 @@ class PrunableModel:
 
     def _scale_input(self, key: str, l: int, n: int, repeat: int):
         def hook(mod, args):
-            z = self._gate(key)[l, :n]
-            if repeat > 1:
-                z = z.repeat_interleave(repeat)
-            return (args[0] * z.to(args[0].dtype),) + tuple(args[1:])
+            return (args[0] * self._z(key, args[0], l, n, repeat),) + tuple(args[1:])
         return hook
 
     def _capture(self, l: int, kind: str):
@@ -248,9 +269,9 @@ class PrunableModel:
             if not post:   # pre-LN: the hidden gate acts on the stream's writes, not here
                 return y
             if "hidden" in self.masks:
-                y = y * self._gate("hidden").to(y.dtype)
+                y = y * self._z("hidden", y)
             if block_kind is not None:
-                g = self._block_gate(l, block_kind).to(y.dtype)
+                g = self._block_gate(l, block_kind, y)
                 y = g * y + (1 - g) * self._resid[(l, block_kind)]
             return y
         ln.forward = forward

@@ -100,7 +100,7 @@ def test_the_estimate_counts_one_layer_and_auto_turns_it_on_only_when_needed():
 
 
 def test_faster_s_fisher_pass_with_checkpointing_gives_the_same_model(tmp_path, monkeypatch):
-    """`faster` ranks by Fisher information (one backward per micro-batch, no mask training): the
+    """`faster` ranks by Fisher information (one backward per batch, no mask training): the
     same plan and weights with the layers recomputed."""
     import vtrans_core.checkpointing as ckpt
 

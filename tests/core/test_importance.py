@@ -160,3 +160,55 @@ def test_fast_with_fisher_started_rounds_end_to_end(tiny_model_dir, tiny_dataset
                  tmp_path / "out").metrics
     assert m["flops_fraction"] <= 0.61
     assert m["method_info"]["fisher_rounds"] == [1, 2] and m["options"]["importance"] == "vib+fisher"
+
+
+def _row_by_row(pm, enc, **kw):
+    """The reference: one backward per row, each row's squared gate gradient summed."""
+    return fisher_information(pm, enc, "cpu", batch_rows=1, **kw)
+
+
+@pytest.mark.parametrize("layout", ["per_layer", "uniform"])
+def test_fisher_sums_each_rows_own_squared_gradient(tiny_model_dir, tiny_dataset_csv, layout):
+    """One backward over a padded batch (per-example probes) gives what one backward per row
+    gives: sum over rows of (d loss_row / d z)^2, for every structure, blocks and hidden included
+    (not the square of the batch's summed gradient, which cancels rows' opposite pulls)."""
+    from vtrans_core.data import Encoded
+
+    model, enc = _setup(tiny_model_dir, tiny_dataset_csv)
+    cut = [3 + i % 6 for i in range(24)]                              # rows of several lengths: padding
+    enc = Encoded([r[:c] for r, c in zip(enc.input_ids, cut)], [r[:c] for r, c in zip(enc.token_type_ids, cut)],
+                  enc.labels[:24], enc.pad_id)
+    pm = PrunableModel(model, layout=layout)
+    batched = fisher_information(pm, enc, "cpu")
+    reference = _row_by_row(pm, enc)
+    assert set(batched) == set(reference) and {"hidden", "heads", "ffn"} <= set(batched)
+    for k in batched:
+        torch.testing.assert_close(batched[k], reference[k], rtol=2e-4, atol=1e-9)
+    summed = fisher_information(pm, enc, "cpu", batch_rows=24)     # same with any batch size
+    torch.testing.assert_close(summed["ffn"], reference["ffn"], rtol=2e-4, atol=1e-9)
+    assert pm.probes is None
+    with torch.no_grad():                                            # and the forward is the plain one again
+        torch.testing.assert_close(pm.model(input_ids=torch.tensor([enc.input_ids[0]])).logits,
+                                   model(input_ids=torch.tensor([enc.input_ids[0]])).logits)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa", "gpt2"])
+def test_fisher_per_window_on_decoders(name):
+    """Pre-LN decoders (gates on the residual writes, GQA heads) with the LM loss: batched equals
+    window by window, with and without activation checkpointing."""
+    import transformers
+
+    from vtrans_core.tasks.language_modeling import Windows, lm_loss
+    from .decoders import VOCAB, decoder_config
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(decoder_config(name)).eval()
+    windows = Windows(torch.randint(3, VOCAB, (6, 16)), 16, 1)
+    pm = PrunableModel(model, layout="per_layer")
+    batched = fisher_information(pm, windows, "cpu", loss_fn=lm_loss, batch_rows=3)
+    reference = _row_by_row(pm, windows, loss_fn=lm_loss)
+    recomputed = fisher_information(pm, windows, "cpu", loss_fn=lm_loss, batch_rows=3, recompute=True)
+    for k in reference:
+        assert float(reference[k].sum()) > 0, k
+        torch.testing.assert_close(batched[k], reference[k], rtol=2e-4, atol=1e-9)
+        torch.testing.assert_close(recomputed[k], reference[k], rtol=2e-4, atol=1e-9)
