@@ -80,7 +80,9 @@ class CompressionOptions:
 
     # --- recovery after pruning ---
     finetune_steps: int | None = None   # distillation fine-tuning steps (None: finetune_epochs; 0: skip)
-    finetune_epochs: float = 2.0     # passes over the method's rows, mask rounds included; >= min_finetune_steps
+    # passes over the method's rows, mask rounds included; >= min_finetune_steps. null: 3 where the
+    # job's matmuls run in bfloat16, 2 in float32 (schedule.default_finetune_epochs)
+    finetune_epochs: float | None = None
     min_finetune_steps: int | None = None   # null = the method's (method_defaults)
     # "dense": the learned plan slices the dense model's ORIGINAL weights, which are then
     # fine-tuned; "trained": keep the weights as the mask rounds trained them (before session 11).
@@ -251,7 +253,7 @@ class CompressionOptions:
                 raise CompressionError(f"options.{name}", "must be between 0 and 1")
         for name in ["teacher_epochs", "finetune_epochs", "min_finetune_steps", "teacher_lr", "lr", "mask_lr", "beta", "budget_lambda_lr",
                      "finetune_lr", "lora_lr", "distill_temperature", "hidden_distill_weight"]:
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise CompressionError(f"options.{name}", "must not be negative")
         if self.task is not None and self.task not in TASK_NAMES:
             raise CompressionError("options.task", f"must be one of {', '.join(TASK_NAMES)}, got {self.task!r}")
@@ -274,7 +276,8 @@ METHOD_DEPENDENT: dict[str, Any] = {"prune_hidden": True, "prune_heads": True, "
                                     "reconstruct": "off", "calibration_tokens": 1, "min_finetune_steps": 1}
 IMPORTANCES = ("vib", "fisher", "vib+fisher")
 # Options whose default is null and stays null unless set (value: a sample of the type).
-NULLABLE_SAMPLES: dict[str, Any] = {"task": "language-modeling", "dtype": "float32", "max_memory_gb": 1.0}
+NULLABLE_SAMPLES: dict[str, Any] = {"task": "language-modeling", "dtype": "float32", "max_memory_gb": 1.0,
+                                    "finetune_epochs": 2.0}
 TASK_NAMES = ("sequence-classification", "language-modeling")
 DTYPES = ("float32", "bfloat16", "float16")
 # Per-task defaults for options the user did not set. Language modelling: a row is a packed

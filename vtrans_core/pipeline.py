@@ -20,6 +20,7 @@ from .methods import Context, get_method, method_rows_for
 from .options import CompressionOptions
 from . import precision
 from .progress import Progress
+from .schedule import default_finetune_epochs
 from .training import Teacher, epoch_steps, pick_device, seed_everything, train_supervised
 
 TEACHER_STEP_COST = 1.0
@@ -88,6 +89,9 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
     enc_eval = encode(tokenizer, eval_split, opts.seq_len)
     enc_check = encode(tokenizer, train_split.sample(TRAIN_CHECK_ROWS, seed=opts.seed), opts.seq_len)
 
+    amp_dtype, amp_why = precision.resolve(opts.mixed_precision, device, next(model.parameters()).dtype, "sequence-classification")
+    if opts.finetune_epochs is None:   # the schedule (and the progress plan below) follows the precision
+        opts.finetune_epochs = default_finetune_epochs(amp_dtype)
     teacher_steps = 0 if order is not None else epoch_steps(len(train_split), opts.batch_size, opts.teacher_epochs)
     plan = {"teacher": teacher_steps * TEACHER_STEP_COST, **strategy.stage_plan(len(method_rows), opts),
             "evaluate": _eval_cost(len(eval_split), opts), "save": 2.0,
@@ -100,7 +104,6 @@ def run_pipeline(kind, source, config, data, budget: Budget, method: str, opts: 
     progress.update(1, 1, examples=len(train_split))
 
     model.to(device)
-    amp_dtype, amp_why = precision.resolve(opts.mixed_precision, device, next(model.parameters()).dtype, "sequence-classification")
     teacher_info = {"fine_tuned": False, "epochs": 0, "accuracy": None}
     if session is not None:
         session.progress = progress

@@ -22,6 +22,7 @@ from . import precision
 from .methods import Context, get_method, method_rows_for
 from .options import CompressionOptions
 from .progress import Progress
+from .schedule import default_finetune_epochs
 from .training import Teacher, pick_device, seed_everything
 
 EVAL_BATCH = 4
@@ -86,6 +87,9 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
     if opts.max_eval_examples:
         enc_eval = enc_eval.head(opts.max_eval_examples)
 
+    amp_dtype, amp_why = precision.resolve(opts.mixed_precision, device, next(model.parameters()).dtype, task.name)
+    if opts.finetune_epochs is None:   # the schedule (and the progress plan below) follows the precision
+        opts.finetune_epochs = default_finetune_epochs(amp_dtype)
     plan = {**strategy.stage_plan(len(enc_train), opts), "evaluate": 2 * len(enc_eval) / EVAL_BATCH + 4.0,
             "save": 2.0,
             # tracing + checking costs roughly a few dozen forwards of the model
@@ -103,8 +107,7 @@ def run_lm_pipeline(task, kind, source, config: dict, data, budget: Budget, meth
     ctx = Context(model=model, dense=dense, teacher=Teacher(dense, len(enc_train), cacheable=task.teacher_cacheable),
                   enc_train=enc_train, options=opts, budget=budget, device=device, progress=progress,
                   structures=structures_of(opts), task=task, checkpoint=session)
-    amp_dtype, ctx.info["mixed_precision"] = precision.resolve(opts.mixed_precision, device,
-                                                               next(model.parameters()).dtype, task.name)
+    ctx.info["mixed_precision"] = amp_why
     with precision.autocast(amp_dtype, device):
         pruned, final_plan = strategy.run(ctx)
     pruned.eval()

@@ -23,6 +23,11 @@ job, evaluated on rows neither saw):
   SHORT_CALIBRATION_TOKENS, and the fine-tuning gets the floor. Held-out spam (3,000 rows, two
   epochs = 188 steps), side by side with the peer: rounds of 40 steps (308 s), a 131k-token
   refit (142 s) and the 150-step floor (544 s) took 1,000 s against the peer's 740 s.
+- The epochs follow the precision (`default_finetune_epochs`): bfloat16 matmuls (precision.py)
+  made a step about half as dear, which left vtrans at 0.4-0.75x the peer's two float32 epochs;
+  a third epoch spends that time on recovery, where quality is decided (held-out tweets at 0.4
+  FLOPs and spam at 0.5, the two budgets vtrans trailed the peer at: benchmarks/README.md,
+  session 28). In float32 the recipe keeps two.
 """
 from __future__ import annotations
 
@@ -37,6 +42,22 @@ MAX_FINETUNE_STEPS = 50_000
 # 64k tokens is `faster`'s refit (spam at 0.5: 96.67 against 96.80 on all 247k tokens).
 SHORT_MASK_STEPS = 20
 SHORT_CALIBRATION_TOKENS = 64 * 1024
+
+
+# Fine-tuning epochs when the user sets none: the recipe's cost stays about that of the peer's
+# two float32 epochs (module docstring).
+FLOAT32_FINETUNE_EPOCHS = 2.0
+BFLOAT16_FINETUNE_EPOCHS = 3.0
+
+
+def default_finetune_epochs(amp_dtype) -> float:
+    """`finetune_epochs` for a job whose matmuls run in `amp_dtype` (None: float32)."""
+    return FLOAT32_FINETUNE_EPOCHS if amp_dtype is None else BFLOAT16_FINETUNE_EPOCHS
+
+
+def finetune_epochs_of(options) -> float:
+    """The options' epochs; float32's where a caller outside a job left them unresolved."""
+    return options.finetune_epochs if options.finetune_epochs is not None else FLOAT32_FINETUNE_EPOCHS
 
 
 def epoch_steps(n_rows: int, batch_size: int, epochs: float = 1.0) -> int:
@@ -84,7 +105,7 @@ def is_small_file(n_rows: int, options, default_ranking_cost: int) -> bool:
     `min_finetune_steps`. Explicit step counts are the user's schedule: never small then."""
     if options.mask_steps or options.finetune_steps is not None:
         return False
-    total = epoch_steps(n_rows, options.batch_size, options.finetune_epochs)
+    total = epoch_steps(n_rows, options.batch_size, finetune_epochs_of(options))
     return total - default_ranking_cost < options.min_finetune_steps
 
 
@@ -93,5 +114,5 @@ def finetune_steps(n_rows: int, options, spent_steps: int = 0) -> int:
     of the rows minus `spent_steps`, what the mask rounds cost in fine-tuning steps."""
     if options.finetune_steps is not None:
         return options.finetune_steps
-    steps = epoch_steps(n_rows, options.batch_size, options.finetune_epochs) - spent_steps
+    steps = epoch_steps(n_rows, options.batch_size, finetune_epochs_of(options)) - spent_steps
     return int(min(MAX_FINETUNE_STEPS, max(options.min_finetune_steps, steps)))

@@ -76,6 +76,12 @@ def test_a_job_in_bfloat16_delivers_float32_weights_and_says_why(tiny_model_dir,
     off = compress(str(tiny_model_dir), str(tiny_dataset_csv), BUDGET, "vtrans",
                    {**OPTS, "mixed_precision": "off"}, tmp_path / "off")
     assert off.metrics["method_info"]["mixed_precision"] == "off (asked)"
+    # the fine-tuning epochs follow the precision (schedule.default_finetune_epochs) unless set
+    assert r.metrics["options"]["finetune_epochs"] == r.metrics["method_info"]["finetune_epochs"] == 3.0
+    assert off.metrics["options"]["finetune_epochs"] == 2.0
+    mine = compress(str(tiny_model_dir), str(tiny_dataset_csv), BUDGET, "vtrans",
+                    {**OPTS, "mixed_precision": "bfloat16", "finetune_epochs": 2.5}, tmp_path / "mine")
+    assert mine.metrics["options"]["finetune_epochs"] == 2.5
 
 
 def test_an_unknown_mode_names_the_field(tiny_model_dir, tiny_dataset_csv, tmp_path):

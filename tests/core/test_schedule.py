@@ -2,7 +2,8 @@
 from vtrans_core.methods import get_method
 from vtrans_core.options import CompressionOptions
 from vtrans_core.schedule import (MAX_MASK_STEPS, MIN_MASK_STEPS, SHORT_CALIBRATION_TOKENS, SHORT_MASK_STEPS,
-                                  epoch_steps, mask_cost_in_finetune_steps, reconstruct_cost_in_finetune_steps)
+                                  epoch_steps, finetune_epochs_of, mask_cost_in_finetune_steps,
+                                  reconstruct_cost_in_finetune_steps)
 
 
 def test_mask_rounds_cost_is_taken_from_the_finetune_epochs():
@@ -11,7 +12,7 @@ def test_mask_rounds_cost_is_taken_from_the_finetune_epochs():
     rows = 20_000
     per_round = vtrans.mask_steps(rows, opts)
     assert MIN_MASK_STEPS < per_round < MAX_MASK_STEPS
-    total = epoch_steps(rows, opts.batch_size, opts.finetune_epochs)
+    total = epoch_steps(rows, opts.batch_size, finetune_epochs_of(opts))
     spent = {f: total - vtrans.finetune_steps(rows, opts, f) for f in (0.3, 0.5, 0.8)}
     # a mask step runs the dense-size model: it costs more fine-tuning steps of a smaller model
     assert spent[0.3] > spent[0.5] > spent[0.8] > 0
@@ -22,6 +23,23 @@ def test_mask_rounds_cost_is_taken_from_the_finetune_epochs():
     assert total - vtrans.finetune_steps(rows, no_refit, 0.5) == spent[0.5] - refit
     trained = CompressionOptions.parse({"mask_weights": "trained"}, "vtrans")
     assert total - vtrans.finetune_steps(rows, trained, 0.5) > spent[0.5]    # training weights too: dearer rounds
+
+
+def test_the_epochs_follow_the_precision_and_buy_whole_epochs_of_steps():
+    import torch
+
+    from vtrans_core.schedule import default_finetune_epochs
+
+    assert default_finetune_epochs(None) == 2.0 and default_finetune_epochs(torch.bfloat16) == 3.0
+    vtrans, rows = get_method("vtrans"), 20_000
+    two, three = (CompressionOptions.parse({"finetune_epochs": e}, "vtrans") for e in (2.0, 3.0))
+    assert CompressionOptions.parse({}, "vtrans").finetune_epochs is None      # resolved by the job
+    # the ranking costs the same: the third epoch goes to fine-tuning whole
+    extra = vtrans.finetune_steps(rows, three, 0.4) - vtrans.finetune_steps(rows, two, 0.4)
+    assert extra == epoch_steps(rows, two.batch_size, 3.0) - epoch_steps(rows, two.batch_size, 2.0)
+    # spam-sized files: three epochs hold the default ranking (no short ranking, more than the floor)
+    assert vtrans.small_file(3000, two) and not vtrans.small_file(3000, three)
+    assert vtrans.finetune_steps(3000, three, 0.5) > three.min_finetune_steps
 
 
 def test_small_data_keeps_the_floors_and_explicit_steps_win():

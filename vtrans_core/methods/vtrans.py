@@ -199,6 +199,7 @@ class VTrans(Method):
         else:
             ctx.info["recovery"] = {"mode": "full", "lr": opts.finetune_lr}
         ctx.info.update(mask_steps_per_round=steps, prune_rounds=opts.prune_rounds, finetune_steps=ft,
+                        finetune_epochs=opts.finetune_epochs,
                         schedule="small-file" if self.small_file(len(ctx.enc_train), opts) else "epochs",
                         mask_weights=opts.mask_weights,
                         finetune_from=opts.finetune_from, train_rows=len(ctx.enc_train),
