@@ -44,10 +44,11 @@ def seed_rows(cases) -> list[str]:
         for t in TARGETS:
             vs, ps = _runs(cases, task, "vtrans", t), _runs(cases, task, "peer", t)
             vf = _runs(cases, task, "vtrans", t, "fp32")
-            if len(vs) < 2 and len(ps) < 2 and len(vf) < 2:
+            v2 = _runs(cases, task, "vtrans", t, "2epoch")
+            if len(vs) < 2 and len(ps) < 2 and len(vf) < 2 and len(v2) < 2:
                 continue
             cells = []
-            for runs in (vs, vf, ps):
+            for runs in (vs, v2, vf, ps):
                 if not runs:
                     cells.append("—")
                     continue
@@ -59,8 +60,12 @@ def seed_rows(cases) -> list[str]:
     if not lines:
         return []
     return (["### Run-to-run noise: the closest head-to-heads rerun with other seeds", "",
-             "| task | FLOPs target | vtrans accuracy (mean ± sd, runs), mean time | vtrans [fp32] | peer accuracy, mean time |",
-             "|---|---|---|---|---|"] + lines + [""])
+             "vtrans: the default (bf16 matmuls, 3 fine-tuning epochs since session 28); [2 epochs]: bf16 with "
+             "session 27's two; [fp32]: float32 matmuls, two epochs (every record before session 27). Times "
+             "compare only within one machine (records name their CPU since session 28).", "",
+             "| task | FLOPs target | vtrans accuracy (mean ± sd, runs), mean time | vtrans [2 epochs] | vtrans [fp32] "
+             "| peer accuracy, mean time |",
+             "|---|---|---|---|---|---|"] + lines + [""])
 
 
 def _dense(cases, task):
@@ -73,6 +78,14 @@ def _compared_times(vs: list[dict], ps: list[dict]) -> tuple[float, float, str]:
     (`heldout.py --pair`, the same conditions) when there are any, else over every run."""
     pairs = [(v, p) for v in vs for p in ps if v.get("pair") and v.get("pair") == p.get("pair")]
     if not pairs:
+        # else the runs made on one CPU (sessions ran on an Intel AMX machine and on an AMD one,
+        # whose bfloat16 gains differ 3x): the CPU that the vtrans runs naming one ran on
+        cpu = max(vs, key=lambda c: c.get("cpu") is not None).get("cpu")
+        same = ([c for c in vs if c.get("cpu") == cpu], [c for c in ps if c.get("cpu") == cpu]) if cpu else ([], [])
+        if same[0] and same[1]:
+            return (_mean_sd([c["compression_seconds"] for c in same[0]])[0],
+                    _mean_sd([c["compression_seconds"] for c in same[1]])[0],
+                    f" (on one CPU, {cpu}: {len(same[0])} and {len(same[1])} runs)")
         return (_mean_sd([c["compression_seconds"] for c in vs])[0],
                 _mean_sd([c["compression_seconds"] for c in ps])[0], "")
     vt = _mean_sd([v["compression_seconds"] for v, _ in pairs])[0]
