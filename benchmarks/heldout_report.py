@@ -86,8 +86,10 @@ def _compared_times(vs: list[dict], ps: list[dict]) -> tuple[float, float, str]:
             return (_mean_sd([c["compression_seconds"] for c in same[0]])[0],
                     _mean_sd([c["compression_seconds"] for c in same[1]])[0],
                     f" (on one CPU, {cpu}: {len(same[0])} and {len(same[1])} runs)")
+        cpus = {c.get("cpu") for c in vs + ps}
         return (_mean_sd([c["compression_seconds"] for c in vs])[0],
-                _mean_sd([c["compression_seconds"] for c in ps])[0], "")
+                _mean_sd([c["compression_seconds"] for c in ps])[0],
+                f" (runs on different machines, {len(vs)} and {len(ps)}: only indicative)" if len(cpus) > 1 else "")
     vt = _mean_sd([v["compression_seconds"] for v, _ in pairs])[0]
     pt = _mean_sd([p["compression_seconds"] for _, p in pairs])[0]
     return vt, pt, f" (side by side: {len(pairs)} pair{'s' if len(pairs) > 1 else ''} timed together)"
@@ -107,15 +109,18 @@ def check_targets(cases) -> list[dict]:
                     "met": None if f is None else dense - f["accuracy"] <= 2.0})
         for t in TARGETS:
             vs, ps = _runs(cases, task, "vtrans", t), _runs(cases, task, "peer", t)
+            older = ""
+            if not vs:   # the default not yet run at this budget: session 27's bf16 recipe (two epochs)
+                vs, older = _runs(cases, task, "vtrans", t, "2epoch"), " [2 epochs: the default not rerun]"
             if vs and ps:
                 # with reruns, the gap of the means over seeds (one run's gap is within the noise)
                 need = "ahead of" if t <= 0.4 else "not below"
                 gap = _mean_sd([c["accuracy"] for c in vs])[0] - _mean_sd([c["accuracy"] for c in ps])[0]
                 runs = f" (means of {len(vs)} and {len(ps)} runs)" if len(vs) > 1 or len(ps) > 1 else ""
-                out.append({"target": f"{task}: vtrans {need} the strong peer at {t} FLOPs",
+                out.append({"target": f"{task}: vtrans{older} {need} the strong peer at {t} FLOPs",
                             "measured": f"{gap:+.2f}{runs}", "met": gap > 0 if t <= 0.4 else gap >= 0})
                 vt, pt, how = _compared_times(vs, ps)
-                out.append({"target": f"{task}: vtrans compression time <= the peer's at {t} FLOPs",
+                out.append({"target": f"{task}: vtrans{older} compression time <= the peer's at {t} FLOPs",
                             "measured": f"{vt:.0f} s vs {pt:.0f} s{how or runs}", "met": vt <= pt})
     return out + faster_targets(cases)
 
