@@ -356,7 +356,8 @@ def method_defaults(method: str, layout: str) -> dict[str, Any]:
     vtrans/fast distil afterwards: 128k (all 2,048 tweets, ~1,090 emails; on spam the refit on
     all rows scored higher at 0.5/0.4 but took 1.6-2x the time, see benchmarks/README.md).
     min_finetune_steps: the fewest distillation steps. `fast` fine-tunes for exactly this many on
-    any file under ~130,000 rows (two epochs of its 1,024-row subset are 64 steps); it was
+    any file under ~130,000 rows (~88,000 with the three epochs of bf16 jobs; two epochs of its
+    1,024-row subset are 64 steps); it was
     measured with 150. `vtrans` reaches it only on a small file (schedule.is_small_file), where it
     fine-tunes for 120 after a short ranking, so that the whole recipe takes no longer than two
     epochs of plain distillation (held-out spam, 3,000 rows: side by side 717 s against the
