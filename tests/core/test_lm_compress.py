@@ -97,10 +97,13 @@ def test_faster_vib_masks_and_explicit_task_on_gpt2(gpt2_dir, corpus, tmp_path):
 
 def test_faster_scales_with_hidden_pruned_on_tiny_llama(llama_dir, corpus, tmp_path):
     """Kwon's per-unit scales with the hidden width cut too: the refit reads the dense residual
-    stream at the kept channels."""
+    stream at the kept channels. Only the hidden width is prunable here, so it must give: on this
+    random tiny model the per-row Fisher ranking meets the budget with FFN neurons alone when it
+    may (which structure a random model's ranking prefers is not what this test is about)."""
     budget = {"kind": "params", "target": 0.7, "seq_len": SEQ}
     out = tmp_path / "out"
-    opts = {**OPTIONS, "reconstruct": "scales", "prune_hidden": True}
+    opts = {**OPTIONS, "reconstruct": "scales", "prune_hidden": True, "prune_heads": False, "prune_blocks": False,
+            "prune_ffn": False}
     m = _check_output(compress(str(llama_dir), str(corpus), budget, "faster", opts, output_dir=out), budget, out)
     assert m["kept"]["hidden"] < 48      # the residual stream itself was narrowed
     _check_refit(m["method_info"]["reconstruct"], "scales")
