@@ -79,13 +79,13 @@ ABLATIONS = {
     "vib+fisher": {"importance": "vib+fisher"},
     # float32 matmuls throughout: every vtrans/fast/faster record before session 27, when the
     # default became bfloat16 matmuls where the CPU runs them faster (precision.py; AMX here).
-    # Those records were renamed <task>-<method>-fp32-... and carry this ablation (float32_twins).
+    # Those records were renamed <task>-<method>-fp32-... and carry this ablation (twins_of).
     "fp32": {"mixed_precision": "off"},
     # session 28: bf16 left vtrans at 0.4-0.75x the peer's time; a third fine-tuning epoch spends it
-    # on recovery. Measured at the two #11 misses (tweets 0.4, spam 0.5) as "3epoch", it became the
-    # default under bf16 (schedule.default_finetune_epochs); the 3epoch records were renamed to the
-    # default's names, the bf16 records of sessions 27-28 with two epochs to <task>-vtrans-2epoch-...
-    "3epoch": {"finetune_epochs": 3.0},
+    # on recovery. Measured at the two #11 misses (tweets 0.4, spam 0.5) as the ablation "3epoch"
+    # ({"finetune_epochs": 3.0}), it became the default under bf16 (schedule.default_finetune_epochs);
+    # those records were renamed to the default's names (field "ran_as"), the bf16 records of sessions
+    # 27-28 with two epochs to <task>-vtrans-2epoch-... (twins_of)
     "2epoch": {"finetune_epochs": 2.0},
 }
 FASTER_ONLY = ("fisher1024", "calib4096", "vib+fisher")   # options of faster's ranking/refit only
@@ -110,7 +110,7 @@ def cases() -> list[dict]:
     first = [c for c in main(0.5) if c["task"] == "tweets" and c["method"] != "fast"]
     listed = (first + ablations("tweets", ["frozen", "per_layer", "linear-hidden", "linear"])
             + [c for c in main(0.5) if c not in first] + main(0.4) + ablations("tweets", ["plan-only", "trained", "1epoch"])
-            + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a not in ("per_layer", "min1024", "3epoch", *FASTER_ONLY)])
+            + main(0.6) + main(0.3) + ablations("spam", [a for a in ABLATIONS if a not in ("per_layer", "min1024", *FASTER_ONLY)])
             + ablations("tweets", ["plan-only", "plan-only-recon", "norecon", "recon-scales", "per_layer", "lr1e-4"], 0.4)
             + ablations("tweets", ["norecon"], 0.3)
             + [c for t in (0.3, 0.4) for c in ablations("spam", ["refit-all"], t)]
@@ -118,28 +118,22 @@ def cases() -> list[dict]:
             + seeded() + faster() + earlier_schedule() + larger_file() + small_file_refit())
     listed = list({c["name"]: c for c in listed}.values())   # a case listed twice runs once
     names = {c["name"] for c in listed}
-    twins = [c for c in float32_twins(listed) + two_epoch_twins(listed) if c["name"] not in names]
+    # each default case as an earlier default ran it, so those records stay beside the new default's:
+    # every method before session 27 in float32, vtrans in sessions 27-28 with two epochs
+    twins = [c for c in twins_of(listed, "fp32", ("vtrans", "fast", "faster"))
+             + twins_of(listed, "2epoch", ("vtrans",)) if c["name"] not in names]
     return listed + twins
 
 
-def two_epoch_twins(listed: list[dict]) -> list[dict]:
-    """Each default vtrans case with session 27's two fine-tuning epochs (ABLATIONS["2epoch"]):
-    <task>-vtrans-2epoch-<rest>, the bf16 default before session 28."""
-    return [{**c, "name": f"{c['task']}-vtrans-2epoch-{c['name'][len(c['task']) + len('-vtrans-'):]}",
-             "ablation": "2epoch", "extra": ABLATIONS["2epoch"]}
-            for c in listed if c["method"] == "vtrans" and not c.get("ablation")]
-
-
-def float32_twins(listed: list[dict]) -> list[dict]:
-    """Each default-recipe vtrans/fast/faster case as it ran before session 27 (ABLATIONS["fp32"]):
-    <task>-<method>-fp32-<rest of the name>, so the float32 records stay beside the new default's."""
+def twins_of(listed: list[dict], ablation: str, methods: tuple[str, ...]) -> list[dict]:
+    """<task>-<method>-<ablation>-<rest of the name> with ABLATIONS[ablation], for each default case."""
     out = []
     for c in listed:
-        if c["method"] == "peer" or c.get("ablation"):
+        if c["method"] not in methods or c.get("ablation"):
             continue
         rest = c["name"][len(f"{c['task']}-{c['method']}-"):]
-        out.append({**c, "name": f"{c['task']}-{c['method']}-fp32-{rest}", "ablation": "fp32",
-                    "extra": ABLATIONS["fp32"]})
+        out.append({**c, "name": f"{c['task']}-{c['method']}-{ablation}-{rest}", "ablation": ablation,
+                    "extra": ABLATIONS[ablation]})
     return out
 
 

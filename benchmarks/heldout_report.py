@@ -80,12 +80,12 @@ def _compared_times(vs: list[dict], ps: list[dict]) -> tuple[float, float, str]:
     if not pairs:
         # else the runs made on one CPU (sessions ran on an Intel AMX machine and on an AMD one,
         # whose bfloat16 gains differ 3x): the CPU that the vtrans runs naming one ran on
-        cpu = max(vs, key=lambda c: c.get("cpu") is not None).get("cpu")
-        same = ([c for c in vs if c.get("cpu") == cpu], [c for c in ps if c.get("cpu") == cpu]) if cpu else ([], [])
-        if same[0] and same[1]:
-            return (_mean_sd([c["compression_seconds"] for c in same[0]])[0],
-                    _mean_sd([c["compression_seconds"] for c in same[1]])[0],
-                    f" (on one CPU, {cpu}: {len(same[0])} and {len(same[1])} runs)")
+        cpu = next((c["cpu"] for c in vs if c.get("cpu")), None)
+        v_cpu, p_cpu = [c for c in vs if c.get("cpu") == cpu], [c for c in ps if c.get("cpu") == cpu]
+        if cpu and v_cpu and p_cpu:
+            return (_mean_sd([c["compression_seconds"] for c in v_cpu])[0],
+                    _mean_sd([c["compression_seconds"] for c in p_cpu])[0],
+                    f" (on one CPU, {cpu}: {len(v_cpu)} and {len(p_cpu)} runs)")
         cpus = {c.get("cpu") for c in vs + ps}
         return (_mean_sd([c["compression_seconds"] for c in vs])[0],
                 _mean_sd([c["compression_seconds"] for c in ps])[0],

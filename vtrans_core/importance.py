@@ -78,9 +78,6 @@ def fisher_information(pm, enc: Encoded, device, tick: Callable[[int, int], None
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
-    mask_params = pm.mask_parameters()
-    for p in mask_params:
-        p.requires_grad_(True)
     pm.set_sampling(False)
     model.eval()
     info = {k: torch.zeros_like(m.mu) for k, m in pm.masks.items()}
