@@ -147,22 +147,48 @@ def faster_targets(cases) -> list[dict]:
                         "measured": f"{secs:.0f} s{how}", "met": secs <= FASTER_SECONDS})
             vs = _runs(cases, task, "vtrans", t)
             if vs:
-                secs_f = max(f["compression_seconds"], 1e-9)
-                ratio = _mean_sd([c["compression_seconds"] for c in vs])[0] / secs_f
-                measured, met = f"{ratio:.1f}x (mean of {len(vs)} vtrans runs)", ratio >= FASTER_VS_VTRANS
-                # the runs' machines were loaded differently: where a vtrans run shared the machine
-                # as faster's run did (1-minute load within LOAD_MATCH), that ratio decides
-                alike = _same_load(f, vs)
-                if alike:
-                    like = _mean_sd([c["compression_seconds"] for c in alike])[0] / secs_f
-                    measured += f"; {like:.1f}x against the {len(alike)} run(s) at the same load"
-                    met = like >= FASTER_VS_VTRANS
-                out.append({"target": f"#12 {task}: faster >= {FASTER_VS_VTRANS:.0f}x faster than vtrans at {t} FLOPs",
-                            "measured": measured, "met": met})
+                out.append(_speed_ratio(task, t, f, _runs(cases, task, "faster", t), vs))
     return out
 
 
 LOAD_MATCH = 0.5   # 1-minute load averages this close count as the same machine conditions
+
+
+def _speed_ratio(task: str, t: float, f: dict, fs: list[dict], vs: list[dict]) -> dict:
+    """faster's speed against vtrans's at budget t. The runs' machines and loads differ: where
+    faster runs (any seed) and vtrans runs shared one CPU at one load, the ratio of their mean
+    times decides, on every CPU where there are such runs (bfloat16 speeds vtrans's training up
+    by 2x on one CPU and 7x on another); else the same load on any CPU (records before session 28
+    name none); else the default faster run against the mean of every vtrans run, stated as such."""
+    ratio = _mean_sd([c["compression_seconds"] for c in vs])[0] / max(f["compression_seconds"], 1e-9)
+    measured, met = f"{ratio:.1f}x (mean of {len(vs)} vtrans runs)", ratio >= FASTER_VS_VTRANS
+    by_cpu = [(cpu, [a for a in fs if _cpu(a) == cpu], [v for v in vs if _cpu(v) == cpu])
+              for cpu in sorted({_cpu(a) for a in fs if _cpu(a)})]
+    groups = [g for g in ((cpu, *_alike(f_runs, v_runs)) for cpu, f_runs, v_runs in by_cpu) if g[1]]
+    if not groups:    # no CPU recorded on both sides: the same load on any machine
+        groups = [g for g in [(None, *_alike(fs, vs))] if g[1]]
+    if groups:
+        likes = []
+        for cpu, fast_runs, slow_runs in groups:
+            like = (_mean_sd([c["compression_seconds"] for c in slow_runs])[0]
+                    / max(_mean_sd([c["compression_seconds"] for c in fast_runs])[0], 1e-9))
+            likes.append(like)
+            measured += (f"; {like:.1f}x {f'on {cpu}' if cpu else 'at the same load'}: {len(slow_runs)} vtrans "
+                         f"against {len(fast_runs)} faster run(s) at one load")
+        met = min(likes) >= FASTER_VS_VTRANS
+    return {"target": f"#12 {task}: faster >= {FASTER_VS_VTRANS:.0f}x faster than vtrans at {t} FLOPs",
+            "measured": measured, "met": met}
+
+
+def _alike(fs: list[dict], vs: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the faster runs with a vtrans run at their load, those vtrans runs)."""
+    matched = [(a, _same_load(a, vs)) for a in fs]
+    return ([a for a, alike in matched if alike],
+            list({id(v): v for _, alike in matched for v in alike}.values()))
+
+
+def _cpu(case: dict) -> str | None:
+    return case.get("cpu")
 
 
 def _same_load(case: dict, others: list[dict]) -> list[dict]:
