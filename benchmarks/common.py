@@ -104,7 +104,8 @@ def ensure_teacher(log: logging.Logger) -> dict:
             last[0] = time.perf_counter()
             log.info("teacher: step %d/%d loss %.4f", done, total, m.get("loss", float("nan")))
 
-    train_supervised(model, enc_train, steps, TEACHER_LR, BATCH, device, seed=0, tick=tick)
+    train_supervised(model, enc_train, steps, TEACHER_LR, BATCH, device, seed=0, tick=tick,
+                     fused_optimizer=False)   # as it was trained: the teacher is rebuilt bit for bit
     seconds = time.perf_counter() - started
     metrics = evaluate(model, enc_test, len(labels), 64, device)
     TEACHER_DIR.mkdir(parents=True, exist_ok=True)

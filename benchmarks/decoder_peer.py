@@ -235,7 +235,8 @@ def recover(pruned, dense, train, steps: int) -> tuple[float, list]:
 
     history = train_supervised(pruned, train, steps, FINETUNE_LR, BATCH, "cpu", seed=1, tick=tick,
                                teacher=Teacher(dense, len(train), cacheable=False), temperature=TEMPERATURE,
-                               distill_weight=DISTILL_WEIGHT, loss_fn=lm_loss)
+                               distill_weight=DISTILL_WEIGHT, loss_fn=lm_loss,
+                               fused_optimizer=False)   # its users' loop: torch's default AdamW
     return time.perf_counter() - started, history
 
 

@@ -150,7 +150,8 @@ def _ensure_file_teacher(train_csv: Path, out: Path, log) -> dict:
             last[0] = time.perf_counter()
             log.info("teacher %s: step %d/%d loss %.4f", out.parent.name, done, total, m.get("loss", float("nan")))
 
-    train_supervised(model, encode(tok, rows, SEQ_LEN), steps, TEACHER_LR, BATCH, device, seed=0, tick=tick)
+    train_supervised(model, encode(tok, rows, SEQ_LEN), steps, TEACHER_LR, BATCH, device, seed=0, tick=tick,
+                     fused_optimizer=False)   # as it was trained: the teacher is rebuilt bit for bit
     seconds = time.perf_counter() - started
     held = evaluate(model, encode(tok, task.validation, SEQ_LEN), len(labels), 64, device)
     model.save_pretrained(out, safe_serialization=True)

@@ -14,8 +14,8 @@ from vtrans_core import compress, load_pruned
 from vtrans_core.data import encode, load_task
 from vtrans_core.evaluate import classification_metrics, evaluate, quality_warnings
 from vtrans_core.progress import Progress
-from vtrans_core.training import (BudgetLagrangian, MaskRound, Teacher, distillation_loss, hidden_distillation,
-                                  train_masks)
+from vtrans_core.training import (BudgetLagrangian, MaskRound, Teacher, adamw, distillation_loss,
+                                  hidden_distillation, train_masks)
 
 TINY = {"mask_steps": 6, "finetune_steps": 4, "prune_rounds": 2, "latency_runs": 1, "round_to": 4}
 
@@ -54,6 +54,29 @@ def test_hidden_distillation_follows_kept_channels_and_layers():
     assert hidden_distillation(noisy, teacher, padded, keep, layers).item() == pytest.approx(0.0, abs=1e-12)
     # an unsliced student of the same depth pairs layer by layer without any origin
     assert hidden_distillation(teacher, teacher, mask).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_adamw_takes_the_fused_kernel_and_steps_like_the_loop():
+    def run(fused):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(64, 16)), torch.nn.Parameter(torch.randn(16))]
+        opt = adamw(params, 1e-2, fused)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        return opt, [p.detach() for p in params]
+
+    fused_opt, fused = run(True)
+    loop_opt, loop = run(False)
+    assert fused_opt.defaults["fused"] is True and not loop_opt.defaults.get("fused")
+    assert loop_opt.defaults["weight_decay"] == fused_opt.defaults["weight_decay"] == 0.01
+    for a, b in zip(fused, loop):   # the same update, to float rounding
+        assert torch.allclose(a, b, atol=1e-5)
+    torch.manual_seed(0)
+    start = torch.randn(64, 16)
+    assert not torch.allclose(fused[0], start, atol=1e-3)   # and it did move the weights
 
 
 def test_lagrangian_pushes_toward_target():
