@@ -273,6 +273,18 @@ class LoadSampler:
         return {"mean": round(sum(self.samples) / len(self.samples), 2), "max": round(max(self.samples), 2)}
 
 
+def code_version() -> str:
+    """The checkout's commit, "+changes" when the tree differs from it ("unknown" outside git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -338,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
             record["torch_threads"] = torch.get_num_threads()   # cases may run side by side, 1 thread each
             record["cpu"] = cpu_model()   # times compare only on one CPU (sessions ran on Intel AMX and AMD)
+            record["code"] = code_version()   # which code ran it (e.g. before or after a speed-up)
             save_json(path, record)
             log.info("case %s: accuracy %.2f (dense %.2f) flops %.3f compression %.0fs", case["name"],
                      record["accuracy"], record["dense_accuracy"], record["flops_fraction"], record["compression_seconds"])
