@@ -195,7 +195,7 @@ def _speed_ratio(task: str, t: float, f: dict, fs: list[dict], vs: list[dict]) -
     name none); else the default faster run against the mean of every vtrans run, stated as such."""
     ratio = _mean_sd([c["compression_seconds"] for c in vs])[0] / max(f["compression_seconds"], 1e-9)
     measured, met = f"{ratio:.1f}x (mean of {len(vs)} vtrans runs)", ratio >= FASTER_VS_VTRANS
-    by_cpu = [(cpu, [a for a in fs if _cpu(a) == cpu], [v for v in vs if _cpu(v) == cpu])
+    by_cpu = [(cpu, [a for a in fs if _cpu(a) == cpu], _latest([v for v in vs if _cpu(v) == cpu]))
               for cpu in sorted({_cpu(a) for a in fs if _cpu(a)})]
     groups = [g for g in ((cpu, *_alike(f_runs, v_runs)) for cpu, f_runs, v_runs in by_cpu) if g[1]]
     if not groups:    # no CPU recorded on both sides: the same load on any machine
@@ -211,6 +211,11 @@ def _speed_ratio(task: str, t: float, f: dict, fs: list[dict], vs: list[dict]) -
         met = min(likes) >= FASTER_VS_VTRANS
     return {"target": f"#12 {task}: faster >= {FASTER_VS_VTRANS:.0f}x faster than vtrans at {t} FLOPs",
             "measured": measured, "met": met}
+
+
+def _latest(runs: list[dict]) -> list[dict]:
+    """The vtrans runs since its latest speed-up (SPEED_CHANGES) when there are any, else all."""
+    return [c for c in runs if _ran_after(c, SPEED_CHANGES[-1][0])] or runs
 
 
 def _alike(fs: list[dict], vs: list[dict]) -> tuple[list[dict], list[dict]]:
