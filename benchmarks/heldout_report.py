@@ -198,8 +198,8 @@ def _speed_ratio(task: str, t: float, f: dict, fs: list[dict], vs: list[dict]) -
     by_cpu = [(cpu, [a for a in fs if _cpu(a) == cpu], _latest([v for v in vs if _cpu(v) == cpu]))
               for cpu in sorted({_cpu(a) for a in fs if _cpu(a)})]
     groups = [g for g in ((cpu, *_alike(f_runs, v_runs)) for cpu, f_runs, v_runs in by_cpu) if g[1]]
-    if not groups:    # no CPU recorded on both sides: the same load on any machine
-        groups = [g for g in [(None, *_alike(fs, vs))] if g[1]]
+    if not groups:    # no CPU recorded on both sides: the same load, on machines not known to differ
+        groups = [g for g in [(None, *_alike(fs, vs, unknown_cpu=True))] if g[1]]
     if groups:
         likes = []
         for cpu, fast_runs, slow_runs in groups:
@@ -218,9 +218,10 @@ def _latest(runs: list[dict]) -> list[dict]:
     return [c for c in runs if _ran_after(c, SPEED_CHANGES[-1][0])] or runs
 
 
-def _alike(fs: list[dict], vs: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(the faster runs with a vtrans run at their load, those vtrans runs)."""
-    matched = [(a, _same_load(a, vs)) for a in fs]
+def _alike(fs: list[dict], vs: list[dict], unknown_cpu: bool = False) -> tuple[list[dict], list[dict]]:
+    """(the faster runs with a vtrans run at their load, those vtrans runs); unknown_cpu: only
+    pairs where one side names no CPU (records before session 28)."""
+    matched = [(a, [v for v in _same_load(a, vs) if not unknown_cpu or not (_cpu(a) and _cpu(v))]) for a in fs]
     return ([a for a, alike in matched if alike],
             list({id(v): v for _, alike in matched for v in alike}.values()))
 
