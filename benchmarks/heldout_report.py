@@ -191,8 +191,9 @@ def _speed_ratio(task: str, t: float, f: dict, fs: list[dict], vs: list[dict]) -
     """faster's speed against vtrans's at budget t. The runs' machines and loads differ: where
     faster runs (any seed) and vtrans runs shared one CPU at one load, the ratio of their mean
     times decides, on every CPU where there are such runs (bfloat16 speeds vtrans's training up
-    by 2x on one CPU and 7x on another); else the same load on any CPU (records before session 28
-    name none); else the default faster run against the mean of every vtrans run, stated as such."""
+    by 2x on one CPU and 7x on another), reading vtrans's runs since its latest speed-up where
+    there are any; else the same load where a side names no CPU (records before session 28); else
+    the default faster run against the mean of every vtrans run, stated as such."""
     ratio = _mean_sd([c["compression_seconds"] for c in vs])[0] / max(f["compression_seconds"], 1e-9)
     measured, met = f"{ratio:.1f}x (mean of {len(vs)} vtrans runs)", ratio >= FASTER_VS_VTRANS
     by_cpu = [(cpu, [a for a in fs if _cpu(a) == cpu], _latest([v for v in vs if _cpu(v) == cpu]))
